@@ -1,0 +1,347 @@
+//! Configuration: loading, validation and the typed, already-checked result.
+//!
+//! The file is parsed into [`raw::RawConfig`] (all optional, unknown fields
+//! rejected) and then validated once into [`Config`], whose types cannot hold
+//! bad values: non-zero rates, parsed addresses, URLs and durations, resolved
+//! keys. Every problem is reported with its field path, not just the first.
+//! This module reads keys from the environment or files but never prints them:
+//! [`Secret`] redacts itself in `Debug` and `Display`.
+
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use url::Url;
+
+
+
+/// Where `serve` and `check` look for the config when `--config` is not given.
+pub const DEFAULT_PATHS: [&str; 2] = ["config/crmgate.toml", "/etc/crmgate/crmgate.toml"];
+
+/// A secret string (an API key). Never printed: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[upstream]`
+    pub upstream: UpstreamConfig,
+    /// `[limits]`
+    pub limits: LimitsConfig,
+    /// `[retry]`
+    pub retry: RetryConfig,
+    /// `[redis]` (used only with `limits.backend = "redis"`)
+    pub redis: RedisConfig,
+    /// `[[tenants]]`, in file order.
+    pub tenants: Vec<TenantConfig>,
+    /// Hex SHA-256 of the file's bytes, shown in `/status` to tell configs apart.
+    pub checksum: String,
+    /// Non-fatal remarks found while validating (e.g. an inline key).
+    pub warnings: Vec<String>,
+}
+
+/// `[server]`: listeners and request-size limits.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The API listener that services call instead of the CRM.
+    pub listen: SocketAddr,
+    /// Health, readiness, metrics, status and reload live here.
+    pub admin_listen: SocketAddr,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// How long a SIGTERM waits for queued and in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+/// `[upstream]`: how to reach the CRM.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Template with `{subdomain}`; tenants may override it with their own URL.
+    pub base_url: String,
+    /// TCP (and TLS) connect timeout.
+    pub connect_timeout: Duration,
+    /// Time allowed until the response headers arrive, and between body chunks.
+    pub request_timeout: Duration,
+    /// Local source addresses; each one is a separate budget. Empty means the
+    /// OS default route, one budget.
+    pub egress_ips: Vec<IpAddr>,
+    /// The name of the shared budget in Redis (defaults to the egress IP).
+    pub egress_id: Option<String>,
+}
+
+/// Which requests share one budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One budget per outbound IP and class, shared by all tenants (RetailCRM's documented rule).
+    EgressIp,
+    /// One budget per outbound IP, class and CRM account.
+    EgressIpAndAccount,
+}
+
+/// Where budgets are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// In this process.
+    Local,
+    /// Shared between replicas through Redis.
+    Redis,
+}
+
+/// `[limits.adaptive]`: how a budget reacts to the CRM's 503s.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaptiveConfig {
+    /// Off means the configured rate is used as is.
+    pub enabled: bool,
+    /// The effective rate is multiplied by this on a 503 (0 < f < 1).
+    pub decrease_factor: f64,
+    /// Requests/s regained per second without a 503, up to the configured rate.
+    pub recovery_per_second: f64,
+    /// The effective rate never falls below this (requests/s).
+    pub min_rate: f64,
+}
+
+/// `[limits]`: budgets and the queue.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Requests per second per budget for general methods.
+    pub general_per_second: NonZeroU32,
+    /// Requests per second per budget for telephony methods.
+    pub telephony_per_second: NonZeroU32,
+    /// Extra width added to the 1 s window to absorb departure-to-arrival jitter.
+    pub jitter_allowance: Duration,
+    /// Longest a request may wait for a slot before it gets 503.
+    pub max_queue_wait: Duration,
+    /// Total requests allowed to wait, across tenants and classes.
+    pub queue_capacity: NonZeroUsize,
+    /// Default per-tenant cap on waiting requests.
+    pub max_queued_per_tenant: NonZeroUsize,
+    /// Which requests share a budget.
+    pub scope: Scope,
+    /// Where budgets are kept.
+    pub backend: Backend,
+    /// Reaction to upstream 503s.
+    pub adaptive: AdaptiveConfig,
+}
+
+/// `[retry]`
+#[derive(Debug, Clone)]
+pub struct RetryConfig {
+    /// Sends per client request at most, the first one included.
+    pub max_attempts: NonZeroU32,
+    /// First backoff; doubles each attempt, with jitter.
+    pub initial_backoff: Duration,
+    /// Cap on one backoff (and on an honoured `Retry-After`).
+    pub max_backoff: Duration,
+}
+
+/// `[redis]`
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Connection URL (may carry a password: never logged).
+    pub url: Secret,
+    /// Prefix of every key crmgate writes.
+    pub key_prefix: String,
+    /// Replicas sharing one budget; the fallback budget is `limit / expected_replicas`.
+    pub expected_replicas: NonZeroU32,
+    /// Longest one Redis call may take before the local fallback is used.
+    pub timeout: Duration,
+}
+
+/// Where a tenant's real key came from (shown by `check`, never the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// An environment variable.
+    Env(String),
+    /// A file.
+    File(PathBuf),
+    /// Written in the config (discouraged).
+    Inline,
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Env(name) => write!(f, "env {name}"),
+            KeySource::File(path) => write!(f, "file {}", path.display()),
+            KeySource::Inline => f.write_str("inline"),
+        }
+    }
+}
+
+/// One CRM account.
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    /// Name used in the path prefix `/{name}/api/...`, in metrics and logs.
+    pub name: String,
+    /// Base URL of the account, e.g. `https://acme.retailcrm.ru` (no trailing slash).
+    pub base_url: Url,
+    /// The real CRM key, injected as `X-API-KEY`.
+    pub api_key: Secret,
+    /// Where `api_key` came from.
+    pub key_source: KeySource,
+    /// Keys that internal services present instead of the real one.
+    pub client_keys: Vec<Secret>,
+    /// Default `site` parameter added when a request has none.
+    pub site: Option<String>,
+    /// Share of a budget relative to other tenants.
+    pub weight: NonZeroU32,
+    /// Cap on this tenant's waiting requests.
+    pub max_queued: NonZeroUsize,
+}
+
+/// A config that could not be loaded: every problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigError {
+    /// One line per problem, each naming the file position or field path.
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates a config file, looking keys up in the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![format!("{}: cannot read: {e}", path.display())],
+        })?;
+        Config::from_toml(&text, &path.display().to_string(), &|name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Parses and validates TOML text. `origin` names the file in messages;
+    /// `env` looks up environment variables (injectable for tests).
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            problems: vec![toml_problem(text, origin, &e)],
+        })?;
+        let checksum = hex::encode(Sha256::digest(text.as_bytes()));
+        validate::validate(raw, env, checksum)
+    }
+
+    /// The configured rate of a class.
+    pub fn rate(&self, class: crate::classify::Class) -> NonZeroU32 {
+        match class {
+            crate::classify::Class::General => self.limits.general_per_second,
+            crate::classify::Class::Telephony => self.limits.telephony_per_second,
+        }
+    }
+
+    /// A human-readable summary with no secrets in it, for `crmgate check`.
+    pub fn summary(&self) -> String {
+        let l = &self.limits;
+        let egress = if self.upstream.egress_ips.is_empty() {
+            "OS default".to_string()
+        } else {
+            let ips: Vec<String> = self.upstream.egress_ips.iter().map(|i| i.to_string()).collect();
+            ips.join(", ")
+        };
+        let mut out = format!(
+            "listen {}, admin {}\nlimits: general {}/s, telephony {}/s per {}, jitter allowance {}, \
+             queue {} (max wait {}), backend {}\nretry: {} attempts, backoff {}..{}\negress: {}\ntenants ({}):\n",
+            self.server.listen,
+            self.server.admin_listen,
+            l.general_per_second,
+            l.telephony_per_second,
+            match l.scope {
+                Scope::EgressIp => "egress IP",
+                Scope::EgressIpAndAccount => "egress IP and account",
+            },
+            humantime::format_duration(l.jitter_allowance),
+            l.queue_capacity,
+            humantime::format_duration(l.max_queue_wait),
+            match l.backend {
+                Backend::Local => "local",
+                Backend::Redis => "redis",
+            },
+            self.retry.max_attempts,
+            humantime::format_duration(self.retry.initial_backoff),
+            humantime::format_duration(self.retry.max_backoff),
+            egress,
+            self.tenants.len(),
+        );
+        for t in &self.tenants {
+            out.push_str(&format!(
+                "  - {} -> {} (key from {}, {} client key(s), site {}, weight {}, max queued {})\n",
+                t.name,
+                t.base_url.as_str().trim_end_matches('/'),
+                t.key_source,
+                t.client_keys.len(),
+                t.site.as_deref().unwrap_or("-"),
+                t.weight,
+                t.max_queued,
+            ));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("warning: {w}\n"));
+        }
+        out
+    }
+}
+
+/// Formats a TOML error as `file:line:column: message`.
+fn toml_problem(text: &str, origin: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim();
+    match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("{origin}:{line}:{column}: {message}")
+        }
+        None => format!("{origin}: {message}"),
+    }
+}
+
+/// Finds the config file: the given path, else the first default that exists.
+pub fn resolve_path(given: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    DEFAULT_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| ConfigError {
+            problems: vec![format!(
+                "no config file: pass --config PATH or create one of {}",
+                DEFAULT_PATHS.join(", ")
+            )],
+        })
+}

@@ -1,0 +1,108 @@
+//! The config file exactly as written: serde structs with every field optional.
+//!
+//! Nothing here is trusted. `super::validate` turns a [`RawConfig`] into a
+//! [`super::Config`] and reports every problem with its field path. Unknown
+//! fields are rejected here, by serde, so a typo never silently does nothing.
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub upstream: RawUpstream,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub retry: RawRetry,
+    #[serde(default)]
+    pub redis: RawRedis,
+    #[serde(default)]
+    pub tenants: Vec<RawTenant>,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub max_body_bytes: Option<i64>,
+    pub shutdown_grace: Option<String>,
+}
+
+/// `[upstream]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub base_url: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub egress_ips: Option<Vec<String>>,
+    pub egress_id: Option<String>,
+}
+
+/// `[limits]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub general_per_second: Option<i64>,
+    pub telephony_per_second: Option<i64>,
+    pub jitter_allowance: Option<String>,
+    pub max_queue_wait: Option<String>,
+    pub queue_capacity: Option<i64>,
+    pub max_queued_per_tenant: Option<i64>,
+    pub scope: Option<String>,
+    pub backend: Option<String>,
+    #[serde(default)]
+    pub adaptive: RawAdaptive,
+}
+
+/// `[limits.adaptive]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdaptive {
+    pub enabled: Option<bool>,
+    pub decrease_factor: Option<f64>,
+    pub recovery_per_second: Option<f64>,
+    pub min_rate: Option<f64>,
+}
+
+/// `[retry]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub max_attempts: Option<i64>,
+    pub initial_backoff: Option<String>,
+    pub max_backoff: Option<String>,
+}
+
+/// `[redis]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: Option<String>,
+    pub key_prefix: Option<String>,
+    pub expected_replicas: Option<i64>,
+    pub timeout: Option<String>,
+}
+
+/// One `[[tenants]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    pub name: Option<String>,
+    pub subdomain: Option<String>,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub api_key_file: Option<String>,
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub client_keys: Vec<String>,
+    pub site: Option<String>,
+    pub weight: Option<i64>,
+    pub max_queued: Option<i64>,
+}

@@ -1,0 +1,275 @@
+//! One budget: the sends allowed through one outbound IP for one class.
+//!
+//! Sends are paced: each one waits `window / rate` after the previous one,
+//! where `window = 1 s + jitter_allowance` (GCRA with a burst of 1). Any
+//! `limit + 1` consecutive sends then span at least `window`, so even if
+//! each reaches the CRM up to `jitter_allowance` later than another, no
+//! 1000 ms window at the CRM holds more than `limit` of them. Pacing (rather
+//! than letting `limit` go at once) keeps slots evenly spread, which is what
+//! lets a light caller get the next slot instead of waiting out a burst.
+//!
+//! A log of the last `limit` sends backs this up: when the rate changes
+//! (reload, adaptation) the gaps before and after differ, and the log keeps
+//! the window bound across the change. The effective rate drops on 503s and
+//! recovers linearly (see [`Budget::throttled`]). governor's GCRA does the
+//! pacing half well but cannot change rate in place or hand a slot back, so
+//! this small state machine is kept here, with time always passed in: the
+//! guarantee is unit-tested with made-up instants instead of sleeps.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::AdaptiveConfig;
+
+/// The shape of a budget: limit, window and adaptation rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetShape {
+    /// Configured sends per second (the ceiling).
+    pub limit: u32,
+    /// 1 s plus the jitter allowance.
+    pub window: Duration,
+    /// How the effective rate reacts to 503s.
+    pub adaptive: AdaptiveConfig,
+}
+
+/// A sliding-log budget with an adaptive effective rate.
+#[derive(Debug)]
+pub struct Budget {
+    shape: BudgetShape,
+    /// Send times, oldest first; at most `shape.limit` entries.
+    log: VecDeque<Instant>,
+    /// Effective rate right after the last decrease, and when that was.
+    cut: Option<(f64, Instant)>,
+    /// No sends before this (an honoured `Retry-After`).
+    paused_until: Option<Instant>,
+}
+
+impl Budget {
+    /// A fresh budget with nothing sent.
+    pub fn new(shape: BudgetShape) -> Self {
+        Budget { log: VecDeque::with_capacity(shape.limit as usize), shape, cut: None, paused_until: None }
+    }
+
+    /// The current shape.
+    pub fn shape(&self) -> &BudgetShape {
+        &self.shape
+    }
+
+    /// Applies a new shape (config reload). The send log is kept, so a reload
+    /// never opens a burst the CRM would count against us.
+    pub fn reshape(&mut self, shape: BudgetShape) {
+        while self.log.len() > shape.limit as usize {
+            self.log.pop_front();
+        }
+        if !shape.adaptive.enabled {
+            self.cut = None;
+        }
+        self.shape = shape;
+    }
+
+    /// Sends per second allowed now: the configured limit, or less while
+    /// recovering from a 503. Recovery is linear and never exceeds the limit.
+    pub fn effective_rate(&self, now: Instant) -> f64 {
+        let limit = f64::from(self.shape.limit);
+        match self.cut {
+            Some((rate, at)) if self.shape.adaptive.enabled => {
+                let regained = self.shape.adaptive.recovery_per_second
+                    * now.saturating_duration_since(at).as_secs_f64();
+                (rate + regained).min(limit)
+            }
+            _ => limit,
+        }
+    }
+
+    /// The earliest instant when a send is allowed, as of `now`. It may lie
+    /// in the past: the dispatcher uses the planned time, not the moment its
+    /// timer happened to fire, to keep the pace exact.
+    pub fn next_free(&self, now: Instant) -> Instant {
+        let Some(last) = self.log.back() else {
+            return self.paused_until.unwrap_or(now);
+        };
+        let rate = self.effective_rate(now).max(f64::MIN_POSITIVE);
+        let mut at = *last + self.shape.window.div_f64(rate);
+        let limit = self.shape.limit as usize;
+        if self.log.len() >= limit {
+            at = at.max(self.log[self.log.len() - limit] + self.shape.window);
+        }
+        if let Some(p) = self.paused_until {
+            at = at.max(p);
+        }
+        at
+    }
+
+    /// Records a send at `now` (the caller checked [`Budget::next_free`]).
+    pub fn record(&mut self, now: Instant) {
+        if self.log.len() == self.shape.limit as usize {
+            self.log.pop_front();
+        }
+        self.log.push_back(now);
+    }
+
+    /// Takes back the latest send (the request it was for went away before
+    /// using it), returning the slot.
+    pub fn unrecord(&mut self, at: Instant) {
+        if self.log.back() == Some(&at) {
+            self.log.pop_back();
+        }
+    }
+
+    /// The CRM answered 503/429 through this budget: slow down, and pause
+    /// until `retry_after` if the CRM named a time. Several 503s within one
+    /// window count as one event: they are the same overload.
+    pub fn throttled(&mut self, now: Instant, retry_after: Option<Duration>) {
+        if let Some(d) = retry_after {
+            let until = now + d;
+            self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+        }
+        if !self.shape.adaptive.enabled {
+            return;
+        }
+        if let Some((_, at)) = self.cut {
+            if now.saturating_duration_since(at) < self.shape.window {
+                return;
+            }
+        }
+        let a = &self.shape.adaptive;
+        let lowered = (self.effective_rate(now) * a.decrease_factor).max(a.min_rate.min(f64::from(self.shape.limit)));
+        self.cut = Some((lowered, now));
+    }
+
+    /// Sends recorded within the last window (for status output).
+    pub fn recent(&self, now: Instant) -> usize {
+        self.log.iter().filter(|t| now.saturating_duration_since(**t) < self.shape.window).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(limit: u32, jitter_ms: u64) -> BudgetShape {
+        BudgetShape {
+            limit,
+            window: Duration::from_millis(1000 + jitter_ms),
+            adaptive: AdaptiveConfig { enabled: true, decrease_factor: 0.5, recovery_per_second: 1.0, min_rate: 1.0 },
+        }
+    }
+
+    /// Sends as early as the budget allows, returning the send times.
+    fn saturate(b: &mut Budget, start: Instant, until: Duration) -> Vec<Instant> {
+        let mut sent = Vec::new();
+        let mut now = start;
+        while now < start + until {
+            now = b.next_free(now).max(now);
+            b.record(now);
+            sent.push(now);
+        }
+        sent
+    }
+
+    /// Largest count of `times` within any half-open window [t, t + w).
+    fn max_in_window(times: &[Instant], w: Duration) -> usize {
+        let mut best = 0;
+        let mut lo = 0;
+        for hi in 0..times.len() {
+            while times[hi] >= times[lo] + w {
+                lo += 1;
+            }
+            best = best.max(hi - lo + 1);
+        }
+        best
+    }
+
+    #[test]
+    fn never_more_than_the_limit_in_any_window_even_with_jitter() {
+        let start = Instant::now();
+        let mut b = Budget::new(shape(10, 20));
+        let sent = saturate(&mut b, start, Duration::from_secs(60));
+        assert_eq!(max_in_window(&sent, Duration::from_millis(1020)), 10);
+        // Worst case jitter: every 11th send arrives the whole allowance late,
+        // so the span of 11 consecutive arrivals shrinks by 20 ms.
+        let arrivals: Vec<Instant> = sent
+            .iter()
+            .enumerate()
+            .map(|(i, t)| *t + Duration::from_millis(if i % 11 == 0 { 20 } else { 0 }))
+            .collect();
+        let mut sorted = arrivals.clone();
+        sorted.sort();
+        assert_eq!(max_in_window(&sorted, Duration::from_millis(1000)), 10);
+        // Sends are evenly spread: 102 ms apart.
+        assert!(sent.windows(2).all(|w| w[1] - w[0] == Duration::from_millis(102)));
+    }
+
+    #[test]
+    fn utilisation_is_limit_over_widened_window() {
+        let start = Instant::now();
+        let mut b = Budget::new(shape(10, 20));
+        let sent = saturate(&mut b, start, Duration::from_secs(102));
+        // 10 per 1.02 s = 9.80/s: 1000 sends in 102 s, plus the one at the end.
+        assert_eq!(sent.len(), 1001);
+    }
+
+    #[test]
+    fn a_503_halves_the_rate_and_it_recovers_linearly() {
+        let start = Instant::now();
+        let mut b = Budget::new(shape(10, 0));
+        b.throttled(start, None);
+        assert_eq!(b.effective_rate(start), 5.0);
+        // A second 503 in the same window is the same event.
+        b.throttled(start + Duration::from_millis(500), None);
+        assert_eq!(b.effective_rate(start + Duration::from_millis(500)), 5.5);
+        assert_eq!(b.effective_rate(start + Duration::from_secs(3)), 8.0);
+        assert_eq!(b.effective_rate(start + Duration::from_secs(60)), 10.0);
+        // While cut, a saturating sender gets the lower rate.
+        let mut b = Budget::new(shape(10, 0));
+        b.throttled(start, None);
+        let sent = saturate(&mut b, start, Duration::from_secs(2));
+        assert!(sent.len() <= 13, "sent {} in 2 s at ~5-7/s", sent.len());
+        assert!(max_in_window(&sent, Duration::from_secs(1)) <= 7);
+    }
+
+    #[test]
+    fn rate_never_drops_below_the_floor() {
+        let start = Instant::now();
+        let mut b = Budget::new(shape(10, 0));
+        for i in 0..20 {
+            b.throttled(start + Duration::from_secs(2 * i), None);
+        }
+        assert!(b.effective_rate(start + Duration::from_secs(38)) >= 1.0);
+    }
+
+    #[test]
+    fn retry_after_pauses_the_budget() {
+        let start = Instant::now();
+        let mut b = Budget::new(shape(10, 0));
+        b.throttled(start, Some(Duration::from_secs(2)));
+        assert_eq!(b.next_free(start), start + Duration::from_secs(2));
+        assert!(b.next_free(start + Duration::from_secs(3)) <= start + Duration::from_secs(3));
+    }
+
+    #[test]
+    fn reshape_keeps_the_log() {
+        let start = Instant::now();
+        let mut b = Budget::new(shape(10, 0));
+        for ms in 0..10 {
+            b.record(start + Duration::from_millis(ms));
+        }
+        assert_eq!(b.recent(start + Duration::from_millis(10)), 10);
+        // Five sends in the last window already: the lower limit waits for
+        // the fifth-latest to leave it, not just for the pacing gap.
+        b.reshape(shape(5, 0));
+        assert_eq!(b.next_free(start), start + Duration::from_millis(1005));
+    }
+
+    #[test]
+    fn unrecord_returns_the_slot() {
+        let start = Instant::now();
+        let mut b = Budget::new(shape(1, 0));
+        b.record(start);
+        assert!(b.next_free(start) > start);
+        b.unrecord(start);
+        assert_eq!(b.next_free(start), start);
+    }
+}

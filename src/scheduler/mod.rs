@@ -1,0 +1,592 @@
+//! The scheduler: every request waits here for a slot in a budget.
+//!
+//! Requests are grouped into *lanes*. A lane is one class (general or
+//! telephony) and, with `limits.scope = "egress_ip_and_account"`, one tenant;
+//! it owns a fair queue and one [`Budget`] per outbound IP. A single
+//! dispatcher task per lane sleeps until the earliest budget has a free slot,
+//! takes the next request in fair order (tenant by weight, then priority
+//! band, then client) and hands it a [`Permit`] naming the outbound IP. So
+//! the CRM never sees more than a budget allows, a request leaves through
+//! whichever IP frees first, and ordering is decided here rather than by
+//! whoever wakes first.
+//!
+//! Waiting is bounded: by total and per-tenant capacity, by a deadline, and
+//! by the caller going away (a dropped waiter is skipped, never sent). This
+//! module never sees keys or bodies.
+
+mod budget;
+mod fair;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use serde::Serialize;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub use budget::{Budget, BudgetShape};
+pub use fair::{Level, Wfq};
+
+use crate::classify::Class;
+use crate::config::{Config, Scope};
+
+/// How urgent a request is, from the `X-Crmgate-Priority` header.
+///
+/// Priority orders requests *within* a tenant's share: high is served about
+/// twice as often as normal and four times as often as low while all three
+/// wait, so nothing starves and no tenant can take another's share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Interactive work.
+    High,
+    /// The default.
+    Normal,
+    /// Batch work that can wait.
+    Low,
+}
+
+impl Priority {
+    /// Parses a header value (`high`, `normal`, `low`, any case).
+    pub fn parse(value: &str) -> Option<Priority> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "high" => Some(Priority::High),
+            "normal" => Some(Priority::Normal),
+            "low" => Some(Priority::Low),
+            _ => None,
+        }
+    }
+
+    fn weight(self) -> u32 {
+        match self {
+            Priority::High => 4,
+            Priority::Normal => 2,
+            Priority::Low => 1,
+        }
+    }
+}
+
+/// What a request asks the scheduler for.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    /// Tenant name (from config).
+    pub tenant: Arc<str>,
+    /// The tenant's share relative to others.
+    pub weight: u32,
+    /// The tenant's cap on waiting requests.
+    pub max_queued: usize,
+    /// Who inside the tenant is asking (client key or source address): the
+    /// unit of fairness within a tenant. Never logged.
+    pub client: Arc<str>,
+    /// Urgency within the tenant's share.
+    pub priority: Priority,
+    /// Which budget.
+    pub class: Class,
+    /// Give up (503) if no slot is granted by then.
+    pub deadline: Instant,
+}
+
+/// Why a request got no slot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// Total or per-tenant capacity is used up.
+    #[error("the queue is full ({0})")]
+    Full(&'static str, Duration),
+    /// The deadline passed while waiting.
+    #[error("no slot within the allowed wait")]
+    Deadline(Duration),
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+impl QueueError {
+    /// A sensible `Retry-After` for the caller.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            QueueError::Full(_, d) | QueueError::Deadline(d) => *d,
+            QueueError::ShuttingDown => Duration::from_secs(1),
+        }
+    }
+}
+
+/// A granted slot: send now, through egress number `egress`.
+pub struct Permit {
+    /// Index into the configured egress IPs (0 when there is only the default).
+    pub egress: usize,
+    /// The class of the budget used.
+    pub class: Class,
+    /// Time spent queued for this slot.
+    pub waited: Duration,
+    lane: Arc<Lane>,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit").field("egress", &self.egress).field("class", &self.class).field("waited", &self.waited).finish()
+    }
+}
+
+impl Permit {
+    /// Reports that the CRM answered 503/429 to the request sent with this
+    /// permit: the budget slows down and honours `retry_after`.
+    pub fn throttled(&self, retry_after: Option<Duration>) {
+        self.lane.lock().budgets[self.egress].throttled(Instant::now(), retry_after);
+    }
+}
+
+const QUEUED: u8 = 0;
+const DISPATCHED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// A waiting request as the queue holds it.
+struct Entry {
+    id: u64,
+    state: Arc<AtomicU8>,
+    tx: oneshot::Sender<usize>,
+    tenant: Arc<str>,
+    weight: u32,
+    priority: Priority,
+    client: Arc<str>,
+}
+
+type Queue = Wfq<Arc<str>, Wfq<Priority, Wfq<Arc<str>, VecDeque<Entry>>>>;
+
+struct LaneState {
+    queue: Queue,
+    budgets: Vec<Budget>,
+    /// Live waiters by id, with their enqueue time (oldest first).
+    waiting: BTreeMap<u64, (Instant, Arc<str>)>,
+    /// Abandoned entries still in `queue`.
+    garbage: usize,
+    next_id: u64,
+}
+
+impl LaneState {
+    /// The egress whose budget frees first, and when.
+    fn earliest(&self, now: Instant) -> (usize, Instant) {
+        self.budgets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i, b.next_free(now)))
+            .min_by_key(|(_, at)| *at)
+            .expect("a lane has at least one budget")
+    }
+
+    fn push(&mut self, e: Entry) {
+        let (tenant, weight, priority, client) = (e.tenant.clone(), e.weight, e.priority, e.client.clone());
+        self.queue.push_with(tenant, weight, |t| {
+            t.push_with(priority, priority.weight(), |b| b.push_with(client, 1, |c| c.push_back(e)))
+        });
+    }
+
+    /// Rebuilds the queue without abandoned entries, so callers that give up
+    /// cannot grow it without bound while the budget is exhausted.
+    fn compact(&mut self) {
+        let mut live = Vec::with_capacity(self.waiting.len());
+        while let Some(e) = self.queue.pop() {
+            if e.state.load(Ordering::Acquire) == QUEUED {
+                live.push(e);
+            }
+        }
+        for e in live {
+            self.push(e);
+        }
+        self.garbage = 0;
+    }
+}
+
+struct Lane {
+    class: Class,
+    tenant: Option<Arc<str>>,
+    state: Mutex<LaneState>,
+    /// Work arrived while the lane was empty.
+    work: Notify,
+    /// Budgets changed (reload, 503): recompute the wake-up time.
+    reshaped: Notify,
+}
+
+impl Lane {
+    fn lock(&self) -> MutexGuard<'_, LaneState> {
+        // A panic while holding the lock leaves consistent data (every
+        // mutation is a single step), so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+type LaneKey = (Class, Option<Arc<str>>);
+
+struct Inner {
+    lanes: DashMap<LaneKey, Arc<Lane>>,
+    egress_count: usize,
+    shapes: Mutex<[BudgetShape; 2]>,
+    scope: Scope,
+    capacity: AtomicUsize,
+    queued_total: AtomicUsize,
+    tenant_queued: DashMap<Arc<str>, Arc<AtomicUsize>>,
+    /// New requests are refused once this is cancelled.
+    closing: CancellationToken,
+    /// Waiting requests are answered (503) once this is cancelled.
+    cut_off: CancellationToken,
+    /// Dispatchers exit once this is cancelled.
+    stop: CancellationToken,
+}
+
+/// The scheduler. Cheap to clone; all clones share the queues and budgets.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+fn shapes(config: &Config) -> [BudgetShape; 2] {
+    Class::ALL.map(|class| BudgetShape {
+        limit: config.rate(class).get(),
+        window: Duration::from_secs(1) + config.limits.jitter_allowance,
+        adaptive: config.limits.adaptive.clone(),
+    })
+}
+
+fn class_index(class: Class) -> usize {
+    match class {
+        Class::General => 0,
+        Class::Telephony => 1,
+    }
+}
+
+impl Scheduler {
+    /// A scheduler for `config`, with one budget per egress IP (one in all
+    /// when no egress IPs are configured). Must be created inside a tokio
+    /// runtime: dispatchers are spawned on it as lanes come into use.
+    pub fn new(config: &Config) -> Scheduler {
+        Scheduler {
+            inner: Arc::new(Inner {
+                lanes: DashMap::new(),
+                egress_count: config.upstream.egress_ips.len().max(1),
+                shapes: Mutex::new(shapes(config)),
+                scope: config.limits.scope,
+                capacity: AtomicUsize::new(config.limits.queue_capacity.get()),
+                queued_total: AtomicUsize::new(0),
+                tenant_queued: DashMap::new(),
+                closing: CancellationToken::new(),
+                cut_off: CancellationToken::new(),
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Applies a reloaded config: rates, window, adaptation and capacity.
+    /// Queued requests keep their places. The scope and the number of egress
+    /// IPs cannot change without a restart; the caller checks that.
+    pub fn reconfigure(&self, config: &Config) {
+        let new = shapes(config);
+        *self.inner.shapes.lock().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        self.inner.capacity.store(config.limits.queue_capacity.get(), Ordering::Relaxed);
+        for lane in self.inner.lanes.iter() {
+            let shape = new[class_index(lane.class)].clone();
+            for b in lane.lock().budgets.iter_mut() {
+                b.reshape(shape.clone());
+            }
+            lane.reshaped.notify_one();
+        }
+    }
+
+    fn lane(&self, class: Class, tenant: &Arc<str>) -> Arc<Lane> {
+        let key: LaneKey = match self.inner.scope {
+            Scope::EgressIp => (class, None),
+            Scope::EgressIpAndAccount => (class, Some(tenant.clone())),
+        };
+        if let Some(lane) = self.inner.lanes.get(&key) {
+            return lane.clone();
+        }
+        self.inner
+            .lanes
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let shape = self.inner.shapes.lock().unwrap_or_else(|p| p.into_inner())[class_index(class)].clone();
+                let lane = Arc::new(Lane {
+                    class,
+                    tenant: key.1.clone(),
+                    state: Mutex::new(LaneState {
+                        queue: Queue::default(),
+                        budgets: (0..self.inner.egress_count).map(|_| Budget::new(shape.clone())).collect(),
+                        waiting: BTreeMap::new(),
+                        garbage: 0,
+                        next_id: 0,
+                    }),
+                    work: Notify::new(),
+                    reshaped: Notify::new(),
+                });
+                tokio::spawn(dispatch(lane.clone(), self.inner.stop.clone()));
+                lane
+            })
+            .clone()
+    }
+
+    /// Waits for a slot. Returns when the request may be sent, or with a
+    /// [`QueueError`] when it must not be. Dropping the future withdraws the
+    /// request: it is never sent and its slot goes to the next one.
+    pub async fn acquire(&self, ticket: Ticket) -> Result<Permit, QueueError> {
+        let inner = &self.inner;
+        if inner.closing.is_cancelled() {
+            return Err(QueueError::ShuttingDown);
+        }
+        let lane = self.lane(ticket.class, &ticket.tenant);
+        let tenant_count = inner
+            .tenant_queued
+            .entry(ticket.tenant.clone())
+            .or_insert_with(|| Arc::new(AtomicUsize::new(0)))
+            .clone();
+        let capacity = inner.capacity.load(Ordering::Relaxed);
+        if inner.queued_total.fetch_add(1, Ordering::AcqRel) >= capacity {
+            inner.queued_total.fetch_sub(1, Ordering::AcqRel);
+            return Err(QueueError::Full("total", estimate_wait(&lane)));
+        }
+        if tenant_count.fetch_add(1, Ordering::AcqRel) >= ticket.max_queued {
+            tenant_count.fetch_sub(1, Ordering::AcqRel);
+            inner.queued_total.fetch_sub(1, Ordering::AcqRel);
+            return Err(QueueError::Full("tenant", estimate_wait(&lane)));
+        }
+
+        let enqueued = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let id = {
+            let mut st = lane.lock();
+            st.next_id += 1;
+            let id = st.next_id;
+            st.waiting.insert(id, (enqueued, ticket.tenant.clone()));
+            st.push(Entry {
+                id,
+                state: state.clone(),
+                tx,
+                tenant: ticket.tenant.clone(),
+                weight: ticket.weight,
+                priority: ticket.priority,
+                client: ticket.client.clone(),
+            });
+            if st.garbage > st.waiting.len().max(1024) {
+                st.compact();
+            }
+            id
+        };
+        lane.work.notify_one();
+        let _guard = Withdraw { lane: lane.clone(), id, state, tenant_count, inner: inner.clone() };
+
+        tokio::select! {
+            granted = rx => match granted {
+                Ok(egress) => Ok(Permit { egress, class: ticket.class, waited: enqueued.elapsed(), lane: lane.clone() }),
+                // The dispatcher only drops a sender when it is stopping.
+                Err(_) => Err(QueueError::ShuttingDown),
+            },
+            _ = sleep_until(ticket.deadline) => Err(QueueError::Deadline(estimate_wait(&lane))),
+            _ = inner.cut_off.cancelled() => Err(QueueError::ShuttingDown),
+        }
+    }
+
+    /// Refuses new requests from now on; queued ones keep waiting.
+    pub fn close(&self) {
+        self.inner.closing.cancel();
+    }
+
+    /// Answers every queued request with [`QueueError::ShuttingDown`].
+    pub fn cut_off(&self) {
+        self.inner.closing.cancel();
+        self.inner.cut_off.cancel();
+    }
+
+    /// Requests waiting, in all lanes.
+    pub fn queued(&self) -> usize {
+        self.inner.queued_total.load(Ordering::Acquire)
+    }
+
+    /// Requests of one tenant waiting, in all lanes.
+    pub fn tenant_queued(&self, tenant: &str) -> usize {
+        self.inner.tenant_queued.get(tenant).map_or(0, |c| c.load(Ordering::Acquire))
+    }
+
+    /// A point-in-time view of every lane, for `/status` and metrics.
+    pub fn snapshot(&self) -> Vec<LaneStatus> {
+        let now = Instant::now();
+        let mut lanes: Vec<LaneStatus> = self
+            .inner
+            .lanes
+            .iter()
+            .map(|lane| {
+                let st = lane.lock();
+                let mut per_tenant: BTreeMap<String, usize> = BTreeMap::new();
+                for (_, tenant) in st.waiting.values() {
+                    *per_tenant.entry(tenant.to_string()).or_default() += 1;
+                }
+                LaneStatus {
+                    class: lane.class,
+                    tenant: lane.tenant.as_ref().map(|t| t.to_string()),
+                    queued: st.waiting.len(),
+                    queued_by_tenant: per_tenant,
+                    oldest_wait_ms: st.waiting.values().next().map_or(0, |(t, _)| now.duration_since(*t).as_millis() as u64),
+                    budgets: st
+                        .budgets
+                        .iter()
+                        .map(|b| BudgetStatus {
+                            configured_rate: b.shape().limit,
+                            effective_rate: (b.effective_rate(now) * 100.0).round() / 100.0,
+                            sent_last_window: b.recent(now),
+                            next_free_in_ms: b.next_free(now).saturating_duration_since(now).as_millis() as u64,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        lanes.sort_by(|a, b| (a.class, &a.tenant).cmp(&(b.class, &b.tenant)));
+        lanes
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Status of one lane.
+#[derive(Debug, Clone, Serialize)]
+pub struct LaneStatus {
+    /// The class.
+    pub class: Class,
+    /// The tenant, when budgets are per account.
+    pub tenant: Option<String>,
+    /// Requests waiting.
+    pub queued: usize,
+    /// Requests waiting, by tenant.
+    pub queued_by_tenant: BTreeMap<String, usize>,
+    /// Age of the oldest waiting request.
+    pub oldest_wait_ms: u64,
+    /// One per egress IP, in config order.
+    pub budgets: Vec<BudgetStatus>,
+}
+
+/// Status of one budget.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetStatus {
+    /// Configured requests per second.
+    pub configured_rate: u32,
+    /// Current adaptive rate.
+    pub effective_rate: f64,
+    /// Sends within the last window.
+    pub sent_last_window: usize,
+    /// Time until the next slot (0 = free now).
+    pub next_free_in_ms: u64,
+}
+
+/// Ends a wait: releases the capacity it held and, if it gives up
+/// (deadline, disconnect, shutdown) before a grant, marks it so the
+/// dispatcher skips it.
+struct Withdraw {
+    lane: Arc<Lane>,
+    id: u64,
+    state: Arc<AtomicU8>,
+    tenant_count: Arc<AtomicUsize>,
+    inner: Arc<Inner>,
+}
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        if self.state.compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            let mut st = self.lane.lock();
+            st.waiting.remove(&self.id);
+            st.garbage += 1;
+        }
+        self.tenant_count.fetch_sub(1, Ordering::AcqRel);
+        self.inner.queued_total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Rough time until a newcomer would be served: queue length over the
+/// lane's current rate, at least one second (a `Retry-After` is in seconds).
+fn estimate_wait(lane: &Lane) -> Duration {
+    let now = Instant::now();
+    let st = lane.lock();
+    let rate: f64 = st.budgets.iter().map(|b| b.effective_rate(now)).sum();
+    let secs = (st.waiting.len() as f64 / rate.max(0.1)).ceil().max(1.0);
+    Duration::from_secs_f64(secs.min(3600.0))
+}
+
+/// How late a timer may fire (tokio's timer wheel ticks in milliseconds).
+const TIMER_GRANULARITY: Duration = Duration::from_millis(1);
+
+/// The lane's dispatcher: grants one slot at a time, in fair order, as soon
+/// as a budget allows it.
+async fn dispatch(lane: Arc<Lane>, stop: CancellationToken) {
+    loop {
+        let work = lane.work.notified();
+        let reshaped = lane.reshaped.notified();
+        tokio::pin!(work, reshaped);
+        work.as_mut().enable();
+        reshaped.as_mut().enable();
+
+        let now = Instant::now();
+        let wake = {
+            let mut st = lane.lock();
+            if st.waiting.is_empty() {
+                None
+            } else {
+                let (egress, at) = st.earliest(now);
+                // Timers fire on whole milliseconds; count the slot at its
+                // planned time when the wake-up was only that late, so a
+                // 25.5 ms telephony pace is not rounded down to 26 ms. The
+                // ≤ 1 ms this shifts a send is covered by the jitter allowance.
+                let slot = if now.saturating_duration_since(at) < TIMER_GRANULARITY { at } else { now };
+                if at <= now && grant_one(&mut st, egress, slot) {
+                    continue;
+                }
+                if at <= now {
+                    // Nothing live to grant: `waiting` and the queue disagree,
+                    // which must not happen; resynchronise rather than spin.
+                    tracing::error!(class = %lane.class, "scheduler lane out of sync; clearing stale waiters");
+                    st.waiting.clear();
+                    None
+                } else {
+                    Some(at)
+                }
+            }
+        };
+        match wake {
+            None => tokio::select! {
+                _ = work => {}
+                _ = stop.cancelled() => return,
+            },
+            Some(at) => tokio::select! {
+                _ = sleep_until(at) => {}
+                _ = reshaped => {}
+                _ = stop.cancelled() => return,
+            },
+        }
+    }
+}
+
+/// Hands the free slot on `egress` to the next live waiter; false if there
+/// was none.
+fn grant_one(st: &mut LaneState, egress: usize, now: Instant) -> bool {
+    while let Some(entry) = st.queue.pop() {
+        if entry.state.compare_exchange(QUEUED, DISPATCHED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            st.garbage = st.garbage.saturating_sub(1);
+            continue;
+        }
+        st.waiting.remove(&entry.id);
+        st.budgets[egress].record(now);
+        if entry.tx.send(egress).is_err() {
+            // The waiter vanished between the check and the send: give the
+            // slot to the next one.
+            st.budgets[egress].unrecord(now);
+            continue;
+        }
+        return true;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests;
