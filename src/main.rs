@@ -1,1 +1,208 @@
-fn main() {}
+//! The `crmgate` command: serve, check, sim and demo.
+//!
+//! Everything here is wiring: parse arguments, set up logging, load the
+//! config, hook signals to drain (SIGTERM/SIGINT) and reload (SIGHUP), and
+//! turn failures into a precise message and a non-zero exit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use crmgate::config::{self, Config};
+use crmgate::server::Server;
+use crmgate::sim::{SimConfig, Simulator};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// A local rate-limiting gateway for the RetailCRM REST API.
+#[derive(Parser)]
+#[command(name = "crmgate", version, about, long_about = None)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Config file [default: config/crmgate.toml, then /etc/crmgate/crmgate.toml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config and print a summary without secrets.
+    Check {
+        /// Config file [default: config/crmgate.toml, then /etc/crmgate/crmgate.toml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run the built-in RetailCRM simulator (key "demo-crm-key").
+    Sim {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+    },
+    /// Start the simulator and a gateway in front of it, and show how to call it.
+    Demo {
+        /// Gateway API address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Gateway admin address.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // `check` prints to stdout and needs no runtime or logging.
+    if let Command::Check { config } = &cli.command {
+        return check(config.as_deref());
+    }
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("crmgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config } => serve(config).await,
+            Command::Sim { listen } => sim(listen).await,
+            Command::Demo {
+                listen,
+                admin_listen,
+            } => demo(listen, admin_listen).await,
+            Command::Check { .. } => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crmgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: Option<&std::path::Path>) -> ExitCode {
+    let loaded = config::resolve_path(path).and_then(|p| Config::load(&p).map(|c| (p, c)));
+    match loaded {
+        Ok((path, config)) => {
+            println!("{}: OK", path.display());
+            print!("{}", config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for problem in &e.problems {
+                eprintln!("error: {problem}");
+            }
+            eprintln!("crmgate check: {} problem(s) found", e.problems.len());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn terminated() {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+async fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = config::resolve_path(path.as_deref())?;
+    let config =
+        Config::load(&path).with_context(|| format!("invalid config {}", path.display()))?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let server = Server::bind(config, Some(path.clone())).await?;
+    tracing::info!(api = %server.api_addr(), admin = %server.admin_addr(), config = %path.display(), "crmgate listening");
+    let gateway = server.gateway();
+    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading config");
+            let gw = gateway.clone();
+            let _ = tokio::task::spawn_blocking(move || gw.reload()).await;
+        }
+    });
+    server.run(terminated()).await?;
+    Ok(())
+}
+
+async fn sim(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(%listen, key = "demo-crm-key", "RetailCRM simulator listening");
+    Simulator::new(SimConfig::default())
+        .serve(listener, terminated())
+        .await?;
+    Ok(())
+}
+
+async fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
+    let sim = Simulator::spawn(SimConfig::default(), "127.0.0.1:0".parse()?)
+        .await
+        .context("cannot start the simulator")?;
+    let text = format!(
+        "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin_listen}\"\n\
+         [[tenants]]\nname = \"demo\"\nbase_url = \"{}\"\napi_key = \"demo-crm-key\"\n\
+         client_keys = [\"demo-client-key\"]\nsite = \"main\"\n",
+        sim.base_url()
+    );
+    let config =
+        Config::from_toml(&text, "demo config", &|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let server = Server::bind(config, None)
+        .await
+        .context("cannot start the gateway (is the port free? try --listen)")?;
+    let (api, admin) = (server.api_addr(), server.admin_addr());
+    println!(
+        "crmgate demo: a simulated RetailCRM at {sim} and crmgate in front of it.\n\n\
+         Gateway: http://{api}   (client key: demo-client-key; the CRM key stays inside crmgate)\n\
+         Admin:   http://{admin}/status  http://{admin}/metrics\n\n\
+         Try:\n  \
+         curl -s 'http://{api}/api/v5/orders?limit=20&page=2' -H 'X-API-KEY: demo-client-key'\n  \
+         curl -s -X POST 'http://{api}/demo/api/v5/orders/create' -H 'X-API-KEY: demo-client-key' \
+         --data-urlencode 'order={{\"externalId\":\"demo-1\",\"firstName\":\"Ann\"}}'\n\n\
+         Press Ctrl-C to stop.",
+        sim = sim.base_url()
+    );
+    server.run(terminated()).await?;
+    sim.shutdown();
+    Ok(())
+}

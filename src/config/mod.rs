@@ -19,8 +19,6 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use url::Url;
 
-
-
 /// Where `serve` and `check` look for the config when `--config` is not given.
 pub const DEFAULT_PATHS: [&str; 2] = ["config/crmgate.toml", "/etc/crmgate/crmgate.toml"];
 
@@ -269,7 +267,12 @@ impl Config {
         let egress = if self.upstream.egress_ips.is_empty() {
             "OS default".to_string()
         } else {
-            let ips: Vec<String> = self.upstream.egress_ips.iter().map(|i| i.to_string()).collect();
+            let ips: Vec<String> = self
+                .upstream
+                .egress_ips
+                .iter()
+                .map(|i| i.to_string())
+                .collect();
             ips.join(", ")
         };
         let mut out = format!(

@@ -29,7 +29,10 @@ impl Problems {
         match humantime::parse_duration(text) {
             Ok(d) => d,
             Err(e) => {
-                self.push(path, format!("invalid duration {text:?} ({e}); write e.g. \"250ms\", \"5s\""));
+                self.push(
+                    path,
+                    format!("invalid duration {text:?} ({e}); write e.g. \"250ms\", \"5s\""),
+                );
                 humantime::parse_duration(default).unwrap_or_default()
             }
         }
@@ -40,7 +43,10 @@ impl Problems {
         match u32::try_from(v).ok().and_then(NonZeroU32::new) {
             Some(n) => n,
             None => {
-                self.push(path, format!("must be a whole number from 1 to {}, got {v}", u32::MAX));
+                self.push(
+                    path,
+                    format!("must be a whole number from 1 to {}, got {v}", u32::MAX),
+                );
                 NonZeroU32::new(default.max(1)).unwrap_or(NonZeroU32::MIN)
             }
         }
@@ -60,7 +66,10 @@ impl Problems {
     fn socket(&mut self, path: &str, value: Option<&str>, default: &str) -> SocketAddr {
         let text = value.unwrap_or(default);
         text.parse().unwrap_or_else(|_| {
-            self.push(path, format!("invalid address {text:?}; write IP:PORT, e.g. \"127.0.0.1:8080\""));
+            self.push(
+                path,
+                format!("invalid address {text:?}; write IP:PORT, e.g. \"127.0.0.1:8080\""),
+            );
             default.parse().expect("default address parses")
         })
     }
@@ -70,7 +79,8 @@ impl Problems {
 fn is_plain_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Validates a parsed file. `env` looks up environment variables.
@@ -85,11 +95,18 @@ pub(super) fn validate(
     let s = &raw.server;
     let max_body = s.max_body_bytes.unwrap_or(8 * 1024 * 1024);
     if max_body <= 0 {
-        p.push("server.max_body_bytes", format!("must be positive, got {max_body}"));
+        p.push(
+            "server.max_body_bytes",
+            format!("must be positive, got {max_body}"),
+        );
     }
     let server = ServerConfig {
         listen: p.socket("server.listen", s.listen.as_deref(), "127.0.0.1:8080"),
-        admin_listen: p.socket("server.admin_listen", s.admin_listen.as_deref(), "127.0.0.1:9090"),
+        admin_listen: p.socket(
+            "server.admin_listen",
+            s.admin_listen.as_deref(),
+            "127.0.0.1:9090",
+        ),
         max_body_bytes: usize::try_from(max_body.max(1)).unwrap_or(usize::MAX),
         shutdown_grace: p.duration("server.shutdown_grace", s.shutdown_grace.as_deref(), "30s"),
     };
@@ -98,22 +115,32 @@ pub(super) fn validate(
     }
 
     let u = &raw.upstream;
-    let template = u.base_url.clone().unwrap_or_else(|| "https://{subdomain}.retailcrm.ru".into());
+    let template = u
+        .base_url
+        .clone()
+        .unwrap_or_else(|| "https://{subdomain}.retailcrm.ru".into());
     if !template.contains("{subdomain}") {
-        p.push("upstream.base_url", "must contain {subdomain} (a tenant's own base_url overrides it)");
+        p.push(
+            "upstream.base_url",
+            "must contain {subdomain} (a tenant's own base_url overrides it)",
+        );
     }
     let mut egress_ips = Vec::new();
     for (i, text) in u.egress_ips.iter().flatten().enumerate() {
         match text.parse::<IpAddr>() {
-            Ok(ip) if egress_ips.contains(&ip) => {
-                p.push(&format!("upstream.egress_ips[{i}]"), format!("{ip} is listed twice"))
-            }
+            Ok(ip) if egress_ips.contains(&ip) => p.push(
+                &format!("upstream.egress_ips[{i}]"),
+                format!("{ip} is listed twice"),
+            ),
             Ok(ip) if ip.is_unspecified() || ip.is_multicast() => p.push(
                 &format!("upstream.egress_ips[{i}]"),
                 format!("{ip} is not a usable source address"),
             ),
             Ok(ip) => egress_ips.push(ip),
-            Err(_) => p.push(&format!("upstream.egress_ips[{i}]"), format!("{text:?} is not an IP address")),
+            Err(_) => p.push(
+                &format!("upstream.egress_ips[{i}]"),
+                format!("{text:?} is not an IP address"),
+            ),
         }
     }
     if let Some(id) = &u.egress_id {
@@ -123,8 +150,16 @@ pub(super) fn validate(
     }
     let upstream = UpstreamConfig {
         base_url: template.clone(),
-        connect_timeout: p.duration("upstream.connect_timeout", u.connect_timeout.as_deref(), "5s"),
-        request_timeout: p.duration("upstream.request_timeout", u.request_timeout.as_deref(), "30s"),
+        connect_timeout: p.duration(
+            "upstream.connect_timeout",
+            u.connect_timeout.as_deref(),
+            "5s",
+        ),
+        request_timeout: p.duration(
+            "upstream.request_timeout",
+            u.request_timeout.as_deref(),
+            "30s",
+        ),
         egress_ips,
         egress_id: u.egress_id.clone(),
     };
@@ -146,19 +181,34 @@ pub(super) fn validate(
         min_rate: a.min_rate.unwrap_or(1.0),
     };
     if !(adaptive.decrease_factor > 0.0 && adaptive.decrease_factor < 1.0) {
-        p.push("limits.adaptive.decrease_factor", format!("must be between 0 and 1 (exclusive), got {}", adaptive.decrease_factor));
+        p.push(
+            "limits.adaptive.decrease_factor",
+            format!(
+                "must be between 0 and 1 (exclusive), got {}",
+                adaptive.decrease_factor
+            ),
+        );
     }
     if !(adaptive.recovery_per_second.is_finite() && adaptive.recovery_per_second > 0.0) {
-        p.push("limits.adaptive.recovery_per_second", format!("must be positive, got {}", adaptive.recovery_per_second));
+        p.push(
+            "limits.adaptive.recovery_per_second",
+            format!("must be positive, got {}", adaptive.recovery_per_second),
+        );
     }
     if !(adaptive.min_rate.is_finite() && adaptive.min_rate > 0.0) {
-        p.push("limits.adaptive.min_rate", format!("must be positive, got {}", adaptive.min_rate));
+        p.push(
+            "limits.adaptive.min_rate",
+            format!("must be positive, got {}", adaptive.min_rate),
+        );
     }
     let scope = match l.scope.as_deref().unwrap_or("egress_ip") {
         "egress_ip" => Scope::EgressIp,
         "egress_ip_and_account" => Scope::EgressIpAndAccount,
         other => {
-            p.push("limits.scope", format!("{other:?} is not one of \"egress_ip\", \"egress_ip_and_account\""));
+            p.push(
+                "limits.scope",
+                format!("{other:?} is not one of \"egress_ip\", \"egress_ip_and_account\""),
+            );
             Scope::EgressIp
         }
     };
@@ -166,23 +216,41 @@ pub(super) fn validate(
         "local" => Backend::Local,
         "redis" => Backend::Redis,
         other => {
-            p.push("limits.backend", format!("{other:?} is not one of \"local\", \"redis\""));
+            p.push(
+                "limits.backend",
+                format!("{other:?} is not one of \"local\", \"redis\""),
+            );
             Backend::Local
         }
     };
     let limits = LimitsConfig {
         general_per_second: p.positive_u32("limits.general_per_second", l.general_per_second, 10),
-        telephony_per_second: p.positive_u32("limits.telephony_per_second", l.telephony_per_second, 40),
-        jitter_allowance: p.duration("limits.jitter_allowance", l.jitter_allowance.as_deref(), "20ms"),
+        telephony_per_second: p.positive_u32(
+            "limits.telephony_per_second",
+            l.telephony_per_second,
+            40,
+        ),
+        jitter_allowance: p.duration(
+            "limits.jitter_allowance",
+            l.jitter_allowance.as_deref(),
+            "20ms",
+        ),
         max_queue_wait: p.duration("limits.max_queue_wait", l.max_queue_wait.as_deref(), "30s"),
         queue_capacity: p.positive_usize("limits.queue_capacity", l.queue_capacity, 10_000),
-        max_queued_per_tenant: p.positive_usize("limits.max_queued_per_tenant", l.max_queued_per_tenant, 1_000),
+        max_queued_per_tenant: p.positive_usize(
+            "limits.max_queued_per_tenant",
+            l.max_queued_per_tenant,
+            1_000,
+        ),
         scope,
         backend,
         adaptive,
     };
     if limits.jitter_allowance >= Duration::from_secs(1) {
-        p.push("limits.jitter_allowance", "must be shorter than 1s (it widens the 1 s window)");
+        p.push(
+            "limits.jitter_allowance",
+            "must be shorter than 1s (it widens the 1 s window)",
+        );
     }
     if limits.max_queue_wait.is_zero() {
         p.push("limits.max_queue_wait", "must be longer than zero");
@@ -191,15 +259,25 @@ pub(super) fn validate(
     let r = &raw.retry;
     let retry = RetryConfig {
         max_attempts: p.positive_u32("retry.max_attempts", r.max_attempts, 4),
-        initial_backoff: p.duration("retry.initial_backoff", r.initial_backoff.as_deref(), "200ms"),
+        initial_backoff: p.duration(
+            "retry.initial_backoff",
+            r.initial_backoff.as_deref(),
+            "200ms",
+        ),
         max_backoff: p.duration("retry.max_backoff", r.max_backoff.as_deref(), "5s"),
     };
     if retry.max_backoff < retry.initial_backoff {
-        p.push("retry.max_backoff", "must not be shorter than retry.initial_backoff");
+        p.push(
+            "retry.max_backoff",
+            "must not be shorter than retry.initial_backoff",
+        );
     }
 
     let rd = &raw.redis;
-    let redis_url = rd.url.clone().unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let redis_url = rd
+        .url
+        .clone()
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     match Url::parse(&redis_url) {
         Ok(u) if matches!(u.scheme(), "redis" | "rediss") => {}
         _ => p.push("redis.url", "must be a redis:// or rediss:// URL"),
@@ -220,7 +298,10 @@ pub(super) fn validate(
     for (i, t) in raw.tenants.iter().enumerate() {
         if let Some(tenant) = tenant(&mut p, &mut warnings, i, t, &template, &limits, env) {
             if let Some(first) = names.insert(tenant.name.clone(), i) {
-                p.push(&format!("tenants[{i}].name"), format!("{:?} is already used by tenants[{first}]", tenant.name));
+                p.push(
+                    &format!("tenants[{i}].name"),
+                    format!("{:?} is already used by tenants[{first}]", tenant.name),
+                );
             }
             for (k, key) in tenant.client_keys.iter().enumerate() {
                 if let Some(first) = client_keys.insert(key.expose().to_string(), i) {
@@ -237,7 +318,16 @@ pub(super) fn validate(
     }
 
     if p.0.is_empty() {
-        Ok(Config { server, upstream, limits, retry, redis, tenants, checksum, warnings })
+        Ok(Config {
+            server,
+            upstream,
+            limits,
+            retry,
+            redis,
+            tenants,
+            checksum,
+            warnings,
+        })
     } else {
         Err(ConfigError { problems: p.0 })
     }
@@ -268,14 +358,23 @@ fn tenant(
         (Some(url), _) => Some((at("base_url"), url.clone())),
         (None, Some(sub)) => {
             if !is_plain_name(sub) {
-                p.push(&at("subdomain"), format!("{sub:?} is not a valid subdomain"));
+                p.push(
+                    &at("subdomain"),
+                    format!("{sub:?} is not a valid subdomain"),
+                );
                 None
             } else {
-                Some(("upstream.base_url".to_string(), template.replace("{subdomain}", sub)))
+                Some((
+                    "upstream.base_url".to_string(),
+                    template.replace("{subdomain}", sub),
+                ))
             }
         }
         (None, None) => {
-            p.push(&at("subdomain"), "set subdomain (or base_url) so crmgate knows where the account lives");
+            p.push(
+                &at("subdomain"),
+                "set subdomain (or base_url) so crmgate knows where the account lives",
+            );
             None
         }
     };
@@ -287,7 +386,10 @@ fn tenant(
             Some(u)
         }
         Ok(_) => {
-            p.push(&path, format!("{text:?} must be an http:// or https:// URL with a host"));
+            p.push(
+                &path,
+                format!("{text:?} must be an http:// or https:// URL with a host"),
+            );
             None
         }
         Err(e) => {
@@ -296,10 +398,17 @@ fn tenant(
         }
     });
 
-    let sources = [t.api_key_env.is_some(), t.api_key_file.is_some(), t.api_key.is_some()];
+    let sources = [
+        t.api_key_env.is_some(),
+        t.api_key_file.is_some(),
+        t.api_key.is_some(),
+    ];
     let key = match sources.iter().filter(|s| **s).count() {
         0 => {
-            p.push(&at("api_key_env"), "no key: set api_key_env (or api_key_file)");
+            p.push(
+                &at("api_key_env"),
+                "no key: set api_key_env (or api_key_file)",
+            );
             None
         }
         1 => {
@@ -307,17 +416,25 @@ fn tenant(
                 match env(var).map(|v| v.trim().to_string()) {
                     Some(v) if !v.is_empty() => Some((Secret::new(v), KeySource::Env(var.clone()))),
                     Some(_) => {
-                        p.push(&at("api_key_env"), format!("environment variable {var} is empty"));
+                        p.push(
+                            &at("api_key_env"),
+                            format!("environment variable {var} is empty"),
+                        );
                         None
                     }
                     None => {
-                        p.push(&at("api_key_env"), format!("environment variable {var} is not set"));
+                        p.push(
+                            &at("api_key_env"),
+                            format!("environment variable {var} is not set"),
+                        );
                         None
                     }
                 }
             } else if let Some(file) = &t.api_key_file {
                 match std::fs::read_to_string(file).map(|v| v.trim().to_string()) {
-                    Ok(v) if !v.is_empty() => Some((Secret::new(v), KeySource::File(PathBuf::from(file)))),
+                    Ok(v) if !v.is_empty() => {
+                        Some((Secret::new(v), KeySource::File(PathBuf::from(file))))
+                    }
                     Ok(_) => {
                         p.push(&at("api_key_file"), format!("{file} is empty"));
                         None
@@ -342,7 +459,10 @@ fn tenant(
             }
         }
         _ => {
-            p.push(&at("api_key_env"), "set only one of api_key_env, api_key_file, api_key");
+            p.push(
+                &at("api_key_env"),
+                "set only one of api_key_env, api_key_file, api_key",
+            );
             None
         }
     };
@@ -350,10 +470,16 @@ fn tenant(
     let mut keys = Vec::new();
     for (k, ck) in t.client_keys.iter().enumerate() {
         if ck.trim().is_empty() || ck.trim() != ck {
-            p.push(&format!("tenants[{i}].client_keys[{k}]"), "must be non-empty, without surrounding spaces");
+            p.push(
+                &format!("tenants[{i}].client_keys[{k}]"),
+                "must be non-empty, without surrounding spaces",
+            );
         } else if let Some((real, _)) = &key {
             if real.expose() == ck {
-                p.push(&format!("tenants[{i}].client_keys[{k}]"), "must not be the real CRM key");
+                p.push(
+                    &format!("tenants[{i}].client_keys[{k}]"),
+                    "must not be the real CRM key",
+                );
             }
         }
         keys.push(Secret::new(ck.clone()));
@@ -367,7 +493,11 @@ fn tenant(
     if weight.get() > 1000 {
         p.push(&at("weight"), "must be at most 1000");
     }
-    let max_queued = p.positive_usize(&at("max_queued"), t.max_queued, limits.max_queued_per_tenant.get());
+    let max_queued = p.positive_usize(
+        &at("max_queued"),
+        t.max_queued,
+        limits.max_queued_per_tenant.get(),
+    );
 
     let (api_key, key_source) = key?;
     if p.0.len() != before {
@@ -446,7 +576,10 @@ mod tests {
     #[test]
     fn unknown_fields_are_rejected_with_position() {
         let p = problems("[limits]\ngeneral_per_sec = 5\n");
-        assert!(p[0].starts_with("test.toml:2:1:") && p[0].contains("general_per_sec"), "{p:?}");
+        assert!(
+            p[0].starts_with("test.toml:2:1:") && p[0].contains("general_per_sec"),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -456,24 +589,50 @@ mod tests {
 
     #[test]
     fn duplicate_tenant_names_are_rejected() {
-        let text = format!("{GOOD}\n[[tenants]]\nname = \"acme\"\nsubdomain = \"b\"\napi_key_env = \"BETA_KEY\"\n");
-        assert!(has(&problems(&text), "tenants[1].name: \"acme\" is already used by tenants[0]"));
+        let text = format!(
+            "{GOOD}\n[[tenants]]\nname = \"acme\"\nsubdomain = \"b\"\napi_key_env = \"BETA_KEY\"\n"
+        );
+        assert!(has(
+            &problems(&text),
+            "tenants[1].name: \"acme\" is already used by tenants[0]"
+        ));
     }
 
     #[test]
     fn a_client_key_shared_by_two_tenants_is_rejected() {
         let text = format!("{GOOD}\n[[tenants]]\nname = \"beta\"\nsubdomain = \"b\"\napi_key_env = \"BETA_KEY\"\nclient_keys = [\"svc-a\"]\n");
         let p = problems(&text);
-        assert!(has(&p, "tenants[1].client_keys[0]: is also a client key of tenants[0]"), "{p:?}");
-        assert!(!has(&p, "svc-a"), "a client key leaked into the message: {p:?}");
+        assert!(
+            has(
+                &p,
+                "tenants[1].client_keys[0]: is also a client key of tenants[0]"
+            ),
+            "{p:?}"
+        );
+        assert!(
+            !has(&p, "svc-a"),
+            "a client key leaked into the message: {p:?}"
+        );
     }
 
     #[test]
     fn unset_and_empty_keys_name_the_variable() {
         let p = problems("[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key_env = \"NOPE\"\n");
-        assert!(has(&p, "tenants[0].api_key_env: environment variable NOPE is not set"), "{p:?}");
+        assert!(
+            has(
+                &p,
+                "tenants[0].api_key_env: environment variable NOPE is not set"
+            ),
+            "{p:?}"
+        );
         let p = problems("[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key_env = \"EMPTY\"\n");
-        assert!(has(&p, "tenants[0].api_key_env: environment variable EMPTY is empty"), "{p:?}");
+        assert!(
+            has(
+                &p,
+                "tenants[0].api_key_env: environment variable EMPTY is empty"
+            ),
+            "{p:?}"
+        );
         let p = problems("[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\n");
         assert!(has(&p, "tenants[0].api_key_env: no key"), "{p:?}");
     }
@@ -483,15 +642,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("key");
         std::fs::write(&file, "from-file\n").unwrap();
-        let text = format!("[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key_file = {:?}\n", file.display().to_string());
-        assert_eq!(load(&text).unwrap().tenants[0].api_key.expose(), "from-file");
-        let text = "[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key_file = \"/nonexistent/key\"\n";
-        assert!(has(&problems(text), "tenants[0].api_key_file: cannot read /nonexistent/key"));
+        let text = format!(
+            "[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key_file = {:?}\n",
+            file.display().to_string()
+        );
+        assert_eq!(
+            load(&text).unwrap().tenants[0].api_key.expose(),
+            "from-file"
+        );
+        let text =
+            "[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key_file = \"/nonexistent/key\"\n";
+        assert!(has(
+            &problems(text),
+            "tenants[0].api_key_file: cannot read /nonexistent/key"
+        ));
     }
 
     #[test]
     fn inline_keys_work_with_a_warning() {
-        let c = load("[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key = \"inline-secret\"\n").unwrap();
+        let c = load("[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key = \"inline-secret\"\n")
+            .unwrap();
         assert_eq!(c.tenants[0].key_source, KeySource::Inline);
         assert!(c.warnings[0].contains("tenants[0].api_key"));
         assert!(!c.summary().contains("inline-secret"));
@@ -499,10 +669,23 @@ mod tests {
 
     #[test]
     fn base_url_must_be_http() {
-        let p = problems("[[tenants]]\nname = \"a\"\nbase_url = \"ftp://x\"\napi_key_env = \"ACME_KEY\"\n");
-        assert!(has(&p, "tenants[0].base_url: \"ftp://x\" must be an http:// or https:// URL"), "{p:?}");
-        let p = problems("[[tenants]]\nname = \"a\"\nbase_url = \"not a url\"\napi_key_env = \"ACME_KEY\"\n");
-        assert!(has(&p, "tenants[0].base_url: \"not a url\" is not a URL"), "{p:?}");
+        let p = problems(
+            "[[tenants]]\nname = \"a\"\nbase_url = \"ftp://x\"\napi_key_env = \"ACME_KEY\"\n",
+        );
+        assert!(
+            has(
+                &p,
+                "tenants[0].base_url: \"ftp://x\" must be an http:// or https:// URL"
+            ),
+            "{p:?}"
+        );
+        let p = problems(
+            "[[tenants]]\nname = \"a\"\nbase_url = \"not a url\"\napi_key_env = \"ACME_KEY\"\n",
+        );
+        assert!(
+            has(&p, "tenants[0].base_url: \"not a url\" is not a URL"),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -514,28 +697,55 @@ mod tests {
     #[test]
     fn a_tenant_needs_subdomain_or_base_url() {
         let p = problems("[[tenants]]\nname = \"a\"\napi_key_env = \"ACME_KEY\"\n");
-        assert!(has(&p, "tenants[0].subdomain: set subdomain (or base_url)"), "{p:?}");
+        assert!(
+            has(&p, "tenants[0].subdomain: set subdomain (or base_url)"),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn bad_egress_ips_are_rejected() {
-        let text = format!("[upstream]\negress_ips = [\"127.0.0.2\", \"10.0.0.300\", \"127.0.0.2\"]\n{GOOD}");
+        let text = format!(
+            "[upstream]\negress_ips = [\"127.0.0.2\", \"10.0.0.300\", \"127.0.0.2\"]\n{GOOD}"
+        );
         let p = problems(&text);
-        assert!(has(&p, "upstream.egress_ips[1]: \"10.0.0.300\" is not an IP address"), "{p:?}");
-        assert!(has(&p, "upstream.egress_ips[2]: 127.0.0.2 is listed twice"), "{p:?}");
+        assert!(
+            has(
+                &p,
+                "upstream.egress_ips[1]: \"10.0.0.300\" is not an IP address"
+            ),
+            "{p:?}"
+        );
+        assert!(
+            has(&p, "upstream.egress_ips[2]: 127.0.0.2 is listed twice"),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn zero_and_negative_rates_are_rejected() {
         let text = format!("[limits]\ngeneral_per_second = 0\ntelephony_per_second = -4\n{GOOD}");
         let p = problems(&text);
-        assert!(has(&p, "limits.general_per_second: must be a whole number from 1"), "{p:?}");
-        assert!(has(&p, "limits.telephony_per_second: must be a whole number from 1"), "{p:?}");
+        assert!(
+            has(
+                &p,
+                "limits.general_per_second: must be a whole number from 1"
+            ),
+            "{p:?}"
+        );
+        assert!(
+            has(
+                &p,
+                "limits.telephony_per_second: must be a whole number from 1"
+            ),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn every_problem_is_reported_not_just_the_first() {
-        let text = "[limits]\nmax_queue_wait = \"soon\"\nscope = \"planet\"\n[retry]\nmax_attempts = 0\n\
+        let text =
+            "[limits]\nmax_queue_wait = \"soon\"\nscope = \"planet\"\n[retry]\nmax_attempts = 0\n\
                     [[tenants]]\nname = \"bad name\"\nsubdomain = \"a\"\napi_key_env = \"NOPE\"\n";
         let p = problems(text);
         for needle in [
@@ -573,7 +783,10 @@ mod tests {
     fn summary_has_no_secrets() {
         let c = load(GOOD).unwrap();
         let s = c.summary();
-        assert!(s.contains("acme") && s.contains("env ACME_KEY") && s.contains("1 client key(s)"), "{s}");
+        assert!(
+            s.contains("acme") && s.contains("env ACME_KEY") && s.contains("1 client key(s)"),
+            "{s}"
+        );
         assert!(!s.contains("real-acme") && !s.contains("svc-a"), "{s}");
     }
 }

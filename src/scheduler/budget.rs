@@ -49,7 +49,12 @@ pub struct Budget {
 impl Budget {
     /// A fresh budget with nothing sent.
     pub fn new(shape: BudgetShape) -> Self {
-        Budget { log: VecDeque::with_capacity(shape.limit as usize), shape, cut: None, paused_until: None }
+        Budget {
+            log: VecDeque::with_capacity(shape.limit as usize),
+            shape,
+            cut: None,
+            paused_until: None,
+        }
     }
 
     /// The current shape.
@@ -135,13 +140,17 @@ impl Budget {
             }
         }
         let a = &self.shape.adaptive;
-        let lowered = (self.effective_rate(now) * a.decrease_factor).max(a.min_rate.min(f64::from(self.shape.limit)));
+        let lowered = (self.effective_rate(now) * a.decrease_factor)
+            .max(a.min_rate.min(f64::from(self.shape.limit)));
         self.cut = Some((lowered, now));
     }
 
     /// Sends recorded within the last window (for status output).
     pub fn recent(&self, now: Instant) -> usize {
-        self.log.iter().filter(|t| now.saturating_duration_since(**t) < self.shape.window).count()
+        self.log
+            .iter()
+            .filter(|t| now.saturating_duration_since(**t) < self.shape.window)
+            .count()
     }
 }
 
@@ -153,7 +162,12 @@ mod tests {
         BudgetShape {
             limit,
             window: Duration::from_millis(1000 + jitter_ms),
-            adaptive: AdaptiveConfig { enabled: true, decrease_factor: 0.5, recovery_per_second: 1.0, min_rate: 1.0 },
+            adaptive: AdaptiveConfig {
+                enabled: true,
+                decrease_factor: 0.5,
+                recovery_per_second: 1.0,
+                min_rate: 1.0,
+            },
         }
     }
 
@@ -199,7 +213,9 @@ mod tests {
         sorted.sort();
         assert_eq!(max_in_window(&sorted, Duration::from_millis(1000)), 10);
         // Sends are evenly spread: 102 ms apart.
-        assert!(sent.windows(2).all(|w| w[1] - w[0] == Duration::from_millis(102)));
+        assert!(sent
+            .windows(2)
+            .all(|w| w[1] - w[0] == Duration::from_millis(102)));
     }
 
     #[test]

@@ -63,7 +63,13 @@ pub struct Wfq<K, Q> {
 
 impl<K, Q> Default for Wfq<K, Q> {
     fn default() -> Self {
-        Wfq { children: HashMap::new(), active: BTreeSet::new(), vtime: 0, max_finish: 0, seq: 0 }
+        Wfq {
+            children: HashMap::new(),
+            active: BTreeSet::new(),
+            vtime: 0,
+            max_finish: 0,
+            seq: 0,
+        }
     }
 }
 
@@ -102,7 +108,8 @@ impl<K: Clone + Ord + Hash, Q: Level> Wfq<K, Q> {
     fn collect_idle(&mut self) {
         if self.children.len() > 2 * self.active.len() + 64 {
             let vtime = self.vtime;
-            self.children.retain(|_, c| !c.queue.is_empty() || c.finish > vtime);
+            self.children
+                .retain(|_, c| !c.queue.is_empty() || c.finish > vtime);
         }
     }
 }

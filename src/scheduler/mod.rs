@@ -127,7 +127,11 @@ pub struct Permit {
 
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Permit").field("egress", &self.egress).field("class", &self.class).field("waited", &self.waited).finish()
+        f.debug_struct("Permit")
+            .field("egress", &self.egress)
+            .field("class", &self.class)
+            .field("waited", &self.waited)
+            .finish()
     }
 }
 
@@ -178,9 +182,12 @@ impl LaneState {
     }
 
     fn push(&mut self, e: Entry) {
-        let (tenant, weight, priority, client) = (e.tenant.clone(), e.weight, e.priority, e.client.clone());
+        let (tenant, weight, priority, client) =
+            (e.tenant.clone(), e.weight, e.priority, e.client.clone());
         self.queue.push_with(tenant, weight, |t| {
-            t.push_with(priority, priority.weight(), |b| b.push_with(client, 1, |c| c.push_back(e)))
+            t.push_with(priority, priority.weight(), |b| {
+                b.push_with(client, 1, |c| c.push_back(e))
+            })
         });
     }
 
@@ -284,7 +291,9 @@ impl Scheduler {
     pub fn reconfigure(&self, config: &Config) {
         let new = shapes(config);
         *self.inner.shapes.lock().unwrap_or_else(|p| p.into_inner()) = new.clone();
-        self.inner.capacity.store(config.limits.queue_capacity.get(), Ordering::Relaxed);
+        self.inner
+            .capacity
+            .store(config.limits.queue_capacity.get(), Ordering::Relaxed);
         for lane in self.inner.lanes.iter() {
             let shape = new[class_index(lane.class)].clone();
             for b in lane.lock().budgets.iter_mut() {
@@ -306,13 +315,17 @@ impl Scheduler {
             .lanes
             .entry(key.clone())
             .or_insert_with(|| {
-                let shape = self.inner.shapes.lock().unwrap_or_else(|p| p.into_inner())[class_index(class)].clone();
+                let shape = self.inner.shapes.lock().unwrap_or_else(|p| p.into_inner())
+                    [class_index(class)]
+                .clone();
                 let lane = Arc::new(Lane {
                     class,
                     tenant: key.1.clone(),
                     state: Mutex::new(LaneState {
                         queue: Queue::default(),
-                        budgets: (0..self.inner.egress_count).map(|_| Budget::new(shape.clone())).collect(),
+                        budgets: (0..self.inner.egress_count)
+                            .map(|_| Budget::new(shape.clone()))
+                            .collect(),
                         waiting: BTreeMap::new(),
                         garbage: 0,
                         next_id: 0,
@@ -374,7 +387,13 @@ impl Scheduler {
             id
         };
         lane.work.notify_one();
-        let _guard = Withdraw { lane: lane.clone(), id, state, tenant_count, inner: inner.clone() };
+        let _guard = Withdraw {
+            lane: lane.clone(),
+            id,
+            state,
+            tenant_count,
+            inner: inner.clone(),
+        };
 
         tokio::select! {
             granted = rx => match granted {
@@ -405,7 +424,10 @@ impl Scheduler {
 
     /// Requests of one tenant waiting, in all lanes.
     pub fn tenant_queued(&self, tenant: &str) -> usize {
-        self.inner.tenant_queued.get(tenant).map_or(0, |c| c.load(Ordering::Acquire))
+        self.inner
+            .tenant_queued
+            .get(tenant)
+            .map_or(0, |c| c.load(Ordering::Acquire))
     }
 
     /// A point-in-time view of every lane, for `/status` and metrics.
@@ -426,7 +448,11 @@ impl Scheduler {
                     tenant: lane.tenant.as_ref().map(|t| t.to_string()),
                     queued: st.waiting.len(),
                     queued_by_tenant: per_tenant,
-                    oldest_wait_ms: st.waiting.values().next().map_or(0, |(t, _)| now.duration_since(*t).as_millis() as u64),
+                    oldest_wait_ms: st
+                        .waiting
+                        .values()
+                        .next()
+                        .map_or(0, |(t, _)| now.duration_since(*t).as_millis() as u64),
                     budgets: st
                         .budgets
                         .iter()
@@ -434,7 +460,10 @@ impl Scheduler {
                             configured_rate: b.shape().limit,
                             effective_rate: (b.effective_rate(now) * 100.0).round() / 100.0,
                             sent_last_window: b.recent(now),
-                            next_free_in_ms: b.next_free(now).saturating_duration_since(now).as_millis() as u64,
+                            next_free_in_ms: b
+                                .next_free(now)
+                                .saturating_duration_since(now)
+                                .as_millis() as u64,
                         })
                         .collect(),
                 }
@@ -494,7 +523,11 @@ struct Withdraw {
 
 impl Drop for Withdraw {
     fn drop(&mut self) {
-        if self.state.compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if self
+            .state
+            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
             let mut st = self.lane.lock();
             st.waiting.remove(&self.id);
             st.garbage += 1;
@@ -538,7 +571,11 @@ async fn dispatch(lane: Arc<Lane>, stop: CancellationToken) {
                 // planned time when the wake-up was only that late, so a
                 // 25.5 ms telephony pace is not rounded down to 26 ms. The
                 // ≤ 1 ms this shifts a send is covered by the jitter allowance.
-                let slot = if now.saturating_duration_since(at) < TIMER_GRANULARITY { at } else { now };
+                let slot = if now.saturating_duration_since(at) < TIMER_GRANULARITY {
+                    at
+                } else {
+                    now
+                };
                 if at <= now && grant_one(&mut st, egress, slot) {
                     continue;
                 }
@@ -571,7 +608,11 @@ async fn dispatch(lane: Arc<Lane>, stop: CancellationToken) {
 /// was none.
 fn grant_one(st: &mut LaneState, egress: usize, now: Instant) -> bool {
     while let Some(entry) = st.queue.pop() {
-        if entry.state.compare_exchange(QUEUED, DISPATCHED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        if entry
+            .state
+            .compare_exchange(QUEUED, DISPATCHED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
             st.garbage = st.garbage.saturating_sub(1);
             continue;
         }

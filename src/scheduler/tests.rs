@@ -48,7 +48,9 @@ fn max_in_window(times: &mut [Duration], w: Duration) -> usize {
     best
 }
 
-async fn grant_times(waiters: Vec<JoinHandle<Result<(Duration, usize), QueueError>>>) -> Vec<Duration> {
+async fn grant_times(
+    waiters: Vec<JoinHandle<Result<(Duration, usize), QueueError>>>,
+) -> Vec<Duration> {
     let mut out = Vec::new();
     for w in waiters {
         out.push(w.await.unwrap().unwrap().0);
@@ -59,7 +61,9 @@ async fn grant_times(waiters: Vec<JoinHandle<Result<(Duration, usize), QueueErro
 #[tokio::test(start_paused = true)]
 async fn grants_never_exceed_the_limit_in_any_window() {
     let s = Scheduler::new(&config(""));
-    let waiters: Vec<_> = (0..95).map(|i| spawn(&s, ticket("a", &format!("c{}", i % 7), Class::General))).collect();
+    let waiters: Vec<_> = (0..95)
+        .map(|i| spawn(&s, ticket("a", &format!("c{}", i % 7), Class::General)))
+        .collect();
     let mut times = grant_times(waiters).await;
     assert_eq!(times.len(), 95);
     assert_eq!(max_in_window(&mut times, Duration::from_millis(1020)), 10);
@@ -70,8 +74,12 @@ async fn grants_never_exceed_the_limit_in_any_window() {
 #[tokio::test(start_paused = true)]
 async fn telephony_has_its_own_budget() {
     let s = Scheduler::new(&config(""));
-    let general: Vec<_> = (0..10).map(|_| spawn(&s, ticket("a", "x", Class::General))).collect();
-    let phone: Vec<_> = (0..40).map(|_| spawn(&s, ticket("a", "x", Class::Telephony))).collect();
+    let general: Vec<_> = (0..10)
+        .map(|_| spawn(&s, ticket("a", "x", Class::General)))
+        .collect();
+    let phone: Vec<_> = (0..40)
+        .map(|_| spawn(&s, ticket("a", "x", Class::Telephony)))
+        .collect();
     let g = grant_times(general).await;
     let t = grant_times(phone).await;
     // 40/s paces telephony at 25.5 ms (seen on the next whole millisecond),
@@ -82,8 +90,12 @@ async fn telephony_has_its_own_budget() {
 
 #[tokio::test(start_paused = true)]
 async fn two_egress_ips_double_the_rate() {
-    let s = Scheduler::new(&config("[upstream]\negress_ips = [\"127.0.0.2\", \"127.0.0.3\"]"));
-    let waiters: Vec<_> = (0..40).map(|_| spawn(&s, ticket("a", "x", Class::General))).collect();
+    let s = Scheduler::new(&config(
+        "[upstream]\negress_ips = [\"127.0.0.2\", \"127.0.0.3\"]",
+    ));
+    let waiters: Vec<_> = (0..40)
+        .map(|_| spawn(&s, ticket("a", "x", Class::General)))
+        .collect();
     let mut per_ip = [0usize; 2];
     let mut last = Duration::ZERO;
     for w in waiters {
@@ -92,23 +104,35 @@ async fn two_egress_ips_double_the_rate() {
         last = last.max(at);
     }
     assert_eq!(per_ip, [20, 20]);
-    assert_eq!(last, Duration::from_millis(19 * 102), "40 requests through 2 IPs take half the time");
+    assert_eq!(
+        last,
+        Duration::from_millis(19 * 102),
+        "40 requests through 2 IPs take half the time"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_light_tenant_is_served_within_a_slot_during_a_flood() {
     let s = Scheduler::new(&config(""));
-    let flood: Vec<_> = (0..60).map(|i| spawn(&s, ticket("a", &format!("f{i}"), Class::General))).collect();
+    let flood: Vec<_> = (0..60)
+        .map(|i| spawn(&s, ticket("a", &format!("f{i}"), Class::General)))
+        .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut waits = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
-        spawn(&s, ticket("b", "light", Class::General)).await.unwrap().unwrap();
+        spawn(&s, ticket("b", "light", Class::General))
+            .await
+            .unwrap()
+            .unwrap();
         waits.push(start.elapsed());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for w in &waits {
-        assert!(*w <= Duration::from_millis(210), "light tenant waited {w:?}");
+        assert!(
+            *w <= Duration::from_millis(210),
+            "light tenant waited {w:?}"
+        );
     }
     for f in flood {
         f.abort();
@@ -121,7 +145,12 @@ async fn tenants_split_by_weight() {
     let mut heavy = ticket("a", "x", Class::General);
     heavy.weight = 3;
     let waiters: Vec<_> = (0..40)
-        .flat_map(|_| [spawn(&s, heavy.clone()), spawn(&s, ticket("b", "y", Class::General))])
+        .flat_map(|_| {
+            [
+                spawn(&s, heavy.clone()),
+                spawn(&s, ticket("b", "y", Class::General)),
+            ]
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(2050)).await;
     let mut done = [0usize; 2];
@@ -132,7 +161,11 @@ async fn tenants_split_by_weight() {
     }
     // 21 slots (0 ms, 102 ms, ... 2040 ms), split 3:1.
     assert_eq!(done[0] + done[1], 21);
-    assert!((15..=16).contains(&done[0]), "weight 3 got {} of 21", done[0]);
+    assert!(
+        (15..=16).contains(&done[0]),
+        "weight 3 got {} of 21",
+        done[0]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -150,7 +183,10 @@ async fn high_priority_goes_first_but_low_is_not_starved() {
     let highs_done = highs.iter().filter(|w| w.is_finished()).count();
     // The first slot went to low before high arrived; the next 20 split 4:1.
     assert_eq!(lows_done + highs_done, 21);
-    assert!((15..=17).contains(&highs_done), "high got {highs_done}, low {lows_done}");
+    assert!(
+        (15..=17).contains(&highs_done),
+        "high got {highs_done}, low {lows_done}"
+    );
     assert!(lows_done >= 4, "low must not starve");
 }
 
@@ -175,8 +211,16 @@ async fn a_withdrawn_request_never_gets_a_slot() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     gone.abort();
     let (at, _) = next.await.unwrap().unwrap();
-    assert_eq!(at, Duration::from_millis(510), "the next waiter takes the first free slot");
-    assert_eq!(s.snapshot()[0].budgets[0].sent_last_window, 2, "the withdrawn one used none");
+    assert_eq!(
+        at,
+        Duration::from_millis(510),
+        "the next waiter takes the first free slot"
+    );
+    assert_eq!(
+        s.snapshot()[0].budgets[0].sent_last_window,
+        2,
+        "the withdrawn one used none"
+    );
     assert_eq!(s.queued(), 0);
 }
 
@@ -185,12 +229,17 @@ async fn capacity_limits_reject_at_once() {
     let s = Scheduler::new(&config("[limits]\nqueue_capacity = 15"));
     let mut capped = ticket("b", "x", Class::General);
     capped.max_queued = 2;
-    let held: Vec<_> = (0..12).map(|_| spawn(&s, ticket("a", "x", Class::General))).collect();
+    let held: Vec<_> = (0..12)
+        .map(|_| spawn(&s, ticket("a", "x", Class::General)))
+        .collect();
     let b1 = spawn(&s, capped.clone());
     let b2 = spawn(&s, capped.clone());
     tokio::task::yield_now().await;
     tokio::time::sleep(Duration::from_millis(1)).await;
-    assert!(matches!(s.acquire(capped.clone()).await, Err(QueueError::Full("tenant", _))));
+    assert!(matches!(
+        s.acquire(capped.clone()).await,
+        Err(QueueError::Full("tenant", _))
+    ));
     let a1 = spawn(&s, ticket("a", "x", Class::General));
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(s.queued(), 14, "12 - 1 granted + 2 + 1");
@@ -201,13 +250,20 @@ async fn capacity_limits_reject_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn total_capacity_is_enforced() {
-    let s = Scheduler::new(&config("[limits]\nqueue_capacity = 3\ngeneral_per_second = 1"));
+    let s = Scheduler::new(&config(
+        "[limits]\nqueue_capacity = 3\ngeneral_per_second = 1",
+    ));
     s.acquire(ticket("a", "x", Class::General)).await.unwrap();
-    let held: Vec<_> = (0..3).map(|_| spawn(&s, ticket("a", "x", Class::General))).collect();
+    let held: Vec<_> = (0..3)
+        .map(|_| spawn(&s, ticket("a", "x", Class::General)))
+        .collect();
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(s.queued(), 3);
     // Three wait for the next slot: the queue is full.
-    assert!(matches!(s.acquire(ticket("b", "y", Class::General)).await, Err(QueueError::Full("total", _))));
+    assert!(matches!(
+        s.acquire(ticket("b", "y", Class::General)).await,
+        Err(QueueError::Full("total", _))
+    ));
     for w in held {
         w.abort();
     }
@@ -221,14 +277,22 @@ async fn throttling_slows_the_lane() {
     let snap = s.snapshot();
     assert_eq!(snap[0].budgets[0].effective_rate, 5.0);
     assert!(snap[0].budgets[0].next_free_in_ms >= 1999);
-    let (at, _) = spawn(&s, ticket("a", "x", Class::General)).await.unwrap().unwrap();
-    assert!(at >= Duration::from_secs(2), "Retry-After honoured, got {at:?}");
+    let (at, _) = spawn(&s, ticket("a", "x", Class::General))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        at >= Duration::from_secs(2),
+        "Retry-After honoured, got {at:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn cut_off_answers_every_waiter() {
     let s = Scheduler::new(&config("[limits]\ngeneral_per_second = 1"));
-    let waiters: Vec<_> = (0..5).map(|_| spawn(&s, ticket("a", "x", Class::General))).collect();
+    let waiters: Vec<_> = (0..5)
+        .map(|_| spawn(&s, ticket("a", "x", Class::General)))
+        .collect();
     tokio::time::sleep(Duration::from_millis(10)).await;
     s.cut_off();
     let mut shut = 0;
@@ -238,15 +302,28 @@ async fn cut_off_answers_every_waiter() {
         }
     }
     assert_eq!(shut, 4);
-    assert_eq!(s.acquire(ticket("a", "x", Class::General)).await.unwrap_err(), QueueError::ShuttingDown);
+    assert_eq!(
+        s.acquire(ticket("a", "x", Class::General))
+            .await
+            .unwrap_err(),
+        QueueError::ShuttingDown
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn per_account_scope_gives_each_tenant_a_budget() {
     let s = Scheduler::new(&config("[limits]\nscope = \"egress_ip_and_account\""));
     let waiters: Vec<_> = (0..10)
-        .flat_map(|_| [spawn(&s, ticket("a", "x", Class::General)), spawn(&s, ticket("b", "x", Class::General))])
+        .flat_map(|_| {
+            [
+                spawn(&s, ticket("a", "x", Class::General)),
+                spawn(&s, ticket("b", "x", Class::General)),
+            ]
+        })
         .collect();
     // Each tenant has 10/s of its own: 20 grants in the time of 10.
-    assert_eq!(grant_times(waiters).await.iter().max(), Some(&Duration::from_millis(9 * 102)));
+    assert_eq!(
+        grant_times(waiters).await.iter().max(),
+        Some(&Duration::from_millis(9 * 102))
+    );
 }

@@ -1,0 +1,85 @@
+//! The admin listener: health, readiness, metrics, status and reload.
+//!
+//! It is a separate port from the API so probes and scrapes never queue
+//! behind CRM traffic and can be exposed to a different network. Nothing it
+//! serves contains a key.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::error::json_error;
+use crate::gateway::{Gateway, ReloadError};
+
+/// The admin router.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({"success": true, "status": "alive"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/reload", post(reload))
+        .fallback(|| async {
+            json_error(
+                StatusCode::NOT_FOUND,
+                "Not found: /healthz, /readyz, /metrics, /status, POST /reload",
+            )
+        })
+        .with_state(gateway)
+}
+
+async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    if gw.ready.load(Ordering::Relaxed) {
+        Json(json!({"success": true, "status": "ready"})).into_response()
+    } else {
+        json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting up or shutting down",
+        )
+    }
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    gw.refresh_gauges();
+    (
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        gw.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn status(State(gw): State<Arc<Gateway>>) -> Json<serde_json::Value> {
+    Json(gw.status())
+}
+
+async fn reload(State(gw): State<Arc<Gateway>>) -> Response {
+    // Reading and validating the file is blocking work: keep it off the
+    // async workers.
+    let result = tokio::task::spawn_blocking(move || {
+        gw.reload().map(|()| gw.runtime().config.checksum.clone())
+    })
+    .await;
+    match result {
+        Ok(Ok(checksum)) => {
+            Json(json!({"success": true, "config_checksum": checksum})).into_response()
+        }
+        Ok(Err(ReloadError::Invalid(e))) => {
+            let body = json!({"success": false, "errorMsg": "config rejected; the old config stays in force", "errors": e.problems});
+            (StatusCode::BAD_REQUEST, Json(body)).into_response()
+        }
+        Ok(Err(e)) => json_error(StatusCode::CONFLICT, &e.to_string()),
+        Err(e) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("reload failed: {e}"),
+        ),
+    }
+}

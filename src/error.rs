@@ -1,0 +1,180 @@
+//! Every failure crmgate answers itself, and the one mapping to HTTP.
+//!
+//! Errors are small typed values; [`GatewayError::into_response`] is the only
+//! place that turns them into a status and a RetailCRM-shaped JSON body
+//! (`{"success":false,"errorMsg":"..."}`): official clients crash on anything
+//! that is not JSON. Messages may name a tenant and a cause, never a key.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::scheduler::QueueError;
+
+/// A request crmgate answers itself instead of forwarding it (or its answer).
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The path is not under `/api/` (or `/{tenant}/api/`).
+    #[error("Not found: crmgate serves /api/... and /{{tenant}}/api/... only")]
+    NotFound,
+    /// A path prefix names no configured tenant.
+    #[error("Account does not exist: no tenant named \"{0}\"")]
+    UnknownTenant(String),
+    /// No client key where one is required.
+    #[error("\"apiKey\" is missing.")]
+    MissingKey,
+    /// A client key that no tenant (or not this tenant) accepts.
+    #[error("Wrong \"apiKey\" value.")]
+    WrongKey,
+    /// The body is larger than `server.max_body_bytes`.
+    #[error("Request body is larger than the {limit} bytes allowed")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The request itself is malformed (bad header, unreadable body).
+    #[error("Bad request: {0}")]
+    BadRequest(String),
+    /// No slot could be had: queue full, deadline passed, or shutting down.
+    #[error("crmgate: {0}; retry later")]
+    Queue(#[from] QueueError),
+    /// The CRM could not be reached (connect failed, reset before any answer).
+    #[error("crmgate: tenant {tenant}: the CRM is unreachable ({cause})")]
+    UpstreamUnreachable {
+        /// Tenant name.
+        tenant: String,
+        /// What failed, without secrets.
+        cause: String,
+    },
+    /// The CRM did not answer in time.
+    #[error("crmgate: tenant {tenant}: the CRM did not answer within {timeout:?}")]
+    UpstreamTimeout {
+        /// Tenant name.
+        tenant: String,
+        /// The configured timeout.
+        timeout: Duration,
+    },
+    /// The CRM kept answering 503/429 until attempts ran out.
+    #[error(
+        "crmgate: tenant {tenant}: the CRM is rate limiting ({attempts} attempts); retry later"
+    )]
+    UpstreamThrottled {
+        /// Tenant name.
+        tenant: String,
+        /// How many sends were made.
+        attempts: u32,
+        /// When to retry, if known.
+        retry_after: Duration,
+    },
+}
+
+impl GatewayError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NotFound | GatewayError::UnknownTenant(_) => StatusCode::NOT_FOUND,
+            GatewayError::MissingKey | GatewayError::WrongKey => StatusCode::FORBIDDEN,
+            GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Queue(_) | GatewayError::UpstreamThrottled { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GatewayError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The rejection reason for metrics, when this is a rejection.
+    pub fn rejection(&self) -> Option<&'static str> {
+        Some(match self {
+            GatewayError::NotFound | GatewayError::UnknownTenant(_) => "unknown_tenant",
+            GatewayError::MissingKey | GatewayError::WrongKey => "bad_key",
+            GatewayError::BodyTooLarge { .. } => "body_too_large",
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::Queue(QueueError::Full(..)) => "queue_full",
+            GatewayError::Queue(QueueError::Deadline(_)) => "deadline",
+            GatewayError::Queue(QueueError::ShuttingDown) => "shutdown",
+            _ => return None,
+        })
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GatewayError::Queue(q) => Some(q.retry_after()),
+            GatewayError::UpstreamThrottled { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// A RetailCRM-shaped error body with the given status.
+pub fn json_error(status: StatusCode, message: &str) -> Response {
+    let body = json!({ "success": false, "errorMsg": message }).to_string();
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let mut response = json_error(self.status(), &self.to_string());
+        if let Some(after) = self.retry_after() {
+            let secs = after.as_secs_f64().ceil().max(1.0) as u64;
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(e: GatewayError) -> (StatusCode, Option<String>, serde_json::Value) {
+        let r = e.into_response();
+        let status = r.status();
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        (status, retry, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn errors_are_retailcrm_json() {
+        let (s, _, v) = body(GatewayError::MissingKey).await;
+        assert_eq!(s, 403);
+        assert_eq!(
+            v,
+            json!({"success": false, "errorMsg": "\"apiKey\" is missing."})
+        );
+        let (s, _, v) = body(GatewayError::WrongKey).await;
+        assert_eq!(
+            (s.as_u16(), v["errorMsg"].as_str()),
+            (403, Some("Wrong \"apiKey\" value."))
+        );
+    }
+
+    #[tokio::test]
+    async fn queue_errors_are_503_with_retry_after() {
+        let (s, retry, v) = body(GatewayError::Queue(QueueError::Full(
+            "total",
+            Duration::from_millis(2500),
+        )))
+        .await;
+        assert_eq!(s, 503);
+        assert_eq!(retry.as_deref(), Some("3"));
+        assert_eq!(v["success"], false);
+    }
+}

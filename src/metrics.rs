@@ -1,0 +1,224 @@
+//! Prometheus metrics: what is counted, and the text exposition.
+//!
+//! Labels are bounded and come from config only: tenant name, class, egress
+//! label (IP from config, or "default"), status code, reason. Never a path,
+//! a client key or a request id. Gauges that describe queues and budgets are
+//! refreshed from the scheduler at scrape time rather than on every change.
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric crmgate exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Client requests by tenant, class and final status.
+    pub requests: IntCounterVec,
+    /// Sends to the CRM by egress, class and status ("error" for no answer).
+    pub upstream_attempts: IntCounterVec,
+    /// Upstream 503/429 answers.
+    pub upstream_throttled: IntCounterVec,
+    /// Retries by class and reason.
+    pub retries: IntCounterVec,
+    /// Requests crmgate answered itself, by reason.
+    pub rejections: IntCounterVec,
+    /// Waiting requests by tenant and class.
+    pub queue_depth: IntGaugeVec,
+    /// Configured total queue capacity.
+    pub queue_capacity: IntGauge,
+    /// Time spent queued.
+    pub queue_wait: HistogramVec,
+    /// Time to upstream response headers.
+    pub upstream_latency: HistogramVec,
+    /// Configured rate per egress and class.
+    pub rate_limit: GaugeVec,
+    /// Adaptive rate per egress and class.
+    pub effective_rate: GaugeVec,
+    /// Requests being forwarded, by tenant.
+    pub inflight: IntGaugeVec,
+    /// Config reloads by outcome.
+    pub config_reloads: IntCounterVec,
+    /// 1 while the Redis budget is unreachable and the local fallback is used.
+    pub redis_fallback: IntGauge,
+    /// Time since start.
+    pub uptime: prometheus::Gauge,
+    _build: IntGaugeVec,
+}
+
+const WAIT_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0,
+];
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+            r.register(Box::new(m.clone()))
+                .expect("metric names are unique");
+            m
+        }
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"),
+            )
+        };
+        let requests = counter(
+            "crmgate_requests_total",
+            "Client requests by tenant, class and final HTTP status.",
+            &["tenant", "class", "status"],
+        );
+        let upstream_attempts = counter(
+            "crmgate_upstream_attempts_total",
+            "Requests sent to the CRM, by egress, class and status (error = no answer).",
+            &["egress", "class", "status"],
+        );
+        let upstream_throttled = counter(
+            "crmgate_upstream_throttled_total",
+            "CRM answers 503 or 429 (rate limited).",
+            &["egress", "class", "status"],
+        );
+        let retries = counter(
+            "crmgate_retries_total",
+            "Retries by class and reason (throttled, connect, timeout, reset).",
+            &["class", "reason"],
+        );
+        let rejections = counter(
+            "crmgate_rejections_total",
+            "Requests answered by crmgate itself, by reason.",
+            &["reason"],
+        );
+        let config_reloads = counter(
+            "crmgate_config_reloads_total",
+            "Config reloads by outcome.",
+            &["outcome"],
+        );
+        let queue_depth = reg(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "crmgate_queue_depth",
+                    "Requests waiting for a slot, by tenant and class.",
+                ),
+                &["tenant", "class"],
+            )
+            .expect("valid gauge"),
+        );
+        let inflight = reg(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "crmgate_inflight_requests",
+                    "Requests being forwarded, by tenant.",
+                ),
+                &["tenant"],
+            )
+            .expect("valid gauge"),
+        );
+        let queue_capacity = reg(
+            &registry,
+            IntGauge::new("crmgate_queue_capacity", "Configured total queue capacity.")
+                .expect("valid gauge"),
+        );
+        let redis_fallback = reg(&registry, IntGauge::new("crmgate_redis_fallback", "1 while the shared Redis budget is unreachable and a local fallback budget is used.").expect("valid gauge"));
+        let uptime = reg(
+            &registry,
+            prometheus::Gauge::new("crmgate_uptime_seconds", "Seconds since crmgate started.")
+                .expect("valid gauge"),
+        );
+        let rate_limit = reg(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "crmgate_rate_limit",
+                    "Configured requests per second, by egress and class.",
+                ),
+                &["egress", "class"],
+            )
+            .expect("valid gauge"),
+        );
+        let effective_rate = reg(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "crmgate_effective_rate",
+                    "Current adaptive requests per second, by egress and class.",
+                ),
+                &["egress", "class"],
+            )
+            .expect("valid gauge"),
+        );
+        let queue_wait = reg(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "crmgate_queue_wait_seconds",
+                    "Time requests spent waiting for a slot.",
+                )
+                .buckets(WAIT_BUCKETS.to_vec()),
+                &["class"],
+            )
+            .expect("valid histogram"),
+        );
+        let upstream_latency = reg(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "crmgate_upstream_latency_seconds",
+                    "Time from send to CRM response headers.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["egress", "class"],
+            )
+            .expect("valid histogram"),
+        );
+        let build = reg(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("crmgate_build_info", "Build information; always 1."),
+                &["version"],
+            )
+            .expect("valid gauge"),
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Metrics {
+            registry,
+            requests,
+            upstream_attempts,
+            upstream_throttled,
+            retries,
+            rejections,
+            queue_depth,
+            queue_capacity,
+            queue_wait,
+            upstream_latency,
+            rate_limit,
+            effective_rate,
+            inflight,
+            config_reloads,
+            redis_fallback,
+            uptime,
+            _build: build,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("exposition is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,198 @@
+//! Rewriting what the caller sent into what the CRM receives.
+//!
+//! Parameters are handled as raw `name=value` pairs, so everything crmgate
+//! does not touch keeps its exact encoding (`filter[numbers][]=...`). Only
+//! `apiKey` is removed (its value is returned, to find the tenant) and
+//! `site` is added when the tenant has a default and the request has none.
+//! Headers: hop-by-hop ones and the caller's `X-API-KEY` are dropped.
+
+use axum::http::{header, HeaderMap, HeaderName};
+
+/// The parameter RetailCRM reads a key from.
+pub const API_KEY_PARAM: &str = "apiKey";
+
+/// Parameters after removing `apiKey`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stripped {
+    /// The remaining pairs, joined with `&`, each byte-for-byte as received.
+    pub rest: Vec<u8>,
+    /// The first `apiKey` value found, decoded.
+    pub api_key: Option<String>,
+    /// True if a `site` parameter is present.
+    pub has_site: bool,
+}
+
+/// Removes every `apiKey` pair from raw `a=b&c=d` text.
+pub fn strip_api_key(raw: &[u8]) -> Stripped {
+    let mut rest = Vec::with_capacity(raw.len());
+    let mut api_key = None;
+    let mut has_site = false;
+    for pair in raw.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        // Decode this one pair only to read its name; it is copied raw.
+        let (name, value) = form_urlencoded::parse(pair).next().unwrap_or_default();
+        if name == API_KEY_PARAM {
+            if api_key.is_none() {
+                api_key = Some(value.into_owned());
+            }
+            continue;
+        }
+        has_site |= name == "site";
+        if !rest.is_empty() {
+            rest.push(b'&');
+        }
+        rest.extend_from_slice(pair);
+    }
+    Stripped {
+        rest,
+        api_key,
+        has_site,
+    }
+}
+
+/// Appends `name=value` (form-encoded) to raw parameters.
+pub fn append_param(params: &mut Vec<u8>, name: &str, value: &str) {
+    if !params.is_empty() {
+        params.push(b'&');
+    }
+    let encoded: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair(name, value)
+        .finish();
+    params.extend_from_slice(encoded.as_bytes());
+}
+
+/// True if the content type is `application/x-www-form-urlencoded`.
+pub fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+/// Headers that belong to one connection and must not be forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+pub fn drop_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The request headers to send upstream: the caller's end-to-end headers
+/// minus its key, crmgate's control headers and what the client recomputes.
+pub fn upstream_headers(incoming: &HeaderMap) -> HeaderMap {
+    let mut h = incoming.clone();
+    drop_hop_by_hop(&mut h);
+    for name in [header::HOST, header::CONTENT_LENGTH] {
+        h.remove(name);
+    }
+    h.remove("x-api-key");
+    h.remove("x-forwarded-for");
+    h.remove("x-request-id");
+    let control: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-crmgate-"))
+        .cloned()
+        .collect();
+    for k in control {
+        h.remove(k);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(raw: &str) -> (String, Option<String>, bool) {
+        let r = strip_api_key(raw.as_bytes());
+        (String::from_utf8(r.rest).unwrap(), r.api_key, r.has_site)
+    }
+
+    #[test]
+    fn strips_every_api_key_and_keeps_the_rest_verbatim() {
+        assert_eq!(
+            s("filter[numbers][]=1235C&apiKey=k%2B1&page=2&apiKey=other"),
+            (
+                "filter[numbers][]=1235C&page=2".into(),
+                Some("k+1".into()),
+                false
+            )
+        );
+        assert_eq!(s("apiKey=a+b"), ("".into(), Some("a b".into()), false));
+        assert_eq!(
+            s("%61piKey=x&site=main"),
+            ("site=main".into(), Some("x".into()), true)
+        );
+        assert_eq!(
+            s("filter%5BcustomFields%5D%5Bnps%5D%5Bmin%5D=5&&limit=20"),
+            (
+                "filter%5BcustomFields%5D%5Bnps%5D%5Bmin%5D=5&limit=20".into(),
+                None,
+                false
+            )
+        );
+        assert_eq!(s("flag&apiKeyX=1"), ("flag&apiKeyX=1".into(), None, false));
+    }
+
+    #[test]
+    fn appends_encoded() {
+        let mut p = b"a=1".to_vec();
+        append_param(&mut p, "site", "my shop&co");
+        assert_eq!(p, b"a=1&site=my+shop%26co");
+        let mut p = Vec::new();
+        append_param(&mut p, "site", "main");
+        assert_eq!(p, b"site=main");
+    }
+
+    #[test]
+    fn drops_hop_by_hop_and_keys() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-secret-hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-api-key", "client".parse().unwrap());
+        h.insert("x-crmgate-priority", "high".parse().unwrap());
+        h.insert("accept", "application/json".parse().unwrap());
+        let out = upstream_headers(&h);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out.contains_key("accept"));
+    }
+
+    #[test]
+    fn form_detection() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=UTF-8"
+                .parse()
+                .unwrap(),
+        );
+        assert!(is_form(&h));
+        h.insert("content-type", "application/json".parse().unwrap());
+        assert!(!is_form(&h));
+    }
+}

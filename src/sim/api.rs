@@ -1,0 +1,282 @@
+//! The API methods the simulator implements, and the orders each account holds.
+//!
+//! Handlers run behind the gate, so they can rely on a [`Caller`] extension
+//! (an authenticated account plus the decoded form). Every API version path
+//! (`v3`, `v4`, `v5`) reaches the same handlers, as crmgate passes any
+//! version through.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use serde_json::{json, Map, Value};
+
+use super::reply::{error, json};
+use super::{gate, lock, Simulator};
+
+/// The versions that have the versioned routes below.
+const VERSIONS: [&str; 3] = ["v3", "v4", "v5"];
+
+/// Page sizes RetailCRM accepts for list methods.
+const PAGE_SIZES: [u64; 3] = [20, 50, 100];
+
+/// The authenticated caller, set by the gate for `/api/` paths.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    /// Index into the simulator's accounts.
+    pub(crate) account: usize,
+    /// Decoded form body (empty unless urlencoded).
+    pub(crate) form: Vec<(String, String)>,
+}
+
+impl Caller {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.form
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Orders created through the API, per account (seeded ones are generated).
+pub(crate) struct Store {
+    accounts: Vec<Mutex<Created>>,
+}
+
+#[derive(Default)]
+struct Created {
+    orders: Vec<Value>,
+    external_ids: HashSet<String>,
+}
+
+impl Store {
+    pub(crate) fn new(accounts: usize) -> Self {
+        Store {
+            accounts: (0..accounts).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    pub(crate) fn created(&self, account: usize) -> Vec<Value> {
+        lock(&self.accounts[account]).orders.clone()
+    }
+}
+
+/// The simulator's whole HTTP application, gate included.
+pub(crate) fn router(sim: Simulator) -> Router {
+    let mut router = Router::new()
+        .route("/api/api-versions", get(api_versions))
+        .route("/api/credentials", get(credentials));
+    for v in VERSIONS {
+        router = router
+            .route(&format!("/api/{v}/orders"), get(list_orders))
+            .route(&format!("/api/{v}/orders/create"), post(create_order))
+            .route(&format!("/api/{v}/telephony/call/event"), post(call_event))
+            .route(&format!("/api/{v}/reference/sites"), get(sites));
+    }
+    router
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "Not found") })
+        .method_not_allowed_fallback(|| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
+        })
+        // Added after the fallbacks so the gate wraps them too.
+        .layer(from_fn_with_state(sim.clone(), gate::gate))
+        .with_state(sim)
+}
+
+async fn api_versions() -> Response {
+    json(
+        StatusCode::OK,
+        &json!({"success": true, "versions": ["3.0", "4.0", "5.0"]}),
+    )
+}
+
+async fn credentials(
+    State(sim): State<Simulator>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let sites = &sim.inner.accounts[caller.account].sites;
+    json(
+        StatusCode::OK,
+        &json!({
+            "success": true,
+            "credentials": [
+                "/api/credentials",
+                "/api/orders",
+                "/api/orders/create",
+                "/api/reference/sites",
+                "/api/telephony/call/event",
+            ],
+            "scopes": ["order_read", "order_write", "reference_read", "telephony_write"],
+            "siteAccess": "access_full",
+            "sitesAvailable": sites,
+        }),
+    )
+}
+
+async fn sites(State(sim): State<Simulator>, Extension(caller): Extension<Caller>) -> Response {
+    let sites: Map<String, Value> = sim.inner.accounts[caller.account]
+        .sites
+        .iter()
+        .enumerate()
+        .map(|(i, code)| {
+            let site = json!({
+                "code": code,
+                "name": code,
+                "url": format!("https://{code}.example.com"),
+                "defaultForCrm": i == 0,
+            });
+            (code.clone(), site)
+        })
+        .collect();
+    json(StatusCode::OK, &json!({"success": true, "sites": sites}))
+}
+
+async fn list_orders(
+    State(sim): State<Simulator>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let (mut limit, mut page) = (20u64, 1u64);
+    let mut errors = Map::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*k {
+            "limit" => match v.parse() {
+                Ok(l) if PAGE_SIZES.contains(&l) => limit = l,
+                _ => {
+                    errors.insert(
+                        "limit".into(),
+                        "The value you selected is not a valid choice.".into(),
+                    );
+                }
+            },
+            "page" => match v.parse() {
+                Ok(p) if p >= 1 => page = p,
+                _ => {
+                    errors.insert(
+                        "page".into(),
+                        "This value should be greater than or equal to 1.".into(),
+                    );
+                }
+            },
+            _ => {}
+        }
+    }
+    if !errors.is_empty() {
+        let body = json!({
+            "success": false,
+            "errorMsg": "Errors in the input parameters",
+            "errors": errors,
+        });
+        return json(StatusCode::BAD_REQUEST, &body);
+    }
+
+    let account = &sim.inner.accounts[caller.account];
+    let seeded = u64::from(sim.inner.total_orders);
+    let created = lock(&sim.inner.store.accounts[caller.account])
+        .orders
+        .clone();
+    let total = seeded + created.len() as u64;
+    let start = (page - 1).saturating_mul(limit);
+    let orders: Vec<Value> = (start..total.min(start.saturating_add(limit)))
+        .map(|idx| match idx.checked_sub(seeded) {
+            Some(c) => created[c as usize].clone(),
+            None => seed_order(idx + 1, &account.sites),
+        })
+        .collect();
+    let body = json!({
+        "success": true,
+        "pagination": {
+            "limit": limit,
+            "totalCount": total,
+            "currentPage": page,
+            "totalPageCount": total.div_ceil(limit),
+        },
+        "orders": orders,
+    });
+    json(StatusCode::OK, &body)
+}
+
+/// Pre-seeded order number `id` (1-based); sites take turns.
+fn seed_order(id: u64, sites: &[String]) -> Value {
+    let site = match sites.len() {
+        0 => "main",
+        n => &sites[((id - 1) % n as u64) as usize],
+    };
+    json!({"id": id, "number": format!("{id}A"), "externalId": seed_external_id(id), "site": site})
+}
+
+fn seed_external_id(id: u64) -> String {
+    format!("seed-{id}")
+}
+
+async fn create_order(
+    State(sim): State<Simulator>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let Some(raw) = caller.field("order") else {
+        return error(StatusCode::BAD_REQUEST, "Parameter 'order' is missing");
+    };
+    let Ok(Value::Object(mut order)) = serde_json::from_str::<Value>(raw) else {
+        return error(StatusCode::BAD_REQUEST, "Errors in the entity format");
+    };
+    let external_id = match order.get("externalId") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let account = &sim.inner.accounts[caller.account];
+    let seeded = u64::from(sim.inner.total_orders);
+    // One lock for check and insert, so concurrent duplicates cannot both win.
+    let mut created = lock(&sim.inner.store.accounts[caller.account]);
+    if let Some(ext) = &external_id {
+        let is_seed = ext
+            .strip_prefix("seed-")
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|id| (1..=seeded).contains(&id) && *ext == seed_external_id(id));
+        if is_seed || created.external_ids.contains(ext) {
+            let body = json!({
+                "success": false,
+                "errorMsg": "Errors in the entity format",
+                "errors": {"externalId": "Order with externalId already exists."},
+            });
+            return json(StatusCode::BAD_REQUEST, &body);
+        }
+    }
+    let id = seeded + created.orders.len() as u64 + 1;
+    let site = caller
+        .field("site")
+        .map(str::to_owned)
+        .or_else(|| order.get("site").and_then(Value::as_str).map(str::to_owned))
+        .or_else(|| account.sites.first().cloned())
+        .unwrap_or_else(|| "main".into());
+    order.insert("id".into(), id.into());
+    order.insert("site".into(), site.into());
+    order
+        .entry("number")
+        .or_insert_with(|| format!("{id}A").into());
+    let order = Value::Object(order);
+    created.orders.push(order.clone());
+    if let Some(ext) = external_id {
+        created.external_ids.insert(ext);
+    }
+    drop(created);
+    json(
+        StatusCode::CREATED,
+        &json!({"success": true, "id": id, "order": order}),
+    )
+}
+
+async fn call_event(Extension(caller): Extension<Caller>) -> Response {
+    let Some(raw) = caller.field("event") else {
+        return error(StatusCode::BAD_REQUEST, "Parameter 'event' is missing");
+    };
+    match serde_json::from_str::<Value>(raw) {
+        Ok(Value::Object(_)) => json(StatusCode::OK, &json!({"success": true})),
+        _ => error(StatusCode::BAD_REQUEST, "Errors in the entity format"),
+    }
+}
