@@ -1,0 +1,160 @@
+//! Shared harness for integration tests: a simulated CRM and a gateway on
+//! loopback ephemeral ports, plus small helpers. Everything is real sockets.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crmgate::config::Config;
+use crmgate::gateway::Gateway;
+use crmgate::server::{DrainReport, Server};
+use crmgate::sim::{SimAccount, SimConfig, Simulator};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The real CRM key of tenant "acme" (held by the simulator and crmgate only).
+pub const ACME_KEY: &str = "real-acme-key-7f3a";
+/// The real CRM key of tenant "beta".
+pub const BETA_KEY: &str = "real-beta-key-91c2";
+/// Client keys of "acme".
+pub const ACME_CLIENT: &str = "svc-orders-3f9c";
+/// Second client key of "acme".
+pub const ACME_CLIENT2: &str = "svc-billing-77aa";
+/// Client key of "beta".
+pub const BETA_CLIENT: &str = "svc-beta-0001";
+
+/// A simulator with accounts "acme" and "beta" (and "open").
+pub async fn sim() -> Simulator {
+    let cfg = SimConfig {
+        accounts: vec![
+            SimAccount { name: "acme".into(), api_key: ACME_KEY.into(), sites: vec!["main".into()] },
+            SimAccount { name: "beta".into(), api_key: BETA_KEY.into(), sites: vec!["beta-shop".into()] },
+        ],
+        ..SimConfig::default()
+    };
+    Simulator::spawn(cfg, "127.0.0.1:0".parse().unwrap()).await.expect("simulator starts")
+}
+
+/// Config text for a gateway in front of `sim`, with `extra` TOML prepended
+/// (sections such as `[limits]`). Tenants: acme (client keys, site "main"),
+/// beta (one client key), open (no client keys, acme's account).
+pub fn config_text(sim: &Simulator, extra: &str) -> String {
+    let base = sim.base_url();
+    format!(
+        r#"{extra}
+
+[[tenants]]
+name = "acme"
+base_url = "{base}"
+api_key = "{ACME_KEY}"
+client_keys = ["{ACME_CLIENT}", "{ACME_CLIENT2}"]
+site = "main"
+
+[[tenants]]
+name = "beta"
+base_url = "{base}"
+api_key = "{BETA_KEY}"
+client_keys = ["{BETA_CLIENT}"]
+
+[[tenants]]
+name = "open"
+base_url = "{base}"
+api_key = "{ACME_KEY}"
+"#
+    )
+}
+
+/// Parses config text, binding both listeners to ephemeral ports unless the
+/// text sets them.
+pub fn config(text: &str) -> Config {
+    let text = if text.contains("[server]") {
+        text.to_string()
+    } else {
+        format!("[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{text}")
+    };
+    Config::from_toml(&text, "test config", &|_| None).expect("test config is valid")
+}
+
+/// A running gateway.
+pub struct Gate {
+    /// API base URL, e.g. `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Admin base URL.
+    pub admin: String,
+    /// API address.
+    pub addr: SocketAddr,
+    /// Shared state.
+    pub gateway: Arc<Gateway>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<DrainReport>>,
+}
+
+impl Gate {
+    /// Starts a gateway for `config`; `path` is where reloads read from.
+    pub async fn start_with_path(config: Config, path: Option<std::path::PathBuf>) -> Gate {
+        let server = Server::bind(config, path).await.expect("gateway binds");
+        let (addr, admin) = (server.api_addr(), server.admin_addr());
+        let gateway = server.gateway();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("gateway runs")
+        });
+        Gate {
+            url: format!("http://{addr}"),
+            admin: format!("http://{admin}"),
+            addr,
+            gateway,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Starts a gateway for `config`.
+    pub async fn start(config: Config) -> Gate {
+        Gate::start_with_path(config, None).await
+    }
+
+    /// Begins shutdown (like SIGTERM) and waits for the drain to finish.
+    pub async fn shutdown(mut self) -> DrainReport {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.expect("gateway task")
+    }
+
+    /// Begins shutdown and returns the task, to observe requests meanwhile.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<DrainReport> {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap()
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A simulator plus a gateway in front of it, with `extra` config.
+pub async fn setup(extra: &str) -> (Simulator, Gate) {
+    let sim = sim().await;
+    let gate = Gate::start(config(&config_text(&sim, extra))).await;
+    (sim, gate)
+}
+
+/// A plain HTTP client (no pooling surprises: one per test is fine).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+/// Parses a response body as JSON, failing the test with the body if it is not.
+pub async fn json(resp: reqwest::Response) -> serde_json::Value {
+    let text = resp.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
