@@ -288,11 +288,8 @@ fn outgoing(
         url.push('?');
         url.push_str(&String::from_utf8_lossy(&query_out));
     }
+    // The real key is added by `forward` at send time.
     let mut headers = upstream_headers(&parts.headers);
-    let mut key = HeaderValue::from_str(tenant.config.api_key.expose())
-        .unwrap_or_else(|_| HeaderValue::from_static(""));
-    key.set_sensitive(true);
-    headers.insert("x-api-key", key);
     let forwarded = match parts
         .headers
         .get("x-forwarded-for")
@@ -313,6 +310,15 @@ fn outgoing(
         headers,
         body,
     }
+}
+
+/// The real key as a header value, marked sensitive so it is never printed.
+fn key_header(key: &crate::config::Secret) -> HeaderValue {
+    // Validation guarantees a non-empty key; one with bytes a header cannot
+    // hold would be refused by the CRM anyway.
+    let mut value = HeaderValue::from_str(key.expose()).unwrap_or_else(|_| HeaderValue::from_static(""));
+    value.set_sensitive(true);
+    value
 }
 
 /// Runs `f` when dropped (also when the client goes away mid-request).
@@ -374,10 +380,19 @@ async fn forward(
         trace.attempts += 1;
         let egress = &gw.egress[permit.egress];
         trace.egress = Some(egress.label.clone());
+        // The key is read at send time, so a request queued across a key
+        // rotation goes out with the new key (or, if a reload removed the
+        // tenant, with the key it arrived under).
+        let mut headers = out.headers.clone();
+        let key = match gw.runtime().tenants.get(&tenant.name) {
+            Some(current) => key_header(&current.config.api_key),
+            None => key_header(&tenant.config.api_key),
+        };
+        headers.insert("x-api-key", key);
         let send = egress
             .client
             .request(out.method.clone(), &out.url)
-            .headers(out.headers.clone())
+            .headers(headers)
             .body(out.body.clone());
         let sent_at = Instant::now();
         let result = tokio::time::timeout(timeout, send.send()).await;

@@ -214,7 +214,12 @@ pub(super) fn validate(
     };
     let backend = match l.backend.as_deref().unwrap_or("local") {
         "local" => Backend::Local,
-        "redis" => Backend::Redis,
+        "redis" => {
+            // The shared Redis budget is not built yet; accepting the value
+            // would silently give each replica a full local budget.
+            p.push("limits.backend", "\"redis\" (shared budgets) is not available in this version; use \"local\"");
+            Backend::Redis
+        }
         other => {
             p.push(
                 "limits.backend",
@@ -499,6 +504,11 @@ fn tenant(
         limits.max_queued_per_tenant.get(),
     );
 
+    if let Some((k, source)) = &key {
+        if !k.expose().bytes().all(|b| b.is_ascii_graphic()) {
+            p.push(&at("api_key_env"), format!("the key from {source} has characters an HTTP header cannot carry"));
+        }
+    }
     let (api_key, key_source) = key?;
     if p.0.len() != before {
         return None;
@@ -777,6 +787,12 @@ mod tests {
         ] {
             assert!(has(&p, needle), "missing {needle:?} in {p:?}");
         }
+    }
+
+    #[test]
+    fn the_redis_backend_is_refused_until_it_exists() {
+        let p = problems(&format!("[limits]\nbackend = \"redis\"\n{GOOD}"));
+        assert!(has(&p, "limits.backend: \"redis\" (shared budgets) is not available"), "{p:?}");
     }
 
     #[test]
