@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use crate::config::Config;
 
+/// How much longer reqwest's own read timer runs than `request_timeout`, so
+/// the caller's timer decides a wait for headers (504, retried only if safe).
+const READ_TIMEOUT_MARGIN: Duration = Duration::from_millis(250);
+
 /// One way out.
 #[derive(Debug, Clone)]
 pub struct Egress {
@@ -41,7 +45,10 @@ pub fn build(config: &Config) -> Result<Vec<Egress>, reqwest::Error> {
                 .local_address(ip)
                 .connect_timeout(config.upstream.connect_timeout)
                 // Between body chunks; the wait for headers is timed by the caller.
-                .read_timeout(config.upstream.request_timeout)
+                // reqwest also runs this timer while waiting for headers, and
+                // it starts first: without the margin it always beats the
+                // caller's and a slow CRM shows up as 502 instead of 504.
+                .read_timeout(config.upstream.request_timeout + READ_TIMEOUT_MARGIN)
                 .pool_idle_timeout(Duration::from_secs(60))
                 .tcp_nodelay(true)
                 .no_proxy()

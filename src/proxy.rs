@@ -152,6 +152,18 @@ fn masked_path(uri: &axum::http::Uri) -> String {
 
 /// Splits `/api/...` or `/{tenant}/api/...` into (tenant prefix, API path).
 fn split_path(path: &str) -> Result<(Option<&str>, &str), GatewayError> {
+    // The outgoing client's URL parser resolves `.` and `..` (also as
+    // `%2e`, and `\` as `/`), so such a path would reach another method than
+    // the one checked and classified here, or leave `/api/` with the real key.
+    let dots = |s: &str| {
+        matches!(
+            s.to_ascii_lowercase().replace("%2e", ".").as_str(),
+            "." | ".."
+        )
+    };
+    if path.split(['/', '\\']).any(dots) {
+        return Err(GatewayError::NotFound);
+    }
     if path.starts_with("/api/") {
         return Ok((None, path));
     }
@@ -316,7 +328,8 @@ fn outgoing(
 fn key_header(key: &crate::config::Secret) -> HeaderValue {
     // Validation guarantees a non-empty key; one with bytes a header cannot
     // hold would be refused by the CRM anyway.
-    let mut value = HeaderValue::from_str(key.expose()).unwrap_or_else(|_| HeaderValue::from_static(""));
+    let mut value =
+        HeaderValue::from_str(key.expose()).unwrap_or_else(|_| HeaderValue::from_static(""));
     value.set_sensitive(true);
     value
 }
@@ -371,7 +384,12 @@ async fn forward(
     let idempotent = matches!(out.method, Method::GET | Method::HEAD);
     let class = ticket.class;
     loop {
-        let permit = gw.scheduler.acquire(ticket.clone()).await?;
+        // A retry was admitted before any drain began: it may still queue.
+        let permit = if trace.attempts == 0 {
+            gw.scheduler.acquire(ticket.clone()).await?
+        } else {
+            gw.scheduler.reacquire(ticket.clone()).await?
+        };
         trace.queue += permit.waited;
         gw.metrics
             .queue_wait

@@ -101,6 +101,9 @@ impl Server {
             admin,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
+        // The admin listener outlives the drain, so probes see /readyz turn
+        // 503 and the last metrics can still be scraped.
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
@@ -109,7 +112,7 @@ impl Server {
         let api_serve = axum::serve(api, api_app).with_graceful_shutdown(stopped(stop_rx.clone()));
         let api_task = tokio::spawn(async move { api_serve.await });
         let admin_serve = axum::serve(admin, admin::router(gw.clone()))
-            .with_graceful_shutdown(stopped(stop_rx.clone()));
+            .with_graceful_shutdown(stopped(admin_stop_rx));
         let admin_task = tokio::spawn(async move { admin_serve.await });
         gw.ready.store(true, Ordering::Relaxed);
         tracing::info!("crmgate ready");
@@ -117,6 +120,7 @@ impl Server {
         shutdown.await;
         let grace = gw.runtime().config.server.shutdown_grace;
         let finished_before = gw.finished.load(Ordering::Relaxed);
+        let shutdown_503s_before = gw.cut_off.load(Ordering::Relaxed);
         tracing::info!(
             queued = gw.scheduler.queued(),
             ?grace,
@@ -128,6 +132,9 @@ impl Server {
 
         let mut api_task = api_task;
         let drained_in_time = tokio::time::timeout(grace, &mut api_task).await.is_ok();
+        // `gw.cut_off` counts every shutdown 503. Those answered so far were
+        // new requests refused during the drain, not cut off by the grace.
+        let refused_in_grace = gw.cut_off.load(Ordering::Relaxed);
         if !drained_in_time {
             tracing::warn!(
                 queued = gw.scheduler.queued(),
@@ -144,16 +151,23 @@ impl Server {
                 api_task.abort();
             }
         }
-        admin_task.abort();
-        let cut_off = gw.cut_off.load(Ordering::Relaxed);
+        let _ = admin_stop_tx.send(true);
+        if tokio::time::timeout(Duration::from_secs(1), admin_task)
+            .await
+            .is_err()
+        {
+            tracing::debug!("admin listener did not close within 1 s");
+        }
+        let shutdown_503s = gw.cut_off.load(Ordering::Relaxed);
         let finished = gw.finished.load(Ordering::Relaxed) - finished_before;
         let report = DrainReport {
-            drained: finished.saturating_sub(cut_off),
-            cut_off,
+            drained: finished.saturating_sub(shutdown_503s - shutdown_503s_before),
+            cut_off: shutdown_503s - refused_in_grace,
         };
         tracing::info!(
             drained = report.drained,
             cut_off = report.cut_off,
+            refused = refused_in_grace - shutdown_503s_before,
             "crmgate stopped"
         );
         Ok(report)

@@ -217,7 +217,10 @@ pub(super) fn validate(
         "redis" => {
             // The shared Redis budget is not built yet; accepting the value
             // would silently give each replica a full local budget.
-            p.push("limits.backend", "\"redis\" (shared budgets) is not available in this version; use \"local\"");
+            p.push(
+                "limits.backend",
+                "\"redis\" (shared budgets) is not available in this version; use \"local\"",
+            );
             Backend::Redis
         }
         other => {
@@ -506,7 +509,10 @@ fn tenant(
 
     if let Some((k, source)) = &key {
         if !k.expose().bytes().all(|b| b.is_ascii_graphic()) {
-            p.push(&at("api_key_env"), format!("the key from {source} has characters an HTTP header cannot carry"));
+            p.push(
+                &at("api_key_env"),
+                format!("the key from {source} has characters an HTTP header cannot carry"),
+            );
         }
     }
     let (api_key, key_source) = key?;
@@ -792,7 +798,13 @@ mod tests {
     #[test]
     fn the_redis_backend_is_refused_until_it_exists() {
         let p = problems(&format!("[limits]\nbackend = \"redis\"\n{GOOD}"));
-        assert!(has(&p, "limits.backend: \"redis\" (shared budgets) is not available"), "{p:?}");
+        assert!(
+            has(
+                &p,
+                "limits.backend: \"redis\" (shared budgets) is not available"
+            ),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -269,7 +269,7 @@ impl Scheduler {
     /// when no egress IPs are configured). Must be created inside a tokio
     /// runtime: dispatchers are spawned on it as lanes come into use.
     pub fn new(config: &Config) -> Scheduler {
-        Scheduler {
+        let scheduler = Scheduler {
             inner: Arc::new(Inner {
                 lanes: DashMap::new(),
                 egress_count: config.upstream.egress_ips.len().max(1),
@@ -282,7 +282,15 @@ impl Scheduler {
                 cut_off: CancellationToken::new(),
                 stop: CancellationToken::new(),
             }),
+        };
+        // Lanes exist from the start, so /status and the metrics show every
+        // budget before the first request.
+        for class in Class::ALL {
+            for tenant in &config.tenants {
+                scheduler.lane(class, &tenant.name.as_str().into());
+            }
         }
+        scheduler
     }
 
     /// Applies a reloaded config: rates, window, adaptation and capacity.
@@ -343,8 +351,21 @@ impl Scheduler {
     /// [`QueueError`] when it must not be. Dropping the future withdraws the
     /// request: it is never sent and its slot goes to the next one.
     pub async fn acquire(&self, ticket: Ticket) -> Result<Permit, QueueError> {
+        if self.inner.closing.is_cancelled() {
+            return Err(QueueError::ShuttingDown);
+        }
+        self.enqueue(ticket).await
+    }
+
+    /// Like [`Scheduler::acquire`], for a request already admitted (a retry):
+    /// it may still queue while the gateway drains, until the cut-off.
+    pub async fn reacquire(&self, ticket: Ticket) -> Result<Permit, QueueError> {
+        self.enqueue(ticket).await
+    }
+
+    async fn enqueue(&self, ticket: Ticket) -> Result<Permit, QueueError> {
         let inner = &self.inner;
-        if inner.closing.is_cancelled() {
+        if inner.cut_off.is_cancelled() {
             return Err(QueueError::ShuttingDown);
         }
         let lane = self.lane(ticket.class, &ticket.tenant);

@@ -28,12 +28,22 @@ pub const BETA_CLIENT: &str = "svc-beta-0001";
 pub async fn sim() -> Simulator {
     let cfg = SimConfig {
         accounts: vec![
-            SimAccount { name: "acme".into(), api_key: ACME_KEY.into(), sites: vec!["main".into()] },
-            SimAccount { name: "beta".into(), api_key: BETA_KEY.into(), sites: vec!["beta-shop".into()] },
+            SimAccount {
+                name: "acme".into(),
+                api_key: ACME_KEY.into(),
+                sites: vec!["main".into()],
+            },
+            SimAccount {
+                name: "beta".into(),
+                api_key: BETA_KEY.into(),
+                sites: vec!["beta-shop".into()],
+            },
         ],
         ..SimConfig::default()
     };
-    Simulator::spawn(cfg, "127.0.0.1:0".parse().unwrap()).await.expect("simulator starts")
+    Simulator::spawn(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts")
 }
 
 /// Config text for a gateway in front of `sim`, with `extra` TOML prepended
@@ -150,7 +160,10 @@ pub async fn setup(extra: &str) -> (Simulator, Gate) {
 
 /// A plain HTTP client (no pooling surprises: one per test is fine).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
 }
 
 /// Parses a response body as JSON, failing the test with the body if it is not.
