@@ -217,9 +217,11 @@ async fn proxy(
         Some(v) => Some(v.to_str().map_err(|_| GatewayError::WrongKey)?.to_string()),
         None => None,
     };
-    let presented = header_key
-        .or_else(|| query.api_key.clone())
-        .or_else(|| form.as_ref().and_then(|f| f.api_key.clone()));
+    // An empty key is no key, as RetailCRM treats it.
+    let given = |k: &Option<String>| k.clone().filter(|k| !k.is_empty());
+    let presented = given(&header_key)
+        .or_else(|| given(&query.api_key))
+        .or_else(|| form.as_ref().and_then(|f| given(&f.api_key)));
     let tenant = rt.tenants.resolve(prefix, presented.as_deref())?;
     trace.tenant = Some(tenant.name.clone());
     let class = classify(api_path);
@@ -302,14 +304,16 @@ fn outgoing(
     }
     // The real key is added by `forward` at send time.
     let mut headers = upstream_headers(&parts.headers);
-    let forwarded = match parts
+    // Earlier hops, from every X-Forwarded-For line the caller sent, then us.
+    let mut hops: Vec<String> = parts
         .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prior) => format!("{prior}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect();
+    hops.push(peer.ip().to_string());
+    let forwarded = hops.join(", ");
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
         headers.insert("x-forwarded-for", v);
     }

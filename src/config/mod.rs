@@ -303,7 +303,7 @@ impl Config {
             out.push_str(&format!(
                 "  - {} -> {} (key from {}, {} client key(s), site {}, weight {}, max queued {})\n",
                 t.name,
-                t.base_url.as_str().trim_end_matches('/'),
+                redacted(&t.base_url).trim_end_matches('/'),
                 t.key_source,
                 t.client_keys.len(),
                 t.site.as_deref().unwrap_or("-"),
@@ -316,6 +316,15 @@ impl Config {
         }
         out
     }
+}
+
+/// A URL for display, with any password in it replaced by `***`.
+fn redacted(url: &Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    shown.to_string()
 }
 
 /// Formats a TOML error as `file:line:column: message`.

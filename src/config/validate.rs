@@ -304,23 +304,27 @@ pub(super) fn validate(
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut client_keys: HashMap<String, usize> = HashMap::new();
     for (i, t) in raw.tenants.iter().enumerate() {
-        if let Some(tenant) = tenant(&mut p, &mut warnings, i, t, &template, &limits, env) {
-            if let Some(first) = names.insert(tenant.name.clone(), i) {
+        // Uniqueness is checked on the raw entries, so a duplicate is
+        // reported even when either entry has other problems too.
+        if let Some(name) = t.name.as_ref().filter(|n| !n.is_empty()) {
+            if let Some(first) = names.insert(name.clone(), i) {
                 p.push(
                     &format!("tenants[{i}].name"),
-                    format!("{:?} is already used by tenants[{first}]", tenant.name),
+                    format!("{name:?} is already used by tenants[{first}]"),
                 );
             }
-            for (k, key) in tenant.client_keys.iter().enumerate() {
-                if let Some(first) = client_keys.insert(key.expose().to_string(), i) {
-                    let msg = if first == i {
-                        "is listed twice".to_string()
-                    } else {
-                        format!("is also a client key of tenants[{first}]")
-                    };
-                    p.push(&format!("tenants[{i}].client_keys[{k}]"), msg);
-                }
+        }
+        for (k, key) in t.client_keys.iter().enumerate() {
+            if let Some(first) = client_keys.insert(key.clone(), i) {
+                let msg = if first == i {
+                    "is listed twice".to_string()
+                } else {
+                    format!("is also a client key of tenants[{first}]")
+                };
+                p.push(&format!("tenants[{i}].client_keys[{k}]"), msg);
             }
+        }
+        if let Some(tenant) = tenant(&mut p, &mut warnings, i, t, &template, &limits, env) {
             tenants.push(tenant);
         }
     }
@@ -612,6 +616,18 @@ mod tests {
             &problems(&text),
             "tenants[1].name: \"acme\" is already used by tenants[0]"
         ));
+    }
+
+    #[test]
+    fn duplicates_are_reported_even_next_to_other_problems() {
+        let text = "[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key_env = \"NOPE\"\n\
+                    [[tenants]]\nname = \"a\"\nsubdomain = \"b\"\napi_key_env = \"ACME_KEY\"\n";
+        let p = problems(text);
+        assert!(
+            has(&p, "tenants[1].name: \"a\" is already used by tenants[0]"),
+            "{p:?}"
+        );
+        assert!(has(&p, "tenants[0].api_key_env"), "{p:?}");
     }
 
     #[test]
