@@ -1,0 +1,388 @@
+//! crmgate traffic-shaping benchmark.
+//!
+//! ```text
+//! cargo bench --bench shaping                      # full run, ~1.5 min
+//! cargo bench --bench shaping -- --quick           # smoke run, ~25 s
+//! cargo bench --bench shaping -- --seconds 10 --only utilisation,fairness
+//! ```
+//!
+//! Scenarios (names for `--only`):
+//! 1. `utilisation`: 50 callers saturate one tenant's general budget against
+//!    the strict simulator (20–60 ms latency); the rate the CRM accepted ÷
+//!    the limit, and the 503s it answered.
+//! 2. `jitter`: the same with 0–20 ms random arrival jitter between the
+//!    gateway and the CRM (a per-request delaying hop).
+//! 3. `fairness`: tenant A floods, tenant B sends one request every 0.5 s;
+//!    B's queue wait (`x-crmgate-queue-ms`) against A's.
+//! 4. `scheduler`: the fair queue's push+pop cost by queue length and
+//!    tenant count, and `Scheduler::acquire` grants/s with the budget
+//!    unbounded.
+//!
+//! Everything runs in one process on one tokio runtime, like the
+//! integration tests: the callers, the gateway and the simulator share the
+//! machine's cores. The report ends with one JSON line for tooling.
+//! See docs/performance.md for how to read the numbers.
+
+#[path = "shaping/end_to_end.rs"]
+mod end_to_end;
+#[path = "shaping/harness.rs"]
+mod harness;
+#[path = "shaping/measure.rs"]
+mod measure;
+#[path = "shaping/sched_cost.rs"]
+mod sched_cost;
+
+use std::time::Duration;
+
+use serde_json::json;
+
+const SCENARIOS: [&str; 4] = ["utilisation", "jitter", "fairness", "scheduler"];
+
+/// Targets, as agreed for the gateway.
+const TARGET_UTILISATION: f64 = 0.98;
+const TARGET_UTILISATION_JITTER: f64 = 0.96;
+const TARGET_LIGHT_P95_MS: f64 = 300.0;
+
+struct Args {
+    quick: bool,
+    seconds: Option<f64>,
+    only: Vec<String>,
+    callers: usize,
+    jitter_ms: u64,
+}
+
+const USAGE: &str = "usage: cargo bench --bench shaping -- [--quick] [--seconds N] \
+[--only utilisation,jitter,fairness,scheduler] [--callers N] [--jitter-ms N]";
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        quick: false,
+        seconds: None,
+        only: SCENARIOS.iter().map(|s| s.to_string()).collect(),
+        callers: 50,
+        jitter_ms: 20,
+    };
+    let mut it = std::env::args().skip(1);
+    let value = |it: &mut dyn Iterator<Item = String>, flag: &str| -> String {
+        it.next().unwrap_or_else(|| {
+            eprintln!("{flag} needs a value\n{USAGE}");
+            std::process::exit(2)
+        })
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            // `cargo bench` appends this to every bench binary.
+            "--bench" => {}
+            "--quick" => args.quick = true,
+            "--seconds" => {
+                args.seconds = Some(value(&mut it, "--seconds").parse().unwrap_or_else(|_| {
+                    eprintln!("--seconds takes a number\n{USAGE}");
+                    std::process::exit(2)
+                }))
+            }
+            "--only" => {
+                args.only = value(&mut it, "--only")
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect();
+                if let Some(bad) = args.only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+                    eprintln!("unknown scenario {bad:?}\n{USAGE}");
+                    std::process::exit(2)
+                }
+            }
+            "--callers" => args.callers = value(&mut it, "--callers").parse().unwrap_or(50).max(1),
+            "--jitter-ms" => args.jitter_ms = value(&mut it, "--jitter-ms").parse().unwrap_or(20),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0)
+            }
+            other => {
+                eprintln!("unknown argument {other:?}\n{USAGE}");
+                std::process::exit(2)
+            }
+        }
+    }
+    args
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "n/a".into())
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "MET"
+    } else {
+        "MISSED"
+    }
+}
+
+fn print_saturation(title: &str, s: &end_to_end::Saturation, target: f64) {
+    let d = &s.delivered;
+    println!("\n== {title}");
+    println!(
+        "   {} callers, {:.0} s, CRM latency 20–60 ms, limit {}/s, jitter 0–{} ms",
+        s.callers,
+        s.seconds,
+        end_to_end::LIMIT,
+        s.jitter_ms
+    );
+    println!("   {:<38} {:>12}", "accepted by the CRM", d.accepted);
+    println!(
+        "   {:<38} {:>12.3}",
+        "span first→last accepted (s)", d.span_s
+    );
+    println!("   {:<38} {:>12.3}", "delivered rate (req/s)", d.rate);
+    println!(
+        "   {:<38} {:>12.4}   target ≥ {target:.2}: {}",
+        "utilisation (rate / limit)",
+        d.utilisation,
+        verdict(d.utilisation >= target)
+    );
+    println!(
+        "   {:<38} {:>12}   target 0: {}",
+        "503s answered by the CRM",
+        d.rejected_503,
+        verdict(d.rejected_503 == 0)
+    );
+    println!(
+        "   {:<38} {:>12}",
+        "most arrivals in any 1000 ms", d.max_in_1s
+    );
+    println!(
+        "   {:<38} {:>12.2}   min {:.1} / p50 {:.1} / p95 {:.1} / max {:.1}",
+        "gap between accepted arrivals (ms)",
+        d.mean_gap_ms,
+        d.gap_ms.min,
+        d.gap_ms.p50,
+        d.gap_ms.p95,
+        d.gap_ms.max
+    );
+    println!(
+        "   {:<38} {:>12}   other: {:?}",
+        "caller answers (200)", s.answers.ok_200, s.answers.other
+    );
+    if let Some(h) = &s.held_ms {
+        println!(
+            "   {:<38} {:>12}",
+            "jitter actually added (ms)",
+            format!("p50 {:.1} / max {:.1}", h.p50, h.max)
+        );
+    }
+}
+
+fn print_fairness(f: &end_to_end::Fairness) {
+    println!("\n== 3. Light-tenant wait during a flood");
+    println!(
+        "   tenant A: {} callers flooding; tenant B: 1 request / {} ms; {:.0} s; equal weights",
+        f.flood_callers, f.light_every_ms, f.seconds
+    );
+    println!(
+        "   {:<30} {:>6} {:>9} {:>9} {:>9}",
+        "queue wait (ms)", "n", "p50", "p95", "max"
+    );
+    for (name, p) in [
+        ("B (light)", &f.light_wait_ms),
+        ("A (flood)", &f.flood_wait_ms),
+    ] {
+        println!(
+            "   {:<30} {:>6} {:>9.0} {:>9.0} {:>9.0}",
+            name, p.n, p.p50, p.p95, p.max
+        );
+    }
+    println!(
+        "   B p95 ≤ {TARGET_LIGHT_P95_MS:.0} ms: {}",
+        verdict(f.light_wait_ms.p95 <= TARGET_LIGHT_P95_MS)
+    );
+    println!(
+        "   B answers: {} ok, other {:?}; A answers: {} ok, other {:?}",
+        f.light_answers.ok_200,
+        f.light_answers.other,
+        f.flood_answers.ok_200,
+        f.flood_answers.other
+    );
+    println!(
+        "   CRM: utilisation {:.4}, 503s {}, most in any 1000 ms {}",
+        f.delivered.utilisation, f.delivered.rejected_503, f.delivered.max_in_1s
+    );
+}
+
+fn print_grid(cells: &[sched_cost::Cell]) {
+    println!("\n== 4a. Fair queue: ns per push+pop (tenant → priority → client, best of rounds)");
+    print!("   {:>10} |", "queued \\ T");
+    for t in sched_cost::TENANTS {
+        print!(" {:>9}", format!("T={t}"));
+    }
+    println!();
+    for q in sched_cost::LENGTHS {
+        print!("   {q:>10} |");
+        for t in sched_cost::TENANTS {
+            let c = cells
+                .iter()
+                .find(|c| c.queued == q && c.tenants == t)
+                .expect("every cell measured");
+            let mark = if t > q { "*" } else { " " };
+            print!(" {:>8.0}{mark}", c.ns_per_op);
+        }
+        println!();
+    }
+    println!("   * more tenants than queued requests: at most `queued` tenants hold work at once,");
+    println!("     and every push lands on an idle tenant (churn).");
+    // Growth with the tenant count, at a queue long enough that every
+    // tenant holds work: the active set is what the O(log n) is over.
+    let row: Vec<&sched_cost::Cell> = cells.iter().filter(|c| c.queued == 10_000).collect();
+    let base = row.first().map_or(f64::NAN, |c| c.ns_per_op);
+    let growth: Vec<String> = row
+        .iter()
+        .map(|c| format!("T={} ×{:.2}", c.tenants, c.ns_per_op / base))
+        .collect();
+    println!(
+        "   growth at 10,000 queued (log2 T = 0, 3.3, 6.6, 10.0): {}",
+        growth.join(", ")
+    );
+}
+
+fn print_dispatch(d: &[sched_cost::Dispatch]) {
+    println!("\n== 4b. Scheduler::acquire → grant, budget 1,000,000/s (never binds)");
+    println!(
+        "   {:>8} {:>8} {:>12} {:>14} {:>16}",
+        "waiters", "tenants", "grants", "grants/s", "mean wait (µs)"
+    );
+    for x in d {
+        println!(
+            "   {:>8} {:>8} {:>12} {:>14.0} {:>16.1}",
+            x.waiters, x.tenants, x.grants, x.grants_per_s, x.mean_wait_us
+        );
+    }
+}
+
+fn print_pacing(p: &[sched_cost::Pacing], timer: &sched_cost::TimerLateness) {
+    println!("\n== 4c. Pacing accuracy: saturated budgets, scheduler alone (no HTTP)");
+    println!(
+        "   {:<10} {:>6} {:>10} {:>8} {:>14} {:>12} {:>9}",
+        "class", "limit", "pace (ms)", "grants", "mean gap (ms)", "utilisation", "ceiling"
+    );
+    for x in p {
+        println!(
+            "   {:<10} {:>6} {:>10.2} {:>8} {:>14.3} {:>12.4} {:>9.4}",
+            x.class, x.limit, x.paced_ms, x.grants, x.mean_gap_ms, x.utilisation, x.ceiling
+        );
+    }
+    let l = &timer.late_ms;
+    println!(
+        "   tokio sleep_until lateness (ms): p50 {:.2} / p95 {:.2} / max {:.2}; ≥ 1 ms late: {:.0}% of wake-ups",
+        l.p50,
+        l.p95,
+        l.max,
+        timer.share_at_least_1ms * 100.0
+    );
+}
+
+fn main() {
+    let args = parse_args();
+    let run = |full: f64, quick: f64| {
+        Duration::from_secs_f64(
+            args.seconds
+                .unwrap_or(if args.quick { quick } else { full }),
+        )
+    };
+    let wants = |s: &str| args.only.iter().any(|o| o == s);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+
+    let load_start = loadavg();
+    println!("crmgate shaping benchmark");
+    println!(
+        "   {} mode, {cores} cores, tokio multi-thread runtime, load average at start: {load_start}",
+        if args.quick { "quick" } else { "full" },
+    );
+    let started = std::time::Instant::now();
+    let mut json = serde_json::Map::new();
+
+    if wants("utilisation") {
+        let s = rt.block_on(end_to_end::saturation(
+            args.callers,
+            run(20.0, 5.0),
+            Duration::ZERO,
+        ));
+        print_saturation(
+            "1. Utilisation under saturation (no added jitter)",
+            &s,
+            TARGET_UTILISATION,
+        );
+        json.insert("utilisation".into(), serde_json::to_value(&s).unwrap());
+    }
+    if wants("jitter") {
+        let jitter = Duration::from_millis(args.jitter_ms);
+        let s = rt.block_on(end_to_end::saturation(args.callers, run(20.0, 5.0), jitter));
+        print_saturation(
+            "2. Utilisation with random arrival jitter",
+            &s,
+            TARGET_UTILISATION_JITTER,
+        );
+        json.insert("jitter".into(), serde_json::to_value(&s).unwrap());
+    }
+    if wants("fairness") {
+        let f = rt.block_on(end_to_end::fairness(
+            args.callers,
+            run(20.0, 5.0),
+            Duration::from_millis(500),
+        ));
+        print_fairness(&f);
+        json.insert("fairness".into(), serde_json::to_value(&f).unwrap());
+    }
+    if wants("scheduler") {
+        let (ops, rounds) = if args.quick {
+            (20_000, 2)
+        } else {
+            (200_000, 3)
+        };
+        let cells = sched_cost::grid(ops, rounds);
+        print_grid(&cells);
+        let secs = if args.quick { 0.5 } else { 2.0 };
+        let dispatch: Vec<_> = [(1, 1), (100, 10), (10_000, 10)]
+            .into_iter()
+            .map(|(w, t)| rt.block_on(sched_cost::dispatch(w, t, Duration::from_secs_f64(secs))))
+            .collect();
+        print_dispatch(&dispatch);
+        let (pacing, timer) = rt.block_on(sched_cost::pacing(
+            args.callers,
+            Duration::from_secs_f64(if args.quick { 2.0 } else { 6.0 }),
+        ));
+        print_pacing(&pacing, &timer);
+        json.insert(
+            "scheduler".into(),
+            json!({ "push_pop": cells, "acquire": dispatch, "pacing": pacing, "timer": timer }),
+        );
+    }
+
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "\n   total {elapsed:.1} s; load average at start {load_start}, at end {}",
+        loadavg()
+    );
+    json.insert(
+        "meta".into(),
+        json!({
+            "bench": "crmgate-shaping",
+            "quick": args.quick,
+            "cores": cores,
+            "loadavg_start": load_start,
+            "loadavg_end": loadavg(),
+            "elapsed_s": elapsed,
+            "targets": {
+                "utilisation": TARGET_UTILISATION,
+                "utilisation_jitter": TARGET_UTILISATION_JITTER,
+                "light_p95_ms": TARGET_LIGHT_P95_MS,
+            },
+        }),
+    );
+    println!("{}", serde_json::Value::Object(json));
+    // Dispatcher and server tasks may still be parked; do not wait for them.
+    rt.shutdown_timeout(Duration::from_secs(1));
+}

@@ -1,0 +1,352 @@
+//! The rig every end-to-end scenario shares: a simulated CRM, a gateway in
+//! front of it (both in this process, on loopback ports, like the
+//! integration tests), an optional jitter hop between them, and the callers
+//! that load the gateway. Nothing here judges results; `measure` does.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use crmgate::config::Config;
+use crmgate::server::{DrainReport, Server};
+use crmgate::sim::{SimAccount, SimConfig, Simulator};
+use rand::Rng;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Real CRM key of tenant "acme" (the flooding tenant).
+const ACME_KEY: &str = "bench-acme-real-key";
+/// Real CRM key of tenant "beta" (the light tenant).
+const BETA_KEY: &str = "bench-beta-real-key";
+/// The client key callers of "acme" present.
+pub const ACME_CLIENT: &str = "bench-acme-client";
+/// The client key callers of "beta" present.
+pub const BETA_CLIENT: &str = "bench-beta-client";
+
+/// The request every caller sends: a general-class read.
+pub const PATH: &str = "/api/v5/orders?limit=20";
+
+/// A simulator with RetailCRM's limits (10/s general, 40/s telephony, strict
+/// 1 s window) and uniform random latency in `latency`.
+pub async fn sim(latency: (Duration, Duration)) -> Simulator {
+    let cfg = SimConfig {
+        accounts: vec![
+            SimAccount {
+                name: "acme".into(),
+                api_key: ACME_KEY.into(),
+                sites: vec!["main".into()],
+            },
+            SimAccount {
+                name: "beta".into(),
+                api_key: BETA_KEY.into(),
+                sites: vec!["beta-shop".into()],
+            },
+        ],
+        latency,
+        ..SimConfig::default()
+    };
+    Simulator::spawn(cfg, (Ipv4Addr::LOCALHOST, 0).into())
+        .await
+        .expect("simulator starts")
+}
+
+/// Gateway config with default limits (10/s general, 20 ms jitter allowance,
+/// adaptive on) and two equal-weight tenants whose CRM is `upstream`.
+pub fn gateway_config(upstream: &str, limits: &str) -> Config {
+    let text = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_grace = "2s"
+
+[limits]
+{limits}
+
+[[tenants]]
+name = "acme"
+base_url = "{upstream}"
+api_key = "{ACME_KEY}"
+client_keys = ["{ACME_CLIENT}"]
+
+[[tenants]]
+name = "beta"
+base_url = "{upstream}"
+api_key = "{BETA_KEY}"
+client_keys = ["{BETA_CLIENT}"]
+"#
+    );
+    Config::from_toml(&text, "bench config", &|_| None).expect("bench config is valid")
+}
+
+/// A gateway serving on an ephemeral port until [`Gate::shutdown`].
+pub struct Gate {
+    /// API base URL.
+    pub url: String,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<DrainReport>,
+}
+
+impl Gate {
+    pub async fn start(config: Config) -> Gate {
+        let server = Server::bind(config, None).await.expect("gateway binds");
+        let url = format!("http://{}", server.api_addr());
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("gateway runs")
+        });
+        Gate { url, stop, task }
+    }
+
+    /// Drains (callers are gone by now, so this is quick) and waits for it.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        if tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .is_err()
+        {
+            eprintln!("warning: gateway did not finish draining within 15 s");
+        }
+    }
+}
+
+/// A reverse hop that holds every request for a random time in
+/// `[0, max_jitter]` before forwarding it: arrival jitter between the
+/// gateway's send and the CRM's count. It works per request (not per
+/// connection), so pooled keep-alive connections are jittered too. Its
+/// outgoing side is bound to 127.0.0.1, so the simulator still sees one
+/// source IP, as the CRM would see one egress IP.
+pub struct JitterHop {
+    pub url: String,
+    /// How long each request was actually held (the timer can add up to
+    /// about a millisecond to the drawn delay).
+    pub held: Arc<Mutex<Vec<Duration>>>,
+    task: JoinHandle<()>,
+}
+
+struct Hop {
+    client: reqwest::Client,
+    target: String,
+    max_jitter: Duration,
+    held: Arc<Mutex<Vec<Duration>>>,
+}
+
+impl JitterHop {
+    pub async fn start(target: String, max_jitter: Duration) -> JitterHop {
+        let client = reqwest::Client::builder()
+            .local_address(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .no_proxy()
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("hop client builds");
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let hop = Arc::new(Hop {
+            client,
+            target,
+            max_jitter,
+            held: held.clone(),
+        });
+        let app = axum::Router::new().fallback(forward).with_state(hop);
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("hop binds");
+        let url = format!("http://{}", listener.local_addr().expect("hop address"));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        JitterHop { url, held, task }
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+async fn forward(State(hop): State<Arc<Hop>>, req: Request) -> Response {
+    let received = Instant::now();
+    let delay = rand::thread_rng().gen_range(Duration::ZERO..=hop.max_jitter);
+    let (parts, body) = req.into_parts();
+    let Ok(body) = to_bytes(body, 16 * 1024 * 1024).await else {
+        return status_only(StatusCode::BAD_REQUEST);
+    };
+    tokio::time::sleep_until(received + delay).await;
+    hop.held
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(received.elapsed());
+
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut headers = parts.headers;
+    for h in ["host", "content-length", "connection", "transfer-encoding"] {
+        headers.remove(h);
+    }
+    let sent = hop
+        .client
+        .request(parts.method, format!("{}{path}", hop.target))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    let Ok(resp) = sent else {
+        return status_only(StatusCode::BAD_GATEWAY);
+    };
+    let status = resp.status();
+    let mut headers = resp.headers().clone();
+    for h in ["content-length", "connection", "transfer-encoding"] {
+        headers.remove(h);
+    }
+    let body = resp.bytes().await.unwrap_or_default();
+    let mut out = Response::new(Body::from(body));
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+fn status_only(status: StatusCode) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = status;
+    r
+}
+
+/// What one caller saw for one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub status: u16,
+    /// `x-crmgate-queue-ms`, when the gateway set it.
+    pub queue_ms: Option<u64>,
+}
+
+/// Load generators; every request's outcome lands in `samples`.
+pub struct Load {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+}
+
+/// A caller client: no proxy from the environment, pooled connections.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client builds")
+}
+
+async fn one(client: &reqwest::Client, url: &str, key: &str) -> Sample {
+    match client.get(url).header("X-API-KEY", key).send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let queue_ms = resp
+                .headers()
+                .get("x-crmgate-queue-ms")
+                .and_then(|v| v.to_str().ok()?.parse().ok());
+            let _ = resp.bytes().await;
+            Sample { status, queue_ms }
+        }
+        // 0: transport error (the gateway never answered).
+        Err(_) => Sample {
+            status: 0,
+            queue_ms: None,
+        },
+    }
+}
+
+impl Load {
+    /// `callers` concurrent callers, each sending its next request as soon
+    /// as the previous one is answered.
+    pub fn flood(client: &reqwest::Client, gate: &str, key: &'static str, callers: usize) -> Load {
+        let stop = CancellationToken::new();
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let url = format!("{gate}{PATH}");
+        let tasks = (0..callers)
+            .map(|_| {
+                let (client, url, stop, samples) =
+                    (client.clone(), url.clone(), stop.clone(), samples.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let sample = tokio::select! {
+                            s = one(&client, &url, key) => s,
+                            _ = stop.cancelled() => return,
+                        };
+                        samples
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(sample);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            tasks,
+            samples,
+        }
+    }
+
+    /// One request every `every`, each on its own task so a slow answer
+    /// does not delay the next send.
+    pub fn trickle(
+        client: &reqwest::Client,
+        gate: &str,
+        key: &'static str,
+        every: Duration,
+    ) -> Load {
+        let stop = CancellationToken::new();
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let url = format!("{gate}{PATH}");
+        let (client2, stop2, samples2) = (client.clone(), stop.clone(), samples.clone());
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop2.cancelled() => return,
+                }
+                let (client, url, stop, samples) = (
+                    client2.clone(),
+                    url.clone(),
+                    stop2.clone(),
+                    samples2.clone(),
+                );
+                tokio::spawn(async move {
+                    let sample = tokio::select! {
+                        s = one(&client, &url, key) => s,
+                        _ = stop.cancelled() => return,
+                    };
+                    samples
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(sample);
+                });
+            }
+        });
+        Load {
+            stop,
+            tasks: vec![task],
+            samples,
+        }
+    }
+
+    /// Stops sending (requests in flight are abandoned) and returns what
+    /// was answered.
+    pub async fn stop(self) -> Vec<Sample> {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        samples.clone()
+    }
+}
