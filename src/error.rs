@@ -70,6 +70,18 @@ pub enum GatewayError {
     },
 }
 
+/// Every value of the `reason` label of `crmgate_rejections_total`.
+pub const REJECTION_REASONS: [&str; 8] = [
+    "unknown_tenant",
+    "bad_key",
+    "body_too_large",
+    "bad_request",
+    "queue_full",
+    "deadline",
+    "shutdown",
+    "client_gone",
+];
+
 impl GatewayError {
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {

@@ -84,6 +84,22 @@ impl Gateway {
         let scheduler = Scheduler::new(&config);
         let metrics = Metrics::new();
         let tenants = Tenants::new(&config.tenants);
+        // Counters exist from the start at 0, so `increase()` in alerts sees
+        // the very first 503 or rejection.
+        for e in &egress {
+            for class in Class::ALL {
+                for status in ["503", "429"] {
+                    metrics.upstream_throttled.with_label_values(&[
+                        &e.label,
+                        class.as_str(),
+                        status,
+                    ]);
+                }
+            }
+        }
+        for reason in crate::error::REJECTION_REASONS {
+            metrics.rejections.with_label_values(&[reason]);
+        }
         let gw = Gateway {
             runtime: ArcSwap::from_pointee(Runtime { config, tenants }),
             scheduler,
@@ -183,6 +199,8 @@ impl Gateway {
         let m = &self.metrics;
         let rt = self.runtime();
         m.uptime.set(self.started.elapsed().as_secs_f64());
+        let gone = m.rejections.with_label_values(&["client_gone"]);
+        gone.inc_by(self.scheduler.withdrawn().saturating_sub(gone.get()));
         m.queue_capacity
             .set(rt.config.limits.queue_capacity.get() as i64);
         for t in rt.tenants.iter() {

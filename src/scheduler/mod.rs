@@ -18,7 +18,7 @@ mod budget;
 mod fair;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -235,6 +235,8 @@ struct Inner {
     capacity: AtomicUsize,
     queued_total: AtomicUsize,
     tenant_queued: DashMap<Arc<str>, Arc<AtomicUsize>>,
+    /// Waiters dropped while queued (the caller went away).
+    withdrawn: AtomicU64,
     /// New requests are refused once this is cancelled.
     closing: CancellationToken,
     /// Waiting requests are answered (503) once this is cancelled.
@@ -278,6 +280,7 @@ impl Scheduler {
                 capacity: AtomicUsize::new(config.limits.queue_capacity.get()),
                 queued_total: AtomicUsize::new(0),
                 tenant_queued: DashMap::new(),
+                withdrawn: AtomicU64::new(0),
                 closing: CancellationToken::new(),
                 cut_off: CancellationToken::new(),
                 stop: CancellationToken::new(),
@@ -408,15 +411,16 @@ impl Scheduler {
             id
         };
         lane.work.notify_one();
-        let _guard = Withdraw {
+        let mut guard = Withdraw {
             lane: lane.clone(),
             id,
             state,
             tenant_count,
             inner: inner.clone(),
+            resolved: false,
         };
 
-        tokio::select! {
+        let outcome = tokio::select! {
             granted = rx => match granted {
                 Ok(egress) => Ok(Permit { egress, class: ticket.class, waited: enqueued.elapsed(), lane: lane.clone() }),
                 // The dispatcher only drops a sender when it is stopping.
@@ -424,7 +428,14 @@ impl Scheduler {
             },
             _ = sleep_until(ticket.deadline) => Err(QueueError::Deadline(estimate_wait(&lane))),
             _ = inner.cut_off.cancelled() => Err(QueueError::ShuttingDown),
-        }
+        };
+        guard.resolved = true;
+        outcome
+    }
+
+    /// Requests withdrawn while queued because their caller went away.
+    pub fn withdrawn(&self) -> u64 {
+        self.inner.withdrawn.load(Ordering::Relaxed)
     }
 
     /// Refuses new requests from now on; queued ones keep waiting.
@@ -540,6 +551,9 @@ struct Withdraw {
     state: Arc<AtomicU8>,
     tenant_count: Arc<AtomicUsize>,
     inner: Arc<Inner>,
+    /// The wait ended with an answer (grant, deadline, shutdown), not by the
+    /// caller dropping it.
+    resolved: bool,
 }
 
 impl Drop for Withdraw {
@@ -549,6 +563,9 @@ impl Drop for Withdraw {
             .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            if !self.resolved {
+                self.inner.withdrawn.fetch_add(1, Ordering::Relaxed);
+            }
             let mut st = self.lane.lock();
             st.waiting.remove(&self.id);
             st.garbage += 1;

@@ -327,3 +327,19 @@ async fn per_account_scope_gives_each_tenant_a_budget() {
         Some(&Duration::from_millis(9 * 102))
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_waiter_is_counted_as_withdrawn_but_a_deadline_is_not() {
+    let s = Scheduler::new(&config("[limits]\ngeneral_per_second = 1"));
+    s.acquire(ticket("a", "x", Class::General)).await.unwrap();
+    let gone = spawn(&s, ticket("a", "x", Class::General));
+    let mut late = ticket("a", "x", Class::General);
+    late.deadline = Instant::now() + Duration::from_millis(100);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gone.abort();
+    assert!(matches!(
+        s.acquire(late).await,
+        Err(QueueError::Deadline(_))
+    ));
+    assert_eq!(s.withdrawn(), 1);
+}
