@@ -254,6 +254,17 @@ pub(super) fn validate(
         backend,
         adaptive,
     };
+    for (path, rate) in [
+        ("limits.general_per_second", limits.general_per_second),
+        ("limits.telephony_per_second", limits.telephony_per_second),
+    ] {
+        if rate.get() > 10_000 {
+            p.push(
+                path,
+                format!("{rate} is far above any RetailCRM limit; at most 10000"),
+            );
+        }
+    }
     if limits.jitter_allowance >= Duration::from_secs(1) {
         p.push(
             "limits.jitter_allowance",

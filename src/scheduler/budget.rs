@@ -50,7 +50,7 @@ impl Budget {
     /// A fresh budget with nothing sent.
     pub fn new(shape: BudgetShape) -> Self {
         Budget {
-            log: VecDeque::with_capacity(shape.limit as usize),
+            log: VecDeque::with_capacity((shape.limit as usize).min(1024)),
             shape,
             cut: None,
             paused_until: None,

@@ -59,6 +59,8 @@ pub struct Wfq<K, Q> {
     /// Largest finish tag handed out: the virtual time once the queue drains.
     max_finish: u64,
     seq: u64,
+    /// Map size after the last sweep of idle children.
+    swept_len: usize,
 }
 
 impl<K, Q> Default for Wfq<K, Q> {
@@ -69,6 +71,7 @@ impl<K, Q> Default for Wfq<K, Q> {
             vtime: 0,
             max_finish: 0,
             seq: 0,
+            swept_len: 0,
         }
     }
 }
@@ -106,10 +109,13 @@ impl<K: Clone + Ord + Hash, Q: Level> Wfq<K, Q> {
     /// Drops idle children that carry no fairness memory, bounding the map
     /// by the number of recently active keys.
     fn collect_idle(&mut self) {
-        if self.children.len() > 2 * self.active.len() + 64 {
+        // Sweep only when the map has doubled since the last sweep, so keys
+        // that cannot be forgotten yet do not make every pop a full scan.
+        if self.children.len() > 2 * self.swept_len.max(self.active.len()) + 64 {
             let vtime = self.vtime;
             self.children
                 .retain(|_, c| !c.queue.is_empty() || c.finish > vtime);
+            self.swept_len = self.children.len();
         }
     }
 }
