@@ -432,8 +432,16 @@ async fn forward(
                 .inc();
         };
         // Decide: answer, or wait and retry (with `reason`).
-        let (reason, wait) = match result {
-            Ok(Ok(resp)) => {
+        // reqwest's own read timer can fire while waiting for headers: that
+        // is a timeout too, not a broken connection.
+        let sent = match result {
+            Ok(Ok(resp)) => Sent::Answer(resp),
+            Ok(Err(e)) if e.is_timeout() && !e.is_connect() => Sent::TimedOut,
+            Ok(Err(e)) => Sent::Failed(e),
+            Err(_) => Sent::TimedOut,
+        };
+        let (reason, wait) = match sent {
+            Sent::Answer(resp) => {
                 let status = resp.status();
                 attempt_status(status.as_str());
                 if status != StatusCode::SERVICE_UNAVAILABLE
@@ -461,12 +469,13 @@ async fn forward(
                 let wait = backoff(retry.initial_backoff, retry.max_backoff, trace.attempts);
                 ("throttled", wait.max(retry_after.unwrap_or_default()))
             }
-            Ok(Err(e)) => {
+            Sent::Failed(e) => {
                 attempt_status("error");
                 // A connect error means nothing was written: any method may be
                 // resent. Anything later may have reached the CRM.
                 let connect = e.is_connect();
-                let cause = error_chain(&e);
+                // The URL is left out: its query may hold customer data.
+                let cause = error_chain(&e.without_url());
                 tracing::warn!(tenant = %tenant.name, egress = %egress.label, connect, cause = %cause, "CRM request failed");
                 if !(more && (connect || idempotent)) {
                     return Err(GatewayError::UpstreamUnreachable {
@@ -480,7 +489,7 @@ async fn forward(
                     backoff(retry.initial_backoff, retry.max_backoff, trace.attempts),
                 )
             }
-            Err(_) => {
+            Sent::TimedOut => {
                 attempt_status("error");
                 tracing::warn!(tenant = %tenant.name, egress = %egress.label, ?timeout, "CRM did not answer in time");
                 if !(more && idempotent) {
@@ -503,6 +512,16 @@ async fn forward(
         tokio::time::sleep(wait).await;
         trace.queue += wait;
     }
+}
+
+/// What one send produced.
+enum Sent {
+    /// Response headers arrived.
+    Answer(reqwest::Response),
+    /// The send failed before an answer.
+    Failed(reqwest::Error),
+    /// No answer within `upstream.request_timeout`.
+    TimedOut,
 }
 
 /// The error and its sources, joined: "error sending request: connection refused".
