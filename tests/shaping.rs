@@ -18,6 +18,8 @@ use std::time::Duration;
 use common::*;
 use crmgate::sim::{max_in_window, Class, Received, Simulator};
 use futures_util::future::join_all;
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::sleep;
 
@@ -166,16 +168,52 @@ impl Outcome {
     }
 }
 
-/// [`setup`], then a few pooled connections opened from every egress to the
-/// simulator, as a gateway that has been running a while would have them.
+/// `[limits]` for floods that assert what the CRM received: a jitter
+/// allowance that covers this host, not the 20 ms default. On two busy cores
+/// one send can reach the simulator ~90 ms later than the next (measured with
+/// both cores pegged), and the budget only absorbs a difference up to the
+/// allowance. The pacing is then one send per 115 ms instead of 102 ms.
+const LIMITS: &str = "[limits]\njitter_allowance = \"150ms\"\n";
+
+/// Stops the simulator's thread when dropped.
+struct SimThread(Option<oneshot::Sender<()>>);
+
+impl Drop for SimThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.0.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Like [`setup`], but the simulator runs on a thread and runtime of its own,
+/// as the CRM runs on another machine: its arrival stamps never wait in a
+/// task queue behind the gateway and the test's callers.
 ///
-/// A send over a new connection reaches the CRM later than one over a pooled
-/// connection, by more than `jitter_allowance` when the host is busy (see
-/// `a_cold_connection_at_the_start_of_a_burst_trips_the_limit`): floods that
-/// assert zero 503s measure a warm gateway. The warm-up sends are telephony
-/// (so the general budget starts fresh) and are cleared from the records.
-async fn warm_setup(extra: &str) -> (Simulator, Gate) {
-    let (sim, gate) = setup(extra).await;
+/// Then a few connections are opened from every egress to the simulator and
+/// left in the pool, as a gateway that has been running a while would have
+/// them. A send over a new connection reaches the CRM later than one over a
+/// pooled connection, by more than `jitter_allowance` when that takes long
+/// (see `a_burst_over_a_cold_connection_stays_within_the_limit`), so floods
+/// that assert zero 503s measure a warm gateway. The warm-up sends are
+/// telephony, so the general budget starts fresh, and are cleared from the
+/// records.
+async fn warm_setup(extra: &str) -> (Simulator, Gate, SimThread) {
+    let (ready, sim) = oneshot::channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("simulator runtime");
+        rt.block_on(async move {
+            let _ = ready.send(common::sim().await);
+            let _ = stopped.await;
+        });
+    });
+    let sim = sim.await.expect("simulator thread");
+    let gate = Gate::start(config(&config_text(&sim, extra))).await;
+
     // Slow answers make the sends overlap, so each needs its own connection.
     sim.set_latency(Duration::from_millis(300), Duration::from_millis(300));
     let c = client();
@@ -191,17 +229,25 @@ async fn warm_setup(extra: &str) -> (Simulator, Gate) {
     sim.set_latency(Duration::ZERO, Duration::ZERO);
     assert!(not_ok(&warm, 200).is_empty(), "{:?}", not_ok(&warm, 200));
     sim.clear_records();
-    (sim, gate)
+    (sim, gate, SimThread(Some(stop)))
 }
 
-/// Callers that each repeat one [`Call`] back to back until stopped.
+/// Callers that each repeat one [`Call`] back to back until stopped. They
+/// run on a runtime of their own, as callers run in other processes, so the
+/// gateway's tasks do not queue behind theirs.
 struct Flood {
     stop: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<Vec<Outcome>>>,
+    runtime: Option<Runtime>,
 }
 
 /// Starts one caller per call; request ids are `{tag}-{caller}-{n}`.
 fn flood(base: &str, tag: &str, calls: Vec<Call>) -> Flood {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("callers' runtime");
     let stop = Arc::new(AtomicBool::new(false));
     let c = client();
     let tasks = calls
@@ -209,7 +255,7 @@ fn flood(base: &str, tag: &str, calls: Vec<Call>) -> Flood {
         .enumerate()
         .map(|(i, call)| {
             let (c, stop, base, tag) = (c.clone(), stop.clone(), base.to_string(), tag.to_string());
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let mut seen = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let id = format!("{tag}-{i}-{}", seen.len());
@@ -219,7 +265,11 @@ fn flood(base: &str, tag: &str, calls: Vec<Call>) -> Flood {
             })
         })
         .collect();
-    Flood { stop, tasks }
+    Flood {
+        stop,
+        tasks,
+        runtime: Some(runtime),
+    }
 }
 
 impl Flood {
@@ -241,6 +291,10 @@ impl Drop for Flood {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
+        }
+        if let Some(runtime) = self.runtime.take() {
+            // Not `drop`: a runtime may not be dropped in async context.
+            runtime.shutdown_background();
         }
     }
 }
@@ -344,7 +398,7 @@ async fn general_budget(gate: &Gate) -> (f64, f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saturating_callers_never_trip_the_crm_limit() {
     let _load = LOAD.lock().await;
-    let (sim, gate) = warm_setup("").await;
+    let (sim, gate, _sim_thread) = warm_setup(LIMITS).await;
     let calls = (0..30)
         .map(|i| match i % 4 {
             0 => Call::get("/api/v5/orders", Some(ACME_CLIENT)),
@@ -376,15 +430,16 @@ async fn saturating_callers_never_trip_the_crm_limit() {
     for (key, n) in &windows {
         assert!(*n <= 10, "{key:?}: {n} arrivals in one second");
     }
-    // The budget was actually used up, so the bound above means something.
-    assert!(windows[&(LOOPBACK, Class::General)] >= 9, "{windows:?}");
+    // The budget was used (9 fit in a window at this pacing), so the bound
+    // above means something.
+    assert!(windows[&(LOOPBACK, Class::General)] >= 8, "{windows:?}");
     assert!(records.len() >= 40, "only {} delivered", records.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telephony_has_its_own_budget() {
     let _load = LOAD.lock().await;
-    let (sim, gate) = warm_setup("").await;
+    let (sim, gate, _sim_thread) = warm_setup(LIMITS).await;
     let mut calls: Vec<Call> = (0..12)
         .map(|i| Call::get("/api/v5/orders", Some([ACME_CLIENT, BETA_CLIENT][i % 2])))
         .collect();
@@ -421,7 +476,7 @@ async fn telephony_has_its_own_budget() {
 
 /// Floods for `run` and returns what the simulator received meanwhile.
 async fn flood_records(extra: &str, callers: usize, run: Duration) -> Vec<Received> {
-    let (sim, gate) = warm_setup(extra).await;
+    let (sim, gate, _sim_thread) = warm_setup(extra).await;
     let calls = (0..callers)
         .map(|i| Call::get("/api/v5/orders", Some([ACME_CLIENT, BETA_CLIENT][i % 2])))
         .collect();
@@ -447,13 +502,9 @@ async fn two_egress_ips_double_the_delivered_rate() {
     let _load = LOAD.lock().await;
     let span = Duration::from_secs(2);
     let run = Duration::from_millis(2600);
-    let one = flood_records("", 40, run).await;
-    let two = flood_records(
-        "[upstream]\negress_ips = [\"127.0.0.2\", \"127.0.0.3\"]",
-        40,
-        run,
-    )
-    .await;
+    let one = flood_records(LIMITS, 40, run).await;
+    let egress = "[upstream]\negress_ips = [\"127.0.0.2\", \"127.0.0.3\"]";
+    let two = flood_records(&format!("{LIMITS}{egress}"), 40, run).await;
     let (one_by_ip, two_by_ip) = (delivered_within(&one, span), delivered_within(&two, span));
     let (n1, n2) = (
         one_by_ip.values().sum::<usize>(),
@@ -559,7 +610,7 @@ async fn a_light_tenant_is_not_stuck_behind_a_flood() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_wait_header_gives_up_without_sending() {
     let _load = LOAD.lock().await;
-    let (sim, gate) = warm_setup("").await;
+    let (sim, gate, _sim_thread) = warm_setup(LIMITS).await;
     // The probes use the flood's client key, so they queue behind it.
     let calls = (0..20)
         .map(|_| Call::get("/api/v5/orders", Some(ACME_CLIENT)))
@@ -595,7 +646,7 @@ async fn max_wait_header_gives_up_without_sending() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_max_queue_wait_gives_up_without_sending() {
     let _load = LOAD.lock().await;
-    let (sim, gate) = warm_setup("[limits]\nmax_queue_wait = \"300ms\"").await;
+    let (sim, gate, _sim_thread) = warm_setup(&format!("{LIMITS}max_queue_wait = \"300ms\"")).await;
     let calls = (0..20)
         .map(|_| Call::get("/api/v5/orders", Some(ACME_CLIENT)))
         .collect();
@@ -748,6 +799,7 @@ async fn a_caller_that_hangs_up_while_queued_is_never_sent() {
     }
     let records = sim.records();
     let sent: Vec<&str> = records.iter().map(id_of).collect();
+    println!("hang-up: withdrawn from the queue before its slot: {withdrawn}; sent {sent:?}");
     assert!(
         !sent.contains(&"cancelled"),
         "a request whose caller hung up was sent (withdrawn from the queue in time: {withdrawn}); sent {sent:?}"
@@ -759,10 +811,10 @@ async fn a_caller_that_hangs_up_while_queued_is_never_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_503s_are_retried_without_duplicates() {
     let _load = LOAD.lock().await;
-    let (sim, gate) = warm_setup(
-        "[limits.adaptive]\nrecovery_per_second = 10.0\n\
-         [retry]\nmax_attempts = 10\ninitial_backoff = \"20ms\"\nmax_backoff = \"200ms\"",
-    )
+    let (sim, gate, _sim_thread) = warm_setup(&format!(
+        "{LIMITS}[limits.adaptive]\nrecovery_per_second = 10.0\n\
+         [retry]\nmax_attempts = 10\ninitial_backoff = \"20ms\"\nmax_backoff = \"200ms\""
+    ))
     .await;
     sim.faults().set_random_503(0.3);
     let c = client();
