@@ -5,11 +5,22 @@
 //! the same address. With no egress IPs there is one client on the OS
 //! default route. Clients ignore proxy environment variables (a proxy would
 //! hide which IP the CRM sees) and never follow redirects (the caller does).
+//!
+//! Every connection a client opens is reported to the scheduler (start and
+//! end), because a request that waits for a new connection reaches the CRM
+//! later than its slot said: the budget accounts for that.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prometheus::IntCounter;
+use tokio::time::Instant;
+
 use crate::config::Config;
+use crate::scheduler::Scheduler;
 
 /// How much longer reqwest's own read timer runs than `request_timeout`, so
 /// the caller's timer decides a wait for headers (504, retried only if safe).
@@ -26,8 +37,84 @@ pub struct Egress {
     pub client: reqwest::Client,
 }
 
-/// Builds one client per configured egress IP (one in all when none are).
-pub fn build(config: &Config) -> Result<Vec<Egress>, reqwest::Error> {
+/// Reports connection set-up on one egress to the scheduler (a tower layer
+/// around reqwest's connector).
+#[derive(Clone)]
+struct ConnectWatch {
+    egress: usize,
+    scheduler: Scheduler,
+    opened: IntCounter,
+}
+
+impl<S> tower::Layer<S> for ConnectWatch {
+    type Service = Watched<S>;
+
+    fn layer(&self, inner: S) -> Watched<S> {
+        Watched {
+            inner,
+            watch: self.clone(),
+        }
+    }
+}
+
+/// The connector, watched.
+#[derive(Clone)]
+struct Watched<S> {
+    inner: S,
+    watch: ConnectWatch,
+}
+
+/// Ends a connect's report when the connect finishes or is dropped.
+struct Connecting {
+    watch: ConnectWatch,
+    started: Instant,
+}
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        self.watch
+            .scheduler
+            .connect_finished(self.watch.egress, self.started);
+    }
+}
+
+impl<S, R> tower::Service<R> for Watched<S>
+where
+    S: tower::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: R) -> Self::Future {
+        let started = self.watch.scheduler.connect_started(self.watch.egress);
+        self.watch.opened.inc();
+        let connecting = Connecting {
+            watch: self.watch.clone(),
+            started,
+        };
+        let connect = self.inner.call(dst);
+        Box::pin(async move {
+            let result = connect.await;
+            drop(connecting);
+            result
+        })
+    }
+}
+
+/// Builds one client per configured egress IP (one in all when none are),
+/// reporting connection set-up to `scheduler` and counting it in `opened`
+/// (labelled by egress).
+pub fn build(
+    config: &Config,
+    scheduler: &Scheduler,
+    opened: &prometheus::IntCounterVec,
+) -> Result<Vec<Egress>, reqwest::Error> {
     let ips: Vec<Option<IpAddr>> = if config.upstream.egress_ips.is_empty() {
         vec![None]
     } else {
@@ -40,8 +127,16 @@ pub fn build(config: &Config) -> Result<Vec<Egress>, reqwest::Error> {
             .collect()
     };
     ips.into_iter()
-        .map(|ip| {
+        .enumerate()
+        .map(|(egress, ip)| {
+            let label = ip.map_or_else(|| "default".to_string(), |ip| ip.to_string());
+            let watch = ConnectWatch {
+                egress,
+                scheduler: scheduler.clone(),
+                opened: opened.with_label_values(&[&label]),
+            };
             let client = reqwest::Client::builder()
+                .connector_layer(watch)
                 .local_address(ip)
                 .connect_timeout(config.upstream.connect_timeout)
                 // Between body chunks; the wait for headers is timed by the caller.
@@ -55,11 +150,7 @@ pub fn build(config: &Config) -> Result<Vec<Egress>, reqwest::Error> {
                 .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("crmgate/", env!("CARGO_PKG_VERSION")))
                 .build()?;
-            Ok(Egress {
-                ip,
-                label: ip.map_or_else(|| "default".to_string(), |ip| ip.to_string()),
-                client,
-            })
+            Ok(Egress { ip, label, client })
         })
         .collect()
 }

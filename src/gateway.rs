@@ -80,9 +80,9 @@ impl Gateway {
         config: Config,
         config_path: Option<PathBuf>,
     ) -> Result<Arc<Gateway>, reqwest::Error> {
-        let egress = egress::build(&config)?;
         let scheduler = Scheduler::new(&config);
         let metrics = Metrics::new();
+        let egress = egress::build(&config, &scheduler, &metrics.upstream_connections)?;
         let tenants = Tenants::new(&config.tenants);
         // Counters exist from the start at 0, so `increase()` in alerts sees
         // the very first 503 or rejection.

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Sends to the CRM by egress, class and status ("error" for no answer).
     pub upstream_attempts: IntCounterVec,
+    /// Connections opened to the CRM, by egress.
+    pub upstream_connections: IntCounterVec,
     /// Upstream 503/429 answers.
     pub upstream_throttled: IntCounterVec,
     /// Retries by class and reason.
@@ -77,6 +79,11 @@ impl Metrics {
             "crmgate_upstream_attempts_total",
             "Requests sent to the CRM, by egress, class and status (error = no answer).",
             &["egress", "class", "status"],
+        );
+        let upstream_connections = counter(
+            "crmgate_upstream_connections_total",
+            "Connections opened to the CRM, by egress.",
+            &["egress"],
         );
         let upstream_throttled = counter(
             "crmgate_upstream_throttled_total",
@@ -190,6 +197,7 @@ impl Metrics {
             registry,
             requests,
             upstream_attempts,
+            upstream_connections,
             upstream_throttled,
             retries,
             rejections,

@@ -44,7 +44,18 @@ pub struct Budget {
     cut: Option<(f64, Instant)>,
     /// No sends before this (an honoured `Retry-After`).
     paused_until: Option<Instant>,
+    /// Start times of connections to the CRM being opened through this
+    /// egress right now.
+    connecting: Vec<Instant>,
 }
+
+/// How long before a connect starts its request may have been granted
+/// (dispatch, wake-up, pool checkout; a busy machine stretches it).
+pub const CONNECT_SLACK: Duration = Duration::from_millis(100);
+
+/// How far `next_free` puts a slot that waits on a connect in progress; the
+/// connect's end wakes the dispatcher long before.
+const BLOCKED: Duration = Duration::from_secs(3600);
 
 impl Budget {
     /// A fresh budget with nothing sent.
@@ -54,6 +65,7 @@ impl Budget {
             shape,
             cut: None,
             paused_until: None,
+            connecting: Vec::new(),
         }
     }
 
@@ -99,12 +111,46 @@ impl Budget {
         let mut at = *last + self.shape.window.div_f64(rate);
         let limit = self.shape.limit as usize;
         if self.log.len() >= limit {
-            at = at.max(self.log[self.log.len() - limit] + self.shape.window);
+            let oldest = self.log[self.log.len() - limit];
+            // That send may still be waiting for its connection: its arrival
+            // time is unknown until the connect ends, so wait for that.
+            if self
+                .connecting
+                .iter()
+                .any(|c| oldest >= c.checked_sub(CONNECT_SLACK).unwrap_or(*c))
+            {
+                return now + BLOCKED;
+            }
+            at = at.max(oldest + self.shape.window);
         }
         if let Some(p) = self.paused_until {
             at = at.max(p);
         }
         at
+    }
+
+    /// A connection to the CRM started opening at `at` through this egress.
+    pub fn connect_started(&mut self, at: Instant) {
+        self.connecting.push(at);
+    }
+
+    /// The connection that started at `started` is open (or failed) at `now`.
+    ///
+    /// The sends granted around its start may have waited for it, so they
+    /// reached the CRM as late as `now`, not when granted: the log moves them
+    /// to `now`. Without this, the first send of a burst over a cold
+    /// connection (TCP and TLS handshakes, ~100 ms to the real CRM) arrives
+    /// late and the send a window after it, over a warm connection, lands
+    /// less than a second later. Moving sends that did not need the connect
+    /// only costs a little throughput, and only while connections are opened.
+    pub fn connect_finished(&mut self, started: Instant, now: Instant) {
+        if let Some(i) = self.connecting.iter().position(|c| *c == started) {
+            self.connecting.swap_remove(i);
+        }
+        let from = started.checked_sub(CONNECT_SLACK).unwrap_or(started);
+        for t in self.log.iter_mut().filter(|t| **t >= from && **t < now) {
+            *t = now;
+        }
     }
 
     /// Records a send at `now` (the caller checked [`Budget::next_free`]).
@@ -277,6 +323,29 @@ mod tests {
         // the fifth-latest to leave it, not just for the pacing gap.
         b.reshape(shape(5, 0));
         assert_eq!(b.next_free(start), start + Duration::from_millis(1005));
+    }
+
+    #[test]
+    fn a_slow_connect_moves_the_sends_that_waited_for_it() {
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        let mut b = Budget::new(shape(2, 20));
+        b.record(start);
+        b.connect_started(start + ms(1));
+        b.record(start + ms(510));
+        // Still connecting: the send that depends on the first one's
+        // arrival cannot be scheduled yet.
+        assert!(b.next_free(start + ms(1020)) > start + ms(60_000));
+        b.connect_finished(start + ms(1), start + ms(300));
+        // The first send counts from when its connection was ready.
+        assert_eq!(b.next_free(start + ms(1020)), start + ms(1320));
+        // Sends granted well before the connect started are not moved.
+        let mut b = Budget::new(shape(2, 20));
+        b.record(start);
+        b.record(start + ms(510));
+        b.connect_started(start + ms(700));
+        b.connect_finished(start + ms(700), start + ms(800));
+        assert_eq!(b.next_free(start + ms(1020)), start + ms(1020));
     }
 
     #[test]

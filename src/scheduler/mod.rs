@@ -438,6 +438,30 @@ impl Scheduler {
         self.inner.withdrawn.load(Ordering::Relaxed)
     }
 
+    /// A connection to the CRM starts opening through egress `egress`.
+    /// Returns the start time to pass to [`Scheduler::connect_finished`].
+    pub fn connect_started(&self, egress: usize) -> Instant {
+        let now = Instant::now();
+        for lane in self.inner.lanes.iter() {
+            if let Some(b) = lane.lock().budgets.get_mut(egress) {
+                b.connect_started(now);
+            }
+        }
+        now
+    }
+
+    /// The connection that started at `started` is open (or failed): the
+    /// sends that waited for it count from now (see [`Budget::connect_finished`]).
+    pub fn connect_finished(&self, egress: usize, started: Instant) {
+        let now = Instant::now();
+        for lane in self.inner.lanes.iter() {
+            if let Some(b) = lane.lock().budgets.get_mut(egress) {
+                b.connect_finished(started, now);
+            }
+            lane.reshaped.notify_one();
+        }
+    }
+
     /// Refuses new requests from now on; queued ones keep waiting.
     pub fn close(&self) {
         self.inner.closing.cancel();

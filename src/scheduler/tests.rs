@@ -343,3 +343,35 @@ async fn a_dropped_waiter_is_counted_as_withdrawn_but_a_deadline_is_not() {
     ));
     assert_eq!(s.withdrawn(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn sends_behind_a_slow_connect_count_from_when_it_opened() {
+    let s = Scheduler::new(&config("[limits]\ngeneral_per_second = 2"));
+    let waiters: Vec<_> = (0..3)
+        .map(|_| spawn(&s, ticket("a", "x", Class::General)))
+        .collect();
+    // The first request opens a connection that takes 300 ms.
+    let started = s.connect_started(0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.connect_finished(0, started);
+    let times = grant_times(waiters).await;
+    // The first send counts from 300 ms, when its connection was ready:
+    // the pace and the window both restart from there. Without this the
+    // third would go at 1020 ms, only 720 ms after the first could have
+    // reached the CRM.
+    let ms = Duration::from_millis;
+    assert_eq!(times, [ms(0), ms(810), ms(1320)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connect_longer_than_the_window_holds_the_dependent_slot() {
+    let s = Scheduler::new(&config("[limits]\ngeneral_per_second = 2"));
+    let waiters: Vec<_> = (0..3)
+        .map(|_| spawn(&s, ticket("a", "x", Class::General)))
+        .collect();
+    let started = s.connect_started(0);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    s.connect_finished(0, started);
+    let times = grant_times(waiters).await;
+    assert_eq!(times[2], Duration::from_millis(3020));
+}
