@@ -39,7 +39,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     if gw.ready.load(Ordering::Relaxed) {
-        Json(json!({"success": true, "status": "ready"})).into_response()
+        // A Redis outage does not make crmgate unready: the fallback budget
+        // keeps traffic flowing; the body says which budget is in use.
+        Json(json!({"success": true, "status": "ready", "budget_backend": gw.backend_state()}))
+            .into_response()
     } else {
         json_error(
             StatusCode::SERVICE_UNAVAILABLE,

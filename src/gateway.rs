@@ -199,6 +199,8 @@ impl Gateway {
         let m = &self.metrics;
         let rt = self.runtime();
         m.uptime.set(self.started.elapsed().as_secs_f64());
+        let fallback = self.scheduler.shared_state().is_some_and(|(f, _)| f);
+        m.redis_fallback.set(i64::from(fallback));
         let gone = m.rejections.with_label_values(&["client_gone"]);
         gone.inc_by(self.scheduler.withdrawn().saturating_sub(gone.get()));
         m.queue_capacity
@@ -236,6 +238,16 @@ impl Gateway {
                 m.rate_limit.with_label_values(&labels).set(configured);
                 m.effective_rate.with_label_values(&labels).set(effective);
             }
+        }
+    }
+
+    /// Where budgets are kept right now: `local`, `shared` (Redis) or
+    /// `fallback` (Redis configured but unreachable).
+    pub fn backend_state(&self) -> &'static str {
+        match self.scheduler.shared_state() {
+            None => "local",
+            Some((false, _)) => "shared",
+            Some((true, _)) => "fallback",
         }
     }
 
@@ -288,6 +300,8 @@ impl Gateway {
             "uptime_seconds": self.started.elapsed().as_secs(),
             "config_checksum": rt.config.checksum,
             "ready": self.ready.load(Ordering::Relaxed),
+            "budget_backend": self.backend_state(),
+            "redis_calls": self.scheduler.shared_state().map(|(_, calls)| calls),
             "queued_total": self.scheduler.queued(),
             "queue_capacity": rt.config.limits.queue_capacity.get(),
             "budgets": budgets,

@@ -143,6 +143,12 @@ pub(super) fn validate(
             ),
         }
     }
+    if u.egress_id.is_some() && u.egress_ips.as_ref().is_some_and(|ips| ips.len() > 1) {
+        p.push(
+            "upstream.egress_id",
+            "names one shared budget; with several egress_ips each IP is its own budget, named by the IP",
+        );
+    }
     if let Some(id) = &u.egress_id {
         if id.trim().is_empty() {
             p.push("upstream.egress_id", "must not be empty");
@@ -214,15 +220,7 @@ pub(super) fn validate(
     };
     let backend = match l.backend.as_deref().unwrap_or("local") {
         "local" => Backend::Local,
-        "redis" => {
-            // The shared Redis budget is not built yet; accepting the value
-            // would silently give each replica a full local budget.
-            p.push(
-                "limits.backend",
-                "\"redis\" (shared budgets) is not available in this version; use \"local\"",
-            );
-            Backend::Redis
-        }
+        "redis" => Backend::Redis,
         other => {
             p.push(
                 "limits.backend",
@@ -823,13 +821,18 @@ mod tests {
     }
 
     #[test]
-    fn the_redis_backend_is_refused_until_it_exists() {
-        let p = problems(&format!("[limits]\nbackend = \"redis\"\n{GOOD}"));
+    fn the_redis_backend_and_egress_id() {
+        let c = load(&format!(
+            "[limits]\nbackend = \"redis\"\n[redis]\nexpected_replicas = 3\n{GOOD}"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.backend, Backend::Redis);
+        assert_eq!(c.redis.expected_replicas.get(), 3);
+        let p = problems(&format!(
+            "[upstream]\negress_ips = [\"127.0.0.2\", \"127.0.0.3\"]\negress_id = \"nat\"\n{GOOD}"
+        ));
         assert!(
-            has(
-                &p,
-                "limits.backend: \"redis\" (shared budgets) is not available"
-            ),
+            has(&p, "upstream.egress_id: names one shared budget"),
             "{p:?}"
         );
     }

@@ -191,6 +191,12 @@ impl Budget {
         self.cut = Some((lowered, now));
     }
 
+    /// No sends before `until` (e.g. while slots granted elsewhere may still
+    /// be arriving).
+    pub fn hold_until(&mut self, until: Instant) {
+        self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+    }
+
     /// Sends recorded within the last window (for status output).
     pub fn recent(&self, now: Instant) -> usize {
         self.log

@@ -16,6 +16,7 @@
 
 mod budget;
 mod fair;
+mod shared;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -30,9 +31,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use budget::{Budget, BudgetShape};
 pub use fair::{Level, Wfq};
+pub use shared::Shared;
 
 use crate::classify::Class;
-use crate::config::{Config, Scope};
+use crate::config::{Backend, Config, Scope};
 
 /// How urgent a request is, from the `X-Crmgate-Priority` header.
 ///
@@ -140,6 +142,16 @@ impl Permit {
     /// permit: the budget slows down and honours `retry_after`.
     pub fn throttled(&self, retry_after: Option<Duration>) {
         self.lane.lock().budgets[self.egress].throttled(Instant::now(), retry_after);
+        if let Some(shared) = self.lane.shared.clone() {
+            // Every replica slows down through the shared state; best effort,
+            // off the request path.
+            let (egress, class, tenant) = (self.egress, self.class, self.lane.tenant.clone());
+            tokio::spawn(async move {
+                shared
+                    .throttled(egress, class, tenant.as_deref(), retry_after)
+                    .await
+            });
+        }
     }
 }
 
@@ -215,6 +227,8 @@ struct Lane {
     work: Notify,
     /// Budgets changed (reload, 503): recompute the wake-up time.
     reshaped: Notify,
+    /// The Redis budget, with `limits.backend = "redis"`.
+    shared: Option<Arc<Shared>>,
 }
 
 impl Lane {
@@ -243,6 +257,8 @@ struct Inner {
     cut_off: CancellationToken,
     /// Dispatchers exit once this is cancelled.
     stop: CancellationToken,
+    /// The Redis budget, with `limits.backend = "redis"`.
+    shared: Option<Arc<Shared>>,
 }
 
 /// The scheduler. Cheap to clone; all clones share the queues and budgets.
@@ -251,9 +267,15 @@ pub struct Scheduler {
     inner: Arc<Inner>,
 }
 
+/// The local budgets' shapes. With the Redis backend they are the fallback
+/// budgets, used while Redis is unreachable: `limit / expected_replicas`.
 fn shapes(config: &Config) -> [BudgetShape; 2] {
+    let share = match config.limits.backend {
+        Backend::Local => 1,
+        Backend::Redis => config.redis.expected_replicas.get(),
+    };
     Class::ALL.map(|class| BudgetShape {
-        limit: config.rate(class).get(),
+        limit: (config.rate(class).get() / share).max(1),
         window: Duration::from_secs(1) + config.limits.jitter_allowance,
         adaptive: config.limits.adaptive.clone(),
     })
@@ -284,6 +306,8 @@ impl Scheduler {
                 closing: CancellationToken::new(),
                 cut_off: CancellationToken::new(),
                 stop: CancellationToken::new(),
+                shared: (config.limits.backend == Backend::Redis)
+                    .then(|| Arc::new(Shared::new(config))),
             }),
         };
         // Lanes exist from the start, so /status and the metrics show every
@@ -301,6 +325,9 @@ impl Scheduler {
     /// IPs cannot change without a restart; the caller checks that.
     pub fn reconfigure(&self, config: &Config) {
         let new = shapes(config);
+        if let Some(shared) = &self.inner.shared {
+            shared.reconfigure(config);
+        }
         *self.inner.shapes.lock().unwrap_or_else(|p| p.into_inner()) = new.clone();
         self.inner
             .capacity
@@ -343,8 +370,13 @@ impl Scheduler {
                     }),
                     work: Notify::new(),
                     reshaped: Notify::new(),
+                    shared: self.inner.shared.clone(),
                 });
-                tokio::spawn(dispatch(lane.clone(), self.inner.stop.clone()));
+                tokio::spawn(dispatch(
+                    lane.clone(),
+                    self.inner.stop.clone(),
+                    self.inner.shared.clone(),
+                ));
                 lane
             })
             .clone()
@@ -431,6 +463,15 @@ impl Scheduler {
         };
         guard.resolved = true;
         outcome
+    }
+
+    /// With the Redis backend: whether the local fallback budget is in use
+    /// (`Some(true)`), and how many Redis round trips were made.
+    pub fn shared_state(&self) -> Option<(bool, u64)> {
+        self.inner
+            .shared
+            .as_ref()
+            .map(|s| (s.in_fallback(), s.calls()))
     }
 
     /// Requests withdrawn while queued because their caller went away.
@@ -616,13 +657,81 @@ const TIMER_GRANULARITY: Duration = Duration::from_millis(3);
 
 /// The lane's dispatcher: grants one slot at a time, in fair order, as soon
 /// as a budget allows it.
-async fn dispatch(lane: Arc<Lane>, stop: CancellationToken) {
+/// Where a lane's slots come from, with the Redis backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// From Redis, since `since` (in transition for [`TRANSITION`] after it).
+    Shared { since: Instant },
+    /// From the local fallback budget.
+    Fallback,
+}
+
+/// How long after returning to Redis a replica also keeps within its
+/// fallback share: long enough for every other replica to have probed Redis
+/// again (each does every second) and for their fallback sends to leave the
+/// window.
+const TRANSITION: Duration = Duration::from_millis(2500);
+
+async fn dispatch(lane: Arc<Lane>, stop: CancellationToken, shared: Option<Arc<Shared>>) {
+    // Start careful: other replicas may be in fallback right now.
+    let mut mode = Mode::Fallback;
     loop {
         let work = lane.work.notified();
         let reshaped = lane.reshaped.notified();
         tokio::pin!(work, reshaped);
         work.as_mut().enable();
         reshaped.as_mut().enable();
+
+        if let Some(shared) = &shared {
+            if !lane.lock().waiting.is_empty() {
+                let now = Instant::now();
+                // Until the shared budget is known to hold every replica's
+                // sends (fallback, or just after it), this replica also keeps
+                // within its fallback share. Checked before reserving: a send
+                // later than its reserved slot could break the window bound.
+                let steady = matches!(mode, Mode::Shared { since } if now >= since + TRANSITION);
+                if !steady {
+                    let (_, at) = lane.lock().earliest(now);
+                    if at > now {
+                        tokio::select! {
+                            _ = sleep_until(at) => {}
+                            _ = stop.cancelled() => return,
+                        }
+                        continue;
+                    }
+                }
+                if let Some((egress, wait)) =
+                    shared.reserve(lane.class, lane.tenant.as_deref()).await
+                {
+                    if mode == Mode::Fallback {
+                        mode = Mode::Shared {
+                            since: Instant::now(),
+                        };
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    // The slot was reserved for whoever is next now; if the
+                    // queue emptied meanwhile it goes unused.
+                    let now = Instant::now();
+                    if !grant_one(&mut lane.lock(), egress, now) {
+                        tracing::debug!(class = %lane.class, "a reserved shared slot went unused");
+                    }
+                    continue;
+                }
+                if mode != Mode::Fallback {
+                    // Slots reserved before Redis went away may still be
+                    // arriving: start the fallback budget a window later.
+                    let mut st = lane.lock();
+                    for b in st.budgets.iter_mut() {
+                        let window = b.shape().window;
+                        b.hold_until(now + window);
+                    }
+                    mode = Mode::Fallback;
+                }
+            }
+        }
 
         let now = Instant::now();
         let wake = {

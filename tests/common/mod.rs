@@ -171,3 +171,90 @@ pub async fn json(resp: reqwest::Response) -> serde_json::Value {
     let text = resp.text().await.expect("body");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
+
+/// A `redis-server` of the test's own, on a free loopback port, with no
+/// persistence; stopped (by pid) when dropped.
+pub struct RedisServer {
+    /// The port it listens on.
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts one. Without `redis-server` on PATH this prints a loud skip
+    /// message and returns `None`, unless `CRMGATE_REQUIRE_REDIS=1`, in which
+    /// case the test fails.
+    pub async fn start() -> Option<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = RedisServer { port, child: None };
+        match server.spawn().await {
+            Ok(()) => Some(server),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                assert!(
+                    std::env::var("CRMGATE_REQUIRE_REDIS").as_deref() != Ok("1"),
+                    "CRMGATE_REQUIRE_REDIS=1 but redis-server is not on PATH"
+                );
+                eprintln!("\n!!!!! SKIPPED: redis-server is not on PATH (apt-get install redis-server) !!!!!\n");
+                None
+            }
+            Err(e) => panic!("cannot start redis-server: {e}"),
+        }
+    }
+
+    async fn spawn(&mut self) -> std::io::Result<()> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not start listening on {}", self.port);
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (SIGKILL, like a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty, as after a crash).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await.expect("redis-server restarts");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
