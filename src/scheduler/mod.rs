@@ -15,12 +15,14 @@
 //! module never sees keys or bodies.
 
 mod budget;
+mod dispatch;
 mod fair;
+mod lane;
 mod shared;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -32,6 +34,9 @@ use tokio_util::sync::CancellationToken;
 pub use budget::{Budget, BudgetShape};
 pub use fair::{Level, Wfq};
 pub use shared::Shared;
+
+use dispatch::dispatch;
+use lane::{Entry, Lane, LaneState, Queue, ABANDONED, QUEUED};
 
 use crate::classify::Class;
 use crate::config::{Backend, Config, Scope};
@@ -152,90 +157,6 @@ impl Permit {
                     .await
             });
         }
-    }
-}
-
-const QUEUED: u8 = 0;
-const DISPATCHED: u8 = 1;
-const ABANDONED: u8 = 2;
-
-/// A waiting request as the queue holds it.
-struct Entry {
-    id: u64,
-    state: Arc<AtomicU8>,
-    tx: oneshot::Sender<usize>,
-    tenant: Arc<str>,
-    weight: u32,
-    priority: Priority,
-    client: Arc<str>,
-}
-
-type Queue = Wfq<Arc<str>, Wfq<Priority, Wfq<Arc<str>, VecDeque<Entry>>>>;
-
-struct LaneState {
-    queue: Queue,
-    budgets: Vec<Budget>,
-    /// Live waiters by id, with their enqueue time (oldest first).
-    waiting: BTreeMap<u64, (Instant, Arc<str>)>,
-    /// Abandoned entries still in `queue`.
-    garbage: usize,
-    next_id: u64,
-}
-
-impl LaneState {
-    /// The egress whose budget frees first, and when.
-    fn earliest(&self, now: Instant) -> (usize, Instant) {
-        self.budgets
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (i, b.next_free(now)))
-            .min_by_key(|(_, at)| *at)
-            .expect("a lane has at least one budget")
-    }
-
-    fn push(&mut self, e: Entry) {
-        let (tenant, weight, priority, client) =
-            (e.tenant.clone(), e.weight, e.priority, e.client.clone());
-        self.queue.push_with(tenant, weight, |t| {
-            t.push_with(priority, priority.weight(), |b| {
-                b.push_with(client, 1, |c| c.push_back(e))
-            })
-        });
-    }
-
-    /// Rebuilds the queue without abandoned entries, so callers that give up
-    /// cannot grow it without bound while the budget is exhausted.
-    fn compact(&mut self) {
-        let mut live = Vec::with_capacity(self.waiting.len());
-        while let Some(e) = self.queue.pop() {
-            if e.state.load(Ordering::Acquire) == QUEUED {
-                live.push(e);
-            }
-        }
-        for e in live {
-            self.push(e);
-        }
-        self.garbage = 0;
-    }
-}
-
-struct Lane {
-    class: Class,
-    tenant: Option<Arc<str>>,
-    state: Mutex<LaneState>,
-    /// Work arrived while the lane was empty.
-    work: Notify,
-    /// Budgets changed (reload, 503): recompute the wake-up time.
-    reshaped: Notify,
-    /// The Redis budget, with `limits.backend = "redis"`.
-    shared: Option<Arc<Shared>>,
-}
-
-impl Lane {
-    fn lock(&self) -> MutexGuard<'_, LaneState> {
-        // A panic while holding the lock leaves consistent data (every
-        // mutation is a single step), so poisoning is ignored.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -648,159 +569,6 @@ fn estimate_wait(lane: &Lane) -> Duration {
     let rate: f64 = st.budgets.iter().map(|b| b.effective_rate(now)).sum();
     let secs = (st.waiting.len() as f64 / rate.max(0.1)).ceil().max(1.0);
     Duration::from_secs_f64(secs.min(3600.0))
-}
-
-/// How late a timer may fire and still count as on time: tokio's wheel
-/// ticks in milliseconds, and a busy machine adds about one more (measured
-/// p95 ≈ 1.9 ms on 2 loaded cores, see docs/performance.md).
-const TIMER_GRANULARITY: Duration = Duration::from_millis(3);
-
-/// The lane's dispatcher: grants one slot at a time, in fair order, as soon
-/// as a budget allows it.
-/// Where a lane's slots come from, with the Redis backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// From Redis, since `since` (in transition for [`TRANSITION`] after it).
-    Shared { since: Instant },
-    /// From the local fallback budget.
-    Fallback,
-}
-
-/// How long after returning to Redis a replica also keeps within its
-/// fallback share: long enough for every other replica to have probed Redis
-/// again (each does every second) and for their fallback sends to leave the
-/// window.
-const TRANSITION: Duration = Duration::from_millis(2500);
-
-async fn dispatch(lane: Arc<Lane>, stop: CancellationToken, shared: Option<Arc<Shared>>) {
-    // Start careful: other replicas may be in fallback right now.
-    let mut mode = Mode::Fallback;
-    loop {
-        let work = lane.work.notified();
-        let reshaped = lane.reshaped.notified();
-        tokio::pin!(work, reshaped);
-        work.as_mut().enable();
-        reshaped.as_mut().enable();
-
-        if let Some(shared) = &shared {
-            if !lane.lock().waiting.is_empty() {
-                let now = Instant::now();
-                // Until the shared budget is known to hold every replica's
-                // sends (fallback, or just after it), this replica also keeps
-                // within its fallback share. Checked before reserving: a send
-                // later than its reserved slot could break the window bound.
-                let steady = matches!(mode, Mode::Shared { since } if now >= since + TRANSITION);
-                if !steady {
-                    let (_, at) = lane.lock().earliest(now);
-                    if at > now {
-                        tokio::select! {
-                            _ = sleep_until(at) => {}
-                            _ = stop.cancelled() => return,
-                        }
-                        continue;
-                    }
-                }
-                if let Some((egress, wait)) =
-                    shared.reserve(lane.class, lane.tenant.as_deref()).await
-                {
-                    if mode == Mode::Fallback {
-                        mode = Mode::Shared {
-                            since: Instant::now(),
-                        };
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = stop.cancelled() => return,
-                    }
-                    // The slot was reserved for whoever is next now; if the
-                    // queue emptied meanwhile it goes unused.
-                    let now = Instant::now();
-                    if !grant_one(&mut lane.lock(), egress, now) {
-                        tracing::debug!(class = %lane.class, "a reserved shared slot went unused");
-                    }
-                    continue;
-                }
-                if mode != Mode::Fallback {
-                    // Slots reserved before Redis went away may still be
-                    // arriving: start the fallback budget a window later.
-                    let mut st = lane.lock();
-                    for b in st.budgets.iter_mut() {
-                        let window = b.shape().window;
-                        b.hold_until(now + window);
-                    }
-                    mode = Mode::Fallback;
-                }
-            }
-        }
-
-        let now = Instant::now();
-        let wake = {
-            let mut st = lane.lock();
-            if st.waiting.is_empty() {
-                None
-            } else {
-                let (egress, at) = st.earliest(now);
-                // Timers fire late (whole milliseconds, plus a busy machine);
-                // count the slot at its planned time when the wake-up was only
-                // that late, so the pace does not slip by the lateness on every
-                // slot. The ≤ 3 ms this shifts a send comes out of the jitter
-                // allowance.
-                let slot = if now.saturating_duration_since(at) < TIMER_GRANULARITY {
-                    at
-                } else {
-                    now
-                };
-                if at <= now && grant_one(&mut st, egress, slot) {
-                    continue;
-                }
-                if at <= now {
-                    // Nothing live to grant: `waiting` and the queue disagree,
-                    // which must not happen; resynchronise rather than spin.
-                    tracing::error!(class = %lane.class, "scheduler lane out of sync; clearing stale waiters");
-                    st.waiting.clear();
-                    None
-                } else {
-                    Some(at)
-                }
-            }
-        };
-        match wake {
-            None => tokio::select! {
-                _ = work => {}
-                _ = stop.cancelled() => return,
-            },
-            Some(at) => tokio::select! {
-                _ = sleep_until(at) => {}
-                _ = reshaped => {}
-                _ = stop.cancelled() => return,
-            },
-        }
-    }
-}
-
-/// Hands the free slot on `egress` to the next live waiter; false if there
-/// was none.
-fn grant_one(st: &mut LaneState, egress: usize, now: Instant) -> bool {
-    while let Some(entry) = st.queue.pop() {
-        if entry
-            .state
-            .compare_exchange(QUEUED, DISPATCHED, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            st.garbage = st.garbage.saturating_sub(1);
-            continue;
-        }
-        st.waiting.remove(&entry.id);
-        st.budgets[egress].record(now);
-        if entry.tx.send(egress).is_err() {
-            // The waiter vanished between the check and the send: give the
-            // slot to the next one.
-            st.budgets[egress].unrecord(now);
-            continue;
-        }
-        return true;
-    }
-    false
 }
 
 #[cfg(test)]

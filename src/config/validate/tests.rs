@@ -1,0 +1,300 @@
+//! One test per validation rule, each naming the field path it expects.
+use super::*;
+
+const GOOD: &str = r#"
+    [[tenants]]
+    name = "acme"
+    subdomain = "acme"
+    api_key_env = "ACME_KEY"
+    client_keys = ["svc-a"]
+"#;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "ACME_KEY" => Some("real-acme".into()),
+        "BETA_KEY" => Some("real-beta".into()),
+        "EMPTY" => Some("  ".into()),
+        _ => None,
+    }
+}
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, "test.toml", &env)
+}
+
+fn problems(text: &str) -> Vec<String> {
+    load(text).expect_err("config should be rejected").problems
+}
+
+fn has(problems: &[String], needle: &str) -> bool {
+    problems.iter().any(|p| p.contains(needle))
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = load(GOOD).unwrap();
+    assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.server.admin_listen, "127.0.0.1:9090".parse().unwrap());
+    assert_eq!(c.server.max_body_bytes, 8 * 1024 * 1024);
+    assert_eq!(c.limits.general_per_second.get(), 10);
+    assert_eq!(c.limits.telephony_per_second.get(), 40);
+    assert_eq!(c.limits.jitter_allowance, Duration::from_millis(20));
+    assert_eq!(c.limits.scope, Scope::EgressIp);
+    assert_eq!(c.retry.max_attempts.get(), 4);
+    let t = &c.tenants[0];
+    assert_eq!(t.base_url.as_str(), "https://acme.retailcrm.ru/");
+    assert_eq!(t.api_key.expose(), "real-acme");
+    assert_eq!(t.key_source, KeySource::Env("ACME_KEY".into()));
+    assert_eq!(c.checksum.len(), 64);
+}
+
+#[test]
+fn toml_errors_name_line_and_column() {
+    let p = problems("[server]\nlisten = 8080x\n");
+    assert_eq!(p.len(), 1);
+    assert!(p[0].starts_with("test.toml:2:"), "{p:?}");
+}
+
+#[test]
+fn unknown_fields_are_rejected_with_position() {
+    let p = problems("[limits]\ngeneral_per_sec = 5\n");
+    assert!(
+        p[0].starts_with("test.toml:2:1:") && p[0].contains("general_per_sec"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn no_tenants_is_rejected() {
+    assert!(has(&problems("[server]\n"), "tenants: no tenants"));
+}
+
+#[test]
+fn duplicate_tenant_names_are_rejected() {
+    let text = format!(
+        "{GOOD}\n[[tenants]]\nname = \"acme\"\nsubdomain = \"b\"\napi_key_env = \"BETA_KEY\"\n"
+    );
+    assert!(has(
+        &problems(&text),
+        "tenants[1].name: \"acme\" is already used by tenants[0]"
+    ));
+}
+
+#[test]
+fn duplicates_are_reported_even_next_to_other_problems() {
+    let text = "[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key_env = \"NOPE\"\n\
+                [[tenants]]\nname = \"a\"\nsubdomain = \"b\"\napi_key_env = \"ACME_KEY\"\n";
+    let p = problems(text);
+    assert!(
+        has(&p, "tenants[1].name: \"a\" is already used by tenants[0]"),
+        "{p:?}"
+    );
+    assert!(has(&p, "tenants[0].api_key_env"), "{p:?}");
+}
+
+#[test]
+fn a_client_key_shared_by_two_tenants_is_rejected() {
+    let text = format!("{GOOD}\n[[tenants]]\nname = \"beta\"\nsubdomain = \"b\"\napi_key_env = \"BETA_KEY\"\nclient_keys = [\"svc-a\"]\n");
+    let p = problems(&text);
+    assert!(
+        has(
+            &p,
+            "tenants[1].client_keys[0]: is also a client key of tenants[0]"
+        ),
+        "{p:?}"
+    );
+    assert!(
+        !has(&p, "svc-a"),
+        "a client key leaked into the message: {p:?}"
+    );
+}
+
+#[test]
+fn unset_and_empty_keys_name_the_variable() {
+    let p = problems("[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key_env = \"NOPE\"\n");
+    assert!(
+        has(
+            &p,
+            "tenants[0].api_key_env: environment variable NOPE is not set"
+        ),
+        "{p:?}"
+    );
+    let p = problems("[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key_env = \"EMPTY\"\n");
+    assert!(
+        has(
+            &p,
+            "tenants[0].api_key_env: environment variable EMPTY is empty"
+        ),
+        "{p:?}"
+    );
+    let p = problems("[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\n");
+    assert!(has(&p, "tenants[0].api_key_env: no key"), "{p:?}");
+}
+
+#[test]
+fn key_files_are_read_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("key");
+    std::fs::write(&file, "from-file\n").unwrap();
+    let text = format!(
+        "[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key_file = {:?}\n",
+        file.display().to_string()
+    );
+    assert_eq!(
+        load(&text).unwrap().tenants[0].api_key.expose(),
+        "from-file"
+    );
+    let text =
+        "[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key_file = \"/nonexistent/key\"\n";
+    assert!(has(
+        &problems(text),
+        "tenants[0].api_key_file: cannot read /nonexistent/key"
+    ));
+}
+
+#[test]
+fn inline_keys_work_with_a_warning() {
+    let c = load("[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key = \"inline-secret\"\n")
+        .unwrap();
+    assert_eq!(c.tenants[0].key_source, KeySource::Inline);
+    assert!(c.warnings[0].contains("tenants[0].api_key"));
+    assert!(!c.summary().contains("inline-secret"));
+}
+
+#[test]
+fn base_url_must_be_http() {
+    let p =
+        problems("[[tenants]]\nname = \"a\"\nbase_url = \"ftp://x\"\napi_key_env = \"ACME_KEY\"\n");
+    assert!(
+        has(
+            &p,
+            "tenants[0].base_url: \"ftp://x\" must be an http:// or https:// URL"
+        ),
+        "{p:?}"
+    );
+    let p = problems(
+        "[[tenants]]\nname = \"a\"\nbase_url = \"not a url\"\napi_key_env = \"ACME_KEY\"\n",
+    );
+    assert!(
+        has(&p, "tenants[0].base_url: \"not a url\" is not a URL"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn tenant_base_url_overrides_the_template() {
+    let c = load("[[tenants]]\nname = \"a\"\nsubdomain = \"x\"\nbase_url = \"http://127.0.0.1:9000\"\napi_key_env = \"ACME_KEY\"\n").unwrap();
+    assert_eq!(c.tenants[0].base_url.as_str(), "http://127.0.0.1:9000/");
+}
+
+#[test]
+fn a_tenant_needs_subdomain_or_base_url() {
+    let p = problems("[[tenants]]\nname = \"a\"\napi_key_env = \"ACME_KEY\"\n");
+    assert!(
+        has(&p, "tenants[0].subdomain: set subdomain (or base_url)"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn bad_egress_ips_are_rejected() {
+    let text =
+        format!("[upstream]\negress_ips = [\"127.0.0.2\", \"10.0.0.300\", \"127.0.0.2\"]\n{GOOD}");
+    let p = problems(&text);
+    assert!(
+        has(
+            &p,
+            "upstream.egress_ips[1]: \"10.0.0.300\" is not an IP address"
+        ),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, "upstream.egress_ips[2]: 127.0.0.2 is listed twice"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn zero_and_negative_rates_are_rejected() {
+    let text = format!("[limits]\ngeneral_per_second = 0\ntelephony_per_second = -4\n{GOOD}");
+    let p = problems(&text);
+    assert!(
+        has(
+            &p,
+            "limits.general_per_second: must be a whole number from 1"
+        ),
+        "{p:?}"
+    );
+    assert!(
+        has(
+            &p,
+            "limits.telephony_per_second: must be a whole number from 1"
+        ),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let text =
+        "[limits]\nmax_queue_wait = \"soon\"\nscope = \"planet\"\n[retry]\nmax_attempts = 0\n\
+                [[tenants]]\nname = \"bad name\"\nsubdomain = \"a\"\napi_key_env = \"NOPE\"\n";
+    let p = problems(text);
+    for needle in [
+        "limits.max_queue_wait: invalid duration \"soon\"",
+        "limits.scope: \"planet\"",
+        "retry.max_attempts",
+        "tenants[0].name",
+        "tenants[0].api_key_env",
+    ] {
+        assert!(has(&p, needle), "missing {needle:?} in {p:?}");
+    }
+}
+
+#[test]
+fn other_value_rules() {
+    let text = format!(
+        "[server]\nlisten = \"nowhere\"\nmax_body_bytes = 0\n[limits]\njitter_allowance = \"2s\"\n\
+         [limits.adaptive]\ndecrease_factor = 1.5\n[retry]\ninitial_backoff = \"2s\"\nmax_backoff = \"1s\"\n\
+         [redis]\nurl = \"http://x\"\n{GOOD}"
+    );
+    let p = problems(&text);
+    for needle in [
+        "server.listen: invalid address",
+        "server.max_body_bytes: must be positive",
+        "limits.jitter_allowance: must be shorter than 1s",
+        "limits.adaptive.decrease_factor",
+        "retry.max_backoff",
+        "redis.url",
+    ] {
+        assert!(has(&p, needle), "missing {needle:?} in {p:?}");
+    }
+}
+
+#[test]
+fn the_redis_backend_and_egress_id() {
+    let c = load(&format!(
+        "[limits]\nbackend = \"redis\"\n[redis]\nexpected_replicas = 3\n{GOOD}"
+    ))
+    .unwrap();
+    assert_eq!(c.limits.backend, Backend::Redis);
+    assert_eq!(c.redis.expected_replicas.get(), 3);
+    let p = problems(&format!(
+        "[upstream]\negress_ips = [\"127.0.0.2\", \"127.0.0.3\"]\negress_id = \"nat\"\n{GOOD}"
+    ));
+    assert!(
+        has(&p, "upstream.egress_id: names one shared budget"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn summary_has_no_secrets() {
+    let c = load(GOOD).unwrap();
+    let s = c.summary();
+    assert!(
+        s.contains("acme") && s.contains("env ACME_KEY") && s.contains("1 client key(s)"),
+        "{s}"
+    );
+    assert!(!s.contains("real-acme") && !s.contains("svc-a"), "{s}");
+}

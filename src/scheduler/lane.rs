@@ -1,0 +1,104 @@
+//! A lane's state: its fair queue of waiting requests and its budgets.
+//!
+//! A lane is one class (and, with per-account scope, one tenant). Everything
+//! here is mutated under the lane's mutex, in single steps, by the waiters
+//! (enqueue, withdraw) and the lane's dispatcher (grant).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use super::{Budget, Level, Priority, Shared, Wfq};
+use crate::classify::Class;
+
+/// A waiter's state: waiting, granted a slot, or gone (skipped when popped).
+pub(super) const QUEUED: u8 = 0;
+/// Granted: the dispatcher won the race against withdrawal.
+pub(super) const DISPATCHED: u8 = 1;
+/// Withdrawn: the caller gave up or went away before a grant.
+pub(super) const ABANDONED: u8 = 2;
+
+/// A waiting request as the queue holds it.
+pub(super) struct Entry {
+    pub(super) id: u64,
+    pub(super) state: Arc<AtomicU8>,
+    pub(super) tx: oneshot::Sender<usize>,
+    pub(super) tenant: Arc<str>,
+    pub(super) weight: u32,
+    pub(super) priority: Priority,
+    pub(super) client: Arc<str>,
+}
+
+/// Tenants by weight, then priority bands, then clients.
+pub(super) type Queue = Wfq<Arc<str>, Wfq<Priority, Wfq<Arc<str>, VecDeque<Entry>>>>;
+
+/// What the lane's mutex guards.
+pub(super) struct LaneState {
+    pub(super) queue: Queue,
+    pub(super) budgets: Vec<Budget>,
+    /// Live waiters by id, with their enqueue time (oldest first).
+    pub(super) waiting: BTreeMap<u64, (Instant, Arc<str>)>,
+    /// Abandoned entries still in `queue`.
+    pub(super) garbage: usize,
+    pub(super) next_id: u64,
+}
+
+impl LaneState {
+    /// The egress whose budget frees first, and when.
+    pub(super) fn earliest(&self, now: Instant) -> (usize, Instant) {
+        self.budgets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i, b.next_free(now)))
+            .min_by_key(|(_, at)| *at)
+            .expect("a lane has at least one budget")
+    }
+
+    pub(super) fn push(&mut self, e: Entry) {
+        let (tenant, weight, priority, client) =
+            (e.tenant.clone(), e.weight, e.priority, e.client.clone());
+        self.queue.push_with(tenant, weight, |t| {
+            t.push_with(priority, priority.weight(), |b| {
+                b.push_with(client, 1, |c| c.push_back(e))
+            })
+        });
+    }
+
+    /// Rebuilds the queue without abandoned entries, so callers that give up
+    /// cannot grow it without bound while the budget is exhausted.
+    pub(super) fn compact(&mut self) {
+        let mut live = Vec::with_capacity(self.waiting.len());
+        while let Some(e) = self.queue.pop() {
+            if e.state.load(Ordering::Acquire) == QUEUED {
+                live.push(e);
+            }
+        }
+        for e in live {
+            self.push(e);
+        }
+        self.garbage = 0;
+    }
+}
+
+pub(super) struct Lane {
+    pub(super) class: Class,
+    pub(super) tenant: Option<Arc<str>>,
+    pub(super) state: Mutex<LaneState>,
+    /// Work arrived while the lane was empty.
+    pub(super) work: Notify,
+    /// Budgets changed (reload, 503): recompute the wake-up time.
+    pub(super) reshaped: Notify,
+    /// The Redis budget, with `limits.backend = "redis"`.
+    pub(super) shared: Option<Arc<Shared>>,
+}
+
+impl Lane {
+    pub(super) fn lock(&self) -> MutexGuard<'_, LaneState> {
+        // A panic while holding the lock leaves consistent data (every
+        // mutation is a single step), so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
