@@ -192,6 +192,11 @@ mod tests {
                 .unwrap(),
         );
         assert!(is_form(&h));
+        h.insert(
+            "content-type",
+            "Application/X-WWW-Form-Urlencoded".parse().unwrap(),
+        );
+        assert!(is_form(&h), "media types are case-insensitive");
         h.insert("content-type", "application/json".parse().unwrap());
         assert!(!is_form(&h));
     }
