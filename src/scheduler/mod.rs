@@ -342,7 +342,7 @@ impl Scheduler {
         }
 
         let enqueued = Instant::now();
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
         let id = {
             let mut st = lane.lock();
@@ -373,9 +373,17 @@ impl Scheduler {
             resolved: false,
         };
 
+        let permit = |egress| Permit {
+            egress,
+            class: ticket.class,
+            waited: enqueued.elapsed(),
+            lane: lane.clone(),
+        };
         let outcome = tokio::select! {
-            granted = rx => match granted {
-                Ok(egress) => Ok(Permit { egress, class: ticket.class, waited: enqueued.elapsed(), lane: lane.clone() }),
+            // A grant that is ready wins over a deadline that is too.
+            biased;
+            granted = &mut rx => match granted {
+                Ok(egress) => Ok(permit(egress)),
                 // The dispatcher only drops a sender when it is stopping.
                 Err(_) => Err(QueueError::ShuttingDown),
             },
@@ -383,7 +391,12 @@ impl Scheduler {
             _ = inner.cut_off.cancelled() => Err(QueueError::ShuttingDown),
         };
         guard.resolved = true;
-        outcome
+        // A slot granted in the instant the wait ended is used, not wasted:
+        // the budget already counted it.
+        match (outcome, rx.try_recv()) {
+            (Err(_), Ok(egress)) => Ok(permit(egress)),
+            (outcome, _) => outcome,
+        }
     }
 
     /// With the Redis backend: whether the local fallback budget is in use
