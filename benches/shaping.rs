@@ -1,8 +1,8 @@
 //! crmgate traffic-shaping benchmark.
 //!
 //! ```text
-//! cargo bench --bench shaping                      # full run, ~1.5 min
-//! cargo bench --bench shaping -- --quick           # smoke run, ~25 s
+//! cargo bench --bench shaping                      # full run, ~2 min
+//! cargo bench --bench shaping -- --quick           # smoke run, ~35 s
 //! cargo bench --bench shaping -- --seconds 10 --only utilisation,fairness
 //! ```
 //!
@@ -17,6 +17,11 @@
 //! 4. `scheduler`: the fair queue's push+pop cost by queue length and
 //!    tenant count, and `Scheduler::acquire` grants/s with the budget
 //!    unbounded.
+//! 5. `redis`: three gateways with `limits.backend = "redis"` share one
+//!    budget through a private `redis-server` (started and killed by the
+//!    bench; skipped loudly when it is not on PATH), 50 callers spread over
+//!    them, one egress IP at the simulator; combined utilisation after the
+//!    start-up transition, 503s, and Redis round trips per request.
 //!
 //! Everything runs in one process on one tokio runtime, like the
 //! integration tests: the callers, the gateway and the simulator share the
@@ -31,17 +36,21 @@ mod harness;
 mod measure;
 #[path = "shaping/sched_cost.rs"]
 mod sched_cost;
+#[path = "shaping/shared_budget.rs"]
+mod shared_budget;
 
 use std::time::Duration;
 
 use serde_json::json;
 
-const SCENARIOS: [&str; 4] = ["utilisation", "jitter", "fairness", "scheduler"];
+const SCENARIOS: [&str; 5] = ["utilisation", "jitter", "fairness", "scheduler", "redis"];
 
 /// Targets, as agreed for the gateway.
 const TARGET_UTILISATION: f64 = 0.98;
 const TARGET_UTILISATION_JITTER: f64 = 0.96;
 const TARGET_LIGHT_P95_MS: f64 = 300.0;
+/// Three replicas together, after the start-up transition (issue target).
+const TARGET_UTILISATION_REDIS: f64 = 0.9;
 
 struct Args {
     quick: bool,
@@ -52,7 +61,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: cargo bench --bench shaping -- [--quick] [--seconds N] \
-[--only utilisation,jitter,fairness,scheduler] [--callers N] [--jitter-ms N]";
+[--only utilisation,jitter,fairness,scheduler,redis] [--callers N] [--jitter-ms N]";
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -280,6 +289,82 @@ fn print_pacing(p: &[sched_cost::Pacing], timer: &sched_cost::TimerLateness) {
     );
 }
 
+fn print_shared(s: &shared_budget::SharedBudget) {
+    let (st, wh) = (&s.steady, &s.whole);
+    println!("\n== 5. Shared budget: {} replicas through one Redis", s.replicas);
+    println!(
+        "   {} callers over {} gateways ({}), {:.0} s, CRM latency 20–60 ms, limit {}/s for all of them",
+        s.callers,
+        s.replicas,
+        s.per_replica
+            .iter()
+            .map(|r| r.callers.to_string())
+            .collect::<Vec<_>>()
+            .join(" + "),
+        s.seconds,
+        end_to_end::LIMIT
+    );
+    println!(
+        "   steady part: from {:.1} s on (start-up keeps each replica within its fallback share)",
+        s.skipped_s
+    );
+    println!(
+        "   {:<38} {:>12}   {:.2}/s",
+        format!("accepted in the first {:.1} s", s.skipped_s),
+        s.startup_accepted,
+        s.startup_accepted as f64 / s.skipped_s
+    );
+    println!("   {:<38} {:>12}", "accepted by the CRM (steady)", st.accepted);
+    println!("   {:<38} {:>12.3}", "delivered rate (req/s, steady)", st.rate);
+    println!(
+        "   {:<38} {:>12.4}   target ≥ {TARGET_UTILISATION_REDIS:.2}: {}",
+        "combined utilisation (steady)",
+        st.utilisation,
+        verdict(st.utilisation >= TARGET_UTILISATION_REDIS)
+    );
+    println!(
+        "   {:<38} {:>12.4}",
+        "combined utilisation (whole run)", wh.utilisation
+    );
+    println!(
+        "   {:<38} {:>12}   target 0: {}",
+        "503s answered by the CRM (whole run)",
+        wh.rejected_503,
+        verdict(wh.rejected_503 == 0)
+    );
+    println!(
+        "   {:<38} {:>12}   limit {}",
+        "most arrivals in any 1000 ms", wh.max_in_1s, end_to_end::LIMIT
+    );
+    println!(
+        "   {:<38} {:>12.2}   min {:.1} / p50 {:.1} / p95 {:.1} / max {:.1}",
+        "gap between accepted arrivals (ms)",
+        st.mean_gap_ms,
+        st.gap_ms.min,
+        st.gap_ms.p50,
+        st.gap_ms.p95,
+        st.gap_ms.max
+    );
+    println!(
+        "   {:<38} {:>12.3}   {} calls / {} requests received",
+        "Redis round trips per request",
+        s.round_trips_per_request,
+        s.redis_calls,
+        s.received
+    );
+    for (i, r) in s.per_replica.iter().enumerate() {
+        println!(
+            "   replica {}: {:>2} callers, backend {:<8} redis_calls {:>5}, answers {} ok, other {:?}",
+            i + 1,
+            r.callers,
+            r.backend,
+            r.redis_calls,
+            r.answers.ok_200,
+            r.answers.other
+        );
+    }
+}
+
 fn main() {
     let args = parse_args();
     let run = |full: f64, quick: f64| {
@@ -361,6 +446,21 @@ fn main() {
         );
     }
 
+    if wants("redis") {
+        match rt.block_on(shared_budget::shared_budget(args.callers, run(20.0, 6.0))) {
+            Ok(s) => {
+                print_shared(&s);
+                json.insert("redis".into(), serde_json::to_value(&s).unwrap());
+            }
+            Err(why) => {
+                println!("\n== 5. Shared budget through Redis");
+                println!("\n   !!!!! SKIPPED: {why} !!!!!\n");
+                eprintln!("!!!!! redis scenario SKIPPED: {why} !!!!!");
+                json.insert("redis".into(), json!({ "skipped": why }));
+            }
+        }
+    }
+
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "\n   total {elapsed:.1} s; load average at start {load_start}, at end {}",
@@ -379,6 +479,7 @@ fn main() {
                 "utilisation": TARGET_UTILISATION,
                 "utilisation_jitter": TARGET_UTILISATION_JITTER,
                 "light_p95_ms": TARGET_LIGHT_P95_MS,
+                "utilisation_redis": TARGET_UTILISATION_REDIS,
             },
         }),
     );

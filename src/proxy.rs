@@ -431,7 +431,6 @@ async fn forward(
                 .with_label_values(&[&egress.label, class.as_str(), status])
                 .inc();
         };
-        // Decide: answer, or wait and retry (with `reason`).
         // reqwest's own read timer can fire while waiting for headers: that
         // is a timeout too, not a broken connection.
         let sent = match result {
@@ -440,6 +439,7 @@ async fn forward(
             Ok(Err(e)) => Sent::Failed(e),
             Err(_) => Sent::TimedOut,
         };
+        // Decide: answer, or wait and retry (with `reason`).
         let (reason, wait) = match sent {
             Sent::Answer(resp) => {
                 let status = resp.status();

@@ -59,6 +59,11 @@ pub async fn sim(latency: (Duration, Duration)) -> Simulator {
 /// Gateway config with default limits (10/s general, 20 ms jitter allowance,
 /// adaptive on) and two equal-weight tenants whose CRM is `upstream`.
 pub fn gateway_config(upstream: &str, limits: &str) -> Config {
+    gateway_config_with(upstream, limits, "")
+}
+
+/// [`gateway_config`] plus whole extra sections (such as `[redis]`).
+pub fn gateway_config_with(upstream: &str, limits: &str, sections: &str) -> Config {
     let text = format!(
         r#"[server]
 listen = "127.0.0.1:0"
@@ -67,6 +72,8 @@ shutdown_grace = "2s"
 
 [limits]
 {limits}
+
+{sections}
 
 [[tenants]]
 name = "acme"
@@ -88,6 +95,8 @@ client_keys = ["{BETA_CLIENT}"]
 pub struct Gate {
     /// API base URL.
     pub url: String,
+    /// Admin base URL (`/status`, `/metrics`).
+    pub admin: String,
     stop: oneshot::Sender<()>,
     task: JoinHandle<DrainReport>,
 }
@@ -96,6 +105,7 @@ impl Gate {
     pub async fn start(config: Config) -> Gate {
         let server = Server::bind(config, None).await.expect("gateway binds");
         let url = format!("http://{}", server.api_addr());
+        let admin = format!("http://{}", server.admin_addr());
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -105,7 +115,12 @@ impl Gate {
                 .await
                 .expect("gateway runs")
         });
-        Gate { url, stop, task }
+        Gate {
+            url,
+            admin,
+            stop,
+            task,
+        }
     }
 
     /// Drains (callers are gone by now, so this is quick) and waits for it.
@@ -242,6 +257,8 @@ pub struct Sample {
 /// Load generators; every request's outcome lands in `samples`.
 pub struct Load {
     stop: CancellationToken,
+    /// Callers send no new request once this is cancelled (see [`Load::finish`]).
+    finish: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     samples: Arc<Mutex<Vec<Sample>>>,
 }
@@ -279,14 +296,20 @@ impl Load {
     /// as the previous one is answered.
     pub fn flood(client: &reqwest::Client, gate: &str, key: &'static str, callers: usize) -> Load {
         let stop = CancellationToken::new();
+        let finish = CancellationToken::new();
         let samples = Arc::new(Mutex::new(Vec::new()));
         let url = format!("{gate}{PATH}");
         let tasks = (0..callers)
             .map(|_| {
-                let (client, url, stop, samples) =
-                    (client.clone(), url.clone(), stop.clone(), samples.clone());
+                let (client, url, stop, finish, samples) = (
+                    client.clone(),
+                    url.clone(),
+                    stop.clone(),
+                    finish.clone(),
+                    samples.clone(),
+                );
                 tokio::spawn(async move {
-                    loop {
+                    while !finish.is_cancelled() {
                         let sample = tokio::select! {
                             s = one(&client, &url, key) => s,
                             _ = stop.cancelled() => return,
@@ -301,6 +324,7 @@ impl Load {
             .collect();
         Load {
             stop,
+            finish,
             tasks,
             samples,
         }
@@ -346,9 +370,28 @@ impl Load {
         });
         Load {
             stop,
+            finish: CancellationToken::new(),
             tasks: vec![task],
             samples,
         }
+    }
+
+    /// Flood callers send nothing new but wait for the answers to what
+    /// they sent (queued requests included), for at most `grace`; then
+    /// [`Load::stop`]. Nothing is abandoned in the gateway's queue unless
+    /// the grace runs out.
+    pub async fn finish(mut self, grace: Duration) -> Vec<Sample> {
+        self.finish.cancel();
+        let deadline = Instant::now() + grace;
+        // A finished handle must not be awaited again: keep only the others.
+        let mut left = Vec::new();
+        for mut t in std::mem::take(&mut self.tasks) {
+            if !left.is_empty() || tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                left.push(t);
+            }
+        }
+        self.tasks = left;
+        self.stop().await
     }
 
     /// Stops sending (requests in flight are abandoned) and returns what
