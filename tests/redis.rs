@@ -200,3 +200,44 @@ async fn a_redis_outage_falls_back_to_a_share_and_recovers() {
     );
     assert_within_the_limit(&sim);
 }
+
+/// The shared budget, driven directly: a connect that took 300 ms moves the
+/// send that waited for it, so the slot a window later moves too — the same
+/// rule as the local budget, on Redis time.
+#[tokio::test]
+async fn a_slow_connect_moves_the_shared_window() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let text = format!(
+        "[limits]\nbackend = \"redis\"\ngeneral_per_second = 2\n[redis]\nurl = \"{}\"\nkey_prefix = \"connect\"\n\
+         [[tenants]]\nname = \"acme\"\nsubdomain = \"acme\"\napi_key = \"k\"\n",
+        redis.url()
+    );
+    let config = crmgate::config::Config::from_toml(&text, "test", &|_| None).unwrap();
+    let shared = crmgate::scheduler::Shared::new(&config);
+    let (_, first) = shared
+        .reserve(Class::General, None)
+        .await
+        .expect("Redis answers");
+    assert_eq!(first, Duration::ZERO);
+    let (_, second) = shared.reserve(Class::General, None).await.unwrap();
+    assert!(
+        second > Duration::from_millis(450),
+        "paced 510 ms apart: {second:?}"
+    );
+    // The first send's connection took 300 ms to open.
+    sleep(Duration::from_millis(300)).await;
+    shared
+        .connected(0, Class::General, None, Duration::from_millis(300))
+        .await;
+    let (_, third) = shared.reserve(Class::General, None).await.unwrap();
+    // Two slots per 1020 ms window, counted from when the first send could
+    // have arrived (≈ 300 ms): the third is ≈ 1320 ms after the start, ≈
+    // 1020 ms from now. Unmoved it would be ≈ 720 ms from now.
+    assert!(
+        third > Duration::from_millis(950),
+        "third slot in {third:?}"
+    );
+    assert!(!shared.in_fallback());
+}

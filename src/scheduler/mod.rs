@@ -434,6 +434,18 @@ impl Scheduler {
                 b.connect_finished(started, now);
             }
             lane.reshaped.notify_one();
+            // Called from a connector's drop: only spawn inside a runtime.
+            if let (Some(shared), Ok(rt)) = (
+                self.inner.shared.clone(),
+                tokio::runtime::Handle::try_current(),
+            ) {
+                let (class, tenant, took) = (lane.class, lane.tenant.clone(), now - started);
+                rt.spawn(async move {
+                    shared
+                        .connected(egress, class, tenant.as_deref(), took)
+                        .await
+                });
+            }
         }
     }
 

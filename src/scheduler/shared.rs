@@ -83,6 +83,24 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[7]))
 return 1
 "#;
 
+/// A connection to the CRM took ARGV[1] µs to open: sends reserved within
+/// that time (and ARGV[2] µs of slack before it) that are already due count
+/// from now, as the local budget does (see `Budget::connect_finished`).
+/// KEYS: state hash, send log.
+const CONNECTED: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local from = now - tonumber(ARGV[1]) - tonumber(ARGV[2])
+local log = redis.call('LRANGE', KEYS[2], 0, -1)
+for i, v in ipairs(log) do
+  local at = tonumber(v)
+  if at >= from and at < now then redis.call('LSET', KEYS[2], i - 1, now) end
+end
+local last = tonumber(redis.call('HGET', KEYS[1], 'last') or '0')
+if last >= from and last < now then redis.call('HSET', KEYS[1], 'last', now) end
+return 1
+"#;
+
 /// How long to use the local fallback before trying Redis again.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -102,6 +120,7 @@ pub struct Shared {
     calls: AtomicU64,
     reserve: Script,
     throttle: Script,
+    connected: Script,
 }
 
 impl Shared {
@@ -140,6 +159,7 @@ impl Shared {
             calls: AtomicU64::new(0),
             reserve: Script::new(RESERVE),
             throttle: Script::new(THROTTLE),
+            connected: Script::new(CONNECTED),
         }
     }
 
@@ -262,6 +282,41 @@ impl Shared {
                 self.failed("timed out").await;
                 None
             }
+        }
+    }
+
+    /// Reports that a connection through `egress` took `took` to open, so
+    /// the shared budget counts the sends that waited for it from now.
+    /// Best effort, like [`Shared::throttled`].
+    pub async fn connected(
+        &self,
+        egress: usize,
+        class: Class,
+        tenant: Option<&str>,
+        took: Duration,
+    ) {
+        if self.in_fallback() {
+            return;
+        }
+        let (key, log) = self.keys(egress, class, tenant);
+        let call = async {
+            let mut conn = self.connection().await.ok_or("cannot connect")?;
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let _: i64 = self
+                .connected
+                .key(key)
+                .key(log)
+                .arg(took.as_micros() as u64)
+                .arg(super::budget::CONNECT_SLACK.as_micros() as u64)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|_| "script failed")?;
+            Ok::<_, &str>(())
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => self.failed(why).await,
+            Err(_) => self.failed("timed out").await,
         }
     }
 
