@@ -1,8 +1,8 @@
 //! crmgate traffic-shaping benchmark.
 //!
 //! ```text
-//! cargo bench --bench shaping                      # full run, ~2 min
-//! cargo bench --bench shaping -- --quick           # smoke run, ~35 s
+//! cargo bench --bench shaping                      # full run, ~100 s
+//! cargo bench --bench shaping -- --quick           # smoke run, ~30 s
 //! cargo bench --bench shaping -- --seconds 10 --only utilisation,fairness
 //! ```
 //!
@@ -128,6 +128,18 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
+/// When the 503s arrived, if there were any.
+fn print_rejected_at(at: &[f64]) {
+    if !at.is_empty() {
+        let at: Vec<String> = at.iter().map(|t| format!("{t:.2}")).collect();
+        println!(
+            "   {:<38} {:>12}",
+            "  … arrived at (s after start)",
+            at.join(", ")
+        );
+    }
+}
+
 fn print_saturation(title: &str, s: &end_to_end::Saturation, target: f64) {
     let d = &s.delivered;
     println!("\n== {title}");
@@ -156,6 +168,7 @@ fn print_saturation(title: &str, s: &end_to_end::Saturation, target: f64) {
         d.rejected_503,
         verdict(d.rejected_503 == 0)
     );
+    print_rejected_at(&d.rejected_at_s);
     println!(
         "   {:<38} {:>12}",
         "most arrivals in any 1000 ms", d.max_in_1s
@@ -291,7 +304,10 @@ fn print_pacing(p: &[sched_cost::Pacing], timer: &sched_cost::TimerLateness) {
 
 fn print_shared(s: &shared_budget::SharedBudget) {
     let (st, wh) = (&s.steady, &s.whole);
-    println!("\n== 5. Shared budget: {} replicas through one Redis", s.replicas);
+    println!(
+        "\n== 5. Shared budget: {} replicas through one Redis",
+        s.replicas
+    );
     println!(
         "   {} callers over {} gateways ({}), {:.0} s, CRM latency 20–60 ms, limit {}/s for all of them",
         s.callers,
@@ -314,8 +330,14 @@ fn print_shared(s: &shared_budget::SharedBudget) {
         s.startup_accepted,
         s.startup_accepted as f64 / s.skipped_s
     );
-    println!("   {:<38} {:>12}", "accepted by the CRM (steady)", st.accepted);
-    println!("   {:<38} {:>12.3}", "delivered rate (req/s, steady)", st.rate);
+    println!(
+        "   {:<38} {:>12}",
+        "accepted by the CRM (steady)", st.accepted
+    );
+    println!(
+        "   {:<38} {:>12.3}",
+        "delivered rate (req/s, steady)", st.rate
+    );
     println!(
         "   {:<38} {:>12.4}   target ≥ {TARGET_UTILISATION_REDIS:.2}: {}",
         "combined utilisation (steady)",
@@ -328,13 +350,16 @@ fn print_shared(s: &shared_budget::SharedBudget) {
     );
     println!(
         "   {:<38} {:>12}   target 0: {}",
-        "503s answered by the CRM (whole run)",
-        wh.rejected_503,
-        verdict(wh.rejected_503 == 0)
+        "503s answered by the CRM",
+        s.rejected_503,
+        verdict(s.rejected_503 == 0)
     );
+    print_rejected_at(&s.rejected_at_s);
     println!(
         "   {:<38} {:>12}   limit {}",
-        "most arrivals in any 1000 ms", wh.max_in_1s, end_to_end::LIMIT
+        "most arrivals in any 1000 ms",
+        s.max_in_1s,
+        end_to_end::LIMIT
     );
     println!(
         "   {:<38} {:>12.2}   min {:.1} / p50 {:.1} / p95 {:.1} / max {:.1}",
@@ -347,18 +372,20 @@ fn print_shared(s: &shared_budget::SharedBudget) {
     );
     println!(
         "   {:<38} {:>12.3}   {} calls / {} requests received",
-        "Redis round trips per request",
-        s.round_trips_per_request,
-        s.redis_calls,
-        s.received
+        "Redis round trips per request", s.round_trips_per_request, s.redis_calls, s.received
+    );
+    println!(
+        "   (503s, the 1000 ms maximum and round trips include the {:.1} s drain of the callers' last requests)",
+        s.drain_s
     );
     for (i, r) in s.per_replica.iter().enumerate() {
         println!(
-            "   replica {}: {:>2} callers, backend {:<8} redis_calls {:>5}, answers {} ok, other {:?}",
+            "   replica {}: {:>2} callers, backend {:<8} redis_calls {:>5}, CRM connections opened {}, answers {} ok, other {:?}",
             i + 1,
             r.callers,
             r.backend,
             r.redis_calls,
+            r.connections_opened,
             r.answers.ok_200,
             r.answers.other
         );

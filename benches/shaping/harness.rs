@@ -376,12 +376,18 @@ impl Load {
         }
     }
 
-    /// Flood callers send nothing new but wait for the answers to what
-    /// they sent (queued requests included), for at most `grace`; then
+    /// Flood callers send nothing new from now on; what they sent is still
+    /// awaited. [`Load::finish`] waits for it.
+    pub fn wind_down(&self) {
+        self.finish.cancel();
+    }
+
+    /// [`Load::wind_down`], then waits for the answers to what the callers
+    /// sent (queued requests included) for at most `grace`, then
     /// [`Load::stop`]. Nothing is abandoned in the gateway's queue unless
     /// the grace runs out.
     pub async fn finish(mut self, grace: Duration) -> Vec<Sample> {
-        self.finish.cancel();
+        self.wind_down();
         let deadline = Instant::now() + grace;
         // A finished handle must not be awaited again: keep only the others.
         let mut left = Vec::new();

@@ -15,6 +15,8 @@ pub struct Delivered {
     pub accepted: usize,
     /// Arrivals the CRM refused with 503 (they count in its window too).
     pub rejected_503: usize,
+    /// When those arrived: seconds after the first general arrival.
+    pub rejected_at_s: Vec<f64>,
     /// Seconds between the first and the last accepted arrival.
     pub span_s: f64,
     /// `(accepted - 1) / span_s`: accepted arrivals per second, measured
@@ -45,6 +47,12 @@ pub fn delivered(records: &[Received], limit: u32) -> Delivered {
         .collect();
     accepted.sort_unstable();
     let rejected_503 = general.len() - accepted.len();
+    let first = general.iter().map(|r| r.at).min();
+    let rejected_at_s = general
+        .iter()
+        .filter(|r| r.status == 503)
+        .filter_map(|r| Some(r.at.duration_since(first?).as_secs_f64()))
+        .collect();
     let span_s = match (accepted.first(), accepted.last()) {
         (Some(a), Some(b)) => b.duration_since(*a).as_secs_f64(),
         _ => 0.0,
@@ -69,6 +77,7 @@ pub fn delivered(records: &[Received], limit: u32) -> Delivered {
         gap_ms: percentiles(&gaps),
         accepted: accepted.len(),
         rejected_503,
+        rejected_at_s,
         span_s,
         rate,
         utilisation: rate / f64::from(limit),
