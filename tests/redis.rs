@@ -229,7 +229,7 @@ async fn a_slow_connect_moves_the_shared_window() {
     // The first send's connection took 300 ms to open.
     sleep(Duration::from_millis(300)).await;
     shared
-        .connected(0, Class::General, None, Duration::from_millis(300))
+        .delayed(0, Class::General, None, Duration::from_millis(300))
         .await;
     let (_, third) = shared.reserve(Class::General, None).await.unwrap();
     // Two slots per 1020 ms window, counted from when the first send could

@@ -69,16 +69,21 @@ pub(super) async fn dispatch(
                         continue;
                     }
                 }
+                let asked = Instant::now();
                 if let Some((egress, wait)) =
                     shared.reserve(lane.class, lane.tenant.as_deref()).await
                 {
+                    // Redis measured `wait` from when the script ran: about
+                    // half a round trip after asking.
+                    let rtt = asked.elapsed();
+                    let due = asked + rtt / 2 + wait;
                     if mode == Mode::Fallback {
                         mode = Mode::Shared {
                             since: Instant::now(),
                         };
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
+                        _ = sleep_until(due) => {}
                         _ = stop.cancelled() => return,
                     }
                     // The slot was reserved for whoever is next now; if the
@@ -86,6 +91,17 @@ pub(super) async fn dispatch(
                     let now = Instant::now();
                     if !grant_one(&mut lane.lock(), egress, now) {
                         tracing::debug!(class = %lane.class, "a reserved shared slot went unused");
+                    }
+                    // Woken late (a busy machine): the send leaves after its
+                    // reserved slot, so tell the shared log, as a slow
+                    // connect does, instead of eating the jitter allowance.
+                    let late = now.saturating_duration_since(due);
+                    if late >= TIMER_GRANULARITY {
+                        let (shared, class, tenant) =
+                            (shared.clone(), lane.class, lane.tenant.clone());
+                        tokio::spawn(async move {
+                            shared.delayed(egress, class, tenant.as_deref(), late).await
+                        });
                     }
                     continue;
                 }

@@ -440,11 +440,9 @@ impl Scheduler {
                 tokio::runtime::Handle::try_current(),
             ) {
                 let (class, tenant, took) = (lane.class, lane.tenant.clone(), now - started);
-                rt.spawn(async move {
-                    shared
-                        .connected(egress, class, tenant.as_deref(), took)
-                        .await
-                });
+                rt.spawn(
+                    async move { shared.delayed(egress, class, tenant.as_deref(), took).await },
+                );
             }
         }
     }

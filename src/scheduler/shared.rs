@@ -9,7 +9,8 @@
 //! wait for it. The replica sleeps that long and grants the slot locally, so
 //! queueing, fairness, deadlines and cancellation stay local and replicas'
 //! clocks never matter (only durations measured by Redis cross the wire).
-//! One round trip per granted request.
+//! One round trip per granted request, plus one per lane when a connection
+//! to the CRM is opened or a send leaves late (both rare).
 //!
 //! When Redis is unreachable or slower than `redis.timeout`, the lane uses
 //! its local budget, shaped at `limit / redis.expected_replicas`, and tries
@@ -83,10 +84,10 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[7]))
 return 1
 "#;
 
-/// A connection to the CRM took ARGV[1] µs to open: sends reserved within
-/// that time (and ARGV[2] µs of slack before it) that are already due count
-/// from now, as the local budget does (see `Budget::connect_finished`).
-/// KEYS: state hash, send log.
+/// Sends reserved within the last ARGV[1] µs (and ARGV[2] µs of slack
+/// before that) that are already due left late (a slow connect, a late
+/// wake-up): they count from now, as the local budget does for connects
+/// (see `Budget::connect_finished`). KEYS: state hash, send log.
 const CONNECTED: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -285,16 +286,11 @@ impl Shared {
         }
     }
 
-    /// Reports that a connection through `egress` took `took` to open, so
-    /// the shared budget counts the sends that waited for it from now.
-    /// Best effort, like [`Shared::throttled`].
-    pub async fn connected(
-        &self,
-        egress: usize,
-        class: Class,
-        tenant: Option<&str>,
-        took: Duration,
-    ) {
+    /// Reports that sends through `egress` that were due within the last
+    /// `by` left only now (they waited for a new connection, or the replica
+    /// woke late): the shared log counts them from now. Best effort, like
+    /// [`Shared::throttled`].
+    pub async fn delayed(&self, egress: usize, class: Class, tenant: Option<&str>, by: Duration) {
         if self.in_fallback() {
             return;
         }
@@ -306,7 +302,7 @@ impl Shared {
                 .connected
                 .key(key)
                 .key(log)
-                .arg(took.as_micros() as u64)
+                .arg(by.as_micros() as u64)
                 .arg(super::budget::CONNECT_SLACK.as_micros() as u64)
                 .invoke_async(&mut conn)
                 .await
