@@ -248,32 +248,41 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .recovery_per_second;
+        let mut invocation = self.reserve.prepare_invoke();
+        for egress in 0..self.ids.len() {
+            let (key, log) = self.keys(egress, class, tenant);
+            invocation.key(key).key(log);
+        }
+        invocation
+            .arg(limit)
+            .arg(self.window_us)
+            .arg(recovery)
+            .arg(self.ttl_ms());
+        let (egress, wait_us): (usize, i64) = self.run(&invocation).await?;
+        Some((
+            egress.min(self.ids.len() - 1),
+            Duration::from_micros(wait_us.max(0) as u64),
+        ))
+    }
+
+    /// Runs one script call within `redis.timeout`. A failure or timeout
+    /// switches to the fallback budget (logged once); a success ends it.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Option<T> {
         let call = async {
             let mut conn = self.connection().await.ok_or("cannot connect")?;
-            let mut invocation = self.reserve.prepare_invoke();
-            for egress in 0..self.ids.len() {
-                let (key, log) = self.keys(egress, class, tenant);
-                invocation.key(key).key(log);
-            }
-            invocation
-                .arg(limit)
-                .arg(self.window_us)
-                .arg(recovery)
-                .arg(self.ttl_ms());
             self.calls.fetch_add(1, Ordering::Relaxed);
-            let (egress, wait_us): (usize, i64) = invocation
+            invocation
                 .invoke_async(&mut conn)
                 .await
-                .map_err(|_| "script failed")?;
-            Ok::<_, &str>((
-                egress.min(self.ids.len() - 1),
-                Duration::from_micros(wait_us.max(0) as u64),
-            ))
+                .map_err(|_| "script failed")
         };
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(slot)) => {
+            Ok(Ok(value)) => {
                 self.succeeded();
-                Some(slot)
+                Some(value)
             }
             Ok(Err(why)) => {
                 self.failed(why).await;
@@ -295,25 +304,13 @@ impl Shared {
             return;
         }
         let (key, log) = self.keys(egress, class, tenant);
-        let call = async {
-            let mut conn = self.connection().await.ok_or("cannot connect")?;
-            self.calls.fetch_add(1, Ordering::Relaxed);
-            let _: i64 = self
-                .connected
-                .key(key)
-                .key(log)
-                .arg(by.as_micros() as u64)
-                .arg(super::budget::CONNECT_SLACK.as_micros() as u64)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|_| "script failed")?;
-            Ok::<_, &str>(())
-        };
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => self.failed(why).await,
-            Err(_) => self.failed("timed out").await,
-        }
+        let mut invocation = self.connected.prepare_invoke();
+        invocation
+            .key(key)
+            .key(log)
+            .arg(by.as_micros() as u64)
+            .arg(super::budget::CONNECT_SLACK.as_micros() as u64);
+        let _: Option<i64> = self.run(&invocation).await;
     }
 
     /// Tells every replica, through the shared state, that the CRM refused a
@@ -336,28 +333,16 @@ impl Shared {
             .clone();
         let factor = if a.enabled { a.decrease_factor } else { 0.0 };
         let (key, _) = self.keys(egress, class, tenant);
-        let call = async {
-            let mut conn = self.connection().await.ok_or("cannot connect")?;
-            self.calls.fetch_add(1, Ordering::Relaxed);
-            let _: i64 = self
-                .throttle
-                .key(key)
-                .arg(limit)
-                .arg(factor)
-                .arg(a.min_rate.min(f64::from(limit)))
-                .arg(a.recovery_per_second)
-                .arg(self.window_us)
-                .arg(retry_after.map_or(0, |d| d.as_micros() as u64))
-                .arg(self.ttl_ms())
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|_| "script failed")?;
-            Ok::<_, &str>(())
-        };
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => self.failed(why).await,
-            Err(_) => self.failed("timed out").await,
-        }
+        let mut invocation = self.throttle.prepare_invoke();
+        invocation
+            .key(key)
+            .arg(limit)
+            .arg(factor)
+            .arg(a.min_rate.min(f64::from(limit)))
+            .arg(a.recovery_per_second)
+            .arg(self.window_us)
+            .arg(retry_after.map_or(0, |d| d.as_micros() as u64))
+            .arg(self.ttl_ms());
+        let _: Option<i64> = self.run(&invocation).await;
     }
 }
