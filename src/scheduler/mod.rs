@@ -231,6 +231,9 @@ impl Scheduler {
                     .then(|| Arc::new(Shared::new(config))),
             }),
         };
+        if let Some(shared) = &scheduler.inner.shared {
+            tokio::spawn(shared.clone().probe(scheduler.inner.stop.clone()));
+        }
         // Lanes exist from the start, so /status and the metrics show every
         // budget before the first request.
         for class in Class::ALL {

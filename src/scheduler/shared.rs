@@ -13,17 +13,17 @@
 //! to the CRM is opened or a send leaves late (both rare).
 //!
 //! When Redis is unreachable or slower than `redis.timeout`, the lane uses
-//! its local budget, shaped at `limit / redis.expected_replicas`, and tries
-//! Redis again a second later. The switch is logged once each way. Never a
+//! its local budget, shaped at `limit / redis.expected_replicas`, without
+//! waiting on Redis again; a background prober pings it every second and
+//! ends the fallback when it answers. The switch is logged once each way. Never a
 //! key or password in logs: the URL is not printed.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use tokio::time::Instant;
 
 use crate::classify::Class;
 use crate::config::{AdaptiveConfig, Config};
@@ -117,7 +117,6 @@ pub struct Shared {
     window_us: u64,
     adaptive: Mutex<AdaptiveConfig>,
     fallback: AtomicBool,
-    retry_at: Mutex<Option<Instant>>,
     calls: AtomicU64,
     reserve: Script,
     throttle: Script,
@@ -156,7 +155,6 @@ impl Shared {
             window_us: (Duration::from_secs(1) + config.limits.jitter_allowance).as_micros() as u64,
             adaptive: Mutex::new(config.limits.adaptive.clone()),
             fallback: AtomicBool::new(false),
-            retry_at: Mutex::new(None),
             calls: AtomicU64::new(0),
             reserve: Script::new(RESERVE),
             throttle: Script::new(THROTTLE),
@@ -221,8 +219,6 @@ impl Shared {
     /// Marks Redis as down (logging the transition once) until the next probe.
     async fn failed(&self, why: &str) {
         *self.conn.lock().await = None;
-        *self.retry_at.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Instant::now() + PROBE_EVERY);
         if !self.fallback.swap(true, Ordering::Relaxed) {
             tracing::warn!(cause = why, "Redis budget unavailable: using the local fallback budget (limit / expected_replicas)");
         }
@@ -238,8 +234,9 @@ impl Shared {
     /// to wait for it. `None` means "use the local budget now" (Redis is
     /// down, slow, or was recently).
     pub async fn reserve(&self, class: Class, tenant: Option<&str>) -> Option<(usize, Duration)> {
-        let due = *self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
-        if self.in_fallback() && due.is_some_and(|t| Instant::now() < t) {
+        // In fallback the dispatcher never waits on Redis: the prober
+        // (below) finds out when it is back.
+        if self.in_fallback() {
             return None;
         }
         let limit = self.limits[super::class_index(class)].load(Ordering::Relaxed);
@@ -263,6 +260,31 @@ impl Shared {
             egress.min(self.ids.len() - 1),
             Duration::from_micros(wait_us.max(0) as u64),
         ))
+    }
+
+    /// While in fallback, pings Redis every second (off the dispatchers'
+    /// path) and ends the fallback when it answers. Runs until `stop`.
+    pub async fn probe(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(PROBE_EVERY) => {}
+                _ = stop.cancelled() => return,
+            }
+            if !self.in_fallback() {
+                continue;
+            }
+            let ping = async {
+                let mut conn = self.connection().await?;
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .ok()
+            };
+            match tokio::time::timeout(self.timeout, ping).await {
+                Ok(Some(_)) => self.succeeded(),
+                _ => *self.conn.lock().await = None,
+            }
+        }
     }
 
     /// Runs one script call within `redis.timeout`. A failure or timeout
