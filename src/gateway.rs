@@ -172,16 +172,24 @@ impl Gateway {
             new.server.listen = o.server.listen;
             new.server.admin_listen = o.server.admin_listen;
         }
+        let (nr, or) = (&new.redis, &o.redis);
         if new.upstream.egress_ips != o.upstream.egress_ips
+            || new.upstream.egress_id != o.upstream.egress_id
             || new.upstream.connect_timeout != o.upstream.connect_timeout
             || new.limits.scope != o.limits.scope
             || new.limits.backend != o.limits.backend
+            || nr.url != or.url
+            || nr.key_prefix != or.key_prefix
+            || nr.timeout != or.timeout
+            || nr.expected_replicas != or.expected_replicas
         {
-            tracing::warn!("egress IPs, connect timeout, limits.scope and limits.backend cannot change on reload; restart to use the new ones");
+            tracing::warn!("egress IPs and id, connect timeout, limits.scope, limits.backend and [redis] cannot change on reload; restart to use the new ones");
             new.upstream.egress_ips = o.upstream.egress_ips.clone();
+            new.upstream.egress_id = o.upstream.egress_id.clone();
             new.upstream.connect_timeout = o.upstream.connect_timeout;
             new.limits.scope = o.limits.scope;
             new.limits.backend = o.limits.backend;
+            new.redis = o.redis.clone();
         }
         for w in &new.warnings {
             tracing::warn!("{w}");

@@ -154,18 +154,28 @@ impl Budget {
     }
 
     /// Records a send at `now` (the caller checked [`Budget::next_free`]).
-    pub fn record(&mut self, now: Instant) {
-        if self.log.len() == self.shape.limit as usize {
-            self.log.pop_front();
-        }
+    /// Returns the send that fell out of the log to make room, for
+    /// [`Budget::unrecord`].
+    pub fn record(&mut self, now: Instant) -> Option<Instant> {
+        let dropped = if self.log.len() == self.shape.limit as usize {
+            self.log.pop_front()
+        } else {
+            None
+        };
         self.log.push_back(now);
+        dropped
     }
 
     /// Takes back the latest send (the request it was for went away before
     /// using it), returning the slot.
-    pub fn unrecord(&mut self, at: Instant) {
+    /// `dropped` is what [`Budget::record`] returned: it goes back, so the
+    /// window check still sees it.
+    pub fn unrecord(&mut self, at: Instant, dropped: Option<Instant>) {
         if self.log.back() == Some(&at) {
             self.log.pop_back();
+            if let Some(d) = dropped {
+                self.log.push_front(d);
+            }
         }
     }
 
@@ -358,9 +368,20 @@ mod tests {
     fn unrecord_returns_the_slot() {
         let start = Instant::now();
         let mut b = Budget::new(shape(1, 0));
-        b.record(start);
+        let dropped = b.record(start);
         assert!(b.next_free(start) > start);
-        b.unrecord(start);
+        b.unrecord(start, dropped);
         assert_eq!(b.next_free(start), start);
+        // A full log gets back the send it dropped: the window check still
+        // sees it.
+        let ms = Duration::from_millis;
+        let mut b = Budget::new(shape(2, 0));
+        b.record(start);
+        b.record(start + ms(600));
+        let dropped = b.record(start + ms(1200));
+        assert_eq!(dropped, Some(start));
+        b.unrecord(start + ms(1200), dropped);
+        assert!(b.next_free(start + ms(1200)) <= start + ms(1200));
+        assert_eq!(b.recent(start + ms(999)), 2);
     }
 }

@@ -58,25 +58,42 @@ pub(super) async fn dispatch(
                 // sends (fallback, or just after it), this replica also keeps
                 // within its fallback share. Checked before reserving: a send
                 // later than its reserved slot could break the window bound.
-                let steady = matches!(mode, Mode::Shared { since } if now >= since + TRANSITION);
+                // A lane that sat idle through an outage rejoins with the
+                // rest of the replica, not when it last reserved.
+                let steady = match mode {
+                    Mode::Shared { since } => now >= since.max(shared.rejoined_at()) + TRANSITION,
+                    Mode::Fallback => false,
+                };
+                // In transition only egresses whose local budget is free may
+                // be used; Redis picks among them.
+                let mut allowed = u64::MAX;
                 if !steady {
-                    let (_, at) = lane.lock().earliest(now);
-                    if at > now {
+                    let earliest;
+                    (allowed, earliest) = free_egresses(&lane, now);
+                    if allowed == 0 {
+                        let at = earliest;
                         tokio::select! {
                             _ = sleep_until(at) => {}
+                            // A finished connect or a reload moves `at`.
+                            _ = &mut reshaped => {}
+                            _ = &mut work => {}
                             _ = stop.cancelled() => return,
                         }
                         continue;
                     }
                 }
                 let asked = Instant::now();
-                if let Some((egress, wait)) =
-                    shared.reserve(lane.class, lane.tenant.as_deref()).await
+                if let Some((egress, wait)) = shared
+                    .reserve(lane.class, lane.tenant.as_deref(), allowed)
+                    .await
                 {
-                    // Redis measured `wait` from when the script ran: about
-                    // half a round trip after asking.
-                    let rtt = asked.elapsed();
-                    let due = asked + rtt / 2 + wait;
+                    // Redis measured `wait` from when the script ran, which
+                    // was somewhere between asking and the reply: counting
+                    // from the reply is never early (early could break the
+                    // window bound); the lateness, at most a round trip, is
+                    // reported below when it matters.
+                    let due = Instant::now() + wait;
+                    let earliest_slot = asked + wait;
                     if mode == Mode::Fallback {
                         mode = Mode::Shared {
                             since: Instant::now(),
@@ -92,10 +109,10 @@ pub(super) async fn dispatch(
                     if !grant_one(&mut lane.lock(), egress, now) {
                         tracing::debug!(class = %lane.class, "a reserved shared slot went unused");
                     }
-                    // Woken late (a busy machine): the send leaves after its
-                    // reserved slot, so tell the shared log, as a slow
-                    // connect does, instead of eating the jitter allowance.
-                    let late = now.saturating_duration_since(due);
+                    // Left well after the slot (a slow Redis, a busy
+                    // machine): tell the shared log, as a slow connect does,
+                    // instead of eating the jitter allowance.
+                    let late = now.saturating_duration_since(earliest_slot);
                     if late >= TIMER_GRANULARITY {
                         let (shared, class, tenant) =
                             (shared.clone(), lane.class, lane.tenant.clone());
@@ -163,6 +180,22 @@ pub(super) async fn dispatch(
     }
 }
 
+/// Which egresses' local budgets are free now (a bit each), and when the
+/// first one frees.
+fn free_egresses(lane: &Lane, now: Instant) -> (u64, Instant) {
+    let st = lane.lock();
+    let mut allowed = 0u64;
+    let mut earliest = None::<Instant>;
+    for (i, b) in st.budgets.iter().enumerate().take(64) {
+        let at = b.next_free(now);
+        if at <= now {
+            allowed |= 1 << i;
+        }
+        earliest = Some(earliest.map_or(at, |e: Instant| e.min(at)));
+    }
+    (allowed, earliest.unwrap_or(now))
+}
+
 /// Hands the free slot on `egress` to the next live waiter; false if there
 /// was none.
 pub(super) fn grant_one(st: &mut LaneState, egress: usize, now: Instant) -> bool {
@@ -176,11 +209,11 @@ pub(super) fn grant_one(st: &mut LaneState, egress: usize, now: Instant) -> bool
             continue;
         }
         st.waiting.remove(&entry.id);
-        st.budgets[egress].record(now);
+        let dropped = st.budgets[egress].record(now);
         if entry.tx.send(egress).is_err() {
             // The waiter vanished between the check and the send: give the
             // slot to the next one.
-            st.budgets[egress].unrecord(now);
+            st.budgets[egress].unrecord(now, dropped);
             continue;
         }
         return true;

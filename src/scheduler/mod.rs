@@ -570,6 +570,9 @@ struct Withdraw {
 
 impl Drop for Withdraw {
     fn drop(&mut self) {
+        // Under the lane lock, so the dispatcher never sees the entry
+        // abandoned while `waiting` still lists it.
+        let mut st = self.lane.lock();
         if self
             .state
             .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
@@ -578,10 +581,10 @@ impl Drop for Withdraw {
             if !self.resolved {
                 self.inner.withdrawn.fetch_add(1, Ordering::Relaxed);
             }
-            let mut st = self.lane.lock();
             st.waiting.remove(&self.id);
             st.garbage += 1;
         }
+        drop(st);
         self.tenant_count.fetch_sub(1, Ordering::AcqRel);
         self.inner.queued_total.fetch_sub(1, Ordering::AcqRel);
     }

@@ -30,7 +30,9 @@ use crate::config::{AdaptiveConfig, Config};
 
 /// Reserves the earliest slot among the budgets in KEYS (pairs of state
 /// hash and send log). ARGV: limit, window (µs), recovery (req/s per s),
-/// TTL (ms). Returns {index of the chosen budget, µs to wait}.
+/// TTL (ms), and one '1' or '0' per budget: whether it may be used. Returns
+/// {index of the
+/// chosen budget, µs to wait}.
 const RESERVE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -38,8 +40,11 @@ local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local recovery = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
+local allowed = ARGV[5]
 local best, best_at = 1, nil
 for i = 1, #KEYS, 2 do
+  local k = (i + 1) / 2
+  if string.sub(allowed, k, k) == '1' then
   local st = redis.call('HMGET', KEYS[i], 'last', 'cut_rate', 'cut_at', 'paused')
   local rate = limit
   if st[2] then
@@ -53,7 +58,9 @@ for i = 1, #KEYS, 2 do
   end
   if st[4] then at = math.max(at, tonumber(st[4])) end
   if best_at == nil or at < best_at then best, best_at = i, at end
+  end
 end
+if best_at == nil then return redis.error_reply('no budget may be used') end
 redis.call('HSET', KEYS[best], 'last', best_at)
 redis.call('RPUSH', KEYS[best + 1], best_at)
 redis.call('LTRIM', KEYS[best + 1], -limit, -1)
@@ -102,6 +109,11 @@ if last >= from and last < now then redis.call('HSET', KEYS[1], 'last', now) end
 return 1
 "#;
 
+/// The widened window in µs, as the scripts take it.
+fn window_us(config: &Config) -> u64 {
+    (Duration::from_secs(1) + config.limits.jitter_allowance).as_micros() as u64
+}
+
 /// How long to use the local fallback before trying Redis again.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -114,9 +126,11 @@ pub struct Shared {
     /// Budget name of each egress, in config order.
     ids: Vec<String>,
     limits: [AtomicU32; 2],
-    window_us: u64,
+    window_us: AtomicU64,
     adaptive: Mutex<AdaptiveConfig>,
     fallback: AtomicBool,
+    /// When this replica last came back from fallback.
+    rejoined: Mutex<Option<tokio::time::Instant>>,
     calls: AtomicU64,
     reserve: Script,
     throttle: Script,
@@ -152,9 +166,10 @@ impl Shared {
             prefix: r.key_prefix.clone(),
             ids,
             limits: Class::ALL.map(|c| AtomicU32::new(config.rate(c).get())),
-            window_us: (Duration::from_secs(1) + config.limits.jitter_allowance).as_micros() as u64,
+            window_us: AtomicU64::new(window_us(config)),
             adaptive: Mutex::new(config.limits.adaptive.clone()),
             fallback: AtomicBool::new(false),
+            rejoined: Mutex::new(None),
             calls: AtomicU64::new(0),
             reserve: Script::new(RESERVE),
             throttle: Script::new(THROTTLE),
@@ -162,8 +177,9 @@ impl Shared {
         }
     }
 
-    /// Applies reloaded limits and adaptation settings.
+    /// Applies reloaded limits, window and adaptation settings.
     pub fn reconfigure(&self, config: &Config) {
+        self.window_us.store(window_us(config), Ordering::Relaxed);
         for (i, class) in Class::ALL.into_iter().enumerate() {
             self.limits[i].store(config.rate(class).get(), Ordering::Relaxed);
         }
@@ -226,14 +242,33 @@ impl Shared {
 
     fn succeeded(&self) {
         if self.fallback.swap(false, Ordering::Relaxed) {
+            *self.rejoined.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(tokio::time::Instant::now());
             tracing::info!("Redis budget reachable again: back to the shared budget");
         }
+    }
+
+    /// When this replica last came back from fallback (lanes stay careful
+    /// for a while after it, even those that were idle meanwhile).
+    pub fn rejoined_at(&self) -> tokio::time::Instant {
+        let never = tokio::time::Instant::now() - Duration::from_secs(3600);
+        self.rejoined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(never)
     }
 
     /// Reserves the next shared slot for a lane: which egress, and how long
     /// to wait for it. `None` means "use the local budget now" (Redis is
     /// down, slow, or was recently).
-    pub async fn reserve(&self, class: Class, tenant: Option<&str>) -> Option<(usize, Duration)> {
+    /// `allowed` has a bit per egress (bit 0 = egress 0) that may be used;
+    /// it must not be empty.
+    pub async fn reserve(
+        &self,
+        class: Class,
+        tenant: Option<&str>,
+        allowed: u64,
+    ) -> Option<(usize, Duration)> {
         // In fallback the dispatcher never waits on Redis: the prober
         // (below) finds out when it is back.
         if self.in_fallback() {
@@ -250,11 +285,21 @@ impl Shared {
             let (key, log) = self.keys(egress, class, tenant);
             invocation.key(key).key(log);
         }
+        let mask: String = (0..self.ids.len())
+            .map(|i| {
+                if i >= 64 || allowed & (1 << i) != 0 {
+                    '1'
+                } else {
+                    '0'
+                }
+            })
+            .collect();
         invocation
             .arg(limit)
-            .arg(self.window_us)
+            .arg(self.window_us.load(Ordering::Relaxed))
             .arg(recovery)
-            .arg(self.ttl_ms());
+            .arg(self.ttl_ms())
+            .arg(mask);
         let (egress, wait_us): (usize, i64) = self.run(&invocation).await?;
         Some((
             egress.min(self.ids.len() - 1),
@@ -362,7 +407,7 @@ impl Shared {
             .arg(factor)
             .arg(a.min_rate.min(f64::from(limit)))
             .arg(a.recovery_per_second)
-            .arg(self.window_us)
+            .arg(self.window_us.load(Ordering::Relaxed))
             .arg(retry_after.map_or(0, |d| d.as_micros() as u64))
             .arg(self.ttl_ms());
         let _: Option<i64> = self.run(&invocation).await;

@@ -375,3 +375,26 @@ async fn a_connect_longer_than_the_window_holds_the_dependent_slot() {
     let times = grant_times(waiters).await;
     assert_eq!(times[2], Duration::from_millis(3020));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connect_in_fallback_does_not_stall_the_lane() {
+    // Redis unreachable: the lane runs on its fallback share (10 / 10 = 1/s).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = Scheduler::new(&config(&format!(
+        "[limits]\nbackend = \"redis\"\n[redis]\nurl = \"redis://127.0.0.1:{port}\"\nexpected_replicas = 10"
+    )));
+    s.acquire(ticket("a", "x", Class::General)).await.unwrap();
+    // The first request opens a connection that takes 60 ms; meanwhile the
+    // next one queues behind a slot that waits for that connect.
+    let started = s.connect_started(0);
+    let next = spawn(&s, ticket("a", "x", Class::General));
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    s.connect_finished(0, started);
+    let (at, _) = next.await.unwrap().unwrap();
+    assert!(at < Duration::from_secs(2), "the lane stalled for {at:?}");
+    assert_eq!(s.shared_state().map(|(fallback, _)| fallback), Some(true));
+}
