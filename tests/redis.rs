@@ -221,7 +221,10 @@ async fn a_slow_connect_moves_the_shared_window() {
         .await
         .expect("Redis answers");
     assert_eq!(first, Duration::ZERO);
-    let (_, second) = shared.reserve(Class::General, None, u64::MAX).await.unwrap();
+    let (_, second) = shared
+        .reserve(Class::General, None, u64::MAX)
+        .await
+        .unwrap();
     assert!(
         second > Duration::from_millis(450),
         "paced 510 ms apart: {second:?}"
@@ -231,7 +234,10 @@ async fn a_slow_connect_moves_the_shared_window() {
     shared
         .delayed(0, Class::General, None, Duration::from_millis(300))
         .await;
-    let (_, third) = shared.reserve(Class::General, None, u64::MAX).await.unwrap();
+    let (_, third) = shared
+        .reserve(Class::General, None, u64::MAX)
+        .await
+        .unwrap();
     // Two slots per 1020 ms window, counted from when the first send could
     // have arrived (≈ 300 ms): the third is ≈ 1320 ms after the start, ≈
     // 1020 ms from now. Unmoved it would be ≈ 720 ms from now.
