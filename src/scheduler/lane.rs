@@ -5,13 +5,13 @@
 //! (enqueue, withdraw) and the lane's dispatcher (grant).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use super::{Budget, Level, Priority, Shared, Wfq};
+use super::{Budget, Inner, Level, Priority, Shared, Wfq};
 use crate::classify::Class;
 
 /// A waiter's state: waiting, granted a slot, or gone (skipped when popped).
@@ -100,5 +100,41 @@ impl Lane {
         // A panic while holding the lock leaves consistent data (every
         // mutation is a single step), so poisoning is ignored.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Ends a wait: releases the capacity it held and, if it gives up
+/// (deadline, disconnect, shutdown) before a grant, marks it so the
+/// dispatcher skips it.
+pub(super) struct Withdraw {
+    pub(super) lane: Arc<Lane>,
+    pub(super) id: u64,
+    pub(super) state: Arc<AtomicU8>,
+    pub(super) tenant_count: Arc<AtomicUsize>,
+    pub(super) inner: Arc<Inner>,
+    /// The wait ended with an answer (grant, deadline, shutdown), not by the
+    /// caller dropping it.
+    pub(super) resolved: bool,
+}
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        // Under the lane lock, so the dispatcher never sees the entry
+        // abandoned while `waiting` still lists it.
+        let mut st = self.lane.lock();
+        if self
+            .state
+            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            if !self.resolved {
+                self.inner.withdrawn.fetch_add(1, Ordering::Relaxed);
+            }
+            st.waiting.remove(&self.id);
+            st.garbage += 1;
+        }
+        drop(st);
+        self.tenant_count.fetch_sub(1, Ordering::AcqRel);
+        self.inner.queued_total.fetch_sub(1, Ordering::AcqRel);
     }
 }

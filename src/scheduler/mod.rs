@@ -36,7 +36,7 @@ pub use fair::{Level, Wfq};
 pub use shared::Shared;
 
 use dispatch::dispatch;
-use lane::{Entry, Lane, LaneState, Queue, ABANDONED, QUEUED};
+use lane::{Entry, Lane, LaneState, Queue, Withdraw, QUEUED};
 
 use crate::classify::Class;
 use crate::config::{Backend, Config, Scope};
@@ -552,42 +552,6 @@ pub struct BudgetStatus {
     pub sent_last_window: usize,
     /// Time until the next slot (0 = free now).
     pub next_free_in_ms: u64,
-}
-
-/// Ends a wait: releases the capacity it held and, if it gives up
-/// (deadline, disconnect, shutdown) before a grant, marks it so the
-/// dispatcher skips it.
-struct Withdraw {
-    lane: Arc<Lane>,
-    id: u64,
-    state: Arc<AtomicU8>,
-    tenant_count: Arc<AtomicUsize>,
-    inner: Arc<Inner>,
-    /// The wait ended with an answer (grant, deadline, shutdown), not by the
-    /// caller dropping it.
-    resolved: bool,
-}
-
-impl Drop for Withdraw {
-    fn drop(&mut self) {
-        // Under the lane lock, so the dispatcher never sees the entry
-        // abandoned while `waiting` still lists it.
-        let mut st = self.lane.lock();
-        if self
-            .state
-            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            if !self.resolved {
-                self.inner.withdrawn.fetch_add(1, Ordering::Relaxed);
-            }
-            st.waiting.remove(&self.id);
-            st.garbage += 1;
-        }
-        drop(st);
-        self.tenant_count.fetch_sub(1, Ordering::AcqRel);
-        self.inner.queued_total.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// Rough time until a newcomer would be served: queue length over the
