@@ -178,6 +178,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn every_rejection_reason_is_pre_registered() {
+        let errors = [
+            GatewayError::NotFound,
+            GatewayError::UnknownTenant("x".into()),
+            GatewayError::MissingKey,
+            GatewayError::WrongKey,
+            GatewayError::BodyTooLarge { limit: 1 },
+            GatewayError::BadRequest("x".into()),
+            GatewayError::Queue(QueueError::Full("total", Duration::ZERO)),
+            GatewayError::Queue(QueueError::Deadline(Duration::ZERO)),
+            GatewayError::Queue(QueueError::ShuttingDown),
+        ];
+        for e in errors {
+            let reason = e.rejection().expect("a rejection");
+            assert!(
+                REJECTION_REASONS.contains(&reason),
+                "{reason} missing from REJECTION_REASONS"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn queue_errors_are_503_with_retry_after() {
         let (s, retry, v) = body(GatewayError::Queue(QueueError::Full(

@@ -217,7 +217,7 @@ impl Budget {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn shape(limit: u32, jitter_ms: u64) -> BudgetShape {
@@ -245,8 +245,12 @@ mod tests {
         sent
     }
 
-    /// Largest count of `times` within any half-open window [t, t + w).
-    fn max_in_window(times: &[Instant], w: Duration) -> usize {
+    /// Largest count of sorted `times` within any half-open window
+    /// [t, t + w). Shared with the scheduler's tests.
+    pub(in crate::scheduler) fn max_in_window<T>(times: &[T], w: Duration) -> usize
+    where
+        T: Copy + PartialOrd + std::ops::Add<Duration, Output = T>,
+    {
         let mut best = 0;
         let mut lo = 0;
         for hi in 0..times.len() {

@@ -101,11 +101,6 @@ impl<K: Clone + Ord + Hash, Q: Level> Wfq<K, Q> {
         }
     }
 
-    /// Number of children that currently hold work.
-    pub fn active_children(&self) -> usize {
-        self.active.len()
-    }
-
     /// Drops idle children that carry no fairness memory, bounding the map
     /// by the number of recently active keys.
     fn collect_idle(&mut self) {

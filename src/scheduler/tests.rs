@@ -35,17 +35,10 @@ fn spawn(s: &Scheduler, t: Ticket) -> JoinHandle<Result<(Duration, usize), Queue
     tokio::spawn(async move { s.acquire(t).await.map(|p| (t0.elapsed(), p.egress)) })
 }
 
+/// Largest count of grant times within any window of length `w`.
 fn max_in_window(times: &mut [Duration], w: Duration) -> usize {
     times.sort();
-    let mut best = 0;
-    let mut lo = 0;
-    for hi in 0..times.len() {
-        while times[hi] >= times[lo] + w {
-            lo += 1;
-        }
-        best = best.max(hi - lo + 1);
-    }
-    best
+    super::budget::tests::max_in_window(times, w)
 }
 
 async fn grant_times(
