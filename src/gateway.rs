@@ -41,6 +41,24 @@ pub struct TenantStats {
     pub by_status: Mutex<BTreeMap<u16, u64>>,
 }
 
+impl TenantStats {
+    /// Counts one request in flight until the returned guard is dropped
+    /// (also when the caller goes away mid-request).
+    pub fn inflight(self: Arc<Self>) -> InFlight {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
+    }
+}
+
+/// One request in flight; see [`TenantStats::inflight`].
+pub struct InFlight(Arc<TenantStats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Everything a request handler needs.
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,

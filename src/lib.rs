@@ -8,14 +8,19 @@
 //!
 //! # Layout
 //!
-//! The request path, in order:
-//! - [`tenant`]: who is asking (path prefix or client key);
-//! - [`rewrite`]: strip the caller's key, add the real one and `site`, keep
-//!   everything else byte-exact;
-//! - [`classify`]: which budget (general or telephony);
-//! - [`scheduler`]: wait for a slot, fairly, within bounds;
-//! - [`egress`]: which outbound IP, and its pooled client;
-//! - [`proxy`]: send, retry when safe, stream back; the access log line.
+//! The request path, in order ([`proxy`] composes it):
+//! 1. [`inbound`]: read, limit, identify, rewrite → a typed request, using
+//!    - [`tenant`]: who is asking (path prefix or client key);
+//!    - [`classify`]: which budget (general or telephony);
+//!    - [`rewrite`]: strip the caller's key, add `site`, keep everything
+//!      else byte-exact;
+//! 2. the stages between inbound and the scheduler (cache and coalescing,
+//!    reconciliation, export) take their place here, each its own module;
+//! 3. [`forward`]: wait in the [`scheduler`] for a slot, fairly, within
+//!    bounds; send through an [`egress`] client (which outbound IP), adding
+//!    the real key; resend when [`forward::retry`] says it is safe; stream
+//!    back;
+//! 4. [`access`]: the access log line, keys masked.
 //!
 //! Around it:
 //! - [`config`]: the TOML file, validated into types that cannot be wrong;
@@ -27,12 +32,15 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod admin;
 pub mod classify;
 pub mod config;
 pub mod egress;
 pub mod error;
+pub mod forward;
 pub mod gateway;
+pub mod inbound;
 pub mod metrics;
 pub mod proxy;
 pub mod rewrite;

@@ -1,0 +1,224 @@
+//! Forward: wait for a slot, send, retry when the rule allows, stream back.
+//!
+//! The last stage of the request path. It takes a typed [`Inbound`] request
+//! (already authenticated and rewritten), queues it in the scheduler, sends
+//! it through the egress client the permit names, and either streams the
+//! CRM's answer back chunk by chunk (never buffered) or asks [`retry::decide`]
+//! whether to wait and resend. The real key is added here, at send time, and
+//! the URL and key of one send come from the same config snapshot. It never
+//! logs a key or a URL (queries may hold customer data).
+
+pub mod retry;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::access::Trace;
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::inbound::Inbound;
+use crate::rewrite::drop_hop_by_hop;
+use crate::tenant::Tenant;
+use retry::{Attempt, Backoff, Decision, Failure, Outcome};
+
+/// Sends `req` with retries and streams the answer back.
+pub async fn forward(
+    gw: &Gateway,
+    req: Inbound,
+    trace: &mut Trace,
+) -> Result<Response, GatewayError> {
+    let Inbound {
+        tenant,
+        ticket,
+        out,
+        ..
+    } = req;
+    let class = ticket.class;
+    let idempotent = matches!(out.method, Method::GET | Method::HEAD);
+    // Why the last send failed, for a 502 (never the URL, never a key).
+    let mut cause = String::new();
+    loop {
+        // A retry was admitted before any drain began: it may still queue.
+        let permit = if trace.attempts == 0 {
+            gw.scheduler.acquire(ticket.clone()).await?
+        } else {
+            gw.scheduler.reacquire(ticket.clone()).await?
+        };
+        trace.queue += permit.waited;
+        gw.metrics
+            .queue_wait
+            .with_label_values(&[class.as_str()])
+            .observe(permit.waited.as_secs_f64());
+        trace.attempts += 1;
+        let egress = &gw.egress[permit.egress];
+        trace.egress = Some(egress.label.clone());
+
+        // URL and key from one snapshot, taken at send time: a request queued
+        // across a reload goes to the host that goes with the key. A tenant
+        // the reload removed is served as it arrived.
+        let rt = gw.runtime();
+        let target: &Tenant = rt.tenants.get(&tenant.name).unwrap_or(&tenant);
+        let timeout = rt.config.upstream.request_timeout;
+        let mut headers = out.headers.clone();
+        headers.insert("x-api-key", key_header(&target.config.api_key));
+        let send = egress
+            .client
+            .request(out.method.clone(), target_url(target, &out.path_and_query))
+            .headers(headers)
+            .body(out.body.clone());
+        let sent_at = Instant::now();
+        let result = tokio::time::timeout(timeout, send.send()).await;
+        let latency = sent_at.elapsed();
+        trace.upstream += latency;
+        gw.metrics
+            .upstream_latency
+            .with_label_values(&[&egress.label, class.as_str()])
+            .observe(latency.as_secs_f64());
+
+        // reqwest's own read timer can fire while waiting for headers: that
+        // is a timeout too, not a broken connection.
+        let (outcome, answer) = match result {
+            Ok(Ok(resp)) => {
+                let status = resp.status();
+                gw.metrics
+                    .upstream_attempts
+                    .with_label_values(&[&egress.label, class.as_str(), status.as_str()])
+                    .inc();
+                if status == StatusCode::SERVICE_UNAVAILABLE
+                    || status == StatusCode::TOO_MANY_REQUESTS
+                {
+                    gw.metrics
+                        .upstream_throttled
+                        .with_label_values(&[&egress.label, class.as_str(), status.as_str()])
+                        .inc();
+                    let retry_after = retry::parse_retry_after(resp.headers())
+                        .map(|d| d.min(retry::MAX_RETRY_AFTER));
+                    permit.throttled(retry_after);
+                    tracing::warn!(tenant = %tenant.name, egress = %egress.label, class = %class, status = status.as_u16(), "CRM is rate limiting; slowing down");
+                    (Outcome::Throttled { retry_after }, None)
+                } else {
+                    (Outcome::Answer, Some(resp))
+                }
+            }
+            Ok(Err(e)) => {
+                gw.metrics
+                    .upstream_attempts
+                    .with_label_values(&[&egress.label, class.as_str(), "error"])
+                    .inc();
+                // The URL is left out: its query may hold customer data.
+                let (timed_out, connect) = (e.is_timeout() && !e.is_connect(), e.is_connect());
+                cause = error_chain(&e.without_url());
+                if timed_out {
+                    tracing::warn!(tenant = %tenant.name, egress = %egress.label, ?timeout, "CRM did not answer in time");
+                    (Outcome::TimedOut, None)
+                } else {
+                    tracing::warn!(tenant = %tenant.name, egress = %egress.label, connect, cause = %cause, "CRM request failed");
+                    let outcome = if connect {
+                        Outcome::ConnectFailed
+                    } else {
+                        Outcome::Broken
+                    };
+                    (outcome, None)
+                }
+            }
+            Err(_) => {
+                gw.metrics
+                    .upstream_attempts
+                    .with_label_values(&[&egress.label, class.as_str(), "error"])
+                    .inc();
+                tracing::warn!(tenant = %tenant.name, egress = %egress.label, ?timeout, "CRM did not answer in time");
+                (Outcome::TimedOut, None)
+            }
+        };
+
+        let attempt = Attempt {
+            idempotent,
+            made: trace.attempts,
+            max: rt.config.retry.max_attempts.get(),
+            time_left: ticket.deadline.saturating_duration_since(Instant::now()),
+        };
+        let backoff = Backoff {
+            initial: rt.config.retry.initial_backoff,
+            max: rt.config.retry.max_backoff,
+        };
+        let jitter = rand::thread_rng().gen_range(0.5..=1.0);
+        match retry::decide(outcome, attempt, backoff, jitter) {
+            Decision::Answer => {
+                let resp = answer.expect("an answer outcome carries its response");
+                return Ok(stream_back(resp));
+            }
+            Decision::Fail(failure) => {
+                let tenant = tenant.name.to_string();
+                return Err(match failure {
+                    Failure::Throttled { retry_after } => GatewayError::UpstreamThrottled {
+                        tenant,
+                        attempts: trace.attempts,
+                        retry_after,
+                    },
+                    Failure::Unreachable => GatewayError::UpstreamUnreachable {
+                        tenant,
+                        cause: std::mem::take(&mut cause),
+                    },
+                    Failure::TimedOut => GatewayError::UpstreamTimeout { tenant, timeout },
+                });
+            }
+            Decision::Retry { after, reason } => {
+                gw.metrics
+                    .retries
+                    .with_label_values(&[class.as_str(), reason.as_str()])
+                    .inc();
+                drop(permit);
+                tokio::time::sleep(after).await;
+                trace.queue += after;
+            }
+        }
+    }
+}
+
+/// The CRM URL of one send: the tenant's base URL and the rewritten path.
+fn target_url(tenant: &Tenant, path_and_query: &str) -> String {
+    let base = tenant.config.base_url.as_str().trim_end_matches('/');
+    let mut url = String::with_capacity(base.len() + path_and_query.len());
+    url.push_str(base);
+    url.push_str(path_and_query);
+    url
+}
+
+/// The real key as a header value, marked sensitive so it is never printed.
+fn key_header(key: &crate::config::Secret) -> HeaderValue {
+    // Validation guarantees a non-empty key; one with bytes a header cannot
+    // hold would be refused by the CRM anyway.
+    let mut value =
+        HeaderValue::from_str(key.expose()).unwrap_or_else(|_| HeaderValue::from_static(""));
+    value.set_sensitive(true);
+    value
+}
+
+/// The error and its sources, joined: "error sending request: connection refused".
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+/// The CRM's answer as our response: status, end-to-end headers, body
+/// streamed chunk by chunk.
+fn stream_back(resp: reqwest::Response) -> Response {
+    let status = resp.status();
+    let mut headers = resp.headers().clone();
+    drop_hop_by_hop(&mut headers);
+    let mut response = Response::new(Body::from_stream(resp.bytes_stream()));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}

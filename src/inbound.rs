@@ -1,0 +1,475 @@
+//! Inbound: what the caller sent, read, checked and rewritten into a typed
+//! [`Inbound`] request.
+//!
+//! The first stage of the request path: split the path into tenant prefix
+//! and API method, identify the tenant ([`crate::tenant`]) — before reading
+//! the body whenever the key is in a header or the query, so a wrong key
+//! costs no body — read the bounded body, classify the method
+//! ([`crate::classify`]), read crmgate's control headers, and rewrite the
+//! request for the CRM ([`crate::rewrite`]): the caller's key stripped,
+//! `site` added. The real key is *not* added here: [`crate::forward`] adds it
+//! at send time. This module never logs, and never keeps the caller's key
+//! past tenant resolution.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, Method};
+use tokio::time::Instant;
+
+use crate::access::Trace;
+use crate::classify::{classify, Class};
+use crate::error::GatewayError;
+use crate::gateway::Runtime;
+use crate::rewrite::{append_param, is_form, strip_api_key, upstream_headers, Stripped};
+use crate::scheduler::{Priority, Ticket};
+use crate::tenant::Tenant;
+
+/// Request header: `high`, `normal` (default) or `low`.
+pub const PRIORITY_HEADER: &str = "x-crmgate-priority";
+/// Request header: the longest the caller will wait for a slot, e.g. `5s`.
+pub const MAX_WAIT_HEADER: &str = "x-crmgate-max-wait";
+/// Request and response header identifying the request.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A request that passed the inbound checks: whose it is, which budget, how
+/// long it may wait, and what to send.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The tenant, as resolved from the config snapshot the request arrived
+    /// under.
+    pub tenant: Arc<Tenant>,
+    /// The API path (`/api/v5/...`), without tenant prefix or query.
+    pub api_path: String,
+    /// What the scheduler needs: tenant, client, class, priority, deadline.
+    pub ticket: Ticket,
+    /// What goes to the CRM, minus the real key and the base URL.
+    pub out: Outgoing,
+}
+
+impl Inbound {
+    /// The budget class of the request.
+    pub fn class(&self) -> Class {
+        self.ticket.class
+    }
+}
+
+/// The caller's request, rewritten for the CRM.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// GET, POST, ...
+    pub method: Method,
+    /// `/api/v5/...?...`: the API path and the rewritten query (no key).
+    pub path_and_query: String,
+    /// End-to-end headers, no key, plus `X-Forwarded-For` and `X-Request-Id`.
+    pub headers: HeaderMap,
+    /// The body, rewritten when it is a form (no key, `site` added).
+    pub body: Bytes,
+}
+
+/// Reads and checks one request into an [`Inbound`]; records the tenant and
+/// class in `trace` as soon as they are known.
+pub async fn read(
+    rt: &Runtime,
+    peer: SocketAddr,
+    req: Request,
+    request_id: &str,
+    trace: &mut Trace,
+) -> Result<Inbound, GatewayError> {
+    let (parts, body) = req.into_parts();
+    let (prefix, api_path) = split_path(parts.uri.path())?;
+    let query = strip_api_key(parts.uri.query().unwrap_or("").as_bytes());
+    let header_key = match parts.headers.get("x-api-key") {
+        Some(v) => Some(v.to_str().map_err(|_| GatewayError::WrongKey)?.to_string()),
+        None => None,
+    };
+    // An empty key is no key, as RetailCRM treats it.
+    let given = |k: &Option<String>| k.clone().filter(|k| !k.is_empty());
+    let early_key = given(&header_key).or_else(|| given(&query.api_key));
+    // With the key in a header or the query, the tenant is known before the
+    // body is read: a wrong key costs no body.
+    let early = match &early_key {
+        Some(key) => Some(rt.tenants.resolve(prefix, Some(key))?),
+        None => {
+            if let Some(name) = prefix {
+                if rt.tenants.get(name).is_none() {
+                    return Err(GatewayError::UnknownTenant(name.to_string()));
+                }
+            }
+            None
+        }
+    };
+
+    let body = read_body(&parts.headers, body, rt.config.server.max_body_bytes).await?;
+    let form = is_form(&parts.headers).then(|| strip_api_key(&body));
+    let presented = early_key.or_else(|| form.as_ref().and_then(|f| given(&f.api_key)));
+    let tenant = match early {
+        Some(t) => t,
+        None => rt.tenants.resolve(prefix, presented.as_deref())?,
+    };
+    trace.tenant = Some(tenant.name.clone());
+    let class = classify(api_path);
+    trace.class = Some(class);
+
+    let priority = priority(&parts.headers)?;
+    let max_wait = max_wait(&parts.headers, rt.config.limits.max_queue_wait)?;
+    let out = outgoing(
+        &tenant, &parts, api_path, query, form, body, peer, request_id,
+    );
+    let ticket = Ticket {
+        tenant: tenant.name.clone(),
+        weight: tenant.config.weight.get(),
+        max_queued: tenant.config.max_queued.get(),
+        // Fairness inside a tenant is per client key, else per source address.
+        client: presented.map_or_else(|| peer.ip().to_string().into(), Into::into),
+        priority,
+        class,
+        deadline: Instant::now() + max_wait,
+    };
+    Ok(Inbound {
+        api_path: api_path.to_string(),
+        tenant,
+        ticket,
+        out,
+    })
+}
+
+/// Splits `/api/...` or `/{tenant}/api/...` into (tenant prefix, API path).
+pub fn split_path(path: &str) -> Result<(Option<&str>, &str), GatewayError> {
+    // The outgoing client's URL parser resolves `.` and `..` (also as
+    // `%2e`, and `\` as `/`), so such a path would reach another method than
+    // the one checked and classified here, or leave `/api/` with the real key.
+    let dots = |s: &str| {
+        matches!(
+            s.to_ascii_lowercase().replace("%2e", ".").as_str(),
+            "." | ".."
+        )
+    };
+    if path.split(['/', '\\']).any(dots) {
+        return Err(GatewayError::NotFound);
+    }
+    if path.starts_with("/api/") {
+        return Ok((None, path));
+    }
+    let rest = path.strip_prefix('/').ok_or(GatewayError::NotFound)?;
+    let (prefix, tail) = rest.split_once('/').ok_or(GatewayError::NotFound)?;
+    let api = &path[prefix.len() + 1..];
+    if prefix.is_empty() || !tail.starts_with("api/") {
+        return Err(GatewayError::NotFound);
+    }
+    Ok((Some(prefix), api))
+}
+
+/// Reads the whole body, refusing one over `limit` bytes (by its declared
+/// length before reading, or while reading).
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
+            GatewayError::BodyTooLarge { limit }
+        } else {
+            GatewayError::BadRequest(format!("could not read the request body: {e}"))
+        }
+    })
+}
+
+/// The `X-Crmgate-Priority` header (normal when absent).
+pub fn priority(headers: &HeaderMap) -> Result<Priority, GatewayError> {
+    match headers.get(PRIORITY_HEADER) {
+        None => Ok(Priority::Normal),
+        Some(v) => v.to_str().ok().and_then(Priority::parse).ok_or_else(|| {
+            GatewayError::BadRequest(format!("{PRIORITY_HEADER} must be high, normal or low"))
+        }),
+    }
+}
+
+/// The longest wait for a slot: `limits.max_queue_wait`, or less when the
+/// caller asks (`X-Crmgate-Max-Wait`); never more.
+pub fn max_wait(headers: &HeaderMap, configured: Duration) -> Result<Duration, GatewayError> {
+    let Some(v) = headers.get(MAX_WAIT_HEADER) else {
+        return Ok(configured);
+    };
+    let asked = v
+        .to_str()
+        .ok()
+        .and_then(|s| humantime::parse_duration(s.trim()).ok())
+        .ok_or_else(|| {
+            GatewayError::BadRequest(format!(
+                "{MAX_WAIT_HEADER} must be a duration such as 5s or 500ms"
+            ))
+        })?;
+    Ok(configured.min(asked))
+}
+
+/// The request as the CRM will receive it, minus base URL and real key.
+#[allow(clippy::too_many_arguments)]
+fn outgoing(
+    tenant: &Tenant,
+    parts: &axum::http::request::Parts,
+    api_path: &str,
+    query: Stripped,
+    form: Option<Stripped>,
+    body: Bytes,
+    peer: SocketAddr,
+    request_id: &str,
+) -> Outgoing {
+    let mut query_out = query.rest;
+    let mut body = body;
+    let site_given = query.has_site || form.as_ref().is_some_and(|f| f.has_site);
+    let site = tenant.config.site.as_deref().filter(|_| !site_given);
+    match form {
+        Some(mut f) => {
+            if let Some(site) = site {
+                append_param(&mut f.rest, "site", site);
+            }
+            body = Bytes::from(f.rest);
+        }
+        None => {
+            if let Some(site) = site {
+                append_param(&mut query_out, "site", site);
+            }
+        }
+    }
+    let mut path_and_query = String::with_capacity(api_path.len() + 1 + query_out.len());
+    path_and_query.push_str(api_path);
+    if !query_out.is_empty() {
+        path_and_query.push('?');
+        path_and_query.push_str(&String::from_utf8_lossy(&query_out));
+    }
+    let mut headers = upstream_headers(&parts.headers);
+    // Earlier hops, from every X-Forwarded-For line the caller sent, then us.
+    let mut forwarded = String::new();
+    for hop in parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        forwarded.push_str(hop);
+        forwarded.push_str(", ");
+    }
+    forwarded.push_str(&peer.ip().to_string());
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID_HEADER, v);
+    }
+    Outgoing {
+        method: parts.method.clone(),
+        path_and_query,
+        headers,
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::tenant::Tenants;
+
+    const CONFIG: &str = r#"
+[[tenants]]
+name = "acme"
+base_url = "https://acme.retailcrm.ru"
+api_key = "real-acme-key-0001"
+client_keys = ["ck-acme-1"]
+site = "main"
+
+[[tenants]]
+name = "open"
+base_url = "https://open.retailcrm.ru"
+api_key = "real-open-key-0002"
+"#;
+
+    fn runtime(extra: &str) -> Runtime {
+        let config = Config::from_toml(&format!("{extra}\n{CONFIG}"), "test.toml", &|_| None)
+            .expect("valid config");
+        let tenants = Tenants::new(&config.tenants);
+        Runtime { config, tenants }
+    }
+
+    fn peer() -> SocketAddr {
+        "127.0.0.9:5555".parse().unwrap()
+    }
+
+    async fn read_one(rt: &Runtime, req: Request) -> Result<(Inbound, Trace), GatewayError> {
+        let mut trace = Trace::default();
+        let r = read(rt, peer(), req, "rid-1", &mut trace).await?;
+        Ok((r, trace))
+    }
+
+    #[test]
+    fn paths_split_into_prefix_and_api_method() {
+        assert_eq!(
+            split_path("/api/v5/orders").unwrap(),
+            (None, "/api/v5/orders")
+        );
+        assert_eq!(
+            split_path("/acme/api/v5/orders").unwrap(),
+            (Some("acme"), "/api/v5/orders")
+        );
+        for bad in [
+            "/",
+            "/orders",
+            "//api/v5/orders",
+            "/acme/v5/orders",
+            "/acme",
+            "/api/v5/../credentials",
+            "/api/v5/%2E%2e/x",
+            "/api\\..\\x",
+            "/acme/api/v5/./orders",
+        ] {
+            assert!(
+                matches!(split_path(bad), Err(GatewayError::NotFound)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn control_headers_are_checked() {
+        let mut h = HeaderMap::new();
+        assert_eq!(priority(&h).unwrap(), Priority::Normal);
+        h.insert(PRIORITY_HEADER, "HIGH".parse().unwrap());
+        assert_eq!(priority(&h).unwrap(), Priority::High);
+        h.insert(PRIORITY_HEADER, "urgent".parse().unwrap());
+        assert!(matches!(priority(&h), Err(GatewayError::BadRequest(_))));
+
+        let cfg = Duration::from_secs(30);
+        let mut h = HeaderMap::new();
+        assert_eq!(max_wait(&h, cfg).unwrap(), cfg);
+        h.insert(MAX_WAIT_HEADER, "500ms".parse().unwrap());
+        assert_eq!(max_wait(&h, cfg).unwrap(), Duration::from_millis(500));
+        // A caller can only shorten the wait.
+        h.insert(MAX_WAIT_HEADER, "5m".parse().unwrap());
+        assert_eq!(max_wait(&h, cfg).unwrap(), cfg);
+        h.insert(MAX_WAIT_HEADER, "soon".parse().unwrap());
+        assert!(matches!(
+            max_wait(&h, cfg),
+            Err(GatewayError::BadRequest(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_get_is_stripped_of_its_key_and_given_the_site() {
+        let rt = runtime("");
+        let req = Request::get("/api/v5/orders?apiKey=ck-acme-1&filter%5Bids%5D%5B%5D=7")
+            .header("x-forwarded-for", "10.1.1.1")
+            .header("x-crmgate-priority", "low")
+            .body(Body::empty())
+            .unwrap();
+        let (r, trace) = read_one(&rt, req).await.unwrap();
+        assert_eq!(&*r.tenant.name, "acme");
+        assert_eq!(trace.tenant.as_deref(), Some("acme"));
+        assert_eq!(r.class(), Class::General);
+        assert_eq!(r.api_path, "/api/v5/orders");
+        assert_eq!(
+            r.out.path_and_query,
+            "/api/v5/orders?filter%5Bids%5D%5B%5D=7&site=main"
+        );
+        assert_eq!(r.ticket.priority, Priority::Low);
+        assert_eq!(&*r.ticket.client, "ck-acme-1");
+        assert_eq!(r.out.headers["x-forwarded-for"], "10.1.1.1, 127.0.0.9");
+        assert_eq!(r.out.headers["x-request-id"], "rid-1");
+        assert!(r.out.headers.get("x-crmgate-priority").is_none());
+        assert!(r.out.headers.get("x-api-key").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_form_post_keeps_its_site_and_loses_its_key() {
+        let rt = runtime("");
+        let req = Request::post("/api/v5/orders/create")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from("site=other&apiKey=ck-acme-1&order=%7B%7D"))
+            .unwrap();
+        let (r, _) = read_one(&rt, req).await.unwrap();
+        assert_eq!(r.out.body, Bytes::from_static(b"site=other&order=%7B%7D"));
+        assert_eq!(r.out.path_and_query, "/api/v5/orders/create");
+        assert_eq!(r.out.method, Method::POST);
+    }
+
+    #[tokio::test]
+    async fn the_tenant_comes_from_the_prefix_for_an_open_tenant() {
+        let rt = runtime("");
+        let req = Request::get("/open/api/v5/telephony/call/event")
+            .body(Body::empty())
+            .unwrap();
+        let (r, _) = read_one(&rt, req).await.unwrap();
+        assert_eq!(&*r.tenant.name, "open");
+        assert_eq!(r.class(), Class::Telephony);
+        // Fairness by source address when there is no client key.
+        assert_eq!(&*r.ticket.client, "127.0.0.9");
+    }
+
+    /// A body that fails if anyone reads it: proves the check came first.
+    fn unreadable() -> Body {
+        let stream = futures_util::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::other("the body was read"))
+        });
+        Body::from_stream(stream)
+    }
+
+    #[tokio::test]
+    async fn a_wrong_or_unknown_caller_is_refused_before_the_body_is_read() {
+        let rt = runtime("");
+        let wrong = Request::post("/api/v5/orders/create")
+            .header("x-api-key", "not-a-key")
+            .body(unreadable())
+            .unwrap();
+        assert!(matches!(
+            read_one(&rt, wrong).await,
+            Err(GatewayError::WrongKey)
+        ));
+        let unknown = Request::post("/nobody/api/v5/orders/create")
+            .body(unreadable())
+            .unwrap();
+        assert!(matches!(
+            read_one(&rt, unknown).await,
+            Err(GatewayError::UnknownTenant(_))
+        ));
+        // Without a key outside the body, the body must be read to find one.
+        let in_body = Request::post("/api/v5/orders/create")
+            .body(unreadable())
+            .unwrap();
+        assert!(matches!(
+            read_one(&rt, in_body).await,
+            Err(GatewayError::BadRequest(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_refused() {
+        let rt = runtime("[server]\nmax_body_bytes = 16");
+        let declared = Request::post("/api/v5/orders/create")
+            .header("x-api-key", "ck-acme-1")
+            .header("content-length", "17")
+            .body(Body::from("x".repeat(17)))
+            .unwrap();
+        assert!(matches!(
+            read_one(&rt, declared).await,
+            Err(GatewayError::BodyTooLarge { limit: 16 })
+        ));
+        let streamed = Request::post("/api/v5/orders/create")
+            .header("x-api-key", "ck-acme-1")
+            .body(Body::from_stream(futures_util::stream::iter([
+                Ok::<_, std::io::Error>(Bytes::from("x".repeat(10))),
+                Ok(Bytes::from("x".repeat(10))),
+            ])))
+            .unwrap();
+        assert!(matches!(
+            read_one(&rt, streamed).await,
+            Err(GatewayError::BodyTooLarge { limit: 16 })
+        ));
+    }
+}
