@@ -34,6 +34,10 @@ pub enum GatewayError {
         /// The configured limit.
         limit: usize,
     },
+    /// A method RetailCRM does not use (only GET, HEAD and POST are
+    /// forwarded: TRACE would echo the real key, CONNECT would tunnel).
+    #[error("Method {0} is not allowed: crmgate forwards GET, HEAD and POST only")]
+    MethodNotAllowed(String),
     /// The request itself is malformed (bad header, unreadable body).
     #[error("Bad request: {0}")]
     BadRequest(String),
@@ -90,6 +94,7 @@ impl GatewayError {
             GatewayError::MissingKey | GatewayError::WrongKey => StatusCode::FORBIDDEN,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Queue(_) | GatewayError::UpstreamThrottled { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -104,7 +109,7 @@ impl GatewayError {
             GatewayError::NotFound | GatewayError::UnknownTenant(_) => "unknown_tenant",
             GatewayError::MissingKey | GatewayError::WrongKey => "bad_key",
             GatewayError::BodyTooLarge { .. } => "body_too_large",
-            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::BadRequest(_) | GatewayError::MethodNotAllowed(_) => "bad_request",
             GatewayError::Queue(QueueError::Full(..)) => "queue_full",
             GatewayError::Queue(QueueError::Deadline(_)) => "deadline",
             GatewayError::Queue(QueueError::ShuttingDown) => "shutdown",
@@ -138,6 +143,11 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let mut response = json_error(self.status(), &self.to_string());
+        if let GatewayError::MethodNotAllowed(_) = self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
+        }
         if let Some(after) = self.retry_after() {
             let secs = after.as_secs_f64().ceil().max(1.0) as u64;
             response
@@ -187,6 +197,7 @@ mod tests {
             GatewayError::WrongKey,
             GatewayError::BodyTooLarge { limit: 1 },
             GatewayError::BadRequest("x".into()),
+            GatewayError::MethodNotAllowed("TRACE".into()),
             GatewayError::Queue(QueueError::Full("total", Duration::ZERO)),
             GatewayError::Queue(QueueError::Deadline(Duration::ZERO)),
             GatewayError::Queue(QueueError::ShuttingDown),

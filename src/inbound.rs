@@ -80,6 +80,9 @@ pub async fn read(
     trace: &mut Trace,
 ) -> Result<Inbound, GatewayError> {
     let (parts, body) = req.into_parts();
+    if !matches!(parts.method, Method::GET | Method::HEAD | Method::POST) {
+        return Err(GatewayError::MethodNotAllowed(parts.method.to_string()));
+    }
     let (prefix, api_path) = split_path(parts.uri.path())?;
     let query = strip_api_key(parts.uri.query().unwrap_or("").as_bytes());
     let header_key = match parts.headers.get("x-api-key") {
@@ -446,6 +449,30 @@ api_key = "real-open-key-0002"
             read_one(&rt, in_body).await,
             Err(GatewayError::BadRequest(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn only_get_head_and_post_are_forwarded() {
+        let rt = runtime("");
+        for method in ["TRACE", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT"] {
+            let req = Request::builder()
+                .method(method)
+                .uri("/api/v5/orders?apiKey=ck-acme-1")
+                .body(unreadable())
+                .unwrap();
+            match read_one(&rt, req).await {
+                Err(GatewayError::MethodNotAllowed(m)) => assert_eq!(m, method),
+                other => panic!("{method}: {other:?}"),
+            }
+        }
+        for method in ["GET", "HEAD"] {
+            let req = Request::builder()
+                .method(method)
+                .uri("/api/v5/orders?apiKey=ck-acme-1")
+                .body(Body::empty())
+                .unwrap();
+            assert!(read_one(&rt, req).await.is_ok(), "{method}");
+        }
     }
 
     #[tokio::test]

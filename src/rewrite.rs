@@ -2,8 +2,10 @@
 //!
 //! Parameters are handled as raw `name=value` pairs, so everything crmgate
 //! does not touch keeps its exact encoding (`filter[numbers][]=...`). Only
-//! `apiKey` is removed (its value is returned, to find the tenant) and
-//! `site` is added when the tenant has a default and the request has none.
+//! key parameters are removed — `apiKey`, whose value is returned to find
+//! the tenant, and every other spelling of it ([`is_key_name`]), which the
+//! CRM may read too — and `site` is added when the tenant has a default and
+//! the request has none.
 //! Headers: hop-by-hop ones and the caller's `X-API-KEY` are dropped.
 
 use axum::http::{header, HeaderMap, HeaderName};
@@ -22,7 +24,16 @@ pub struct Stripped {
     pub has_site: bool,
 }
 
-/// Removes every `apiKey` pair from raw `a=b&c=d` text.
+/// True for a parameter name that carries a key in some spelling: `apiKey`,
+/// `apikey`, `APIKEY`, `api_key`, ... (ASCII case-insensitive), with or
+/// without a trailing `[]`. The name is the percent-decoded one.
+pub fn is_key_name(name: &str) -> bool {
+    let name = name.strip_suffix("[]").unwrap_or(name);
+    name.eq_ignore_ascii_case("apikey") || name.eq_ignore_ascii_case("api_key")
+}
+
+/// Removes every key pair ([`is_key_name`]) from raw `a=b&c=d` text; the
+/// first `apiKey` (exact spelling, as RetailCRM reads it) is returned.
 pub fn strip_api_key(raw: &[u8]) -> Stripped {
     let mut rest = Vec::with_capacity(raw.len());
     let mut api_key = None;
@@ -30,8 +41,8 @@ pub fn strip_api_key(raw: &[u8]) -> Stripped {
     for pair in raw.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
         // Decode this one pair only to read its name; it is copied raw.
         let (name, value) = form_urlencoded::parse(pair).next().unwrap_or_default();
-        if name == API_KEY_PARAM {
-            if api_key.is_none() {
+        if is_key_name(&name) {
+            if api_key.is_none() && name == API_KEY_PARAM {
                 api_key = Some(value.into_owned());
             }
             continue;
@@ -156,6 +167,31 @@ mod tests {
             )
         );
         assert_eq!(s("flag&apiKeyX=1"), ("flag&apiKeyX=1".into(), None, false));
+    }
+
+    #[test]
+    fn strips_every_spelling_of_the_key_but_reads_only_api_key() {
+        assert_eq!(
+            s("apikey=a&APIKEY=b&api_key=c&apiKey%5B%5D=d&API_KEY[]=e&x=1"),
+            ("x=1".into(), None, false)
+        );
+        assert_eq!(
+            s("api_key=c&apiKey=k&apiKey[]=d"),
+            ("".into(), Some("k".into()), false)
+        );
+        for name in [
+            "apiKey",
+            "apikey",
+            "APIKEY",
+            "api_key",
+            "Api_Key[]",
+            "apiKey[]",
+        ] {
+            assert!(is_key_name(name), "{name}");
+        }
+        for name in ["apiKeys", "api-key", "key", "apiKey[0]", "xapikey"] {
+            assert!(!is_key_name(name), "{name}");
+        }
     }
 
     #[test]
