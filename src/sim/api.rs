@@ -1,4 +1,4 @@
-//! The API methods the simulator implements, and the orders each account holds.
+//! The API methods the simulator implements: the routes and their handlers.
 //!
 //! Handlers run behind the gate, so they can rely on a [`Caller`] extension
 //! (an authenticated account plus the decoded form). Every API version path

@@ -39,6 +39,9 @@
 //! 8. Configured latency, then answer.
 //!
 //! The simulator never talks to the real CRM and never logs keys or bodies.
+//! It never uses the gateway's request path (`crate::classify`,
+//! `crate::rewrite`, `crate::proxy`, ...): it judges the gateway by
+//! RetailCRM's rules, not by the gateway's own reading of them.
 
 mod api;
 pub mod class;

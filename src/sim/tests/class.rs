@@ -141,3 +141,34 @@ async fn a_near_miss_path_draws_from_the_general_budget() {
         ]
     );
 }
+
+/// The simulator's modules use nothing of the crate outside `sim`, so in
+/// particular never the gateway's request path (`classify`, `rewrite`,
+/// `proxy`): if they did, a gateway bug would be mirrored instead of caught.
+#[test]
+fn simulator_code_uses_nothing_outside_sim() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/sim");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("src/sim") {
+        let path = entry.expect("dir entry").path();
+        if path.extension() != Some(std::ffi::OsStr::new("rs")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("source file");
+        // Code only: the module docs may name what they must not use.
+        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            let outside = line
+                .match_indices("crate::")
+                .any(|(at, _)| !line[at..].starts_with("crate::sim::"));
+            // In mod.rs, `super` is the crate root.
+            let root = path.ends_with("mod.rs") && line.contains("super::");
+            assert!(!outside && !root, "{}: {line}", path.display());
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 10,
+        "only {checked} files under {}",
+        dir.display()
+    );
+}
