@@ -206,6 +206,8 @@ async fn a_redis_outage_falls_back_to_a_share_and_recovers() {
 /// rule as the local budget, on Redis time.
 #[tokio::test]
 async fn a_slow_connect_moves_the_shared_window() {
+    // The scheduler draws from the gateway's classes, not the simulator's.
+    use crmgate::classify::Class;
     let Some(redis) = RedisServer::start().await else {
         return;
     };

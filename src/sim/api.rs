@@ -1,12 +1,11 @@
-//! The API methods the simulator implements, and the orders each account holds.
+//! The API methods the simulator implements: the routes and their handlers.
 //!
 //! Handlers run behind the gate, so they can rely on a [`Caller`] extension
 //! (an authenticated account plus the decoded form). Every API version path
 //! (`v3`, `v4`, `v5`) reaches the same handlers, as crmgate passes any
 //! version through.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
@@ -16,8 +15,10 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use serde_json::{json, Map, Value};
 
+use super::gate;
 use super::reply::{error, json};
-use super::{gate, lock, Simulator};
+use super::request::Caller;
+use super::state::Shared;
 
 /// The versions that have the versioned routes below.
 const VERSIONS: [&str; 3] = ["v3", "v4", "v5"];
@@ -25,49 +26,8 @@ const VERSIONS: [&str; 3] = ["v3", "v4", "v5"];
 /// Page sizes RetailCRM accepts for list methods.
 const PAGE_SIZES: [u64; 3] = [20, 50, 100];
 
-/// The authenticated caller, set by the gate for `/api/` paths.
-#[derive(Debug, Clone)]
-pub(crate) struct Caller {
-    /// Index into the simulator's accounts.
-    pub(crate) account: usize,
-    /// Decoded form body (empty unless urlencoded).
-    pub(crate) form: Vec<(String, String)>,
-}
-
-impl Caller {
-    fn field(&self, name: &str) -> Option<&str> {
-        self.form
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Orders created through the API, per account (seeded ones are generated).
-pub(crate) struct Store {
-    accounts: Vec<Mutex<Created>>,
-}
-
-#[derive(Default)]
-struct Created {
-    orders: Vec<Value>,
-    external_ids: HashSet<String>,
-}
-
-impl Store {
-    pub(crate) fn new(accounts: usize) -> Self {
-        Store {
-            accounts: (0..accounts).map(|_| Mutex::default()).collect(),
-        }
-    }
-
-    pub(crate) fn created(&self, account: usize) -> Vec<Value> {
-        lock(&self.accounts[account]).orders.clone()
-    }
-}
-
 /// The simulator's whole HTTP application, gate included.
-pub(crate) fn router(sim: Simulator) -> Router {
+pub(crate) fn router(sim: Arc<Shared>) -> Router {
     let mut router = Router::new()
         .route("/api/api-versions", get(api_versions))
         .route("/api/credentials", get(credentials));
@@ -96,10 +56,10 @@ async fn api_versions() -> Response {
 }
 
 async fn credentials(
-    State(sim): State<Simulator>,
+    State(sim): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
 ) -> Response {
-    let sites = &sim.inner.accounts[caller.account].sites;
+    let sites = &sim.accounts[caller.account].sites;
     json(
         StatusCode::OK,
         &json!({
@@ -118,8 +78,8 @@ async fn credentials(
     )
 }
 
-async fn sites(State(sim): State<Simulator>, Extension(caller): Extension<Caller>) -> Response {
-    let sites: Map<String, Value> = sim.inner.accounts[caller.account]
+async fn sites(State(sim): State<Arc<Shared>>, Extension(caller): Extension<Caller>) -> Response {
+    let sites: Map<String, Value> = sim.accounts[caller.account]
         .sites
         .iter()
         .enumerate()
@@ -137,7 +97,7 @@ async fn sites(State(sim): State<Simulator>, Extension(caller): Extension<Caller
 }
 
 async fn list_orders(
-    State(sim): State<Simulator>,
+    State(sim): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -175,11 +135,9 @@ async fn list_orders(
         return json(StatusCode::BAD_REQUEST, &body);
     }
 
-    let account = &sim.inner.accounts[caller.account];
-    let seeded = u64::from(sim.inner.total_orders);
-    let created = lock(&sim.inner.store.accounts[caller.account])
-        .orders
-        .clone();
+    let account = &sim.accounts[caller.account];
+    let seeded = u64::from(sim.total_orders);
+    let created = sim.store.created(caller.account);
     let total = seeded + created.len() as u64;
     let start = (page - 1).saturating_mul(limit);
     let orders: Vec<Value> = (start..total.min(start.saturating_add(limit)))
@@ -215,7 +173,7 @@ fn seed_external_id(id: u64) -> String {
 }
 
 async fn create_order(
-    State(sim): State<Simulator>,
+    State(sim): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
 ) -> Response {
     let Some(raw) = caller.field("order") else {
@@ -229,10 +187,10 @@ async fn create_order(
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
     };
-    let account = &sim.inner.accounts[caller.account];
-    let seeded = u64::from(sim.inner.total_orders);
+    let account = &sim.accounts[caller.account];
+    let seeded = u64::from(sim.total_orders);
     // One lock for check and insert, so concurrent duplicates cannot both win.
-    let mut created = lock(&sim.inner.store.accounts[caller.account]);
+    let mut created = sim.store.account(caller.account);
     if let Some(ext) = &external_id {
         let is_seed = ext
             .strip_prefix("seed-")

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::lock;
+use super::lock::lock;
 
 /// What happens to a request before it is processed.
 #[derive(Debug, Clone, PartialEq, Eq)]

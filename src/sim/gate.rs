@@ -5,6 +5,7 @@
 //! function, [`gate`], so it can be read top to bottom.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
@@ -16,13 +17,12 @@ use bytes::Bytes;
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::api::Caller;
+use super::class::{classify, is_form};
 use super::faults::{After, Before};
+use super::lock::lock;
 use super::reply;
-use super::server::ConnCtx;
-use super::{lock, Received, Simulator};
-use crate::classify::classify;
-use crate::rewrite::is_form;
+use super::request::{Caller, ConnCtx, Received};
+use super::state::Shared;
 
 /// Bodies larger than this are refused; no CRM method takes more in tests.
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -35,7 +35,7 @@ enum Outcome {
 }
 
 /// axum middleware (see `from_fn_with_state`) wrapping every route.
-pub(crate) async fn gate(State(sim): State<Simulator>, req: Request, next: Next) -> Response {
+pub(crate) async fn gate(State(inner): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
     let conn = parts.extensions.get::<ConnCtx>().cloned();
     let path = parts.uri.path().to_owned();
@@ -64,8 +64,7 @@ pub(crate) async fn gate(State(sim): State<Simulator>, req: Request, next: Next)
         status: 0,
         api_key: api_key.clone(),
     };
-    let inner = &sim.inner;
-    let (id, over_limit) = lock(&inner.ledger).arrive(rec, inner.window, sim.limit(class));
+    let (id, over_limit) = lock(&inner.ledger).arrive(rec, inner.window, inner.limit(class));
 
     let outcome = 'outcome: {
         let Ok(body) = to_bytes(body, MAX_BODY).await else {

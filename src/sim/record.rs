@@ -1,58 +1,17 @@
-//! What the simulator received: one [`Received`] per request, kept in arrival
-//! order in a ledger that also owns the rate-limit windows.
+//! The ledger of what the simulator received: one [`Received`] per request,
+//! kept in arrival order, together with the rate-limit windows.
 //!
 //! The record and the window count are made under one lock with one
 //! timestamp, so the order of records, their `at` and the simulator's 503
-//! decisions always agree; [`super::max_in_window`] over the records
+//! decisions always agree; [`super::window::max_in_window`] over the records
 //! reproduces exactly what the server counted.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::request::Received;
 use super::window::SlidingWindow;
-use crate::classify::Class;
-
-/// One request as the simulator saw it.
-#[derive(Debug, Clone)]
-pub struct Received {
-    /// The TCP peer's address (the gateway's egress IP).
-    pub source_ip: IpAddr,
-    /// HTTP method, e.g. `GET`.
-    pub method: String,
-    /// Path without the query.
-    pub path: String,
-    /// Raw query string exactly as received (no re-encoding).
-    pub query: Option<String>,
-    /// Headers in received order, names lowercase, values lossily UTF-8.
-    pub headers: Vec<(String, String)>,
-    /// The raw body.
-    pub body: Bytes,
-    /// Decoded `application/x-www-form-urlencoded` pairs (empty otherwise).
-    pub form: Vec<(String, String)>,
-    /// Arrival time (before the body was read).
-    pub at: Instant,
-    /// The rate-limit class the path falls in.
-    pub class: Class,
-    /// Status answered; 0 if the connection was reset or the answer never
-    /// went out (stalled and the client gave up, or still in progress).
-    pub status: u16,
-    /// The key presented: `X-API-KEY` header, else `apiKey` in the query,
-    /// else `apiKey` in a form body.
-    pub api_key: Option<String>,
-}
-
-impl Received {
-    /// The first value of header `name` (any case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
 
 /// Identifies a record across `clear_records` calls: a cleared record's
 /// later updates are dropped instead of landing on a newer one.
@@ -109,7 +68,9 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+    use crate::sim::class::Class;
+    use bytes::Bytes;
+    use std::net::{IpAddr, Ipv4Addr};
 
     fn rec(path: &str) -> Received {
         Received {

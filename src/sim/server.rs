@@ -6,12 +6,12 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::http::Request;
+use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
@@ -22,27 +22,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::{api, Simulator};
+use super::request::ConnCtx;
 
 /// How long open connections may finish after shutdown before they are cut.
 const GRACE: Duration = Duration::from_secs(5);
 
-/// Per-connection facts handed to the gate through request extensions.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnCtx {
-    /// The TCP peer, i.e. the client's source address.
-    pub(crate) peer: SocketAddr,
-    /// Cancel to reset this connection.
-    pub(crate) reset: CancellationToken,
-}
-
-/// Accepts until `shutdown` resolves, then drains for [`GRACE`].
+/// Serves `app` on `listener`, giving each request a [`ConnCtx`], until
+/// `shutdown` resolves; then drains for [`GRACE`].
 pub(crate) async fn run(
-    sim: Simulator,
+    app: Router,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let app = api::router(sim);
     let graceful = GracefulShutdown::new();
     // Parent of every connection's token: cancelling it cuts all of them.
     let cut = CancellationToken::new();

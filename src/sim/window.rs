@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::record::Received;
-use crate::classify::Class;
+use super::class::Class;
+use super::request::Received;
 
 /// Arrival times per (source IP, class) within the last window.
 #[derive(Debug, Default)]

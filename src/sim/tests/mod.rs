@@ -3,6 +3,7 @@
 //! Windows are long (a minute) wherever a test counts requests, so a slow CI
 //! machine cannot let an arrival slip out of the window and change a result.
 
+mod class;
 mod faults;
 mod limits;
 mod routes;

@@ -1,0 +1,62 @@
+//! How a simulator is set up: [`SimConfig`] and its [`SimAccount`]s.
+//!
+//! Plain data with RetailCRM's documented defaults; it never logs or prints
+//! an account's key.
+
+use std::time::Duration;
+
+/// How a simulator behaves: its accounts, limits, data and latency.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The accounts; their keys are the only valid API keys.
+    pub accounts: Vec<SimAccount>,
+    /// Allowed general requests per source IP per window (RetailCRM: 10).
+    pub general_per_second: u32,
+    /// Allowed telephony requests per source IP per window (RetailCRM: 40).
+    pub telephony_per_second: u32,
+    /// Length of the sliding window (RetailCRM: one second).
+    pub window: Duration,
+    /// Orders pre-seeded in every account for `GET /api/v5/orders`.
+    pub total_orders: u32,
+    /// Uniform random latency `[min, max]` added before every answer.
+    pub latency: (Duration, Duration),
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            accounts: vec![SimAccount {
+                name: "demo".into(),
+                api_key: "demo-crm-key".into(),
+                sites: vec!["main".into()],
+            }],
+            general_per_second: 10,
+            telephony_per_second: 40,
+            window: Duration::from_secs(1),
+            total_orders: 237,
+            latency: (Duration::ZERO, Duration::ZERO),
+        }
+    }
+}
+
+/// One simulated CRM account.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SimAccount {
+    /// Name used by [`super::Simulator::orders_created`].
+    pub name: String,
+    /// The API key that authenticates as this account.
+    pub api_key: String,
+    /// Store codes the key can reach; the first one is the default site.
+    pub sites: Vec<String>,
+}
+
+impl std::fmt::Debug for SimAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is a secret even here: debug output ends up in CI logs.
+        f.debug_struct("SimAccount")
+            .field("name", &self.name)
+            .field("api_key", &"<redacted>")
+            .field("sites", &self.sites)
+            .finish()
+    }
+}
