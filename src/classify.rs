@@ -56,7 +56,9 @@ pub fn classify(api_path: &str) -> Class {
         }
         _ => rest,
     };
-    if rest == "telephony" || rest.starts_with("telephony/") {
+    // The bare group (`/api/v5/telephony`) is no telephony method: the CRM
+    // counts it as general.
+    if rest.starts_with("telephony/") {
         Class::Telephony
     } else {
         Class::General
@@ -82,6 +84,8 @@ mod tests {
         assert_eq!(classify("/api/api-versions"), Class::General);
         assert_eq!(classify("/api/credentials"), Class::General);
         assert_eq!(classify("/api/v5/telephonyx/a"), Class::General);
+        assert_eq!(classify("/api/v5/telephony"), Class::General);
+        assert_eq!(classify("/api/telephony"), Class::General);
         assert_eq!(classify("/api/vx/telephony/a"), Class::General);
         assert_eq!(classify("/other"), Class::General);
     }

@@ -210,11 +210,10 @@ async fn each_class_at_its_rate_draws_no_503() {
 }
 
 /// `/api/v5/telephony` and `/api/telephony` name the group, not a method
-/// under `telephony/*`, so the CRM counts them as general. The gateway's
-/// `classify` takes them for telephony and sends them from the 40/s
-/// budget; this test shows the simulator catching that with 503s.
+/// under `telephony/*`, so the CRM counts them as general. The gateway once
+/// took them for telephony and sent them from the 40/s budget; the
+/// simulator caught that with 503s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until crate::classify treats a bare `telephony` segment as general"]
 async fn the_bare_telephony_group_is_general() {
     let near_misses = vec![
         general(Method::POST, "/api/v5/telephony", 404),
