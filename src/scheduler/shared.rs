@@ -15,8 +15,13 @@
 //! When Redis is unreachable or slower than `redis.timeout`, the lane uses
 //! its local budget, shaped at `limit / redis.expected_replicas`, without
 //! waiting on Redis again; a background prober pings it every second and
-//! ends the fallback when it answers. The switch is logged once each way. Never a
-//! key or password in logs: the URL is not printed.
+//! ends the fallback when it answers. The switch is logged once each way,
+//! with the Redis error that caused it. Never a key or password in logs: the
+//! URL is not printed, and error texts are scrubbed of it.
+//!
+//! The scripts live in `lua/`, one file each, with their KEYS, ARGV and
+//! reply in the header. Their rules are [`super::Budget`]'s, which is the
+//! reference; tests/budget_equivalence.rs feeds both the same events.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,9 +33,7 @@ use redis::Script;
 use crate::classify::Class;
 use crate::config::{AdaptiveConfig, Config};
 
-// The scripts: each file's header states its KEYS, ARGV and reply. The Rust
-// `Budget` (budget.rs) is the reference for their rules, and
-// tests/budget_equivalence.rs feeds both the same events to keep them one.
+// Each script is a clock prelude (defining `now`) followed by its body.
 /// Defines `now` from Redis's `TIME` (production).
 const CLOCK_REDIS: &str = include_str!("lua/clock_redis.lua");
 /// Defines `now` from the last ARGV (tests, see [`Shared::with_clock`]).

@@ -1,9 +1,10 @@
 -- Sends on one budget reached the CRM later than their slots (a connect
 -- that took `by`, or a replica that woke late), by the rules of
 -- `Budget::connect_finished` (src/scheduler/budget.rs is the reference):
--- every send reserved in [now - by - slack, now) counts from now. The
--- local budget also holds slots while a connect is in progress; the shared
--- one does not (docs/architecture.md, "Shared budgets").
+-- every send reserved in [now - by - slack, now) counts from now; no send
+-- ever moves earlier. The local budget also holds slots while a connect is
+-- in progress; the shared one does not (docs/architecture.md, "Shared
+-- budgets").
 --
 -- KEYS[1] the budget's state hash, KEYS[2] its send log (see reserve.lua).
 -- ARGV[1] by (µs), ARGV[2] slack before it (µs, `CONNECT_SLACK`).

@@ -3,8 +3,10 @@
 -- pacing `window / rate` after the last send, the log of the last `limit`
 -- sends (slot >= the limit-th latest + window), the adaptive rate
 -- (recovering linearly from the last cut) and any Retry-After pause. The
--- egress whose budget frees first is chosen (ties: the first), as the local
--- lane's `earliest` does; its slot is recorded as taken.
+-- egress with the earliest such time (free longest, or soonest) is chosen,
+-- ties to the first, as the local lane's `earliest` does; its slot is
+-- recorded as taken. It never hands
+-- out a slot earlier than those rules allow, and never more than one a call.
 --
 -- KEYS: per budget, a pair: the state hash (fields `last`, `cut_rate`,
 --       `cut_at`, `paused`; times in µs) and the send log (a list of µs,

@@ -3,6 +3,7 @@
 -- until now + Retry-After if one was given (never shortening a pause), and,
 -- at most once per window (several 503s are one overload), cut the
 -- effective rate to `rate * decrease factor`, but not below the minimum.
+-- It never shortens a pause and never raises the rate.
 --
 -- KEYS[1] the budget's state hash (see reserve.lua).
 -- ARGV[1] limit, ARGV[2] decrease factor (0 = adaptation disabled: pause
