@@ -74,6 +74,12 @@ impl Budget {
         &self.shape
     }
 
+    /// The recorded send times, oldest first (at most `limit`), for checks
+    /// that compare this budget with another implementation of its rules.
+    pub fn sends(&self) -> &VecDeque<Instant> {
+        &self.log
+    }
+
     /// Applies a new shape (config reload). The send log is kept, so a reload
     /// never opens a burst the CRM would count against us.
     pub fn reshape(&mut self, shape: BudgetShape) {

@@ -15,8 +15,13 @@
 //! When Redis is unreachable or slower than `redis.timeout`, the lane uses
 //! its local budget, shaped at `limit / redis.expected_replicas`, without
 //! waiting on Redis again; a background prober pings it every second and
-//! ends the fallback when it answers. The switch is logged once each way. Never a
-//! key or password in logs: the URL is not printed.
+//! ends the fallback when it answers. The switch is logged once each way,
+//! with the Redis error that caused it. Never a key or password in logs: the
+//! URL is not printed, and error texts are scrubbed of it.
+//!
+//! The scripts live in `lua/`, one file each, with their KEYS, ARGV and
+//! reply in the header. Their rules are [`super::Budget`]'s, which is the
+//! reference; tests/budget_equivalence.rs feeds both the same events.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,86 +33,14 @@ use redis::Script;
 use crate::classify::Class;
 use crate::config::{AdaptiveConfig, Config};
 
-/// Reserves the earliest slot among the budgets in KEYS (pairs of state
-/// hash and send log). ARGV: limit, window (µs), recovery (req/s per s),
-/// TTL (ms), and one '1' or '0' per budget: whether it may be used. Returns
-/// {index of the
-/// chosen budget, µs to wait}.
-const RESERVE: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local recovery = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[4])
-local allowed = ARGV[5]
-local best, best_at = 1, nil
-for i = 1, #KEYS, 2 do
-  local k = (i + 1) / 2
-  if string.sub(allowed, k, k) == '1' then
-  local st = redis.call('HMGET', KEYS[i], 'last', 'cut_rate', 'cut_at', 'paused')
-  local rate = limit
-  if st[2] then
-    rate = math.min(limit, tonumber(st[2]) + recovery * (now - tonumber(st[3])) / 1000000)
-  end
-  local at = now
-  if st[1] then at = math.max(at, tonumber(st[1]) + math.ceil(window / rate)) end
-  local n = redis.call('LLEN', KEYS[i + 1])
-  if n >= limit then
-    at = math.max(at, tonumber(redis.call('LINDEX', KEYS[i + 1], n - limit)) + window)
-  end
-  if st[4] then at = math.max(at, tonumber(st[4])) end
-  if best_at == nil or at < best_at then best, best_at = i, at end
-  end
-end
-if best_at == nil then return redis.error_reply('no budget may be used') end
-redis.call('HSET', KEYS[best], 'last', best_at)
-redis.call('RPUSH', KEYS[best + 1], best_at)
-redis.call('LTRIM', KEYS[best + 1], -limit, -1)
-redis.call('PEXPIRE', KEYS[best], ttl)
-redis.call('PEXPIRE', KEYS[best + 1], ttl)
-return {(best - 1) / 2, best_at - now}
-"#;
-
-/// Slows one shared budget after a 503/429 (once per window) and pauses it
-/// for Retry-After. KEYS: state hash. ARGV: limit, decrease factor, minimum
-/// rate, recovery, window (µs), retry-after (µs, 0 = none), TTL (ms).
-const THROTTLE: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local limit = tonumber(ARGV[1])
-local st = redis.call('HMGET', KEYS[1], 'cut_rate', 'cut_at', 'paused')
-local retry = tonumber(ARGV[6])
-if retry > 0 then
-  redis.call('HSET', KEYS[1], 'paused', math.max(tonumber(st[3] or 0), now + retry))
-end
-if tonumber(ARGV[2]) > 0 and (not st[2] or now - tonumber(st[2]) >= tonumber(ARGV[5])) then
-  local rate = limit
-  if st[1] then rate = math.min(limit, tonumber(st[1]) + tonumber(ARGV[4]) * (now - tonumber(st[2])) / 1000000) end
-  local lowered = math.max(tonumber(ARGV[3]), rate * tonumber(ARGV[2]))
-  redis.call('HSET', KEYS[1], 'cut_rate', lowered, 'cut_at', now)
-end
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[7]))
-return 1
-"#;
-
-/// Sends reserved within the last ARGV[1] µs (and ARGV[2] µs of slack
-/// before that) that are already due left late (a slow connect, a late
-/// wake-up): they count from now, as the local budget does for connects
-/// (see `Budget::connect_finished`). KEYS: state hash, send log.
-const CONNECTED: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local from = now - tonumber(ARGV[1]) - tonumber(ARGV[2])
-local log = redis.call('LRANGE', KEYS[2], 0, -1)
-for i, v in ipairs(log) do
-  local at = tonumber(v)
-  if at >= from and at < now then redis.call('LSET', KEYS[2], i - 1, now) end
-end
-local last = tonumber(redis.call('HGET', KEYS[1], 'last') or '0')
-if last >= from and last < now then redis.call('HSET', KEYS[1], 'last', now) end
-return 1
-"#;
+// Each script is a clock prelude (defining `now`) followed by its body.
+/// Defines `now` from Redis's `TIME` (production).
+const CLOCK_REDIS: &str = include_str!("lua/clock_redis.lua");
+/// Defines `now` from the last ARGV (tests, see [`Shared::with_clock`]).
+const CLOCK_ARGV: &str = include_str!("lua/clock_argv.lua");
+const RESERVE: &str = include_str!("lua/reserve.lua");
+const THROTTLE: &str = include_str!("lua/throttle.lua");
+const CONNECTED: &str = include_str!("lua/connected.lua");
 
 /// The widened window in µs, as the scripts take it.
 fn window_us(config: &Config) -> u64 {
@@ -135,12 +68,27 @@ pub struct Shared {
     reserve: Script,
     throttle: Script,
     connected: Script,
+    /// `None`: the scripts read Redis's `TIME`. `Some`: tests set "now"
+    /// (µs) here and every call passes it as the scripts' last ARGV.
+    clock: Option<Arc<AtomicU64>>,
 }
 
 impl Shared {
     /// Prepares the client; nothing is connected until the first slot (a
     /// Redis that cannot be reached, or a URL it rejects, means fallback).
     pub fn new(config: &Config) -> Shared {
+        Shared::build(config, None)
+    }
+
+    /// For tests only: like [`Shared::new`], but the scripts take "now" (µs
+    /// since any epoch) from `clock` instead of Redis's `TIME`, so a test can
+    /// drive Redis and a local [`super::Budget`] on one time base.
+    #[doc(hidden)]
+    pub fn with_clock(config: &Config, clock: Arc<AtomicU64>) -> Shared {
+        Shared::build(config, Some(clock))
+    }
+
+    fn build(config: &Config, clock: Option<Arc<AtomicU64>>) -> Shared {
         let r = &config.redis;
         let ids = if config.upstream.egress_ips.is_empty() {
             vec![config
@@ -159,6 +107,11 @@ impl Shared {
                 .map(|ip| ip.to_string())
                 .collect()
         };
+        let prelude = if clock.is_some() {
+            CLOCK_ARGV
+        } else {
+            CLOCK_REDIS
+        };
         Shared {
             url: r.url.clone(),
             conn: tokio::sync::Mutex::new(None),
@@ -171,9 +124,10 @@ impl Shared {
             fallback: AtomicBool::new(false),
             rejoined: Mutex::new(None),
             calls: AtomicU64::new(0),
-            reserve: Script::new(RESERVE),
-            throttle: Script::new(THROTTLE),
-            connected: Script::new(CONNECTED),
+            reserve: Script::new(&format!("{prelude}{RESERVE}")),
+            throttle: Script::new(&format!("{prelude}{THROTTLE}")),
+            connected: Script::new(&format!("{prelude}{CONNECTED}")),
+            clock,
         }
     }
 
@@ -218,25 +172,35 @@ impl Shared {
     }
 
     /// A connection, connecting first if needed (bounded by the timeout).
-    async fn connection(&self) -> Option<ConnectionManager> {
+    /// The error is the cause, fit for a log line (see [`cause`]).
+    async fn connection(&self) -> Result<ConnectionManager, String> {
         let mut guard = self.conn.lock().await;
-        if guard.is_none() {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(self.timeout)
-                .set_response_timeout(self.timeout)
-                .set_number_of_retries(1);
-            let client = redis::Client::open(self.url.expose()).ok()?;
-            let connect = ConnectionManager::new_with_config(client, config);
-            *guard = tokio::time::timeout(self.timeout, connect).await.ok()?.ok();
+        if let Some(conn) = &*guard {
+            return Ok(conn.clone());
         }
-        guard.clone()
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(1);
+        let client = redis::Client::open(self.url.expose())
+            .map_err(|e| format!("invalid redis.url: {}", cause(&e, &self.url)))?;
+        let connect = ConnectionManager::new_with_config(client, config);
+        let conn = tokio::time::timeout(self.timeout, connect)
+            .await
+            .map_err(|_| "connecting timed out".to_string())?
+            .map_err(|e| format!("cannot connect: {}", cause(&e, &self.url)))?;
+        *guard = Some(conn.clone());
+        Ok(conn)
     }
 
-    /// Marks Redis as down (logging the transition once) until the next probe.
+    /// Marks Redis as down (logging the transition once, with its cause)
+    /// until the next probe.
     async fn failed(&self, why: &str) {
         *self.conn.lock().await = None;
         if !self.fallback.swap(true, Ordering::Relaxed) {
             tracing::warn!(cause = why, "Redis budget unavailable: using the local fallback budget (limit / expected_replicas)");
+        } else {
+            tracing::debug!(cause = why, "Redis budget still unavailable");
         }
     }
 
@@ -275,11 +239,10 @@ impl Shared {
             return None;
         }
         let limit = self.limits[super::class_index(class)].load(Ordering::Relaxed);
-        let recovery = self
-            .adaptive
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .recovery_per_second;
+        let (recovery, adaptive) = {
+            let a = self.adaptive.lock().unwrap_or_else(|p| p.into_inner());
+            (a.recovery_per_second, a.enabled)
+        };
         let mut invocation = self.reserve.prepare_invoke();
         for egress in 0..self.ids.len() {
             let (key, log) = self.keys(egress, class, tenant);
@@ -299,8 +262,9 @@ impl Shared {
             .arg(self.window_us.load(Ordering::Relaxed))
             .arg(recovery)
             .arg(self.ttl_ms())
-            .arg(mask);
-        let (egress, wait_us): (usize, i64) = self.run(&invocation).await?;
+            .arg(mask)
+            .arg(if adaptive { "1" } else { "0" });
+        let (egress, wait_us): (usize, i64) = self.run(invocation).await?;
         Some((
             egress.min(self.ids.len() - 1),
             Duration::from_micros(wait_us.max(0) as u64),
@@ -323,28 +287,40 @@ impl Shared {
                 redis::cmd("PING")
                     .query_async::<String>(&mut conn)
                     .await
-                    .ok()
+                    .map_err(|e| format!("PING failed: {}", cause(&e, &self.url)))
             };
             match tokio::time::timeout(self.timeout, ping).await {
-                Ok(Some(_)) => self.succeeded(),
-                _ => *self.conn.lock().await = None,
+                Ok(Ok(_)) => self.succeeded(),
+                failure => {
+                    let why = match failure {
+                        Ok(Err(why)) => why,
+                        _ => "PING timed out".to_string(),
+                    };
+                    tracing::debug!(cause = %why, "Redis budget probe failed");
+                    *self.conn.lock().await = None;
+                }
             }
         }
     }
 
     /// Runs one script call within `redis.timeout`. A failure or timeout
-    /// switches to the fallback budget (logged once); a success ends it.
+    /// switches to the fallback budget (logged once, with its cause); a
+    /// success ends it.
     async fn run<T: redis::FromRedisValue>(
         &self,
-        invocation: &redis::ScriptInvocation<'_>,
+        mut invocation: redis::ScriptInvocation<'_>,
     ) -> Option<T> {
+        if let Some(clock) = &self.clock {
+            // The ARGV clock reads "now" from the last argument.
+            invocation.arg(clock.load(Ordering::Relaxed));
+        }
         let call = async {
-            let mut conn = self.connection().await.ok_or("cannot connect")?;
+            let mut conn = self.connection().await?;
             self.calls.fetch_add(1, Ordering::Relaxed);
             invocation
                 .invoke_async(&mut conn)
                 .await
-                .map_err(|_| "script failed")
+                .map_err(|e| format!("script failed: {}", cause(&e, &self.url)))
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => {
@@ -352,7 +328,7 @@ impl Shared {
                 Some(value)
             }
             Ok(Err(why)) => {
-                self.failed(why).await;
+                self.failed(&why).await;
                 None
             }
             Err(_) => {
@@ -377,7 +353,7 @@ impl Shared {
             .key(log)
             .arg(by.as_micros() as u64)
             .arg(super::budget::CONNECT_SLACK.as_micros() as u64);
-        let _: Option<i64> = self.run(&invocation).await;
+        let _: Option<i64> = self.run(invocation).await;
     }
 
     /// Tells every replica, through the shared state, that the CRM refused a
@@ -410,6 +386,53 @@ impl Shared {
             .arg(self.window_us.load(Ordering::Relaxed))
             .arg(retry_after.map_or(0, |d| d.as_micros() as u64))
             .arg(self.ttl_ms());
-        let _: Option<i64> = self.run(&invocation).await;
+        let _: Option<i64> = self.run(invocation).await;
+    }
+}
+
+/// A Redis error's text for a log line. The URL (and so its password) is
+/// never part of it: redis-rs does not quote it today, and this makes sure a
+/// future version that does cannot leak it.
+fn cause(err: &redis::RedisError, url: &crate::config::Secret) -> String {
+    let mut text = err.to_string();
+    let url = url.expose();
+    if !url.is_empty() {
+        text = text.replace(url, "<redis.url>");
+    }
+    if let Some(password) = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_owned))
+    {
+        for form in [
+            password.clone(),
+            percent_encoding::percent_decode_str(&password)
+                .decode_utf8_lossy()
+                .into_owned(),
+        ] {
+            if !form.is_empty() {
+                text = text.replace(&form, "***");
+            }
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logged_cause_keeps_the_error_but_never_the_url_or_password() {
+        let url = crate::config::Secret::new("redis://gate:s3cr%21t@10.0.0.7:6379/0");
+        let err = redis::RedisError::from((
+            redis::ErrorKind::AuthenticationFailed,
+            "Password authentication failed",
+            "WRONGPASS for redis://gate:s3cr%21t@10.0.0.7:6379/0 (s3cr!t)".to_string(),
+        ));
+        let text = cause(&err, &url);
+        assert!(text.contains("Password authentication failed"), "{text}");
+        assert!(text.contains("WRONGPASS"), "{text}");
+        assert!(!text.contains("s3cr"), "{text}");
+        assert!(!text.contains("10.0.0.7"), "{text}");
     }
 }
