@@ -30,13 +30,16 @@
 pub mod admin;
 pub mod classify;
 pub mod config;
+pub mod drain;
 pub mod egress;
 pub mod error;
 pub mod gateway;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod rewrite;
 pub mod scheduler;
 pub mod server;
 pub mod sim;
+pub mod status;
 pub mod tenant;

@@ -83,7 +83,7 @@ async fn handle(
                 e,
                 GatewayError::Queue(crate::scheduler::QueueError::ShuttingDown)
             ) {
-                gw.cut_off.fetch_add(1, Ordering::Relaxed);
+                gw.drain.cut_off();
             }
             e.into_response()
         }
@@ -113,7 +113,7 @@ async fn handle(
             .entry(status.as_u16())
             .or_default() += 1;
     }
-    gw.finished.fetch_add(1, Ordering::Relaxed);
+    gw.drain.request_finished();
     tracing::info!(
         target: "crmgate::access",
         request_id = %request_id,
@@ -400,7 +400,7 @@ async fn forward(
             .with_label_values(&[class.as_str()])
             .observe(permit.waited.as_secs_f64());
         trace.attempts += 1;
-        let egress = &gw.egress[permit.egress];
+        let egress = gw.egress(permit.egress);
         trace.egress = Some(egress.label.clone());
         // The key is read at send time, so a request queued across a key
         // rotation goes out with the new key (or, if a reload removed the
