@@ -4,7 +4,6 @@
 //! behind CRM traffic and can be exposed to a different network. Nothing it
 //! serves contains a key.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -15,7 +14,10 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::error::json_error;
-use crate::gateway::{Gateway, ReloadError};
+use crate::gateway::Gateway;
+use crate::metrics::refresh_gauges;
+use crate::reload::ReloadError;
+use crate::status::Status;
 
 /// The admin router.
 pub fn router(gateway: Arc<Gateway>) -> Router {
@@ -38,7 +40,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 }
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
-    if gw.ready.load(Ordering::Relaxed) {
+    if gw.drain.is_ready() {
         // A Redis outage does not make crmgate unready: the fallback budget
         // keeps traffic flowing; the body says which budget is in use.
         Json(json!({"success": true, "status": "ready", "budget_backend": gw.backend_state()}))
@@ -52,7 +54,7 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
-    gw.refresh_gauges();
+    refresh_gauges(&gw);
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
         gw.metrics.render(),
@@ -60,8 +62,8 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
         .into_response()
 }
 
-async fn status(State(gw): State<Arc<Gateway>>) -> Json<serde_json::Value> {
-    Json(gw.status())
+async fn status(State(gw): State<Arc<Gateway>>) -> Json<Status> {
+    Json(Status::collect(&gw))
 }
 
 async fn reload(State(gw): State<Arc<Gateway>>) -> Response {
@@ -79,7 +81,10 @@ async fn reload(State(gw): State<Arc<Gateway>>) -> Response {
             let body = json!({"success": false, "errorMsg": "config rejected; the old config stays in force", "errors": e.problems});
             (StatusCode::BAD_REQUEST, Json(body)).into_response()
         }
-        Ok(Err(e)) => json_error(StatusCode::CONFLICT, &e.to_string()),
+        Ok(Err(e @ ReloadError::NoFile)) => json_error(StatusCode::CONFLICT, &e.to_string()),
+        Ok(Err(e @ ReloadError::Clients(_))) => {
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        }
         Err(e) => json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("reload failed: {e}"),

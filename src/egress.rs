@@ -9,6 +9,10 @@
 //! Every connection a client opens is reported to the scheduler (start and
 //! end), because a request that waits for a new connection reaches the CRM
 //! later than its slot said: the budget accounts for that.
+//!
+//! The timeouts are fixed into a client when it is built, so a reload that
+//! changes them builds a whole new set with [`build`] (same IPs, same
+//! scheduler hooks) and the gateway swaps it in; a client is never mutated.
 
 use std::future::Future;
 use std::net::IpAddr;

@@ -1,26 +1,29 @@
-//! The gateway's shared state: config in force, scheduler, egress clients,
-//! metrics and per-tenant counters, and hot reload.
+//! The gateway's shared state: the config in force, the scheduler, the
+//! egress clients, metrics, per-tenant counters and drain bookkeeping.
 //!
-//! The config and tenant index sit behind one `ArcSwap`, so a reload swaps
-//! tenants, keys, client keys and limits in one step: a request sees either
-//! the old config or the new one, never a mix. Queued requests keep their
-//! places across a reload (the scheduler is reshaped, not replaced) and pick
-//! up a rotated key when they are sent. Nothing here logs a key.
+//! The config and tenant index sit behind one `ArcSwap`, and the egress
+//! clients behind another, so a reload ([`crate::reload`]) swaps each in one
+//! step: a request sees either the old config or the new one, never a mix,
+//! and a send uses whole clients, old or new. Queued requests keep their
+//! places across a reload (the scheduler is reshaped, not replaced). The
+//! `/status` document is assembled in [`crate::status`], the scrape-time
+//! gauges in [`crate::metrics`]. Nothing here logs a key.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use serde_json::{json, Value};
 
 use crate::classify::Class;
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
+use crate::drain::Drain;
 use crate::egress::{self, Egress};
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use crate::scheduler::Scheduler;
 use crate::tenant::Tenants;
 
@@ -64,31 +67,17 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     /// The scheduler all requests wait in.
     pub scheduler: Scheduler,
-    /// Outbound clients, indexed like the scheduler's budgets.
-    pub egress: Vec<Egress>,
+    /// Outbound clients, indexed like the scheduler's budgets. Replaced as a
+    /// whole when a reload changes client settings (timeouts).
+    egress: ArcSwap<Vec<Egress>>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Readiness and the counts a graceful shutdown reports.
+    pub drain: Drain,
     stats: DashMap<Arc<str>, Arc<TenantStats>>,
     started: Instant,
-    config_path: Option<PathBuf>,
-    /// Requests that finished (any outcome), for the drain report.
-    pub finished: AtomicU64,
-    /// Requests answered 503 because of shutdown.
-    pub cut_off: AtomicU64,
-    /// True once the listeners are up and until shutdown begins.
-    pub ready: AtomicBool,
-    reload_lock: Mutex<()>,
-}
-
-/// A reload that was refused; the old config stays in force.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    /// There is no file to re-read (the gateway was started from memory).
-    #[error("no config file to reload from")]
-    NoFile,
-    /// The new file is invalid.
-    #[error("{0}")]
-    Invalid(#[from] ConfigError),
+    /// Where reloads read from, and their one-at-a-time lock.
+    pub(crate) reloader: Reloader,
 }
 
 impl Gateway {
@@ -121,15 +110,12 @@ impl Gateway {
         let gw = Gateway {
             runtime: ArcSwap::from_pointee(Runtime { config, tenants }),
             scheduler,
-            egress,
+            egress: ArcSwap::from_pointee(egress),
             metrics,
+            drain: Drain::new(),
             stats: DashMap::new(),
             started: Instant::now(),
-            config_path,
-            finished: AtomicU64::new(0),
-            cut_off: AtomicU64::new(0),
-            ready: AtomicBool::new(false),
-            reload_lock: Mutex::new(()),
+            reloader: Reloader::new(config_path),
         };
         Ok(Arc::new(gw))
     }
@@ -137,6 +123,28 @@ impl Gateway {
     /// The config in force (a snapshot: keep it for one request).
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
+    }
+
+    /// Egress `i` as it is now (the scheduler's permit names `i`). Take it
+    /// per send: a request keeps the client it sent on until its answer is
+    /// streamed, even if a reload replaces the clients meanwhile.
+    pub fn egress(&self, i: usize) -> Egress {
+        self.egress.load()[i].clone()
+    }
+
+    /// Every egress as it is now, in budget order.
+    pub fn egress_all(&self) -> Arc<Vec<Egress>> {
+        self.egress.load_full()
+    }
+
+    /// Puts a new config in force, and new egress clients first if given, so
+    /// a request that reads the new config also finds the new clients.
+    /// Only [`crate::reload`] calls this, under its lock.
+    pub(crate) fn put_in_force(&self, runtime: Runtime, egress: Option<Vec<Egress>>) {
+        if let Some(egress) = egress {
+            self.egress.store(Arc::new(egress));
+        }
+        self.runtime.store(Arc::new(runtime));
     }
 
     /// Counters of one tenant.
@@ -147,124 +155,9 @@ impl Gateway {
         self.stats.entry(tenant.clone()).or_default().clone()
     }
 
-    /// Re-reads the config file and applies it, or keeps the old config and
-    /// returns every problem. Counted in `crmgate_config_reloads_total`.
-    pub fn reload(&self) -> Result<(), ReloadError> {
-        let result = match &self.config_path {
-            None => Err(ReloadError::NoFile),
-            Some(path) => Config::load(path)
-                .map_err(ReloadError::from)
-                .map(|c| self.apply(c)),
-        };
-        let outcome = if result.is_ok() { "success" } else { "failure" };
-        self.metrics
-            .config_reloads
-            .with_label_values(&[outcome])
-            .inc();
-        match &result {
-            Ok(()) => tracing::info!(checksum = %self.runtime().config.checksum, "config reloaded"),
-            Err(e) => {
-                for line in e.to_string().lines() {
-                    tracing::error!(
-                        problem = line,
-                        "config reload rejected; keeping the old config"
-                    );
-                }
-            }
-        }
-        result
-    }
-
-    /// Puts a validated config in force. Settings that need a restart
-    /// (listeners, egress IPs, connect timeout, scope) keep their old values
-    /// and are logged.
-    pub fn apply(&self, mut new: Config) {
-        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let old = self.runtime();
-        let o = &old.config;
-        if new.server.listen != o.server.listen || new.server.admin_listen != o.server.admin_listen
-        {
-            tracing::warn!(
-                "listener addresses cannot change on reload; restart to use the new ones"
-            );
-            new.server.listen = o.server.listen;
-            new.server.admin_listen = o.server.admin_listen;
-        }
-        let (nr, or) = (&new.redis, &o.redis);
-        if new.upstream.egress_ips != o.upstream.egress_ips
-            || new.upstream.egress_id != o.upstream.egress_id
-            || new.upstream.connect_timeout != o.upstream.connect_timeout
-            || new.limits.scope != o.limits.scope
-            || new.limits.backend != o.limits.backend
-            || nr.url != or.url
-            || nr.key_prefix != or.key_prefix
-            || nr.timeout != or.timeout
-            || nr.expected_replicas != or.expected_replicas
-        {
-            tracing::warn!("egress IPs and id, connect timeout, limits.scope, limits.backend and [redis] cannot change on reload; restart to use the new ones");
-            new.upstream.egress_ips = o.upstream.egress_ips.clone();
-            new.upstream.egress_id = o.upstream.egress_id.clone();
-            new.upstream.connect_timeout = o.upstream.connect_timeout;
-            new.limits.scope = o.limits.scope;
-            new.limits.backend = o.limits.backend;
-            new.redis = o.redis.clone();
-        }
-        for w in &new.warnings {
-            tracing::warn!("{w}");
-        }
-        self.scheduler.reconfigure(&new);
-        let tenants = Tenants::new(&new.tenants);
-        self.runtime.store(Arc::new(Runtime {
-            config: new,
-            tenants,
-        }));
-    }
-
-    /// Sets the gauges that describe queues and budgets (called per scrape).
-    pub fn refresh_gauges(&self) {
-        let m = &self.metrics;
-        let rt = self.runtime();
-        m.uptime.set(self.started.elapsed().as_secs_f64());
-        let fallback = self.scheduler.shared_state().is_some_and(|(f, _)| f);
-        m.redis_fallback.set(i64::from(fallback));
-        let gone = m.rejections.with_label_values(&["client_gone"]);
-        gone.inc_by(self.scheduler.withdrawn().saturating_sub(gone.get()));
-        m.queue_capacity
-            .set(rt.config.limits.queue_capacity.get() as i64);
-        for t in rt.tenants.iter() {
-            for class in Class::ALL {
-                m.queue_depth
-                    .with_label_values(&[&t.name, class.as_str()])
-                    .set(0);
-            }
-            m.inflight
-                .with_label_values(&[&t.name])
-                .set(self.stats(&t.name).inflight.load(Ordering::Relaxed) as i64);
-        }
-        // With per-account budgets a class has several lanes; the effective
-        // rate shown is the most reduced one.
-        let lanes = self.scheduler.snapshot();
-        for lane in &lanes {
-            for (tenant, n) in &lane.queued_by_tenant {
-                m.queue_depth
-                    .with_label_values(&[tenant, lane.class.as_str()])
-                    .add(*n as i64);
-            }
-        }
-        for (i, egress) in self.egress.iter().enumerate() {
-            for class in Class::ALL {
-                let labels = [egress.label.as_str(), class.as_str()];
-                let configured = f64::from(rt.config.rate(class).get());
-                let effective = lanes
-                    .iter()
-                    .filter(|l| l.class == class)
-                    .filter_map(|l| l.budgets.get(i))
-                    .map(|b| b.effective_rate)
-                    .fold(configured, f64::min);
-                m.rate_limit.with_label_values(&labels).set(configured);
-                m.effective_rate.with_label_values(&labels).set(effective);
-            }
-        }
+    /// Time since the gateway was built.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Where budgets are kept right now: `local`, `shared` (Redis) or
@@ -275,63 +168,5 @@ impl Gateway {
             Some((false, _)) => "shared",
             Some((true, _)) => "fallback",
         }
-    }
-
-    /// The `/status` document. Never contains a key.
-    pub fn status(&self) -> Value {
-        let rt = self.runtime();
-        let lanes = self.scheduler.snapshot();
-        let budgets: Vec<Value> = lanes
-            .iter()
-            .flat_map(|lane| {
-                self.egress.iter().zip(&lane.budgets).map(move |(e, b)| {
-                    json!({
-                        "egress": e.label,
-                        "class": lane.class,
-                        "tenant": lane.tenant,
-                        "configured_rate": b.configured_rate,
-                        "effective_rate": b.effective_rate,
-                        "sent_last_window": b.sent_last_window,
-                        "next_free_in_ms": b.next_free_in_ms,
-                        "queued": lane.queued,
-                        "oldest_wait_ms": lane.oldest_wait_ms,
-                    })
-                })
-            })
-            .collect();
-        let mut tenants: Vec<Value> = rt
-            .tenants
-            .iter()
-            .map(|t| {
-                let s = self.stats(&t.name);
-                let by_status: BTreeMap<String, u64> = s
-                    .by_status
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), *v))
-                    .collect();
-                json!({
-                    "name": t.name.as_ref(),
-                    "weight": t.config.weight.get(),
-                    "queued": self.scheduler.tenant_queued(&t.name),
-                    "inflight": s.inflight.load(Ordering::Relaxed),
-                    "totals_by_status": by_status,
-                })
-            })
-            .collect();
-        tenants.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptime_seconds": self.started.elapsed().as_secs(),
-            "config_checksum": rt.config.checksum,
-            "ready": self.ready.load(Ordering::Relaxed),
-            "budget_backend": self.backend_state(),
-            "redis_calls": self.scheduler.shared_state().map(|(_, calls)| calls),
-            "queued_total": self.scheduler.queued(),
-            "queue_capacity": rt.config.limits.queue_capacity.get(),
-            "budgets": budgets,
-            "tenants": tenants,
-        })
     }
 }

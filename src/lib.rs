@@ -24,7 +24,10 @@
 //!
 //! Around it:
 //! - [`config`]: the TOML file, validated into types that cannot be wrong;
-//! - [`gateway`]: shared state and hot reload;
+//! - [`gateway`]: shared state (config snapshot, scheduler, egress clients);
+//! - [`reload`]: hot reload, atomic, restart-only settings kept;
+//! - [`drain`]: readiness and the drain's counts;
+//! - [`status`]: the `/status` document, typed;
 //! - [`error`]: every error crmgate answers itself, and its JSON;
 //! - [`metrics`], [`admin`]: Prometheus, health, readiness, status, reload;
 //! - [`server`]: listeners and graceful drain;
@@ -36,6 +39,7 @@ pub mod access;
 pub mod admin;
 pub mod classify;
 pub mod config;
+pub mod drain;
 pub mod egress;
 pub mod error;
 pub mod forward;
@@ -43,8 +47,10 @@ pub mod gateway;
 pub mod inbound;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod rewrite;
 pub mod scheduler;
 pub mod server;
 pub mod sim;
+pub mod status;
 pub mod tenant;

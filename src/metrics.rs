@@ -3,12 +3,18 @@
 //! Labels are bounded and come from config only: tenant name, class, egress
 //! label (IP from config, or "default"), status code, reason. Never a path,
 //! a client key or a request id. Gauges that describe queues and budgets are
-//! refreshed from the scheduler at scrape time rather than on every change.
+//! refreshed from the gateway at scrape time ([`refresh_gauges`]) rather
+//! than on every change.
+
+use std::sync::atomic::Ordering;
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+
+use crate::classify::Class;
+use crate::gateway::Gateway;
 
 /// Every metric crmgate exports.
 pub struct Metrics {
@@ -228,5 +234,54 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// Sets the gauges that describe queues and budgets from the gateway's
+/// state now (called per scrape), and catches `client_gone` rejections up
+/// with the scheduler's count of withdrawn waiters.
+pub fn refresh_gauges(gw: &Gateway) {
+    let m = &gw.metrics;
+    let rt = gw.runtime();
+    m.uptime.set(gw.uptime().as_secs_f64());
+    let fallback = gw.scheduler.shared_state().is_some_and(|(f, _)| f);
+    m.redis_fallback.set(i64::from(fallback));
+    let gone = m.rejections.with_label_values(&["client_gone"]);
+    gone.inc_by(gw.scheduler.withdrawn().saturating_sub(gone.get()));
+    m.queue_capacity
+        .set(rt.config.limits.queue_capacity.get() as i64);
+    for t in rt.tenants.iter() {
+        for class in Class::ALL {
+            m.queue_depth
+                .with_label_values(&[&t.name, class.as_str()])
+                .set(0);
+        }
+        m.inflight
+            .with_label_values(&[&t.name])
+            .set(gw.stats(&t.name).inflight.load(Ordering::Relaxed) as i64);
+    }
+    // With per-account budgets a class has several lanes; the effective
+    // rate shown is the most reduced one.
+    let lanes = gw.scheduler.snapshot();
+    for lane in &lanes {
+        for (tenant, n) in &lane.queued_by_tenant {
+            m.queue_depth
+                .with_label_values(&[tenant, lane.class.as_str()])
+                .add(*n as i64);
+        }
+    }
+    for (i, egress) in gw.egress_all().iter().enumerate() {
+        for class in Class::ALL {
+            let labels = [egress.label.as_str(), class.as_str()];
+            let configured = f64::from(rt.config.rate(class).get());
+            let effective = lanes
+                .iter()
+                .filter(|l| l.class == class)
+                .filter_map(|l| l.budgets.get(i))
+                .map(|b| b.effective_rate)
+                .fold(configured, f64::min);
+            m.rate_limit.with_label_values(&labels).set(configured);
+            m.effective_rate.with_label_values(&labels).set(effective);
+        }
     }
 }

@@ -15,7 +15,6 @@
 //! This module never sees the real key and never logs a query unmasked.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -58,7 +57,7 @@ async fn handle(
                 gw.metrics.rejections.with_label_values(&[reason]).inc();
             }
             if matches!(e, GatewayError::Queue(QueueError::ShuttingDown)) {
-                gw.cut_off.fetch_add(1, Ordering::Relaxed);
+                gw.drain.cut_off();
             }
             e.into_response()
         }
@@ -88,7 +87,7 @@ async fn handle(
             .entry(status.as_u16())
             .or_default() += 1;
     }
-    gw.finished.fetch_add(1, Ordering::Relaxed);
+    gw.drain.request_finished();
     access::log(&request_id, &method, &uri, status, &trace, started);
     response
 }

@@ -9,7 +9,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +18,8 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::{admin, proxy};
+
+pub use crate::drain::DrainReport;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,15 +38,6 @@ pub enum ServeError {
     /// Serving failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// What a drain did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DrainReport {
-    /// Requests that finished normally after shutdown began.
-    pub drained: u64,
-    /// Requests answered 503 because the grace period ran out.
-    pub cut_off: u64,
 }
 
 /// A bound, not yet serving, gateway.
@@ -114,27 +106,25 @@ impl Server {
         let admin_serve = axum::serve(admin, admin::router(gw.clone()))
             .with_graceful_shutdown(stopped(admin_stop_rx));
         let admin_task = tokio::spawn(async move { admin_serve.await });
-        gw.ready.store(true, Ordering::Relaxed);
+        gw.drain.set_ready(true);
         tracing::info!("crmgate ready");
 
         shutdown.await;
         let grace = gw.runtime().config.server.shutdown_grace;
-        let finished_before = gw.finished.load(Ordering::Relaxed);
-        let shutdown_503s_before = gw.cut_off.load(Ordering::Relaxed);
         tracing::info!(
             queued = gw.scheduler.queued(),
             ?grace,
             "shutting down: draining queued and in-flight requests"
         );
-        gw.ready.store(false, Ordering::Relaxed);
+        gw.drain.begin();
         gw.scheduler.close();
         let _ = stop_tx.send(true);
 
         let mut api_task = api_task;
         let drained_in_time = tokio::time::timeout(grace, &mut api_task).await.is_ok();
-        // `gw.cut_off` counts every shutdown 503. Those answered so far were
-        // new requests refused during the drain, not cut off by the grace.
-        let refused_in_grace = gw.cut_off.load(Ordering::Relaxed);
+        // Shutdown 503s so far were new requests refused during the drain;
+        // from here on they are requests the grace could not serve.
+        gw.drain.grace_over();
         if !drained_in_time {
             tracing::warn!(
                 queued = gw.scheduler.queued(),
@@ -158,16 +148,11 @@ impl Server {
         {
             tracing::debug!("admin listener did not close within 1 s");
         }
-        let shutdown_503s = gw.cut_off.load(Ordering::Relaxed);
-        let finished = gw.finished.load(Ordering::Relaxed) - finished_before;
-        let report = DrainReport {
-            drained: finished.saturating_sub(shutdown_503s - shutdown_503s_before),
-            cut_off: shutdown_503s - refused_in_grace,
-        };
+        let report = gw.drain.report();
         tracing::info!(
             drained = report.drained,
             cut_off = report.cut_off,
-            refused = refused_in_grace - shutdown_503s_before,
+            refused = report.refused,
             "crmgate stopped"
         );
         Ok(report)

@@ -458,10 +458,7 @@ async fn drain_serves_every_queued_request_within_a_generous_grace() {
     // when the drain begins.
     let queued = gw.scheduler.queued();
     let drain = gate.begin_shutdown();
-    wait_until("shutdown began", || {
-        !gw.ready.load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
+    wait_until("shutdown began", || !gw.drain.is_ready()).await;
 
     // A request that arrives during the drain is refused with JSON...
     let (code, body) = late.finish().await;

@@ -53,7 +53,7 @@ pub async fn forward(
             .with_label_values(&[class.as_str()])
             .observe(permit.waited.as_secs_f64());
         trace.attempts += 1;
-        let egress = &gw.egress[permit.egress];
+        let egress = gw.egress(permit.egress);
         trace.egress = Some(egress.label.clone());
 
         // URL and key from one snapshot, taken at send time: a request queued

@@ -1,0 +1,224 @@
+//! Hot reload: re-read the config file, keep what only a restart can change,
+//! and put the rest in force without dropping a queued request.
+//!
+//! A reload is all or nothing: the file is validated and, when the upstream
+//! timeouts change, new egress clients are built before anything is
+//! swapped; any failure leaves the old config and clients in force. Requests
+//! already sent finish on the clients they were sent with; the next sends use
+//! the new ones. This module never logs a key or the Redis URL: a refused
+//! restart-only setting is named, its value is not shown.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::config::{Config, ConfigError};
+use crate::egress;
+use crate::gateway::{Gateway, Runtime};
+use crate::tenant::Tenants;
+
+/// A reload that was refused; the old config stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// There is no file to re-read (the gateway was started from memory).
+    #[error("no config file to reload from")]
+    NoFile,
+    /// The new file is invalid.
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+    /// New outbound clients (for changed timeouts) could not be built.
+    #[error("cannot set up outbound HTTP clients: {0}")]
+    Clients(#[from] reqwest::Error),
+}
+
+/// Where a gateway's reloads read from, and the lock that keeps two reloads
+/// (SIGHUP and `POST /reload` at once) from interleaving.
+#[derive(Debug)]
+pub(crate) struct Reloader {
+    path: Option<PathBuf>,
+    one_at_a_time: Mutex<()>,
+}
+
+impl Reloader {
+    /// Reloads will read `path` (none: reloads are refused).
+    pub(crate) fn new(path: Option<PathBuf>) -> Reloader {
+        Reloader {
+            path,
+            one_at_a_time: Mutex::new(()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Gateway {
+    /// Re-reads the config file and applies it, or keeps the old config and
+    /// returns every problem. Counted in `crmgate_config_reloads_total`.
+    /// Blocking (file I/O): call it off the async workers.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let result = match &self.reloader.path {
+            None => Err(ReloadError::NoFile),
+            Some(path) => Config::load(path)
+                .map_err(ReloadError::from)
+                .and_then(|c| self.apply(c)),
+        };
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        self.metrics
+            .config_reloads
+            .with_label_values(&[outcome])
+            .inc();
+        match &result {
+            Ok(()) => tracing::info!(checksum = %self.runtime().config.checksum, "config reloaded"),
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    tracing::error!(
+                        problem = line,
+                        "config reload rejected; keeping the old config"
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    /// Puts a validated config in force. Settings that need a restart keep
+    /// their old values and are logged by name. When the upstream timeouts
+    /// change, the egress clients are rebuilt and swapped with the config.
+    pub fn apply(&self, mut new: Config) -> Result<(), ReloadError> {
+        let _one_at_a_time = self.reloader.lock();
+        let old = self.runtime();
+        for setting in keep_restart_only(&old.config, &mut new) {
+            tracing::warn!(
+                setting,
+                "this setting cannot change on reload; restart to use the new value"
+            );
+        }
+        // Built before anything changes, so a failure leaves the old state whole.
+        let clients = if clients_outdated(&old.config, &new) {
+            Some(egress::build(
+                &new,
+                &self.scheduler,
+                &self.metrics.upstream_connections,
+            )?)
+        } else {
+            None
+        };
+        for w in &new.warnings {
+            tracing::warn!("{w}");
+        }
+        if clients.is_some() {
+            tracing::info!(
+                connect_timeout = ?new.upstream.connect_timeout,
+                request_timeout = ?new.upstream.request_timeout,
+                "upstream timeouts changed: new sends use new clients; requests in flight finish on the old ones"
+            );
+        }
+        self.scheduler.reconfigure(&new);
+        let tenants = Tenants::new(&new.tenants);
+        self.put_in_force(
+            Runtime {
+                config: new,
+                tenants,
+            },
+            clients,
+        );
+        Ok(())
+    }
+}
+
+/// True when `new` sets something that is fixed into a reqwest client when
+/// it is built, so the egress clients must be rebuilt to honour it.
+fn clients_outdated(old: &Config, new: &Config) -> bool {
+    let (o, n) = (&old.upstream, &new.upstream);
+    // The read timeout is derived from `request_timeout` (see `egress`).
+    o.connect_timeout != n.connect_timeout || o.request_timeout != n.request_timeout
+}
+
+/// Puts back in `new` every setting that only a restart may change, and
+/// names the ones that differed. Listeners are bound once; egress IPs index
+/// the budgets; scope, backend and Redis shape the scheduler's lanes and
+/// its Redis connection, which are built once.
+fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    macro_rules! keep {
+        ($name:literal, $($field:tt).+) => {
+            if new.$($field).+ != old.$($field).+ {
+                new.$($field).+ = old.$($field).+.clone();
+                kept.push($name);
+            }
+        };
+    }
+    keep!("server.listen", server.listen);
+    keep!("server.admin_listen", server.admin_listen);
+    keep!("upstream.egress_ips", upstream.egress_ips);
+    keep!("upstream.egress_id", upstream.egress_id);
+    keep!("limits.scope", limits.scope);
+    keep!("limits.backend", limits.backend);
+    keep!("redis.url", redis.url);
+    keep!("redis.key_prefix", redis.key_prefix);
+    keep!("redis.timeout", redis.timeout);
+    keep!("redis.expected_replicas", redis.expected_replicas);
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:9090\"\n{extra}\n\
+             [[tenants]]\nname = \"acme\"\nbase_url = \"https://acme.retailcrm.ru\"\n\
+             api_key = \"real-key-0001\"\n"
+        );
+        Config::from_toml(&text, "test config", &|_| None).expect("valid test config")
+    }
+
+    #[test]
+    fn restart_only_settings_keep_their_old_values_and_are_named() {
+        let old = config("");
+        let mut new = config(
+            "[upstream]\negress_ips = [\"127.0.0.1\"]\nrequest_timeout = \"7s\"\n\
+             [limits]\nscope = \"egress_ip_and_account\"\ngeneral_per_second = 5\n\
+             [redis]\nkey_prefix = \"other:\"\n",
+        );
+        new.server.listen = "127.0.0.1:8081".parse().unwrap();
+        let kept = keep_restart_only(&old, &mut new);
+        assert_eq!(
+            kept,
+            [
+                "server.listen",
+                "upstream.egress_ips",
+                "limits.scope",
+                "redis.key_prefix"
+            ]
+        );
+        assert_eq!(new.server.listen, old.server.listen);
+        assert_eq!(new.upstream.egress_ips, old.upstream.egress_ips);
+        assert_eq!(new.limits.scope, old.limits.scope);
+        assert_eq!(new.redis.key_prefix, old.redis.key_prefix);
+        // Reloadable settings are left as the file says.
+        assert_eq!(new.upstream.request_timeout, Duration::from_secs(7));
+        assert_eq!(new.limits.general_per_second.get(), 5);
+    }
+
+    #[test]
+    fn only_timeout_changes_outdate_the_clients() {
+        let old = config("");
+        assert!(!clients_outdated(
+            &old,
+            &config("[limits]\ngeneral_per_second = 3\n")
+        ));
+        assert!(clients_outdated(
+            &old,
+            &config("[upstream]\nrequest_timeout = \"7s\"\n")
+        ));
+        assert!(clients_outdated(
+            &old,
+            &config("[upstream]\nconnect_timeout = \"1s\"\n")
+        ));
+    }
+}

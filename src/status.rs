@@ -1,0 +1,223 @@
+//! The `/status` document: its shape, and its assembly from the gateway.
+//!
+//! The types here are the JSON operators and tests read, field for field;
+//! renaming a field changes the admin API. They hold names, rates, counts and
+//! ages only: never a key (tenant keys and client keys are not even
+//! reachable from these types) and never a request's path or body.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use crate::classify::Class;
+use crate::gateway::Gateway;
+
+/// The whole `/status` document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// crmgate's version.
+    pub version: &'static str,
+    /// Whole seconds since start.
+    pub uptime_seconds: u64,
+    /// Checksum of the config file in force.
+    pub config_checksum: String,
+    /// What `/readyz` says.
+    pub ready: bool,
+    /// `local`, `shared` or `fallback` (see [`Gateway::backend_state`]).
+    pub budget_backend: &'static str,
+    /// Calls made to Redis so far; `null` without a shared budget.
+    pub redis_calls: Option<u64>,
+    /// Requests waiting, in all lanes.
+    pub queued_total: usize,
+    /// `limits.queue_capacity`.
+    pub queue_capacity: usize,
+    /// One row per lane and egress.
+    pub budgets: Vec<BudgetRow>,
+    /// One row per tenant, sorted by name.
+    pub tenants: Vec<TenantRow>,
+}
+
+/// One budget: a lane (class, and tenant with per-account budgets) on one
+/// egress.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetRow {
+    /// Egress label: its IP, or `default`.
+    pub egress: String,
+    /// `general` or `telephony`.
+    pub class: Class,
+    /// The tenant, when budgets are per account; else `null`.
+    pub tenant: Option<String>,
+    /// Configured requests per second.
+    pub configured_rate: u32,
+    /// Current adaptive rate.
+    pub effective_rate: f64,
+    /// Sends within the last window.
+    pub sent_last_window: usize,
+    /// Time until the next slot (0 = free now).
+    pub next_free_in_ms: u64,
+    /// Requests waiting in the lane (shared by its egresses).
+    pub queued: usize,
+    /// Age of the lane's oldest waiting request.
+    pub oldest_wait_ms: u64,
+}
+
+/// One tenant's queue and outcomes.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantRow {
+    /// Tenant name from config.
+    pub name: String,
+    /// Fair-share weight.
+    pub weight: u32,
+    /// Requests waiting for a slot.
+    pub queued: usize,
+    /// Requests being forwarded now.
+    pub inflight: u64,
+    /// Finished requests by final HTTP status (keys are status codes).
+    pub totals_by_status: BTreeMap<String, u64>,
+}
+
+impl Status {
+    /// Reads the gateway's state now.
+    pub fn collect(gw: &Gateway) -> Status {
+        let rt = gw.runtime();
+        let egress = gw.egress_all();
+        let lanes = gw.scheduler.snapshot();
+        let budgets = lanes
+            .iter()
+            .flat_map(|lane| {
+                egress
+                    .iter()
+                    .zip(&lane.budgets)
+                    .map(move |(e, b)| BudgetRow {
+                        egress: e.label.clone(),
+                        class: lane.class,
+                        tenant: lane.tenant.clone(),
+                        configured_rate: b.configured_rate,
+                        effective_rate: b.effective_rate,
+                        sent_last_window: b.sent_last_window,
+                        next_free_in_ms: b.next_free_in_ms,
+                        queued: lane.queued,
+                        oldest_wait_ms: lane.oldest_wait_ms,
+                    })
+            })
+            .collect();
+        let mut tenants: Vec<TenantRow> = rt
+            .tenants
+            .iter()
+            .map(|t| {
+                let s = gw.stats(&t.name);
+                let totals_by_status = s
+                    .by_status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|(code, n)| (code.to_string(), *n))
+                    .collect();
+                TenantRow {
+                    name: t.name.to_string(),
+                    weight: t.config.weight.get(),
+                    queued: gw.scheduler.tenant_queued(&t.name),
+                    inflight: s.inflight.load(Ordering::Relaxed),
+                    totals_by_status,
+                }
+            })
+            .collect();
+        tenants.sort_by(|a, b| a.name.cmp(&b.name));
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: gw.uptime().as_secs(),
+            config_checksum: rt.config.checksum.clone(),
+            ready: gw.drain.is_ready(),
+            budget_backend: gw.backend_state(),
+            redis_calls: gw.scheduler.shared_state().map(|(_, calls)| calls),
+            queued_total: gw.scheduler.queued(),
+            queue_capacity: rt.config.limits.queue_capacity.get(),
+            budgets,
+            tenants,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const KEY: &str = "real-key-status-0001";
+    const CLIENT_KEY: &str = "client-key-status-0002";
+
+    fn keys(v: &serde_json::Value) -> Vec<&str> {
+        let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        k.sort_unstable();
+        k
+    }
+
+    #[tokio::test]
+    async fn the_document_keeps_its_field_names_and_holds_no_key() {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [[tenants]]\nname = \"zeta\"\nbase_url = \"https://zeta.retailcrm.ru\"\n\
+             api_key = \"{KEY}\"\nclient_keys = [\"{CLIENT_KEY}\"]\nweight = 3\n\
+             [[tenants]]\nname = \"acme\"\nbase_url = \"https://acme.retailcrm.ru\"\n\
+             api_key = \"{KEY}\"\n"
+        );
+        let config = Config::from_toml(&text, "test config", &|_| None).unwrap();
+        let gw = Gateway::new(config, None).unwrap();
+        let doc = serde_json::to_value(Status::collect(&gw)).unwrap();
+        let text = doc.to_string();
+        assert!(!text.contains(KEY) && !text.contains(CLIENT_KEY), "{text}");
+
+        assert_eq!(
+            keys(&doc),
+            [
+                "budget_backend",
+                "budgets",
+                "config_checksum",
+                "queue_capacity",
+                "queued_total",
+                "ready",
+                "redis_calls",
+                "tenants",
+                "uptime_seconds",
+                "version"
+            ]
+        );
+        assert_eq!(doc["budget_backend"], "local");
+        assert_eq!(doc["redis_calls"], serde_json::Value::Null);
+        assert_eq!(doc["ready"], false, "not ready until the server runs");
+
+        let budgets = doc["budgets"].as_array().unwrap();
+        assert_eq!(budgets.len(), 2, "one egress, two classes: {doc}");
+        assert_eq!(
+            keys(&budgets[0]),
+            [
+                "class",
+                "configured_rate",
+                "effective_rate",
+                "egress",
+                "next_free_in_ms",
+                "oldest_wait_ms",
+                "queued",
+                "sent_last_window",
+                "tenant"
+            ]
+        );
+        assert_eq!(budgets[0]["egress"], "default");
+        assert!(budgets
+            .iter()
+            .any(|b| b["class"] == "telephony" && b["configured_rate"] == 40));
+
+        let tenants = doc["tenants"].as_array().unwrap();
+        let names: Vec<&str> = tenants
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["acme", "zeta"], "sorted by name");
+        assert_eq!(
+            keys(&tenants[1]),
+            ["inflight", "name", "queued", "totals_by_status", "weight"]
+        );
+        assert_eq!(tenants[1]["weight"], 3);
+    }
+}

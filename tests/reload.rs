@@ -1,0 +1,206 @@
+//! Reloading upstream timeouts: the gateway rebuilds its egress clients, new
+//! sends use them, and a request already sent finishes on the client it was
+//! sent with. Real sockets against the simulator (stalls come from its fault
+//! injection) or against a listener that never completes a handshake.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{client, config_text, json, sim, Gate, ACME_CLIENT};
+use crmgate::config::Config;
+use crmgate::sim::Simulator;
+use serde_json::Value;
+
+/// The simulator's stall: longer than the short timeout, well within the long one.
+const SLOW: Duration = Duration::from_secs(2);
+
+/// Config text with `upstream` settings; no retries, so a timeout or a
+/// connect failure is the answer.
+fn text(sim: &Simulator, upstream: &str) -> String {
+    let extra = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [upstream]\n{upstream}\n[retry]\nmax_attempts = 1\n"
+    );
+    config_text(sim, &extra)
+}
+
+/// Writes `text` to `path` and starts a gateway that reloads from it.
+async fn gate_from_file(path: &Path, text: &str) -> Gate {
+    std::fs::write(path, text).unwrap();
+    let config = Config::load(path).expect("valid config file");
+    Gate::start_with_path(config, Some(path.to_path_buf())).await
+}
+
+/// Rewrites the file and reloads through the admin API; the reload must succeed.
+async fn reload_to(gate: &Gate, path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    let resp = client()
+        .post(format!("{}/reload", gate.admin))
+        .send()
+        .await
+        .expect("admin answers");
+    let code = resp.status().as_u16();
+    let body = json(resp).await;
+    assert_eq!(
+        (code, &body["success"]),
+        (200, &Value::Bool(true)),
+        "{body}"
+    );
+}
+
+/// GET through the gateway as acme; the status and the JSON body.
+async fn get(gate: &Gate) -> (u16, Value) {
+    let resp = client()
+        .get(format!("{}/api/v5/orders", gate.url))
+        .header("x-api-key", ACME_CLIENT)
+        .send()
+        .await
+        .expect("gateway answers");
+    (resp.status().as_u16(), json(resp).await)
+}
+
+/// Polls `cond` until it holds (at most 10 s).
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn connections_opened(gate: &Gate) -> u64 {
+    gate.gateway
+        .metrics
+        .upstream_connections
+        .with_label_values(&["default"])
+        .get()
+}
+
+#[tokio::test]
+async fn a_raised_request_timeout_lets_a_slow_answer_through_after_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crmgate.toml");
+    let sim = sim().await;
+    let gate = gate_from_file(&path, &text(&sim, "request_timeout = \"1s\"")).await;
+
+    sim.faults().stall_next(1, SLOW);
+    let (code, body) = get(&gate).await;
+    assert_eq!(code, 504, "2 s answer, 1 s timeout: {body}");
+
+    let opened_before = connections_opened(&gate);
+    reload_to(&gate, &path, &text(&sim, "request_timeout = \"5s\"")).await;
+    sim.faults().stall_next(1, SLOW);
+    let (code, body) = get(&gate).await;
+    assert_eq!(
+        code, 200,
+        "2 s answer, 5 s timeout after the reload: {body}"
+    );
+    assert_eq!(sim.records().len(), 2, "each call reached the CRM once");
+    // The send went out on a rebuilt client, whose connector still reports
+    // connection set-up (the scheduler hook and this counter share it).
+    assert!(
+        connections_opened(&gate) > opened_before,
+        "the rebuilt client opened its own connection and reported it"
+    );
+}
+
+#[tokio::test]
+async fn a_request_in_flight_during_a_reload_finishes_on_its_old_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crmgate.toml");
+    let sim = sim().await;
+    let gate = gate_from_file(&path, &text(&sim, "request_timeout = \"5s\"")).await;
+
+    sim.faults().stall_next(1, SLOW);
+    let in_flight = tokio::spawn({
+        let url = format!("{}/api/v5/orders", gate.url);
+        async move {
+            let resp = client()
+                .get(url)
+                .header("x-api-key", ACME_CLIENT)
+                .send()
+                .await
+                .expect("gateway answers");
+            (resp.status().as_u16(), json(resp).await)
+        }
+    });
+    wait_until("the slow request reached the CRM", || {
+        sim.records().len() == 1
+    })
+    .await;
+
+    // Lower the timeout under the stall while that request waits for it.
+    reload_to(&gate, &path, &text(&sim, "request_timeout = \"1s\"")).await;
+    let (code, body) = in_flight.await.unwrap();
+    assert_eq!(
+        code, 200,
+        "sent before the reload: its client and timeout stay: {body}"
+    );
+
+    // A new send is held to the new timeout.
+    sim.faults().stall_next(1, SLOW);
+    let (code, body) = get(&gate).await;
+    assert_eq!(code, 504, "sent after the reload: 1 s timeout: {body}");
+}
+
+/// A listener whose accept queue is full: the kernel drops further SYNs, so
+/// a connect to it hangs until the connector's timeout.
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    _listener: tokio::net::TcpListener,
+    _queued: std::net::TcpStream,
+}
+
+impl Blackhole {
+    fn start() -> Blackhole {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        // Backlog 0 holds one completed handshake; it is never accepted.
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let queued = std::net::TcpStream::connect(addr).unwrap();
+        Blackhole {
+            addr,
+            _listener: listener,
+            _queued: queued,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_lowered_connect_timeout_is_in_force_after_reload() {
+    let hole = Blackhole::start();
+    let text = |connect: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [upstream]\nconnect_timeout = \"{connect}\"\nrequest_timeout = \"2s\"\n\
+             [retry]\nmax_attempts = 1\n\
+             [[tenants]]\nname = \"acme\"\nbase_url = \"http://{}\"\napi_key = \"real-key\"\n\
+             client_keys = [\"{ACME_CLIENT}\"]\n",
+            hole.addr
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crmgate.toml");
+    let gate = gate_from_file(&path, &text("10s")).await;
+
+    // Connect timeout longer than the request timeout: the request's timer
+    // ends the wait, as a timeout.
+    let (code, body) = get(&gate).await;
+    assert_eq!(
+        code, 504,
+        "the connect hangs past the 2 s request timeout: {body}"
+    );
+
+    reload_to(&gate, &path, &text("200ms")).await;
+    let (code, body) = get(&gate).await;
+    assert_eq!(
+        code, 502,
+        "the 200 ms connect timeout ends the wait first, as a connect failure: {body}"
+    );
+}
