@@ -256,10 +256,17 @@ pub fn flood(base: &str, tag: &str, calls: Vec<Call>) -> Flood {
 }
 
 impl Flood {
+    /// Stops issuing new requests (those already made go on). Stop several
+    /// floods first and then finish each, or the later ones keep issuing
+    /// while the earlier ones drain.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
     /// Stops issuing, waits for every request already made, and returns all
     /// outcomes.
     pub async fn finish(mut self) -> Vec<Outcome> {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop();
         let mut all = Vec::new();
         for task in std::mem::take(&mut self.tasks) {
             all.extend(task.await.expect("caller task"));
