@@ -6,14 +6,18 @@
 //! sleep to order events); [`metrics`] the one Prometheus text parser;
 //! [`load`] the request and flood helpers and the CRM-side checks. All of
 //! it is re-exported, so `use common::*;` is enough.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
 pub mod load;
 pub mod metrics;
 pub mod wait;
 
+// Not every test binary uses every helper.
+#[allow(unused_imports)]
 pub use load::*;
+#[allow(unused_imports)]
 pub use metrics::*;
+#[allow(unused_imports)]
 pub use wait::*;
 
 use std::net::SocketAddr;
