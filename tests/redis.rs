@@ -200,10 +200,11 @@ async fn a_redis_outage_falls_back_to_a_share_and_recovers() {
 
     redis.restart().await;
     wait_for_backend(&gates, "shared").await;
-    // Keep the callers going through the transition back and one window of
-    // the shared budget alone, so the CRM-side checks cover the rejoin.
+    // Keep the callers going through the transition back and into the
+    // shared budget alone, so the CRM-side checks cover the rejoin; the
+    // requests still queued when they stop (~2 s of slots) extend that.
     let rejoined = Instant::now();
-    let after = rejoined + TRANSITION + Duration::from_secs(1);
+    let after = rejoined + TRANSITION + Duration::from_millis(500);
     wait_for_arrival_after(&sim, after, "traffic past the rejoin").await;
     let answers = finish(floods).await;
 
