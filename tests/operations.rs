@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use crmgate::config::Config;
@@ -40,15 +40,6 @@ fn assert_no_secret(what: &str, text: &str) {
     }
 }
 
-/// Polls `cond` until it holds; the deadline only turns a hang into a failure.
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// GET `url` with client key `key` in the header, in the background.
 fn spawn_get(
     client: &reqwest::Client,
@@ -66,43 +57,6 @@ fn spawn_get(
 async fn get_json(url: String) -> (u16, Value) {
     let resp = client().get(url).send().await.expect("admin answers");
     (resp.status().as_u16(), json(resp).await)
-}
-
-async fn status_doc(gate: &Gate) -> Value {
-    let (code, body) = get_json(format!("{}/status", gate.admin)).await;
-    assert_eq!(code, 200, "{body}");
-    body
-}
-
-async fn metrics_text(admin: &str) -> String {
-    let resp = client()
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .expect("admin answers");
-    assert_eq!(resp.status(), 200);
-    let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(ctype.starts_with("text/plain"), "content type {ctype}");
-    resp.text().await.unwrap()
-}
-
-/// The sum of every sample of `name` whose labels include all of `labels`,
-/// or `None` when there is no such sample.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            let matches = n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            matches.then(|| value.parse::<f64>().ok())?
-        })
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// The general-class budget rows of a `/status` document.
@@ -338,6 +292,44 @@ async fn metrics_cover_traffic_and_rejections_and_pass_promtool() {
     assert!(!text.contains("nosuch"), "{text}");
 
     promtool_check(&text);
+}
+
+/// The tests' one exposition parser (tests/common/metrics.rs) reads what
+/// the format allows, so a label value or a special float never makes a
+/// metric look absent.
+#[test]
+fn the_metrics_parser_reads_escapes_labels_and_special_values() {
+    let text = "# HELP x_total A counter.\n# TYPE x_total counter\n\
+        x_total{path=\"a\\\"b\\\\c\\nd\",class=\"general\"} 2\n\
+        x_total{subclass=\"general\",} 5 1700000000000\n\
+        y_bucket{le=\"+Inf\"} +Inf\n\
+        z NaN\n\
+        up 1\n";
+    let all = samples(text);
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert_eq!(all[0].label("path"), Some("a\"b\\c\nd"));
+    // Exact label values: `subclass="general"` is not `class="general"`.
+    assert_eq!(metric(text, "x_total", &[("class", "general")]), Some(2.0));
+    assert_eq!(metric(text, "x_total", &[]), Some(7.0));
+    assert_eq!(
+        metric(text, "y_bucket", &[("le", "+Inf")]),
+        Some(f64::INFINITY)
+    );
+    assert!(metric(text, "z", &[]).unwrap().is_nan());
+    assert_eq!(metric(text, "up", &[]), Some(1.0));
+    assert_eq!(metric(text, "x", &[]), None);
+    assert_eq!(metric(text, "x_total", &[("class", "telephony")]), None);
+    for bad in [
+        "x{a=\"1\" 2",
+        "x{a=1} 2",
+        "x 1 2 3",
+        "x",
+        "x{a=\"1\"b=\"2\"} 1",
+        "9x 1",
+    ] {
+        let panicked = std::panic::catch_unwind(|| samples(bad)).is_err();
+        assert!(panicked, "accepted {bad:?}");
+    }
 }
 
 /// Runs `promtool check metrics` on an exposition, when promtool is installed.
@@ -807,19 +799,19 @@ impl Binary {
             .timeout(Duration::from_secs(2))
             .build()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            if let Ok(r) = probe.get(format!("{}/readyz", self.admin)).send().await {
-                if r.status() == 200 {
-                    return true;
+        let (child, ready) = (&mut self.child, format!("{}/readyz", self.admin));
+        wait_for_within("crmgate to become ready", Duration::from_secs(30), || {
+            let exited = child.try_wait().unwrap().is_some();
+            let answer = probe.get(&ready).send();
+            async move {
+                if exited {
+                    return Some(false);
                 }
+                let r = answer.await.ok()?;
+                (r.status() == 200).then_some(true)
             }
-            assert!(Instant::now() < deadline, "crmgate never became ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     fn signal(&self, name: &str) {
@@ -833,18 +825,12 @@ impl Binary {
     }
 
     async fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "crmgate did not exit:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = &mut self.child;
+        let exited = poll_until(Duration::from_secs(30), || {
+            std::future::ready(child.try_wait().unwrap())
+        })
+        .await;
+        exited.unwrap_or_else(|| panic!("crmgate did not exit in 30 s:\n{}", self.logs()))
     }
 
     /// stdout and stderr so far.
@@ -1002,15 +988,11 @@ async fn binary_reloads_on_sighup() {
     std::fs::write(&bin.config, changed).unwrap();
     bin.signal("HUP");
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let after = loop {
+    let after = wait_for("the reloaded rate in /status", || async {
         let s = status().await;
-        if general_budgets(&s)[0]["configured_rate"] == 7 {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "rate never changed: {s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        (general_budgets(&s)[0]["configured_rate"] == 7).then_some(s)
+    })
+    .await;
     assert_ne!(after["config_checksum"], before["config_checksum"]);
     let r = c
         .get(format!("{}/api/v5/orders", bin.api))

@@ -4,16 +4,23 @@
 //!
 //! Each test starts its own redis-server on a free port; without one on PATH
 //! the tests skip loudly (CI sets CRMGATE_REQUIRE_REDIS=1 and installs it).
+//! They wait for what they can observe (each replica's backend state, the
+//! CRM's arrivals); what remains timed is the windows they measure and the
+//! scheduler's transition, which nothing outside it shows.
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use crmgate::sim::{max_in_window, Class, Simulator};
-use tokio::task::JoinHandle;
-use tokio::time::{sleep, Instant};
+use tokio::time::Instant;
+
+/// How long a replica also keeps within its fallback share after reaching
+/// Redis, at start and after an outage (`TRANSITION` in
+/// src/scheduler/dispatch.rs). Nothing outside the scheduler shows when it
+/// ends, so the tests count it from a moment they can observe (every
+/// replica reaching Redis) and wait for the CRM's arrivals to pass it.
+const TRANSITION: Duration = Duration::from_millis(2500);
 
 /// Three replicas in front of `sim`, sharing budgets through `redis`.
 async fn replicas(sim: &Simulator, redis: &RedisServer, prefix: &str) -> Vec<Gate> {
@@ -28,51 +35,67 @@ async fn replicas(sim: &Simulator, redis: &RedisServer, prefix: &str) -> Vec<Gat
     gates
 }
 
-/// Callers sending general GETs back to back to every gate until stopped.
-/// Returns each answer's status and when it came.
-fn flood(
-    gates: &[Gate],
-    per_gate: usize,
-    stop: Arc<AtomicBool>,
-) -> Vec<JoinHandle<Vec<(u16, Instant)>>> {
-    let mut tasks = Vec::new();
-    for gate in gates {
-        for _ in 0..per_gate {
-            let (url, stop, c) = (gate.url.clone(), stop.clone(), client());
-            tasks.push(tokio::spawn(async move {
-                let mut seen = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let resp = c
-                        .get(format!("{url}/api/v5/orders"))
-                        .header("X-API-KEY", ACME_CLIENT)
-                        .send()
-                        .await;
-                    seen.push((resp.map_or(0, |r| r.status().as_u16()), Instant::now()));
-                }
-                seen
-            }));
-        }
-    }
-    tasks
+/// `per_gate` callers per replica, each sending general GETs back to back.
+fn flood_replicas(gates: &[Gate], per_gate: usize) -> Vec<Flood> {
+    let call = Call::get("/api/v5/orders", Some(ACME_CLIENT));
+    gates
+        .iter()
+        .enumerate()
+        .map(|(i, gate)| {
+            flood(
+                &gate.url,
+                &format!("replica{i}"),
+                vec![call.clone(); per_gate],
+            )
+        })
+        .collect()
 }
 
-async fn collect(tasks: Vec<JoinHandle<Vec<(u16, Instant)>>>) -> Vec<(u16, Instant)> {
+/// Stops every caller and returns what they all saw.
+async fn finish(floods: Vec<Flood>) -> Vec<Outcome> {
+    floods.iter().for_each(Flood::stop);
     let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
+    for f in floods {
+        all.extend(f.finish().await);
     }
     all
 }
 
-async fn status(gate: &Gate) -> serde_json::Value {
-    json(
-        client()
-            .get(format!("{}/status", gate.admin))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+/// Waits until every replica has made a Redis call and is on the shared
+/// budget; returns when that was seen.
+async fn wait_until_all_reached_redis(gates: &[Gate]) -> Instant {
+    wait_until("every replica to reach Redis", || {
+        gates.iter().all(|g| {
+            g.gateway
+                .scheduler
+                .shared_state()
+                .is_some_and(|(fallback, calls)| !fallback && calls > 0)
+        })
+    })
+    .await;
+    Instant::now()
+}
+
+/// Waits until every replica's `budget_backend` (as `/status` shows it,
+/// read in-process) is `state`; fails with what each one shows.
+async fn wait_for_backend(gates: &[Gate], state: &str) {
+    let states = || -> Vec<&str> { gates.iter().map(|g| g.gateway.backend_state()).collect() };
+    let reached = poll_until(WAIT_LIMIT, || {
+        std::future::ready(states().iter().all(|s| *s == state).then_some(()))
+    })
+    .await;
+    assert!(
+        reached.is_some(),
+        "replicas never all showed budget_backend {state:?} within {WAIT_LIMIT:?}: {:?}",
+        states()
+    );
+}
+
+/// Waits until the CRM has received a request at or after `at`: the
+/// callers have kept it busy until then (arrivals are stamped in order, so
+/// every earlier one is recorded too).
+async fn wait_for_arrival_after(sim: &Simulator, at: Instant, what: &str) {
+    wait_until(what, || sim.records().iter().any(|r| r.at >= at)).await;
 }
 
 /// The CRM-side checks: no 503, never more than 10 general requests from
@@ -95,25 +118,22 @@ async fn three_replicas_share_one_budget() {
     };
     let sim = sim().await;
     let gates = replicas(&sim, &redis, "share").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = flood(&gates, 8, stop.clone());
-    // The first seconds run on each replica's fallback share while the
-    // others may not have reached Redis yet; measure after that.
-    sleep(Duration::from_secs(3)).await;
-    let from = Instant::now();
-    sleep(Duration::from_secs(3)).await;
-    let until = Instant::now();
-    stop.store(true, Ordering::Relaxed);
-    let answers = collect(tasks).await;
+    let floods = flood_replicas(&gates, 8);
+    // Each replica keeps within its fallback share until TRANSITION after
+    // it reached Redis: measure the shared budget after that, for three
+    // seconds (three windows: utilisation is counted in whole slots).
+    let reached = wait_until_all_reached_redis(&gates).await;
+    // A lane's transition counts from its first reply, a round trip after
+    // the call that `reached` saw: a little margin.
+    let from = reached + TRANSITION + Duration::from_millis(100);
+    let until = from + Duration::from_secs(3);
+    wait_for_arrival_after(&sim, until, "the end of the measurement window").await;
+    let answers = finish(floods).await;
 
     assert!(
-        answers.iter().all(|(s, _)| *s == 200),
+        not_ok(&answers, 200).is_empty(),
         "not all 200: {:?}",
-        answers
-            .iter()
-            .filter(|(s, _)| *s != 200)
-            .take(5)
-            .collect::<Vec<_>>()
+        not_ok(&answers, 200)
     );
     assert_within_the_limit(&sim);
     let delivered = sim
@@ -127,7 +147,7 @@ async fn three_replicas_share_one_budget() {
         "three replicas together delivered {delivered} in 3 s ({utilisation:.2} of 10/s)"
     );
     for gate in &gates {
-        let s = status(gate).await;
+        let s = status_doc(gate).await;
         assert_eq!(s["budget_backend"], "shared", "{s}");
         assert!(s["redis_calls"].as_u64().unwrap() > 0, "{s}");
     }
@@ -140,26 +160,23 @@ async fn a_redis_outage_falls_back_to_a_share_and_recovers() {
     };
     let sim = sim().await;
     let gates = replicas(&sim, &redis, "outage").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = flood(&gates, 6, stop.clone());
-    sleep(Duration::from_secs(3)).await;
+    let floods = flood_replicas(&gates, 6);
+    // Redis goes away while the replicas are past their transition, on the
+    // shared budget alone, with slots reserved ahead.
+    let reached = wait_until_all_reached_redis(&gates).await;
+    let steady = reached + TRANSITION + Duration::from_millis(500);
+    wait_for_arrival_after(&sim, steady, "steady shared traffic").await;
 
     redis.kill();
     let killed = Instant::now();
-    sleep(Duration::from_secs(3)).await;
+    wait_for_backend(&gates, "fallback").await;
     for gate in &gates {
-        let s = status(gate).await;
+        let s = status_doc(gate).await;
         assert_eq!(s["budget_backend"], "fallback", "{s}");
-        let metrics = client()
-            .get(format!("{}/metrics", gate.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(
-            metrics.lines().any(|l| l == "crmgate_redis_fallback 1"),
+        let metrics = metrics_text(&gate.admin).await;
+        assert_eq!(
+            metric(&metrics, "crmgate_redis_fallback", &[]),
+            Some(1.0),
             "{metrics}"
         );
         let ready = client()
@@ -173,30 +190,44 @@ async fn a_redis_outage_falls_back_to_a_share_and_recovers() {
             "a Redis outage does not make crmgate unready"
         );
     }
-    let during = sim
-        .records()
-        .iter()
-        .filter(|r| r.at >= killed + Duration::from_secs(1) && r.status == 200)
-        .count();
-    assert!(
-        during >= 10,
-        "requests kept flowing on the fallback budget: {during} in 2 s"
+    // The fallback budgets start a window after the switch (slots reserved
+    // before it may still be arriving); count the two seconds after that.
+    let (from, until) = (
+        killed + Duration::from_secs(1),
+        killed + Duration::from_secs(3),
     );
+    wait_for_arrival_after(&sim, until, "two seconds of fallback traffic").await;
 
     redis.restart().await;
-    sleep(Duration::from_secs(4)).await;
-    stop.store(true, Ordering::Relaxed);
-    let answers = collect(tasks).await;
+    wait_for_backend(&gates, "shared").await;
+    // Keep the callers going through the transition back and into the
+    // shared budget alone, so the CRM-side checks cover the rejoin; the
+    // requests still queued when they stop (~2 s of slots) extend that.
+    let rejoined = Instant::now();
+    let after = rejoined + TRANSITION + Duration::from_millis(500);
+    wait_for_arrival_after(&sim, after, "traffic past the rejoin").await;
+    let answers = finish(floods).await;
+
     for gate in &gates {
-        let s = status(gate).await;
+        let s = status_doc(gate).await;
         assert_eq!(
             s["budget_backend"], "shared",
             "back to the shared budget: {s}"
         );
     }
     assert!(
-        answers.iter().all(|(s, _)| *s == 200),
-        "every caller got 200"
+        not_ok(&answers, 200).is_empty(),
+        "every caller got 200: {:?}",
+        not_ok(&answers, 200)
+    );
+    let during = sim
+        .records()
+        .iter()
+        .filter(|r| r.at >= from && r.at < until && r.status == 200)
+        .count();
+    assert!(
+        during >= 10,
+        "requests kept flowing on the fallback budget: {during} in 2 s"
     );
     assert_within_the_limit(&sim);
 }
@@ -231,8 +262,10 @@ async fn a_slow_connect_moves_the_shared_window() {
         second > Duration::from_millis(450),
         "paced 510 ms apart: {second:?}"
     );
-    // The first send's connection took 300 ms to open.
-    sleep(Duration::from_millis(300)).await;
+    // The first send's connection took 300 ms to open. Not an ordering
+    // sleep: the 300 ms is the input, and it must pass on Redis's clock
+    // (the script reads `TIME`), which a test cannot pause or advance.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     shared
         .delayed(0, Class::General, None, Duration::from_millis(300))
         .await;

@@ -5,360 +5,33 @@
 //! maxima, deliveries within a span of simulator time), never how long the
 //! test itself took; the only timings asserted are lower bounds on a delay
 //! and generous upper bounds on a wait that a FIFO would miss by seconds.
-//! Floods hold [`LOAD`] so that two of them never share the two cores and
+//! Floods hold [`common::LOAD`] so that two of them never share the two cores and
 //! add scheduling jitter to each other's measurements.
 mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use crmgate::sim::{max_in_window, Class, Received, Simulator};
+use crmgate::sim::{Class, Received};
 use futures_util::future::join_all;
-use tokio::runtime::Runtime;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tokio::time::sleep;
-
-/// Taken by every test that floods the gateway.
-static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-
-/// A telephony event body the simulator accepts.
-const EVENT: &str = r#"{"phone":"+79990001122","type":"in","codes":["101"]}"#;
-
-/// One kind of request, sent as often as a test likes.
-#[derive(Clone)]
-struct Call {
-    method: reqwest::Method,
-    /// Path on the gateway, e.g. `/api/v5/orders` or `/open/api/v5/orders`.
-    path: String,
-    /// Client key, sent as `X-API-KEY`.
-    key: Option<&'static str>,
-    /// Form fields, sent urlencoded.
-    form: Option<Vec<(String, String)>>,
-    headers: Vec<(&'static str, String)>,
-}
-
-impl Call {
-    fn get(path: &str, key: Option<&'static str>) -> Call {
-        Call {
-            method: reqwest::Method::GET,
-            path: path.into(),
-            key,
-            form: None,
-            headers: Vec::new(),
-        }
-    }
-
-    fn post(path: &str, key: Option<&'static str>, form: &[(&str, &str)]) -> Call {
-        Call {
-            method: reqwest::Method::POST,
-            form: Some(
-                form.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..Call::get(path, key)
-        }
-    }
-
-    /// `POST /api/v5/orders/create` with `externalId`.
-    fn create(key: &'static str, external_id: &str) -> Call {
-        let order = format!(r#"{{"externalId":"{external_id}","firstName":"Test"}}"#);
-        Call::post("/api/v5/orders/create", Some(key), &[("order", &order)])
-    }
-
-    fn telephony(key: &'static str) -> Call {
-        Call::post(
-            "/api/v5/telephony/call/event",
-            Some(key),
-            &[("event", EVENT)],
-        )
-    }
-
-    fn header(mut self, name: &'static str, value: &str) -> Call {
-        self.headers.push((name, value.into()));
-        self
-    }
-
-    fn request(&self, c: &reqwest::Client, base: &str, id: &str) -> reqwest::RequestBuilder {
-        let mut req = c
-            .request(self.method.clone(), format!("{base}{}", self.path))
-            .header("x-request-id", id);
-        if let Some(key) = self.key {
-            req = req.header("x-api-key", key);
-        }
-        for (name, value) in &self.headers {
-            req = req.header(*name, value);
-        }
-        if let Some(form) = &self.form {
-            req = req.form(form);
-        }
-        req
-    }
-
-    /// Sends once with request id `id`; a transport error fails the test.
-    async fn send(&self, c: &reqwest::Client, base: &str, id: &str) -> Outcome {
-        let resp = self
-            .request(c, base, id)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("request {id} failed: {e}"));
-        Outcome::read(id, resp).await
-    }
-}
-
-/// What a client saw.
-#[derive(Debug)]
-struct Outcome {
-    id: String,
-    status: u16,
-    attempts: Option<u32>,
-    queue_ms: Option<u64>,
-    retry_after: Option<String>,
-    body: String,
-}
-
-impl Outcome {
-    async fn read(id: &str, resp: reqwest::Response) -> Outcome {
-        let h = resp.headers();
-        let num = |name: &str| -> Option<u64> { h.get(name)?.to_str().ok()?.parse().ok() };
-        let attempts = num("x-crmgate-attempts").map(|n| n as u32);
-        let queue_ms = num("x-crmgate-queue-ms");
-        let retry_after = h
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap_or("<bad>").to_string());
-        let status = resp.status().as_u16();
-        let body = resp.text().await.expect("response body");
-        Outcome {
-            id: id.into(),
-            status,
-            attempts,
-            queue_ms,
-            retry_after,
-            body,
-        }
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {}", self.id, self.body))
-    }
-
-    /// Checks the shape of an answer crmgate gave itself instead of the CRM:
-    /// RetailCRM-style JSON and, for 503, a whole-seconds `Retry-After`.
-    fn assert_gateway_error(&self, status: u16) {
-        assert_eq!(self.status, status, "{self:?}");
-        let body = self.json();
-        assert_eq!(body["success"], false, "{self:?}");
-        assert!(body["errorMsg"].as_str().is_some_and(|m| !m.is_empty()));
-        if status == 503 {
-            let after: u64 = self
-                .retry_after
-                .as_deref()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("503 without a numeric Retry-After: {self:?}"));
-            assert!(after >= 1, "{self:?}");
-        }
-    }
-}
 
 /// `[limits]` for floods that assert what the CRM received: the defaults
 /// (20 ms jitter allowance), so the tests check what users run. Extra keys
 /// are appended after it.
 const LIMITS: &str = "[limits]\n";
 
-/// Stops the simulator's thread when dropped.
-struct SimThread(Option<oneshot::Sender<()>>);
-
-impl Drop for SimThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.0.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-/// Like [`setup`], but the simulator runs on a thread and runtime of its own,
-/// as the CRM runs on another machine: its arrival stamps never wait in a
-/// task queue behind the gateway and the test's callers. The gateway starts
-/// cold (no pooled connections), as after a restart: the first sends of a
-/// flood open connections, which the budget accounts for.
-async fn isolated_setup(extra: &str) -> (Simulator, Gate, SimThread) {
-    let (ready, sim) = oneshot::channel();
-    let (stop, stopped) = oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("simulator runtime");
-        rt.block_on(async move {
-            let _ = ready.send(common::sim().await);
-            let _ = stopped.await;
-        });
-    });
-    let sim = sim.await.expect("simulator thread");
-    let gate = Gate::start(config(&config_text(&sim, extra))).await;
-    (sim, gate, SimThread(Some(stop)))
-}
-
-/// Callers that each repeat one [`Call`] back to back until stopped. They
-/// run on a runtime of their own, as callers run in other processes, so the
-/// gateway's tasks do not queue behind theirs.
-struct Flood {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<JoinHandle<Vec<Outcome>>>,
-    runtime: Option<Runtime>,
-}
-
-/// Starts one caller per call; request ids are `{tag}-{caller}-{n}`.
-fn flood(base: &str, tag: &str, calls: Vec<Call>) -> Flood {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("callers' runtime");
-    let stop = Arc::new(AtomicBool::new(false));
-    let c = client();
-    let tasks = calls
-        .into_iter()
-        .enumerate()
-        .map(|(i, call)| {
-            let (c, stop, base, tag) = (c.clone(), stop.clone(), base.to_string(), tag.to_string());
-            runtime.spawn(async move {
-                let mut seen = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let id = format!("{tag}-{i}-{}", seen.len());
-                    seen.push(call.send(&c, &base, &id).await);
-                }
-                seen
-            })
-        })
-        .collect();
-    Flood {
-        stop,
-        tasks,
-        runtime: Some(runtime),
-    }
-}
-
-impl Flood {
-    /// Stops issuing, waits for every request already made, and returns all
-    /// outcomes.
-    async fn finish(mut self) -> Vec<Outcome> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all = Vec::new();
-        for task in std::mem::take(&mut self.tasks) {
-            all.extend(task.await.expect("caller task"));
-        }
-        all
-    }
-}
-
-impl Drop for Flood {
-    /// Abandons whatever is still running (its requests are dropped by the
-    /// client, which the gateway sees as a disconnect).
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-        if let Some(runtime) = self.runtime.take() {
-            // Not `drop`: a runtime may not be dropped in async context.
-            runtime.shutdown_background();
-        }
-    }
-}
-
-fn id_of(r: &Received) -> &str {
-    r.header("x-request-id").unwrap_or("")
-}
-
-/// The most arrivals per (source IP, class) in any 1 s window.
-fn per_window(records: &[Received]) -> HashMap<(IpAddr, Class), usize> {
-    max_in_window(records, Duration::from_secs(1))
-}
-
-fn count_503(records: &[Received]) -> usize {
-    records.iter().filter(|r| r.status == 503).count()
-}
-
-/// Arrivals per second between the first and the last one (for the report).
-fn arrival_rate(records: &[Received]) -> f64 {
-    let (Some(first), Some(last)) = (
-        records.iter().map(|r| r.at).min(),
-        records.iter().map(|r| r.at).max(),
-    ) else {
-        return 0.0;
-    };
-    (records.len() as f64 - 1.0) / (last - first).as_secs_f64().max(1e-9)
-}
-
-/// Fails if the CRM answered anything 503, listing for the first such
-/// arrival the ones from the same IP and class in the second before it (ms
-/// before it, request id, status): the evidence of what the budget let out.
-fn assert_no_503(records: &[Received]) {
-    let Some(hit) = records.iter().find(|r| r.status == 503) else {
-        return;
-    };
-    let before: Vec<(u128, &str, u16)> = records
-        .iter()
-        .filter(|r| (r.source_ip, r.class) == (hit.source_ip, hit.class))
-        .filter(|r| r.at <= hit.at && hit.at - r.at < Duration::from_secs(1))
-        .map(|r| ((hit.at - r.at).as_millis(), id_of(r), r.status))
-        .collect();
-    panic!(
-        "the CRM answered {} of {} arrivals 503; arrivals from {} ({}) in the second up to {}: {before:?}",
-        count_503(records),
-        records.len(),
-        hit.source_ip,
-        hit.class,
-        id_of(hit)
-    );
-}
-
-fn not_ok(outcomes: &[Outcome], ok: u16) -> Vec<&Outcome> {
-    outcomes.iter().filter(|o| o.status != ok).take(5).collect()
-}
-
-/// Sum of the samples of metric `name` whose labels include `labels`.
-async fn metric(gate: &Gate, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", gate.admin))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            let wanted = n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            wanted.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
-
 /// `(effective_rate, configured_rate)` of the general budget, from `/status`.
 async fn general_budget(gate: &Gate) -> (f64, f64) {
-    let status = json(
-        client()
-            .get(format!("{}/status", gate.admin))
-            .send()
-            .await
-            .expect("status"),
-    )
-    .await;
+    general_rates(&status_doc(gate).await)
+}
+
+/// `(effective_rate, configured_rate)` of the general budget in a `/status`
+/// document.
+fn general_rates(status: &serde_json::Value) -> (f64, f64) {
     let b = status["budgets"]
         .as_array()
         .and_then(|bs| bs.iter().find(|b| b["class"] == "general"))
@@ -383,7 +56,10 @@ async fn saturating_callers_never_trip_the_crm_limit() {
         })
         .collect();
     let load = flood(&gate.url, "sat", calls);
-    sleep(Duration::from_secs(3)).await;
+    // The measurement window: two seconds of the CRM's arrivals at full
+    // saturation (two full windows for the per-window bound), and the
+    // 29 requests still queued when the callers stop drain for three more.
+    wait_for_arrivals_spanning(&sim, Duration::from_secs(2)).await;
     let outcomes = load.finish().await;
     let records = sim.records();
     let windows = per_window(&records);
@@ -420,7 +96,10 @@ async fn telephony_has_its_own_budget() {
         .collect();
     calls.extend((0..50).map(|i| Call::telephony([ACME_CLIENT, ACME_CLIENT2, BETA_CLIENT][i % 3])));
     let load = flood(&gate.url, "mix", calls);
-    sleep(Duration::from_secs(2)).await;
+    // The measurement window: one second of the CRM's arrivals holds one
+    // full telephony window; the ~60 requests queued when the callers stop
+    // keep both budgets saturated for about another second as they drain.
+    wait_for_arrivals_spanning(&sim, Duration::from_secs(1)).await;
     let outcomes = load.finish().await;
     let records = sim.records();
     let windows = per_window(&records);
@@ -449,14 +128,15 @@ async fn telephony_has_its_own_budget() {
     assert!(gen <= 10, "{gen} general requests in one second");
 }
 
-/// Floods for `run` and returns what the simulator received meanwhile.
-async fn flood_records(extra: &str, callers: usize, run: Duration) -> Vec<Received> {
+/// Floods until the simulator's arrivals span `span` and returns what it
+/// received meanwhile (every arrival within `span` of the first one).
+async fn flood_records(extra: &str, callers: usize, span: Duration) -> Vec<Received> {
     let (sim, gate, _sim_thread) = isolated_setup(extra).await;
     let calls = (0..callers)
         .map(|i| Call::get("/api/v5/orders", Some([ACME_CLIENT, BETA_CLIENT][i % 2])))
         .collect();
     let load = flood(&gate.url, "egress", calls);
-    sleep(run).await;
+    wait_for_arrivals_spanning(&sim, span).await;
     let records = sim.records();
     drop(load);
     records
@@ -476,10 +156,9 @@ fn delivered_within(records: &[Received], span: Duration) -> HashMap<IpAddr, usi
 async fn two_egress_ips_double_the_delivered_rate() {
     let _load = LOAD.lock().await;
     let span = Duration::from_secs(2);
-    let run = Duration::from_millis(2600);
-    let one = flood_records(LIMITS, 40, run).await;
+    let one = flood_records(LIMITS, 40, span).await;
     let egress = "[upstream]\negress_ips = [\"127.0.0.2\", \"127.0.0.3\"]";
-    let two = flood_records(&format!("{LIMITS}{egress}"), 40, run).await;
+    let two = flood_records(&format!("{LIMITS}{egress}"), 40, span).await;
     let (one_by_ip, two_by_ip) = (delivered_within(&one, span), delivered_within(&two, span));
     let (n1, n2) = (
         one_by_ip.values().sum::<usize>(),
@@ -525,43 +204,42 @@ async fn connection_setup_is_reported_to_the_scheduler() {
             .await;
         assert_eq!(o.status, 200, "{o:?}");
     }
-    let metrics = c
-        .get(format!("{}/metrics", gate.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let opened: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("crmgate_upstream_connections_total{egress=\"default\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .expect("connection counter present");
+    let metrics = metrics_text(&gate.admin).await;
+    let opened = metric(
+        &metrics,
+        "crmgate_upstream_connections_total",
+        &[("egress", "default")],
+    )
+    .expect("connection counter present");
     // Sequential requests reuse one pooled connection.
-    assert_eq!(opened, 1, "{metrics}");
+    assert_eq!(opened, 1.0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_light_tenant_is_not_stuck_behind_a_flood() {
     let _load = LOAD.lock().await;
-    let (_sim, gate) = setup("").await;
+    let (sim, gate) = setup("").await;
     let calls = (0..50)
         .map(|i| Call::get("/api/v5/orders", Some([ACME_CLIENT, ACME_CLIENT2][i % 2])))
         .collect();
     let load = flood(&gate.url, "acme", calls);
-    sleep(Duration::from_millis(600)).await;
+    let acme_queued = || gate.gateway.scheduler.tenant_queued("acme");
     let c = client();
     let mut seen = Vec::new();
     for n in 0..5 {
-        let acme_queued = gate.gateway.scheduler.tenant_queued("acme");
+        // Each probe arrives behind a standing flood, after beta was idle
+        // while the flood went on (five acme sends, half a second).
+        if n > 0 {
+            let sent = sim.records().len();
+            wait_until("five more acme sends", || sim.records().len() >= sent + 5).await;
+        }
+        wait_until("30 acme requests queued", || acme_queued() >= 30).await;
+        let queued = acme_queued();
         let o = Call::get("/api/v5/orders", Some(BETA_CLIENT))
             .send(&c, &gate.url, &format!("beta-{n}"))
             .await;
         assert_eq!(o.status, 200, "{o:?}");
-        seen.push((acme_queued, o.queue_ms.expect("queue-ms header")));
-        sleep(Duration::from_millis(500)).await;
+        seen.push((queued, o.queue_ms.expect("queue-ms header")));
     }
     drop(load);
     println!("fairness: (acme queued, beta queue ms) = {seen:?}");
@@ -585,7 +263,11 @@ async fn max_wait_header_gives_up_without_sending() {
         .map(|_| Call::get("/api/v5/orders", Some(ACME_CLIENT)))
         .collect();
     let load = flood(&gate.url, "flood", calls);
-    sleep(Duration::from_millis(500)).await;
+    // 15 queued ahead: 1.5 s of slots, far past the probes' 200 ms.
+    wait_until("15 flood requests queued", || {
+        gate.gateway.scheduler.tenant_queued("acme") >= 15
+    })
+    .await;
     let c = client();
     for n in 0..3 {
         let o = Call::get("/api/v5/orders", Some(ACME_CLIENT))
@@ -621,7 +303,10 @@ async fn configured_max_queue_wait_gives_up_without_sending() {
         .map(|_| Call::get("/api/v5/orders", Some(ACME_CLIENT)))
         .collect();
     let load = flood(&gate.url, "w", calls);
-    sleep(Duration::from_millis(1500)).await;
+    wait_until("5 requests served and 5 refused", || {
+        answered(&gate, "acme", 200) >= 5 && answered(&gate, "acme", 503) >= 5
+    })
+    .await;
     let outcomes = load.finish().await;
     let records = sim.records();
     let sent: HashSet<&str> = records.iter().map(id_of).collect();
@@ -700,7 +385,10 @@ async fn a_tenant_cap_refuses_only_that_tenant() {
     }));
     let beta = async {
         // Arrives while acme's share of the queue is full.
-        sleep(Duration::from_millis(50)).await;
+        wait_until("acme's share of the queue full", || {
+            gate.gateway.scheduler.tenant_queued("acme") >= 2
+        })
+        .await;
         Call::get("/api/v5/orders", Some(BETA_CLIENT))
             .send(&c, &gate.url, "beta")
             .await
@@ -732,10 +420,11 @@ async fn a_caller_that_hangs_up_while_queued_is_never_sent() {
         let (c, call, url) = (c.clone(), call.clone(), gate.url.clone());
         tokio::spawn(async move { call.send(&c, &url, id).await })
     };
+    let queued = || gate.gateway.scheduler.queued();
     let first = send("first");
-    sleep(Duration::from_millis(50)).await;
+    wait_until("first reached the CRM", || !sim.records().is_empty()).await;
     let second = send("second");
-    sleep(Duration::from_millis(50)).await;
+    wait_until("second queued", || queued() >= 1).await;
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(200))
         .build()
@@ -744,8 +433,11 @@ async fn a_caller_that_hangs_up_while_queued_is_never_sent() {
         let (call, url) = (call.clone(), gate.url.clone());
         tokio::spawn(async move { call.request(&impatient, &url, "cancelled").send().await })
     };
-    sleep(Duration::from_millis(50)).await;
+    wait_until("cancelled queued", || queued() >= 2).await;
     let after = send("after");
+    // `after` queues behind the cancelled request (unless that one's caller,
+    // 200 ms after starting, already gave up: then no wait is needed).
+    wait_until("after queued", || queued() >= 3 || cancelled.is_finished()).await;
 
     let gave_up = cancelled.await.unwrap();
     assert!(
@@ -753,14 +445,11 @@ async fn a_caller_that_hangs_up_while_queued_is_never_sent() {
         "expected a client timeout, got {gave_up:?}"
     );
     // Diagnostic only: did the gateway notice the hang-up before the slot?
-    let mut withdrawn = false;
-    for _ in 0..20 {
-        if gate.gateway.scheduler.queued() <= 2 {
-            withdrawn = true;
-            break;
-        }
-        sleep(Duration::from_millis(25)).await;
-    }
+    let withdrawn = poll_until(Duration::from_millis(500), || {
+        std::future::ready((gate.gateway.scheduler.withdrawn() >= 1).then_some(()))
+    })
+    .await
+    .is_some();
     // `after` queued behind the cancelled one: once it is answered, the
     // cancelled request's slot has come and gone.
     let after = after.await.unwrap();
@@ -901,8 +590,9 @@ async fn a_503_lowers_the_rate_until_it_recovers() {
     assert_eq!(general_budget(&gate).await, (10.0, 10.0));
     let throttled = [("class", "general"), ("status", "503")];
     let retried = [("class", "general"), ("reason", "throttled")];
-    let throttled_before = metric(&gate, "crmgate_upstream_throttled_total", &throttled).await;
-    let retried_before = metric(&gate, "crmgate_retries_total", &retried).await;
+    let throttled_before =
+        metric_now(&gate.admin, "crmgate_upstream_throttled_total", &throttled).await;
+    let retried_before = metric_now(&gate.admin, "crmgate_retries_total", &retried).await;
 
     sim.faults().fail_next(1, None);
     let o = get.send(&c, &gate.url, "cut").await;
@@ -911,25 +601,20 @@ async fn a_503_lowers_the_rate_until_it_recovers() {
     println!("adaptive: effective rate {cut} of {configured} just after a 503");
     // Halved to 5, regaining 2/s: below 10 for 2.5 s after the 503.
     assert!(cut < configured, "effective rate {cut} after a 503");
-    let throttled_after = metric(&gate, "crmgate_upstream_throttled_total", &throttled).await;
-    let retried_after = metric(&gate, "crmgate_retries_total", &retried).await;
+    let throttled_after =
+        metric_now(&gate.admin, "crmgate_upstream_throttled_total", &throttled).await;
+    let retried_after = metric_now(&gate.admin, "crmgate_retries_total", &retried).await;
     assert_eq!(throttled_after - throttled_before, 1.0);
     assert_eq!(retried_after - retried_before, 1.0);
 
-    let mut recovered = None;
-    for _ in 0..100 {
-        sleep(Duration::from_millis(100)).await;
-        let (rate, _) = general_budget(&gate).await;
-        if rate == configured {
-            recovered = Some(rate);
-            break;
-        }
-    }
-    assert_eq!(
-        recovered,
-        Some(configured),
-        "the rate did not recover in 10 s"
-    );
+    // The same document as `/status`, read in-process: cheap to poll.
+    let recovered = poll_until(Duration::from_secs(10), || {
+        let (rate, _) = general_rates(&gate.gateway.status());
+        std::future::ready((rate == configured).then_some(()))
+    })
+    .await;
+    assert!(recovered.is_some(), "the rate did not recover in 10 s");
+    assert_eq!(general_budget(&gate).await, (configured, configured));
 }
 
 #[tokio::test]
@@ -949,7 +634,7 @@ async fn a_refused_connection_is_retried_even_for_a_post() {
     );
     let gate = Gate::start(config(&text)).await;
     let retried = [("class", "general"), ("reason", "connect")];
-    let before = metric(&gate, "crmgate_retries_total", &retried).await;
+    let before = metric_now(&gate.admin, "crmgate_retries_total", &retried).await;
     let order = r#"{"externalId":"x-dead"}"#;
     let o = Call::post("/dead/api/v5/orders/create", None, &[("order", order)])
         .send(&client(), &gate.url, "dead")
@@ -957,7 +642,7 @@ async fn a_refused_connection_is_retried_even_for_a_post() {
     o.assert_gateway_error(502);
     assert_eq!(o.attempts, Some(3), "{o:?}");
     assert_eq!(
-        metric(&gate, "crmgate_retries_total", &retried).await - before,
+        metric_now(&gate.admin, "crmgate_retries_total", &retried).await - before,
         2.0
     );
     assert!(sim.records().is_empty());

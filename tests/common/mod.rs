@@ -1,6 +1,24 @@
 //! Shared harness for integration tests: a simulated CRM and a gateway on
 //! loopback ephemeral ports, plus small helpers. Everything is real sockets.
+//!
+//! Layout: this file starts things (simulator, gateway, redis-server);
+//! [`wait`] holds the one polling loop (wait for what is observable, never
+//! sleep to order events); [`metrics`] the one Prometheus text parser;
+//! [`load`] the request and flood helpers and the CRM-side checks. All of
+//! it is re-exported, so `use common::*;` is enough.
 #![allow(dead_code)]
+
+pub mod load;
+pub mod metrics;
+pub mod wait;
+
+// Not every test binary uses every helper.
+#[allow(unused_imports)]
+pub use load::*;
+#[allow(unused_imports)]
+pub use metrics::*;
+#[allow(unused_imports)]
+pub use wait::*;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -172,6 +190,31 @@ pub async fn json(resp: reqwest::Response) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
+/// How many answers with `status` the gateway gave tenant `tenant` so far
+/// (`totals_by_status` of `/status`, read in-process: cheap to poll).
+pub fn answered(gate: &Gate, tenant: &str, status: u16) -> u64 {
+    let doc = gate.gateway.status();
+    let t = doc["tenants"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == tenant))
+        .unwrap_or_else(|| panic!("no tenant {tenant} in {doc}"));
+    t["totals_by_status"][status.to_string()]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// GETs the gateway's `/status` document; fails the test unless it is 200
+/// and JSON.
+pub async fn status_doc(gate: &Gate) -> serde_json::Value {
+    let resp = client()
+        .get(format!("{}/status", gate.admin))
+        .send()
+        .await
+        .expect("admin answers");
+    assert_eq!(resp.status(), 200);
+    json(resp).await
+}
+
 /// A `redis-server` of the test's own, on a free loopback port, with no
 /// persistence; stopped (by pid) when dropped.
 pub struct RedisServer {
@@ -221,16 +264,17 @@ impl RedisServer {
             .stderr(std::process::Stdio::null())
             .spawn()?;
         self.child = Some(child);
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("redis-server did not start listening on {}", self.port);
+        let port = self.port;
+        let listening = poll_until(Duration::from_secs(10), || async move {
+            let connected = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+            connected.is_ok().then_some(())
+        })
+        .await;
+        assert!(
+            listening.is_some(),
+            "redis-server did not start listening on {port} within 10 s"
+        );
+        Ok(())
     }
 
     /// `redis://127.0.0.1:PORT`
