@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{client, config_text, json, sim, Gate, ACME_CLIENT};
+use common::{client, config_text, json, sim, wait_until, Gate, ACME_CLIENT};
 use crmgate::config::Config;
 use crmgate::sim::Simulator;
 use serde_json::Value;
@@ -59,18 +59,6 @@ async fn get(gate: &Gate) -> (u16, Value) {
         .await
         .expect("gateway answers");
     (resp.status().as_u16(), json(resp).await)
-}
-
-/// Polls `cond` until it holds (at most 10 s).
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn connections_opened(gate: &Gate) -> u64 {

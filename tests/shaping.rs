@@ -609,7 +609,7 @@ async fn a_503_lowers_the_rate_until_it_recovers() {
 
     // The same document as `/status`, read in-process: cheap to poll.
     let recovered = poll_until(Duration::from_secs(10), || {
-        let (rate, _) = general_rates(&gate.gateway.status());
+        let (rate, _) = general_rates(&status_now(&gate));
         std::future::ready((rate == configured).then_some(()))
     })
     .await;

@@ -190,10 +190,16 @@ pub async fn json(resp: reqwest::Response) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
+/// The `/status` document, read in-process (cheap to poll).
+pub fn status_now(gate: &Gate) -> serde_json::Value {
+    serde_json::to_value(crmgate::status::Status::collect(&gate.gateway))
+        .expect("the status document serialises")
+}
+
 /// How many answers with `status` the gateway gave tenant `tenant` so far
 /// (`totals_by_status` of `/status`, read in-process: cheap to poll).
 pub fn answered(gate: &Gate, tenant: &str, status: u16) -> u64 {
-    let doc = gate.gateway.status();
+    let doc = status_now(gate);
     let t = doc["tenants"]
         .as_array()
         .and_then(|ts| ts.iter().find(|t| t["name"] == tenant))
