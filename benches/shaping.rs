@@ -22,6 +22,12 @@
 //!    bench; skipped loudly when it is not on PATH), 50 callers spread over
 //!    them, one egress IP at the simulator; combined utilisation after the
 //!    start-up transition, 503s, and Redis round trips per request.
+//! 6. `passthrough`: what a request costs when the limiter never binds.
+//!    `wrk -t1 -c8 --latency` against a fixed-JSON nginx upstream directly,
+//!    through an nginx `proxy_pass` (the anchor), and through the release
+//!    `crmgate` binary (8 egress budgets at 10,000/s), side by side: req/s,
+//!    p50/p99, crmgate ÷ nginx, CPU per request. These three are separate
+//!    processes; skipped loudly without `nginx` or `wrk`.
 //!
 //! Everything runs in one process on one tokio runtime, like the
 //! integration tests: the callers, the gateway and the simulator share the
@@ -34,6 +40,8 @@ mod end_to_end;
 mod harness;
 #[path = "shaping/measure.rs"]
 mod measure;
+#[path = "shaping/passthrough.rs"]
+mod passthrough;
 #[path = "shaping/sched_cost.rs"]
 mod sched_cost;
 #[path = "shaping/shared_budget.rs"]
@@ -43,7 +51,14 @@ use std::time::Duration;
 
 use serde_json::json;
 
-const SCENARIOS: [&str; 5] = ["utilisation", "jitter", "fairness", "scheduler", "redis"];
+const SCENARIOS: [&str; 6] = [
+    "utilisation",
+    "jitter",
+    "fairness",
+    "scheduler",
+    "redis",
+    "passthrough",
+];
 
 /// Targets, as agreed for the gateway.
 const TARGET_UTILISATION: f64 = 0.98;
@@ -51,6 +66,10 @@ const TARGET_UTILISATION_JITTER: f64 = 0.96;
 const TARGET_LIGHT_P95_MS: f64 = 300.0;
 /// Three replicas together, after the start-up transition (issue target).
 const TARGET_UTILISATION_REDIS: f64 = 0.9;
+/// Pass-through: crmgate's req/s at least this share of nginx proxy_pass's.
+const TARGET_PASS_RATIO: f64 = 0.6;
+/// Pass-through: crmgate's median latency (ms) in the same run.
+const TARGET_PASS_P50_MS: f64 = 0.3;
 
 struct Args {
     quick: bool,
@@ -61,7 +80,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: cargo bench --bench shaping -- [--quick] [--seconds N] \
-[--only utilisation,jitter,fairness,scheduler,redis] [--callers N] [--jitter-ms N]";
+[--only utilisation,jitter,fairness,scheduler,redis,passthrough] [--callers N] [--jitter-ms N]";
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -392,6 +411,53 @@ fn print_shared(s: &shared_budget::SharedBudget) {
     }
 }
 
+fn print_passthrough(p: &passthrough::Passthrough) {
+    println!(
+        "\n== 6. Pass-through cost: wrk -t1 -c{} -d{:.0}s, fixed-JSON nginx upstream, limiter out of the way",
+        p.connections, p.seconds
+    );
+    println!(
+        "   {:<18} {:>10} {:>9} {:>9} {:>9} {:>13} {:>10} {:>8}  load average before",
+        "target", "req/s", "p50 ms", "p90 ms", "p99 ms", "CPU µs/req", "(kernel)", "cs/req"
+    );
+    let opt = |v: Option<f64>, prec: usize| v.map_or("-".into(), |v| format!("{v:.prec$}"));
+    for r in &p.runs {
+        let cpu = r.cpu_user_us.zip(r.cpu_kernel_us).map(|(u, k)| u + k);
+        println!(
+            "   {:<18} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>13} {:>10} {:>8}  {}",
+            r.target,
+            r.requests_per_s,
+            r.p50_ms,
+            r.p90_ms,
+            r.p99_ms,
+            opt(cpu, 1),
+            opt(r.cpu_kernel_us, 1),
+            opt(r.switches_per_request, 2),
+            r.loadavg
+        );
+        if r.non_2xx > 0 || r.socket_errors > 0 {
+            println!(
+                "   !!! {}: {} answers were not 2xx/3xx, {} socket errors: its figures are not pass-through",
+                r.target, r.non_2xx, r.socket_errors
+            );
+        }
+    }
+    let gate = &p.runs[2];
+    println!(
+        "   crmgate / nginx req/s: {:.3}   target ≥ {TARGET_PASS_RATIO}: {}",
+        p.ratio,
+        verdict(p.ratio >= TARGET_PASS_RATIO)
+    );
+    println!(
+        "   crmgate p50: {:.3} ms   target ≤ {TARGET_PASS_P50_MS} ms: {}",
+        gate.p50_ms,
+        verdict(gate.p50_ms <= TARGET_PASS_P50_MS)
+    );
+    println!(
+        "   (CPU and context switches are the target process's own, all threads, per request)"
+    );
+}
+
 fn main() {
     let args = parse_args();
     let run = |full: f64, quick: f64| {
@@ -488,6 +554,22 @@ fn main() {
         }
     }
 
+    if wants("passthrough") {
+        let secs = args.seconds.unwrap_or(if args.quick { 3.0 } else { 5.0 });
+        match passthrough::passthrough(secs.round().max(1.0) as u64) {
+            Ok(p) => {
+                print_passthrough(&p);
+                json.insert("passthrough".into(), serde_json::to_value(&p).unwrap());
+            }
+            Err(why) => {
+                println!("\n== 6. Pass-through cost");
+                println!("\n   !!!!! SKIPPED: {why} !!!!!\n");
+                eprintln!("!!!!! passthrough scenario SKIPPED: {why} !!!!!");
+                json.insert("passthrough".into(), json!({ "skipped": why }));
+            }
+        }
+    }
+
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "\n   total {elapsed:.1} s; load average at start {load_start}, at end {}",
@@ -507,6 +589,8 @@ fn main() {
                 "utilisation_jitter": TARGET_UTILISATION_JITTER,
                 "light_p95_ms": TARGET_LIGHT_P95_MS,
                 "utilisation_redis": TARGET_UTILISATION_REDIS,
+                "passthrough_ratio": TARGET_PASS_RATIO,
+                "passthrough_p50_ms": TARGET_PASS_P50_MS,
             },
         }),
     );
