@@ -42,8 +42,6 @@ pub struct Inbound {
     /// The tenant, as resolved from the config snapshot the request arrived
     /// under.
     pub tenant: Arc<Tenant>,
-    /// The API path (`/api/v5/...`), without tenant prefix or query.
-    pub api_path: String,
     /// What the scheduler needs: tenant, client, class, priority, deadline.
     pub ticket: Ticket,
     /// What goes to the CRM, minus the real key and the base URL.
@@ -55,6 +53,11 @@ impl Inbound {
     pub fn class(&self) -> Class {
         self.ticket.class
     }
+
+    /// The API path (`/api/v5/...`), without tenant prefix or query.
+    pub fn api_path(&self) -> &str {
+        &self.out.path
+    }
 }
 
 /// The caller's request, rewritten for the CRM.
@@ -62,8 +65,10 @@ impl Inbound {
 pub struct Outgoing {
     /// GET, POST, ...
     pub method: Method,
-    /// `/api/v5/...?...`: the API path and the rewritten query (no key).
-    pub path_and_query: String,
+    /// `/api/v5/...`: the API path, without tenant prefix.
+    pub path: String,
+    /// The rewritten query (no key, `site` added), if any.
+    pub query: Option<String>,
     /// End-to-end headers, no key, plus `X-Forwarded-For` and `X-Request-Id`.
     pub headers: HeaderMap,
     /// The body, rewritten when it is a form (no key, `site` added).
@@ -133,7 +138,6 @@ pub async fn read(
         deadline: Instant::now() + max_wait,
     };
     Ok(Inbound {
-        api_path: api_path.to_string(),
         tenant,
         ticket,
         out,
@@ -242,12 +246,10 @@ fn outgoing(
             }
         }
     }
-    let mut path_and_query = String::with_capacity(api_path.len() + 1 + query_out.len());
-    path_and_query.push_str(api_path);
-    if !query_out.is_empty() {
-        path_and_query.push('?');
-        path_and_query.push_str(&String::from_utf8_lossy(&query_out));
-    }
+    let query = (!query_out.is_empty()).then(|| match String::from_utf8(query_out) {
+        Ok(q) => q,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    });
     let mut headers = upstream_headers(&parts.headers);
     // Earlier hops, from every X-Forwarded-For line the caller sent, then us.
     let mut forwarded = String::new();
@@ -269,7 +271,8 @@ fn outgoing(
     }
     Outgoing {
         method: parts.method.clone(),
-        path_and_query,
+        path: api_path.to_string(),
+        query,
         headers,
         body,
     }
@@ -376,10 +379,10 @@ api_key = "real-open-key-0002"
         assert_eq!(&*r.tenant.name, "acme");
         assert_eq!(trace.tenant.as_deref(), Some("acme"));
         assert_eq!(r.class(), Class::General);
-        assert_eq!(r.api_path, "/api/v5/orders");
+        assert_eq!(r.api_path(), "/api/v5/orders");
         assert_eq!(
-            r.out.path_and_query,
-            "/api/v5/orders?filter%5Bids%5D%5B%5D=7&site=main"
+            r.out.query.as_deref(),
+            Some("filter%5Bids%5D%5B%5D=7&site=main")
         );
         assert_eq!(r.ticket.priority, Priority::Low);
         assert_eq!(&*r.ticket.client, "ck-acme-1");
@@ -398,7 +401,8 @@ api_key = "real-open-key-0002"
             .unwrap();
         let (r, _) = read_one(&rt, req).await.unwrap();
         assert_eq!(r.out.body, Bytes::from_static(b"site=other&order=%7B%7D"));
-        assert_eq!(r.out.path_and_query, "/api/v5/orders/create");
+        assert_eq!(r.out.path, "/api/v5/orders/create");
+        assert_eq!(r.out.query, None);
         assert_eq!(r.out.method, Method::POST);
     }
 

@@ -95,16 +95,20 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-/// Removes hop-by-hop headers, including any the `Connection` header names.
-pub fn drop_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+/// Header names that the `Connection` header lists (hop-by-hop too).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+        .collect()
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+pub fn drop_hop_by_hop(headers: &mut HeaderMap) {
+    for name in connection_named(headers) {
         headers.remove(name);
     }
     for name in HOP_BY_HOP {
@@ -112,24 +116,30 @@ pub fn drop_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// True for a request header that must not go upstream as the caller sent
+/// it: hop-by-hop, recomputed by the client, the caller's key, or replaced
+/// (`X-Forwarded-For`, `X-Request-Id`), or crmgate's own control headers.
+fn not_forwarded(name: &HeaderName) -> bool {
+    *name == header::HOST
+        || *name == header::CONTENT_LENGTH
+        || HOP_BY_HOP.contains(&name.as_str())
+        || matches!(
+            name.as_str(),
+            "x-api-key" | "x-forwarded-for" | "x-request-id"
+        )
+        || name.as_str().starts_with("x-crmgate-")
+}
+
 /// The request headers to send upstream: the caller's end-to-end headers
 /// minus its key, crmgate's control headers and what the client recomputes.
+/// Built by copying what stays (cheaper than cloning and removing).
 pub fn upstream_headers(incoming: &HeaderMap) -> HeaderMap {
-    let mut h = incoming.clone();
-    drop_hop_by_hop(&mut h);
-    for name in [header::HOST, header::CONTENT_LENGTH] {
-        h.remove(name);
-    }
-    h.remove("x-api-key");
-    h.remove("x-forwarded-for");
-    h.remove("x-request-id");
-    let control: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-crmgate-"))
-        .cloned()
-        .collect();
-    for k in control {
-        h.remove(k);
+    let named = connection_named(incoming);
+    let mut h = HeaderMap::with_capacity(incoming.len() + 3);
+    for (name, value) in incoming {
+        if !not_forwarded(name) && !named.contains(name) {
+            h.append(name.clone(), value.clone());
+        }
     }
     h
 }
@@ -213,9 +223,18 @@ mod tests {
         h.insert("x-api-key", "client".parse().unwrap());
         h.insert("x-crmgate-priority", "high".parse().unwrap());
         h.insert("accept", "application/json".parse().unwrap());
+        h.append("accept-language", "ru".parse().unwrap());
+        h.append("accept-language", "en".parse().unwrap());
+        h.insert("host", "localhost:8080".parse().unwrap());
+        h.insert("content-length", "3".parse().unwrap());
+        h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        h.insert("x-request-id", "r1".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
         let out = upstream_headers(&h);
-        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out.len(), 3, "{out:?}");
         assert!(out.contains_key("accept"));
+        let langs: Vec<_> = out.get_all("accept-language").iter().collect();
+        assert_eq!(langs, ["ru", "en"], "repeated headers keep their order");
     }
 
     #[test]

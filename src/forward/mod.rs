@@ -15,6 +15,7 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use rand::Rng;
 use tokio::time::Instant;
+use url::Url;
 
 use crate::access::Trace;
 use crate::error::GatewayError;
@@ -66,7 +67,7 @@ pub async fn forward(
         headers.insert("x-api-key", key_header(&target.config.api_key));
         let send = egress
             .client
-            .request(out.method.clone(), target_url(target, &out.path_and_query))
+            .request(out.method.clone(), target_url(target, &out.path, out.query.as_deref()))
             .headers(headers)
             .body(out.body.clone());
         let sent_at = Instant::now();
@@ -178,12 +179,19 @@ pub async fn forward(
     }
 }
 
-/// The CRM URL of one send: the tenant's base URL and the rewritten path.
-fn target_url(tenant: &Tenant, path_and_query: &str) -> String {
-    let base = tenant.config.base_url.as_str().trim_end_matches('/');
-    let mut url = String::with_capacity(base.len() + path_and_query.len());
-    url.push_str(base);
-    url.push_str(path_and_query);
+/// The CRM URL of one send: the tenant's (already parsed) base URL, with
+/// the API path appended to its path, and the rewritten query. Starting
+/// from the parsed base saves parsing scheme and host again for every send.
+fn target_url(tenant: &Tenant, path: &str, query: Option<&str>) -> Url {
+    let mut url = tenant.config.base_url.clone();
+    let base = url.path().trim_end_matches('/');
+    if base.is_empty() {
+        url.set_path(path);
+    } else {
+        let joined = format!("{base}{path}");
+        url.set_path(&joined);
+    }
+    url.set_query(query);
     url
 }
 
@@ -213,12 +221,41 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// The CRM's answer as our response: status, end-to-end headers, body
 /// streamed chunk by chunk.
-fn stream_back(resp: reqwest::Response) -> Response {
+fn stream_back(mut resp: reqwest::Response) -> Response {
     let status = resp.status();
-    let mut headers = resp.headers().clone();
+    let mut headers = std::mem::take(resp.headers_mut());
     drop_hop_by_hop(&mut headers);
     let mut response = Response::new(Body::from_stream(resp.bytes_stream()));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::tenant::Tenants;
+
+    fn url(base_url: &str, path: &str, query: Option<&str>) -> String {
+        let text = format!(
+            "[[tenants]]\nname = \"t\"\nbase_url = \"{base_url}\"\napi_key = \"k-0001\"\n"
+        );
+        let config = Config::from_toml(&text, "t.toml", &|_| None).unwrap();
+        let tenants = Tenants::new(&config.tenants);
+        target_url(tenants.get("t").unwrap(), path, query).to_string()
+    }
+
+    #[test]
+    fn urls_join_the_base_path_and_keep_the_query_verbatim() {
+        let q = Some("filter%5Bids%5D%5B%5D=1&site=a+b");
+        assert_eq!(
+            url("https://acme.retailcrm.ru", "/api/v5/orders", q),
+            "https://acme.retailcrm.ru/api/v5/orders?filter%5Bids%5D%5B%5D=1&site=a+b"
+        );
+        assert_eq!(
+            url("http://127.0.0.1:9000/crm/", "/api/v5/orders", None),
+            "http://127.0.0.1:9000/crm/api/v5/orders"
+        );
+    }
 }
