@@ -76,7 +76,7 @@ fn duplicate_tenant_names_are_rejected() {
     );
     assert!(has(
         &problems(&text),
-        "tenants[1].name: \"acme\" is already used by tenants[0]"
+        "tenants[1].name: is already used by tenants[0]"
     ));
 }
 
@@ -86,7 +86,7 @@ fn duplicates_are_reported_even_next_to_other_problems() {
                 [[tenants]]\nname = \"a\"\nsubdomain = \"b\"\napi_key_env = \"ACME_KEY\"\n";
     let p = problems(text);
     assert!(
-        has(&p, "tenants[1].name: \"a\" is already used by tenants[0]"),
+        has(&p, "tenants[1].name: is already used by tenants[0]"),
         "{p:?}"
     );
     assert!(has(&p, "tenants[0].api_key_env"), "{p:?}");
@@ -99,7 +99,7 @@ fn a_client_key_shared_by_two_tenants_is_rejected() {
     assert!(
         has(
             &p,
-            "tenants[1].client_keys[0]: is also a client key of tenants[0]"
+            "tenants[1].client_keys[0]: is also a client key of tenants[0] (at tenants[0].client_keys[0])"
         ),
         "{p:?}"
     );
@@ -110,20 +110,25 @@ fn a_client_key_shared_by_two_tenants_is_rejected() {
 }
 
 #[test]
-fn unset_and_empty_keys_name_the_variable() {
+fn unset_and_empty_keys_are_reported_without_the_name() {
+    // A RetailCRM key is also a valid variable name: an unset variable's
+    // name may be the key itself, pasted in the wrong field.
     let p = problems("[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key_env = \"NOPE\"\n");
-    assert!(
-        has(
-            &p,
-            "tenants[0].api_key_env: environment variable NOPE is not set"
-        ),
-        "{p:?}"
+    assert_eq!(
+        p,
+        ["tenants[0].api_key_env: names an environment variable that is not set"]
     );
     let p = problems("[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key_env = \"EMPTY\"\n");
+    assert_eq!(
+        p,
+        ["tenants[0].api_key_env: names an environment variable that is empty"]
+    );
+    let p =
+        problems("[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key_env = \"ck-1234 5678\"\n");
     assert!(
         has(
             &p,
-            "tenants[0].api_key_env: environment variable EMPTY is empty"
+            "tenants[0].api_key_env: is not an environment variable name"
         ),
         "{p:?}"
     );
@@ -146,10 +151,14 @@ fn key_files_are_read_and_trimmed() {
     );
     let text =
         "[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key_file = \"/nonexistent/key\"\n";
-    assert!(has(
-        &problems(text),
-        "tenants[0].api_key_file: cannot read /nonexistent/key"
-    ));
+    let p = problems(text);
+    assert!(
+        has(
+            &p,
+            "tenants[0].api_key_file: cannot read the file it names: "
+        ) && !has(&p, "/nonexistent"),
+        "{p:?}"
+    );
 }
 
 #[test]
@@ -168,17 +177,14 @@ fn base_url_must_be_http() {
     assert!(
         has(
             &p,
-            "tenants[0].base_url: \"ftp://x\" must be an http:// or https:// URL"
+            "tenants[0].base_url: must be an http:// or https:// URL"
         ),
         "{p:?}"
     );
     let p = problems(
         "[[tenants]]\nname = \"a\"\nbase_url = \"not a url\"\napi_key_env = \"ACME_KEY\"\n",
     );
-    assert!(
-        has(&p, "tenants[0].base_url: \"not a url\" is not a URL"),
-        "{p:?}"
-    );
+    assert!(has(&p, "tenants[0].base_url: is not a URL"), "{p:?}");
 }
 
 #[test]
@@ -202,16 +208,10 @@ fn bad_egress_ips_are_rejected() {
         format!("[upstream]\negress_ips = [\"127.0.0.2\", \"10.0.0.300\", \"127.0.0.2\"]\n{GOOD}");
     let p = problems(&text);
     assert!(
-        has(
-            &p,
-            "upstream.egress_ips[1]: \"10.0.0.300\" is not an IP address"
-        ),
+        has(&p, "upstream.egress_ips[1]: is not an IP address"),
         "{p:?}"
     );
-    assert!(
-        has(&p, "upstream.egress_ips[2]: 127.0.0.2 is listed twice"),
-        "{p:?}"
-    );
+    assert!(has(&p, "upstream.egress_ips[2]: is listed twice"), "{p:?}");
 }
 
 #[test]
@@ -241,8 +241,8 @@ fn every_problem_is_reported_not_just_the_first() {
                 [[tenants]]\nname = \"bad name\"\nsubdomain = \"a\"\napi_key_env = \"NOPE\"\n";
     let p = problems(text);
     for needle in [
-        "limits.max_queue_wait: invalid duration \"soon\"",
-        "limits.scope: \"planet\"",
+        "limits.max_queue_wait: is not a duration",
+        "limits.scope: must be one of",
         "retry.max_attempts",
         "tenants[0].name",
         "tenants[0].api_key_env",
@@ -260,7 +260,7 @@ fn other_value_rules() {
     );
     let p = problems(&text);
     for needle in [
-        "server.listen: invalid address",
+        "server.listen: is not an address",
         "server.max_body_bytes: must be positive",
         "limits.jitter_allowance: must be shorter than 1s",
         "limits.adaptive.decrease_factor",
