@@ -249,9 +249,7 @@ impl Config {
         let inline: Vec<String> = config.inline_key_fields();
         if !inline.is_empty() {
             let what = format!("keys inline ({})", inline.join(", "));
-            config
-                .warnings
-                .extend(secrets::exposure(path, &what, "640"));
+            config.warnings.extend(secrets::exposure(path, &what));
         }
         Ok(config)
     }

@@ -89,13 +89,13 @@ pub(super) fn file_list(text: &str) -> Vec<(usize, String)> {
 /// "others" can read it, or its group can and crmgate is not in that group
 /// (group-readable files are how Kubernetes `fsGroup` and a `root:crmgate
 /// 0640` install grant access, so that case alone is fine). `what` says what
-/// the file holds; `fix` is the suggested mode. `None` when the file is
-/// private enough or cannot be inspected.
-pub(super) fn exposure(path: &Path, what: &str, fix: &str) -> Option<String> {
+/// the file holds. `None` when the file is private enough or cannot be
+/// inspected.
+pub(super) fn exposure(path: &Path, what: &str) -> Option<String> {
     let readers = readers(path)?;
     Some(format!(
-        "{} holds {what} and is readable by {} (mode {:04o}): run `chmod {fix} {}`, \
-         or give it a group only crmgate is in",
+        "{} holds {what} and is readable by {} (mode {:04o}): run `chmod 600 {}` \
+         (or `chmod 640` with a group only crmgate is in)",
         path.display(),
         readers.who,
         readers.mode,
@@ -190,12 +190,12 @@ mod tests {
         let file = dir.path().join("keys");
         std::fs::write(&file, "k\n").unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(exposure(&file, "keys", "600"), None);
+        assert_eq!(exposure(&file, "keys"), None);
         // Our own group may read: that is how access is granted.
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert_eq!(exposure(&file, "keys", "600"), None);
+        assert_eq!(exposure(&file, "keys"), None);
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let w = exposure(&file, "client keys", "600").expect("a warning");
+        let w = exposure(&file, "client keys").expect("a warning");
         assert!(
             w.contains(&file.display().to_string())
                 && w.contains("mode 0644")
@@ -203,6 +203,6 @@ mod tests {
                 && w.contains("chmod 600"),
             "{w}"
         );
-        assert_eq!(exposure(&dir.path().join("missing"), "keys", "600"), None);
+        assert_eq!(exposure(&dir.path().join("missing"), "keys"), None);
     }
 }

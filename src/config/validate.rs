@@ -459,7 +459,7 @@ fn tenant(
                 match secrets::from_file(file).map(|v| v.trim().to_string()) {
                     Ok(v) if !v.is_empty() => {
                         let path = PathBuf::from(file);
-                        if let Some(w) = secrets::exposure(&path, "a CRM key", "600") {
+                        if let Some(w) = secrets::exposure(&path, "a CRM key") {
                             warnings.push(format!("{}: {w}", at("api_key_file")));
                         }
                         Some((Secret::new(v), KeySource::File(path)))
@@ -610,7 +610,7 @@ fn client_keys_of(
                         .push((format!("{} (line {n})", at("client_keys_file")), key));
                 }
                 let path = PathBuf::from(file);
-                if let Some(w) = secrets::exposure(&path, "client keys", "600") {
+                if let Some(w) = secrets::exposure(&path, "client keys") {
                     warnings.push(format!("{}: {w}", at("client_keys_file")));
                 }
                 out.sources.push(KeySource::File(path));

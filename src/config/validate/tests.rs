@@ -532,7 +532,7 @@ fn readable_key_files_and_configs_with_inline_keys_are_warned_about() {
     assert!(
         about_file[0].contains("tenants[0].api_key, tenants[0].client_keys")
             && about_file[0].contains("mode 0644")
-            && about_file[0].contains("chmod 640"),
+            && about_file[0].contains("`chmod 640` with a group only crmgate is in"),
         "{w:?}"
     );
     mode(&config, 0o600);
