@@ -5,9 +5,13 @@
 //! bad values: non-zero rates, parsed addresses, URLs and durations, resolved
 //! keys. Every problem is reported with its field path, not just the first.
 //! This module reads keys from the environment or files but never prints them:
-//! [`Secret`] redacts itself in `Debug` and `Display`.
+//! [`Secret`] redacts itself in `Debug` and `Display`. No message it makes
+//! (error or warning) contains a value from the file, a key, or a password in
+//! a URL: problems name the field path and what is wrong.
 
+mod parse;
 mod raw;
+mod secrets;
 mod validate;
 
 use std::fmt;
@@ -210,8 +214,11 @@ pub struct TenantConfig {
     pub api_key: Secret,
     /// Where `api_key` came from.
     pub key_source: KeySource,
-    /// Keys that internal services present instead of the real one.
+    /// Keys that internal services present instead of the real one, from
+    /// `client_keys`, `client_keys_env` and `client_keys_file` together.
     pub client_keys: Vec<Secret>,
+    /// Where the client keys came from, in that order (shown by `check`).
+    pub client_key_sources: Vec<KeySource>,
     /// Default `site` parameter added when a request has none.
     pub site: Option<String>,
     /// Share of a budget relative to other tenants.
@@ -229,14 +236,36 @@ pub struct ConfigError {
 }
 
 impl Config {
-    /// Reads and validates a config file, looking keys up in the process environment.
+    /// Reads and validates a config file, looking keys up in the process
+    /// environment and reading key files. Used at startup, by `check` and by
+    /// every reload, so a reload re-reads key files too.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             problems: vec![format!("{}: cannot read: {e}", path.display())],
         })?;
-        Config::from_toml(&text, &path.display().to_string(), &|name| {
+        let mut config = Config::from_toml(&text, &path.display().to_string(), &|name| {
             std::env::var(name).ok()
-        })
+        })?;
+        let inline: Vec<String> = config.inline_key_fields();
+        if !inline.is_empty() {
+            let what = format!("keys inline ({})", inline.join(", "));
+            config.warnings.extend(secrets::exposure(path, &what));
+        }
+        Ok(config)
+    }
+
+    /// The field paths of keys written in the file itself.
+    fn inline_key_fields(&self) -> Vec<String> {
+        let mut fields = Vec::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            if t.key_source == KeySource::Inline {
+                fields.push(format!("tenants[{i}].api_key"));
+            }
+            if t.client_key_sources.contains(&KeySource::Inline) {
+                fields.push(format!("tenants[{i}].client_keys"));
+            }
+        }
+        fields
     }
 
     /// Parses and validates TOML text. `origin` names the file in messages;
@@ -246,9 +275,7 @@ impl Config {
         origin: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError {
-            problems: vec![toml_problem(text, origin, &e)],
-        })?;
+        let raw = parse::parse(text, origin)?;
         let checksum = hex::encode(Sha256::digest(text.as_bytes()));
         validate::validate(raw, env, checksum)
     }
@@ -300,12 +327,23 @@ impl Config {
             self.tenants.len(),
         );
         for t in &self.tenants {
+            let clients = if t.client_keys.is_empty() {
+                "no client keys: open".to_string()
+            } else {
+                let from: Vec<String> =
+                    t.client_key_sources.iter().map(|s| s.to_string()).collect();
+                format!(
+                    "{} client key(s) from {}",
+                    t.client_keys.len(),
+                    from.join(" + ")
+                )
+            };
             out.push_str(&format!(
-                "  - {} -> {} (key from {}, {} client key(s), site {}, weight {}, max queued {})\n",
+                "  - {} -> {} (key from {}, {}, site {}, weight {}, max queued {})\n",
                 t.name,
                 redacted(&t.base_url).trim_end_matches('/'),
                 t.key_source,
-                t.client_keys.len(),
+                clients,
                 t.site.as_deref().unwrap_or("-"),
                 t.weight,
                 t.max_queued,
@@ -318,27 +356,17 @@ impl Config {
     }
 }
 
-/// A URL for display, with any password in it replaced by `***`.
-fn redacted(url: &Url) -> String {
+/// A URL for display, with its user name and password (either may be a
+/// credential) each replaced by `***`.
+pub fn redacted(url: &Url) -> String {
     let mut shown = url.clone();
+    if !shown.username().is_empty() {
+        let _ = shown.set_username("***");
+    }
     if shown.password().is_some() {
         let _ = shown.set_password(Some("***"));
     }
     shown.to_string()
-}
-
-/// Formats a TOML error as `file:line:column: message`.
-fn toml_problem(text: &str, origin: &str, err: &toml::de::Error) -> String {
-    let message = err.message().trim();
-    match err.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("{origin}:{line}:{column}: {message}")
-        }
-        None => format!("{origin}: {message}"),
-    }
 }
 
 /// Finds the config file: the given path, else the first default that exists.

@@ -102,6 +102,8 @@ pub struct RawTenant {
     pub api_key: Option<String>,
     #[serde(default)]
     pub client_keys: Vec<String>,
+    pub client_keys_env: Option<String>,
+    pub client_keys_file: Option<String>,
     pub site: Option<String>,
     pub weight: Option<i64>,
     pub max_queued: Option<i64>,

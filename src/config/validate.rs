@@ -1,8 +1,10 @@
 //! Turns a [`RawConfig`] into a [`Config`], collecting every problem.
 //!
 //! Each rule names the field path it checks (`tenants[1].api_key_env`), so an
-//! operator can fix a whole file in one pass. Messages name environment
-//! variables and files, never the key values themselves.
+//! operator can fix a whole file in one pass. Messages say what is wrong and
+//! what form is expected, but never echo a value from the file: not a key,
+//! not a variable name or path (the key itself may have been written there),
+//! not even a harmless-looking number, so no rule has to judge what is safe.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +15,7 @@ use std::time::Duration;
 use url::Url;
 
 use super::raw::{RawConfig, RawTenant};
+use super::secrets;
 use super::*;
 
 /// Problems found so far.
@@ -28,10 +31,11 @@ impl Problems {
         let text = value.unwrap_or(default);
         match humantime::parse_duration(text) {
             Ok(d) => d,
-            Err(e) => {
+            Err(_) => {
+                // humantime's error quotes the offending unit: not shown.
                 self.push(
                     path,
-                    format!("invalid duration {text:?} ({e}); write e.g. \"250ms\", \"5s\""),
+                    "is not a duration; write e.g. \"250ms\", \"5s\", \"1m\"",
                 );
                 humantime::parse_duration(default).unwrap_or_default()
             }
@@ -45,7 +49,7 @@ impl Problems {
             None => {
                 self.push(
                     path,
-                    format!("must be a whole number from 1 to {}, got {v}", u32::MAX),
+                    format!("must be a whole number from 1 to {}", u32::MAX),
                 );
                 NonZeroU32::new(default.max(1)).unwrap_or(NonZeroU32::MIN)
             }
@@ -57,7 +61,7 @@ impl Problems {
         match usize::try_from(v).ok().and_then(NonZeroUsize::new) {
             Some(n) => n,
             None => {
-                self.push(path, format!("must be a positive whole number, got {v}"));
+                self.push(path, "must be a positive whole number");
                 NonZeroUsize::new(default.max(1)).unwrap_or(NonZeroUsize::MIN)
             }
         }
@@ -68,7 +72,7 @@ impl Problems {
         text.parse().unwrap_or_else(|_| {
             self.push(
                 path,
-                format!("invalid address {text:?}; write IP:PORT, e.g. \"127.0.0.1:8080\""),
+                "is not an address; write IP:PORT, e.g. \"127.0.0.1:8080\"",
             );
             default.parse().expect("default address parses")
         })
@@ -95,10 +99,7 @@ pub(super) fn validate(
     let s = &raw.server;
     let max_body = s.max_body_bytes.unwrap_or(8 * 1024 * 1024);
     if max_body <= 0 {
-        p.push(
-            "server.max_body_bytes",
-            format!("must be positive, got {max_body}"),
-        );
+        p.push("server.max_body_bytes", "must be positive");
     }
     let server = ServerConfig {
         listen: p.socket("server.listen", s.listen.as_deref(), "127.0.0.1:8080"),
@@ -128,19 +129,15 @@ pub(super) fn validate(
     let mut egress_ips = Vec::new();
     for (i, text) in u.egress_ips.iter().flatten().enumerate() {
         match text.parse::<IpAddr>() {
-            Ok(ip) if egress_ips.contains(&ip) => p.push(
-                &format!("upstream.egress_ips[{i}]"),
-                format!("{ip} is listed twice"),
-            ),
+            Ok(ip) if egress_ips.contains(&ip) => {
+                p.push(&format!("upstream.egress_ips[{i}]"), "is listed twice")
+            }
             Ok(ip) if ip.is_unspecified() || ip.is_multicast() => p.push(
                 &format!("upstream.egress_ips[{i}]"),
-                format!("{ip} is not a usable source address"),
+                "is not a usable source address (unspecified or multicast)",
             ),
             Ok(ip) => egress_ips.push(ip),
-            Err(_) => p.push(
-                &format!("upstream.egress_ips[{i}]"),
-                format!("{text:?} is not an IP address"),
-            ),
+            Err(_) => p.push(&format!("upstream.egress_ips[{i}]"), "is not an IP address"),
         }
     }
     if u.egress_id.is_some() && u.egress_ips.as_ref().is_some_and(|ips| ips.len() > 1) {
@@ -189,31 +186,22 @@ pub(super) fn validate(
     if !(adaptive.decrease_factor > 0.0 && adaptive.decrease_factor < 1.0) {
         p.push(
             "limits.adaptive.decrease_factor",
-            format!(
-                "must be between 0 and 1 (exclusive), got {}",
-                adaptive.decrease_factor
-            ),
+            "must be between 0 and 1 (exclusive)",
         );
     }
     if !(adaptive.recovery_per_second.is_finite() && adaptive.recovery_per_second > 0.0) {
-        p.push(
-            "limits.adaptive.recovery_per_second",
-            format!("must be positive, got {}", adaptive.recovery_per_second),
-        );
+        p.push("limits.adaptive.recovery_per_second", "must be positive");
     }
     if !(adaptive.min_rate.is_finite() && adaptive.min_rate > 0.0) {
-        p.push(
-            "limits.adaptive.min_rate",
-            format!("must be positive, got {}", adaptive.min_rate),
-        );
+        p.push("limits.adaptive.min_rate", "must be positive");
     }
     let scope = match l.scope.as_deref().unwrap_or("egress_ip") {
         "egress_ip" => Scope::EgressIp,
         "egress_ip_and_account" => Scope::EgressIpAndAccount,
-        other => {
+        _ => {
             p.push(
                 "limits.scope",
-                format!("{other:?} is not one of \"egress_ip\", \"egress_ip_and_account\""),
+                "must be one of \"egress_ip\", \"egress_ip_and_account\"",
             );
             Scope::EgressIp
         }
@@ -221,11 +209,8 @@ pub(super) fn validate(
     let backend = match l.backend.as_deref().unwrap_or("local") {
         "local" => Backend::Local,
         "redis" => Backend::Redis,
-        other => {
-            p.push(
-                "limits.backend",
-                format!("{other:?} is not one of \"local\", \"redis\""),
-            );
+        _ => {
+            p.push("limits.backend", "must be one of \"local\", \"redis\"");
             Backend::Local
         }
     };
@@ -257,10 +242,7 @@ pub(super) fn validate(
         ("limits.telephony_per_second", limits.telephony_per_second),
     ] {
         if rate.get() > 10_000 {
-            p.push(
-                path,
-                format!("{rate} is far above any RetailCRM limit; at most 10000"),
-            );
+            p.push(path, "is far above any RetailCRM limit; at most 10000");
         }
     }
     if limits.jitter_allowance >= Duration::from_secs(1) {
@@ -311,7 +293,8 @@ pub(super) fn validate(
     }
     let mut tenants = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
-    let mut client_keys: HashMap<String, usize> = HashMap::new();
+    // Each client key's tenant and the field path it was first seen at.
+    let mut client_keys: HashMap<String, (usize, String)> = HashMap::new();
     for (i, t) in raw.tenants.iter().enumerate() {
         // Uniqueness is checked on the raw entries, so a duplicate is
         // reported even when either entry has other problems too.
@@ -319,22 +302,44 @@ pub(super) fn validate(
             if let Some(first) = names.insert(name.clone(), i) {
                 p.push(
                     &format!("tenants[{i}].name"),
-                    format!("{name:?} is already used by tenants[{first}]"),
+                    format!("is already used by tenants[{first}]"),
                 );
             }
         }
-        for (k, key) in t.client_keys.iter().enumerate() {
-            if let Some(first) = client_keys.insert(key.clone(), i) {
-                let msg = if first == i {
-                    "is listed twice".to_string()
-                } else {
-                    format!("is also a client key of tenants[{first}]")
-                };
-                p.push(&format!("tenants[{i}].client_keys[{k}]"), msg);
+        let clients = client_keys_of(&mut p, &mut warnings, i, t, env);
+        for (at, key) in &clients.keys {
+            match client_keys.get(key) {
+                Some((first, first_at)) => {
+                    let msg = if *first == i {
+                        format!("is listed twice (also at {first_at})")
+                    } else {
+                        format!("is also a client key of tenants[{first}] (at {first_at})")
+                    };
+                    p.push(at, msg);
+                }
+                None => {
+                    client_keys.insert(key.clone(), (i, at.clone()));
+                }
             }
         }
-        if let Some(tenant) = tenant(&mut p, &mut warnings, i, t, &template, &limits, env) {
+        if let Some(tenant) = tenant(&mut p, &mut warnings, i, t, &template, &limits, env)
+            .and_then(|tenant| with_client_keys(&mut p, tenant, clients))
+        {
             tenants.push(tenant);
+        }
+    }
+    if !server.listen.ip().is_loopback() {
+        for (i, t) in tenants
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.client_keys.is_empty())
+        {
+            warnings.push(format!(
+                "tenants[{i}] ({}): has no client keys and server.listen is not a loopback \
+                 address, so anything that can reach it can use this account's CRM key; set \
+                 client_keys_file (or client_keys_env, client_keys), or listen on 127.0.0.1",
+                t.name
+            ));
         }
     }
 
@@ -372,7 +377,10 @@ fn tenant(
     if name.is_empty() {
         p.push(&at("name"), "is required");
     } else if !is_plain_name(&name) || name == "api" {
-        p.push(&at("name"), format!("{name:?} must be letters, digits, '-' or '_' (and not \"api\"): it is a URL path segment"));
+        p.push(
+            &at("name"),
+            "must be letters, digits, '-' or '_' (and not \"api\"): it is a URL path segment",
+        );
     }
 
     let base = match (&t.base_url, &t.subdomain) {
@@ -381,7 +389,7 @@ fn tenant(
             if !is_plain_name(sub) {
                 p.push(
                     &at("subdomain"),
-                    format!("{sub:?} is not a valid subdomain"),
+                    "is not a valid subdomain (letters, digits, '-' or '_')",
                 );
                 None
             } else {
@@ -399,22 +407,21 @@ fn tenant(
             None
         }
     };
+    // The URL is never shown: it may hold a password, or a key in its query.
     let base_url = base.and_then(|(path, text)| match Url::parse(&text) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
             if u.query().is_some() || u.fragment().is_some() {
-                p.push(&path, format!("{text:?} must not have a query or fragment"));
+                p.push(&path, "must not have a query or fragment");
             }
             Some(u)
         }
         Ok(_) => {
-            p.push(
-                &path,
-                format!("{text:?} must be an http:// or https:// URL with a host"),
-            );
+            p.push(&path, "must be an http:// or https:// URL with a host");
             None
         }
+        // url's errors are fixed phrases ("invalid port number"), without the input.
         Err(e) => {
-            p.push(&path, format!("{text:?} is not a URL ({e})"));
+            p.push(&path, format!("is not a URL ({e})"));
             None
         }
     });
@@ -434,34 +441,35 @@ fn tenant(
         }
         1 => {
             if let Some(var) = &t.api_key_env {
-                match env(var).map(|v| v.trim().to_string()) {
-                    Some(v) if !v.is_empty() => Some((Secret::new(v), KeySource::Env(var.clone()))),
-                    Some(_) => {
+                match secrets::from_env(var, env).map(|v| v.trim().to_string()) {
+                    Ok(v) if !v.is_empty() => Some((Secret::new(v), KeySource::Env(var.clone()))),
+                    Ok(_) => {
                         p.push(
                             &at("api_key_env"),
-                            format!("environment variable {var} is empty"),
+                            "names an environment variable that is empty",
                         );
                         None
                     }
-                    None => {
-                        p.push(
-                            &at("api_key_env"),
-                            format!("environment variable {var} is not set"),
-                        );
+                    Err(e) => {
+                        p.push(&at("api_key_env"), e);
                         None
                     }
                 }
             } else if let Some(file) = &t.api_key_file {
-                match std::fs::read_to_string(file).map(|v| v.trim().to_string()) {
+                match secrets::from_file(file).map(|v| v.trim().to_string()) {
                     Ok(v) if !v.is_empty() => {
-                        Some((Secret::new(v), KeySource::File(PathBuf::from(file))))
+                        let path = PathBuf::from(file);
+                        if let Some(w) = secrets::exposure(&path, "a CRM key") {
+                            warnings.push(format!("{}: {w}", at("api_key_file")));
+                        }
+                        Some((Secret::new(v), KeySource::File(path)))
                     }
                     Ok(_) => {
-                        p.push(&at("api_key_file"), format!("{file} is empty"));
+                        p.push(&at("api_key_file"), "the file it names is empty");
                         None
                     }
                     Err(e) => {
-                        p.push(&at("api_key_file"), format!("cannot read {file}: {e}"));
+                        p.push(&at("api_key_file"), e);
                         None
                     }
                 }
@@ -488,23 +496,6 @@ fn tenant(
         }
     };
 
-    let mut keys = Vec::new();
-    for (k, ck) in t.client_keys.iter().enumerate() {
-        if ck.trim().is_empty() || ck.trim() != ck {
-            p.push(
-                &format!("tenants[{i}].client_keys[{k}]"),
-                "must be non-empty, without surrounding spaces",
-            );
-        } else if let Some((real, _)) = &key {
-            if real.expose() == ck {
-                p.push(
-                    &format!("tenants[{i}].client_keys[{k}]"),
-                    "must not be the real CRM key",
-                );
-            }
-        }
-        keys.push(Secret::new(ck.clone()));
-    }
     if let Some(site) = &t.site {
         if site.trim().is_empty() {
             p.push(&at("site"), "must not be empty when set");
@@ -522,9 +513,14 @@ fn tenant(
 
     if let Some((k, source)) = &key {
         if !k.expose().bytes().all(|b| b.is_ascii_graphic()) {
+            let field = match source {
+                KeySource::Env(_) => "api_key_env",
+                KeySource::File(_) => "api_key_file",
+                KeySource::Inline => "api_key",
+            };
             p.push(
-                &at("api_key_env"),
-                format!("the key from {source} has characters an HTTP header cannot carry"),
+                &at(field),
+                "the key has characters an HTTP header cannot carry",
             );
         }
     }
@@ -537,11 +533,125 @@ fn tenant(
         base_url: base_url?,
         api_key,
         key_source,
-        client_keys: keys,
+        // Filled in by `with_client_keys`.
+        client_keys: Vec::new(),
+        client_key_sources: Vec::new(),
         site: t.site.clone(),
         weight,
         max_queued,
     })
+}
+
+/// A tenant's client keys from all three sources, each with the field path
+/// it came from (for messages, which never show the key).
+struct ClientKeys {
+    keys: Vec<(String, String)>,
+    sources: Vec<KeySource>,
+    /// A source could not be read: the tenant must not be served without it,
+    /// or it could silently become open (the problem is recorded).
+    failed: bool,
+}
+
+/// Collects the client keys of `tenants[i]` from `client_keys`,
+/// `client_keys_env` and `client_keys_file`.
+fn client_keys_of(
+    p: &mut Problems,
+    warnings: &mut Vec<String>,
+    i: usize,
+    t: &RawTenant,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> ClientKeys {
+    let at = |field: &str| format!("tenants[{i}].{field}");
+    // A source that is set but yields nothing must not quietly open the tenant.
+    const EMPTY: &str = "yields no client keys, which would leave the tenant open to anything \
+                         that reaches server.listen; add keys, or remove the setting";
+    let mut out = ClientKeys {
+        keys: Vec::new(),
+        sources: Vec::new(),
+        failed: false,
+    };
+    if !t.client_keys.is_empty() {
+        out.sources.push(KeySource::Inline);
+        for (k, key) in t.client_keys.iter().enumerate() {
+            out.keys
+                .push((at(&format!("client_keys[{k}]")), key.clone()));
+        }
+    }
+    if let Some(var) = &t.client_keys_env {
+        match secrets::from_env(var, env) {
+            Ok(value) => {
+                let keys = secrets::env_list(&value);
+                if keys.is_empty() {
+                    p.push(&at("client_keys_env"), EMPTY);
+                    out.failed = true;
+                }
+                for (n, key) in keys {
+                    out.keys
+                        .push((format!("{} (item {n})", at("client_keys_env")), key));
+                }
+                out.sources.push(KeySource::Env(var.clone()));
+            }
+            Err(e) => {
+                p.push(&at("client_keys_env"), e);
+                out.failed = true;
+            }
+        }
+    }
+    if let Some(file) = &t.client_keys_file {
+        match secrets::from_file(file) {
+            Ok(text) => {
+                let keys = secrets::file_list(&text);
+                if keys.is_empty() {
+                    p.push(&at("client_keys_file"), EMPTY);
+                    out.failed = true;
+                }
+                for (n, key) in keys {
+                    out.keys
+                        .push((format!("{} (line {n})", at("client_keys_file")), key));
+                }
+                let path = PathBuf::from(file);
+                if let Some(w) = secrets::exposure(&path, "client keys") {
+                    warnings.push(format!("{}: {w}", at("client_keys_file")));
+                }
+                out.sources.push(KeySource::File(path));
+            }
+            Err(e) => {
+                p.push(&at("client_keys_file"), e);
+                out.failed = true;
+            }
+        }
+    }
+    for (path, key) in &out.keys {
+        // They travel in the X-API-KEY header or the query: printable ASCII only.
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            p.push(path, "must be non-empty visible ASCII, without spaces");
+            out.failed = true;
+        }
+    }
+    out
+}
+
+/// Gives a validated tenant its client keys; `None` when they are unusable
+/// (the problem is recorded).
+fn with_client_keys(
+    p: &mut Problems,
+    mut tenant: TenantConfig,
+    clients: ClientKeys,
+) -> Option<TenantConfig> {
+    let mut ok = !clients.failed;
+    for (path, key) in &clients.keys {
+        if key == tenant.api_key.expose() {
+            p.push(path, "must not be the real CRM key");
+            ok = false;
+        }
+    }
+    tenant.client_keys = clients
+        .keys
+        .into_iter()
+        .map(|(_, k)| Secret::new(k))
+        .collect();
+    tenant.client_key_sources = clients.sources;
+    ok.then_some(tenant)
 }
 
 #[cfg(test)]
