@@ -133,9 +133,13 @@ fn rate(v: f64) -> String {
     format!("{}/s", num(v, 2))
 }
 
+/// Milliseconds with the precision a person reads: 0.1 ms under 10 ms,
+/// whole ms under a second, then 0.1 s.
 fn millis(v: f64) -> String {
-    if v < 1000.0 {
+    if v < 10.0 {
         format!("{} ms", num(v, 1))
+    } else if v < 1000.0 {
+        format!("{} ms", num(v, 0))
     } else {
         format!("{} s", num(v / 1000.0, 1))
     }
@@ -294,9 +298,9 @@ const LEGEND: &str = "<div class=\"legend\"><span><i class=\"l-sends\"></i>sends
 // The chart's geometry, in SVG user units; page.js uses the same numbers.
 const W: f64 = 600.0;
 const H: f64 = 160.0;
-const LEFT: f64 = 40.0;
+const LEFT: f64 = 46.0;
 const RIGHT: f64 = 594.0;
-const TOP: f64 = 8.0;
+const TOP: f64 = 12.0;
 const BOTTOM: f64 = 136.0;
 
 /// The smallest of 1, 2, 2.5, 5 × 10ⁿ at or above `v`.

@@ -6,7 +6,7 @@
 (function () {
   "use strict";
   var CAPACITY = 300;
-  var W = 600, H = 160, LEFT = 40, RIGHT = 594, TOP = 8, BOTTOM = 136;
+  var W = 600, H = 160, LEFT = 46, RIGHT = 594, TOP = 12, BOTTOM = 136;
   var POLL_MS = 1000, TIMEOUT_MS = 3000;
 
   function esc(text) {
@@ -19,7 +19,11 @@
     return String(Math.round(v * scale) / scale);
   }
   function rate(v) { return num(v, 2) + "/s"; }
-  function millis(v) { return v < 1000 ? num(v, 1) + " ms" : num(v / 1000, 1) + " s"; }
+  function millis(v) {
+    if (v < 10) return num(v, 1) + " ms";
+    if (v < 1000) return num(v, 0) + " ms";
+    return num(v / 1000, 1) + " s";
+  }
   function pad(n) { return n < 10 ? "0" + n : String(n); }
   function duration(sec) {
     var d = Math.floor(sec / 86400), h = Math.floor(sec / 3600) % 24,

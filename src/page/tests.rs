@@ -105,7 +105,8 @@ fn numbers_carry_units() {
     assert_eq!(rate(10.0), "10/s");
     assert_eq!(rate(9.456), "9.46/s");
     assert_eq!(millis(0.0), "0 ms");
-    assert_eq!(millis(12.34), "12.3 ms");
+    assert_eq!(millis(3.46), "3.5 ms");
+    assert_eq!(millis(453.9), "454 ms");
     assert_eq!(millis(2500.0), "2.5 s");
     assert_eq!(duration(5), "5 s");
     assert_eq!(duration(125), "2 min 05 s");
