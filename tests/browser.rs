@@ -9,8 +9,8 @@
 //! Without `chromium` on PATH the test skips loudly, unless
 //! `CRMGATE_REQUIRE_BROWSER=1` (CI), where it fails. With
 //! `CRMGATE_SCREENSHOT_DIR=docs` it also runs a minute of mixed traffic and
-//! saves `status-page.png` (1280×800) and `status-page-phone.png` there
-//! (how the pictures in the README are made).
+//! saves `status-page.png` (1280×800), `status-page-phone.png` and
+//! `status-page-stopped.png` there (how the pictures in the docs are made).
 
 mod common;
 
@@ -452,6 +452,9 @@ async fn the_status_page_shows_live_numbers_and_says_when_they_stop() {
     )
     .await;
     assert_eq!(b.eval(&text_of("#live-text")).await, "Not updating");
+    if let Some(dir) = std::env::var_os("CRMGATE_SCREENSHOT_DIR").map(PathBuf::from) {
+        b.screenshot(&dir.join("status-page-stopped.png")).await;
+    }
 }
 
 /// A minute more of mixed traffic, with the CRM throttling now and then so
