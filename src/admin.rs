@@ -1,4 +1,5 @@
-//! The admin listener: health, readiness, metrics, status and reload.
+//! The admin listener: health, readiness, metrics, status, the status page
+//! and reload.
 //!
 //! It is a separate port from the API so probes and scrapes never queue
 //! behind CRM traffic and can be exposed to a different network. Nothing it
@@ -33,10 +34,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .fallback(|| async {
             json_error(
                 StatusCode::NOT_FOUND,
-                "Not found: /healthz, /readyz, /metrics, /status, POST /reload",
+                "Not found: /, /healthz, /readyz, /metrics, /status, /status/history, POST /reload",
             )
         })
-        .with_state(gateway)
+        .with_state(gateway.clone())
+        // The status page (GET /) and its series (GET /status/history).
+        .merge(crate::page::routes(gateway))
 }
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {

@@ -28,6 +28,9 @@
 //! - [`reload`]: hot reload, atomic, restart-only settings kept;
 //! - [`drain`]: readiness and the drain's counts;
 //! - [`status`]: the `/status` document, typed;
+//! - [`history`], [`page`]: the status page on the admin port (`GET /`),
+//!   its five-minute ring of per-second samples (`/status/history`) and
+//!   per-tenant queue-wait windows;
 //! - [`error`]: every error crmgate answers itself, and its JSON;
 //! - [`metrics`], [`admin`]: Prometheus, health, readiness, status, reload;
 //! - [`server`]: listeners and graceful drain;
@@ -44,8 +47,10 @@ pub mod egress;
 pub mod error;
 pub mod forward;
 pub mod gateway;
+pub mod history;
 pub mod inbound;
 pub mod metrics;
+pub mod page;
 pub mod proxy;
 pub mod reload;
 pub mod rewrite;

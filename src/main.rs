@@ -196,7 +196,8 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()
         .context("cannot start the gateway (is the port free? try --listen)")?;
     let (api, admin) = (server.api_addr(), server.admin_addr());
     println!(
-        "crmgate demo: a simulated RetailCRM at {sim} and crmgate in front of it.\n\n\
+        "Status page: http://{admin}/\n\n\
+         crmgate demo: a simulated RetailCRM at {sim} and crmgate in front of it.\n\n\
          Gateway: http://{api}   (client key: demo-client-key; the CRM key stays inside crmgate)\n\
          Admin:   http://{admin}/status  http://{admin}/metrics\n\n\
          Try:\n  \

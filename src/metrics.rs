@@ -51,6 +51,9 @@ pub struct Metrics {
     pub redis_fallback: IntGauge,
     /// Time since start.
     pub uptime: prometheus::Gauge,
+    /// Queue waits per tenant over the last minute, for `/status` and the
+    /// status page (not exported: quantiles per tenant belong to the page).
+    pub tenant_queue_wait: crate::history::WaitWindows,
     _build: IntGaugeVec,
 }
 
@@ -217,6 +220,7 @@ impl Metrics {
             config_reloads,
             redis_fallback,
             uptime,
+            tenant_queue_wait: crate::history::WaitWindows::new(),
             _build: build,
         }
     }

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::classify::Class;
 use crate::gateway::Gateway;
+use crate::history::WaitQuantiles;
 
 /// The whole `/status` document.
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +76,9 @@ pub struct TenantRow {
     pub inflight: u64,
     /// Finished requests by final HTTP status (keys are status codes).
     pub totals_by_status: BTreeMap<String, u64>,
+    /// Queue wait p50/p95 over the last minute; `null` when nothing waited
+    /// for a slot in that minute.
+    pub queue_wait_last_minute: Option<WaitQuantiles>,
 }
 
 impl Status {
@@ -120,6 +124,7 @@ impl Status {
                     queued: gw.scheduler.tenant_queued(&t.name),
                     inflight: s.inflight.load(Ordering::Relaxed),
                     totals_by_status,
+                    queue_wait_last_minute: gw.metrics.tenant_queue_wait.quantiles(&t.name),
                 }
             })
             .collect();
@@ -216,8 +221,19 @@ mod tests {
         assert_eq!(names, ["acme", "zeta"], "sorted by name");
         assert_eq!(
             keys(&tenants[1]),
-            ["inflight", "name", "queued", "totals_by_status", "weight"]
+            [
+                "inflight",
+                "name",
+                "queue_wait_last_minute",
+                "queued",
+                "totals_by_status",
+                "weight"
+            ]
         );
         assert_eq!(tenants[1]["weight"], 3);
+        assert_eq!(
+            tenants[1]["queue_wait_last_minute"],
+            serde_json::Value::Null
+        );
     }
 }

@@ -53,6 +53,9 @@ pub async fn forward(
             .queue_wait
             .with_label_values(&[class.as_str()])
             .observe(permit.waited.as_secs_f64());
+        gw.metrics
+            .tenant_queue_wait
+            .observe(&tenant.name, permit.waited);
         trace.attempts += 1;
         let egress = gw.egress(permit.egress);
         trace.egress = Some(egress.label.clone());
