@@ -70,7 +70,10 @@ pub async fn forward(
         headers.insert("x-api-key", key_header(&target.config.api_key));
         let send = egress
             .client
-            .request(out.method.clone(), target_url(target, &out.path, out.query.as_deref()))
+            .request(
+                out.method.clone(),
+                target_url(target, &out.path, out.query.as_deref()),
+            )
             .headers(headers)
             .body(out.body.clone());
         let sent_at = Instant::now();
@@ -241,9 +244,8 @@ mod tests {
     use crate::tenant::Tenants;
 
     fn url(base_url: &str, path: &str, query: Option<&str>) -> String {
-        let text = format!(
-            "[[tenants]]\nname = \"t\"\nbase_url = \"{base_url}\"\napi_key = \"k-0001\"\n"
-        );
+        let text =
+            format!("[[tenants]]\nname = \"t\"\nbase_url = \"{base_url}\"\napi_key = \"k-0001\"\n");
         let config = Config::from_toml(&text, "t.toml", &|_| None).unwrap();
         let tenants = Tenants::new(&config.tenants);
         target_url(tenants.get("t").unwrap(), path, query).to_string()
