@@ -37,11 +37,10 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::IntGauge;
@@ -299,7 +298,11 @@ async fn serve(
             .max_buf_size(MAX_HEAD_BUFFER)
             .serve_connection(
                 TokioIo::new(stream),
-                service_fn(connection_service(gw.clone(), app.clone(), peer)),
+                PerRequest {
+                    gw: gw.clone(),
+                    app: app.clone(),
+                    peer,
+                },
             );
         let conn = graceful.watch(conn);
         connections.spawn(async move {
@@ -315,23 +318,30 @@ async fn serve(
     graceful.shutdown().await;
 }
 
+/// The answer to one request, boxed: hyper names the service's future type.
+type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
 /// The per-request service of one connection: gives the handler the peer
 /// address, bounds pauses in the body, and turns a stalled body into 408.
-fn connection_service(
+struct PerRequest {
     gw: Arc<Gateway>,
     app: Router,
     peer: SocketAddr,
-) -> impl Fn(
-    hyper::Request<Incoming>,
-) -> Pin<Box<dyn Future<Output = Result<axum::response::Response, Infallible>> + Send>>
-       + Clone {
-    move |req: hyper::Request<Incoming>| {
-        let timeout = gw.runtime().config.server.body_timeout;
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, req: hyper::Request<Incoming>) -> Answer {
+        // Read per request, so a reload reaches open connections too.
+        let timeout = self.gw.runtime().config.server.body_timeout;
         let stalled = Arc::new(AtomicBool::new(false));
         let mut req = req.map(|body| Body::new(IdleBody::new(body, timeout, stalled.clone())));
-        req.extensions_mut().insert(ConnectInfo(peer));
-        let call = app.clone().oneshot(req);
-        let gw = gw.clone();
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        let call = self.app.clone().oneshot(req);
+        let gw = self.gw.clone();
         Box::pin(async move {
             let response = call.await?;
             if !stalled.load(Ordering::Relaxed) {

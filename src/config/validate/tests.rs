@@ -397,9 +397,9 @@ fn a_non_loopback_admin_listener_needs_a_token() {
         ),
         "{p:?}"
     );
-    let c = load(&with_server(&format!(
-        "admin_listen = \"0.0.0.0:9090\"\nadmin_token_env = \"ADMIN\""
-    )));
+    let c = load(&with_server(
+        "admin_listen = \"0.0.0.0:9090\"\nadmin_token_env = \"ADMIN\"",
+    ));
     // ADMIN is not set in the test environment.
     let p = c.expect_err("unset variable").problems;
     assert!(
