@@ -67,7 +67,8 @@ docs = yaml.safe_load_all(open("kubernetes/sidecar.yaml"))
 cm = next(d for d in docs if d["kind"] == "ConfigMap")
 sys.stdout.write(cm["data"]["crmgate.toml"])
 ' >"$toml"
-  ACME_CRM_API_KEY=dummy GLOBEX_CRM_API_KEY=dummy run "$CRMGATE_BIN" check --config "$toml"
+  ACME_CRM_API_KEY=dummy GLOBEX_CRM_API_KEY=dummy CRMGATE_ADMIN_TOKEN=dummy-admin-token-0000 \
+    run "$CRMGATE_BIN" check --config "$toml"
   rm -f "$toml"
 else
   skip "set CRMGATE_BIN to the built binary"
