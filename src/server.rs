@@ -201,11 +201,13 @@ impl Server {
             }
         }
         let _ = admin_stop_tx.send(true);
-        if tokio::time::timeout(Duration::from_secs(1), admin_task)
+        let mut admin_task = admin_task;
+        if tokio::time::timeout(Duration::from_secs(1), &mut admin_task)
             .await
             .is_err()
         {
-            tracing::debug!("admin listener did not close within 1 s");
+            tracing::debug!("admin listener did not close within 1 s; closing its connections");
+            admin_task.abort();
         }
         let report = gw.drain.report();
         tracing::info!(
@@ -344,7 +346,11 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
         let gw = self.gw.clone();
         Box::pin(async move {
             let response = call.await?;
-            if !stalled.load(Ordering::Relaxed) {
+            // Already a 408 (a handler that maps BodyStalled itself) was
+            // counted where it was made.
+            if !stalled.load(Ordering::Relaxed)
+                || response.status() == axum::http::StatusCode::REQUEST_TIMEOUT
+            {
                 return Ok(response);
             }
             // Whatever the handler made of the failed read, the client
