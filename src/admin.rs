@@ -3,19 +3,28 @@
 //!
 //! It is a separate port from the API so probes and scrapes never queue
 //! behind CRM traffic and can be exposed to a different network. Nothing it
-//! serves contains a key.
+//! serves contains a key. `POST /reload` is the one route that changes
+//! anything: it needs `server.admin_token` as a Bearer token when one is set
+//! (always when the port is not loopback), and it never runs for a browser,
+//! whatever `server.allowed_origins` lists. The token is compared in
+//! constant time and never logged or echoed.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::error::json_error;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::ServerConfig;
+use crate::error::{json_error, GatewayError};
 use crate::gateway::Gateway;
+use crate::guard::is_browser;
 use crate::metrics::refresh_gauges;
 use crate::reload::ReloadError;
 use crate::status::Status;
@@ -69,7 +78,51 @@ async fn status(State(gw): State<Arc<Gateway>>) -> Json<Status> {
     Json(Status::collect(&gw))
 }
 
-async fn reload(State(gw): State<Arc<Gateway>>) -> Response {
+/// Whether a `POST /reload` with these headers may run.
+pub fn authorize(server: &ServerConfig, headers: &HeaderMap) -> Result<(), GatewayError> {
+    // The guard already refused browsers from unlisted origins; a listed
+    // origin may read the admin port, but it may not change the config.
+    if is_browser(headers) {
+        return Err(GatewayError::BrowserRefused);
+    }
+    let Some(token) = &server.admin_token else {
+        // Validation requires a token off loopback; this also covers a
+        // reload that dropped the token while the (restart-only) listener
+        // kept its old, non-loopback address.
+        return if server.admin_open() {
+            Ok(())
+        } else {
+            Err(GatewayError::Unauthorized)
+        };
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Hashing first makes the comparison independent of both lengths too.
+    let (a, b) = (
+        Sha256::digest(presented.trim().as_bytes()),
+        Sha256::digest(token.expose().as_bytes()),
+    );
+    if bool::from(a.as_slice().ct_eq(b.as_slice())) {
+        Ok(())
+    } else {
+        Err(GatewayError::Unauthorized)
+    }
+}
+
+async fn reload(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&gw.runtime().config.server, &headers) {
+        if let Some(reason) = e.rejection() {
+            gw.metrics.rejections.with_label_values(&[reason]).inc();
+        }
+        tracing::warn!(
+            status = e.status().as_u16(),
+            "POST /reload refused: no valid token, or sent by a browser"
+        );
+        return e.into_response();
+    }
     // Reading and validating the file is blocking work: keep it off the
     // async workers.
     let result = tokio::task::spawn_blocking(move || {
@@ -92,5 +145,89 @@ async fn reload(State(gw): State<Arc<Gateway>>) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("reload failed: {e}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const TOKEN: &str = "admin-token-0123456789abcdef";
+
+    fn server(extra: &str) -> ServerConfig {
+        let text = format!(
+            "[server]\n{extra}\n[[tenants]]\nname = \"acme\"\n\
+             base_url = \"https://acme.retailcrm.ru\"\napi_key = \"real-key-0001\"\n"
+        );
+        Config::from_toml(&text, "test", &|_| None)
+            .expect("valid config")
+            .server
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.insert(*name, value.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn without_a_token_loopback_reload_is_open_to_non_browsers() {
+        let s = server("");
+        assert!(authorize(&s, &headers(&[])).is_ok());
+        let from_page = headers(&[("origin", "http://evil.example")]);
+        assert!(matches!(
+            authorize(&s, &from_page),
+            Err(GatewayError::BrowserRefused)
+        ));
+    }
+
+    #[test]
+    fn with_a_token_only_the_exact_bearer_token_passes() {
+        let s = server(&format!("admin_token = \"{TOKEN}\""));
+        let bearer = |v: &str| headers(&[("authorization", v)]);
+        assert!(authorize(&s, &bearer(&format!("Bearer {TOKEN}"))).is_ok());
+        for wrong in [
+            String::new(),
+            format!("Bearer {TOKEN}x"),
+            format!("Bearer {}", &TOKEN[1..]),
+            format!("Basic {TOKEN}"),
+            TOKEN.to_string(),
+        ] {
+            assert!(
+                matches!(
+                    authorize(&s, &bearer(&wrong)),
+                    Err(GatewayError::Unauthorized)
+                ),
+                "{wrong:?}"
+            );
+        }
+        assert!(matches!(
+            authorize(&s, &headers(&[])),
+            Err(GatewayError::Unauthorized)
+        ));
+        // Even with the token, a browser may not reload.
+        let page = headers(&[
+            ("authorization", &format!("Bearer {TOKEN}")),
+            ("sec-fetch-site", "same-origin"),
+        ]);
+        assert!(matches!(
+            authorize(&s, &page),
+            Err(GatewayError::BrowserRefused)
+        ));
+    }
+
+    #[test]
+    fn a_non_loopback_listener_without_a_token_refuses_reload() {
+        // Validation rejects this config; it can only arise when a reload
+        // drops the token and the listener keeps its old address.
+        let mut s = server("");
+        s.admin_listen = "0.0.0.0:9090".parse().unwrap();
+        assert!(matches!(
+            authorize(&s, &headers(&[])),
+            Err(GatewayError::Unauthorized)
+        ));
     }
 }

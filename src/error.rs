@@ -38,6 +38,32 @@ pub enum GatewayError {
     /// forwarded: TRACE would echo the real key, CONNECT would tunnel).
     #[error("Method {0} is not allowed: crmgate forwards GET, HEAD and POST only")]
     MethodNotAllowed(String),
+    /// A browser request (an `Origin` header, or `Sec-Fetch-Site` other
+    /// than `none`) from an origin not in `server.allowed_origins`: a web
+    /// page must not drive a tenant's real key, nor the admin port.
+    #[error("Access denied: browser requests are refused unless their origin is listed in server.allowed_origins")]
+    BrowserRefused,
+    /// A loopback listener got a `Host` that is neither a loopback name nor
+    /// in `server.allowed_hosts` (what DNS rebinding looks like).
+    #[error("Misdirected request: this listener answers loopback host names and server.allowed_hosts only")]
+    MisdirectedHost,
+    /// Too many header fields, or too many header bytes.
+    #[error("Request header fields too large: at most {max_fields} fields and {max_bytes} bytes")]
+    HeadersTooLarge {
+        /// Most header fields accepted.
+        max_fields: usize,
+        /// Most header bytes (names and values) accepted.
+        max_bytes: usize,
+    },
+    /// The body stalled: no bytes for `server.body_timeout`.
+    #[error("Request timeout: no request body bytes for {timeout:?}")]
+    BodyTimeout {
+        /// The configured `server.body_timeout`.
+        timeout: Duration,
+    },
+    /// `POST /reload` without the right `Authorization: Bearer` token.
+    #[error("Unauthorized: POST /reload needs Authorization: Bearer <server.admin_token>")]
+    Unauthorized,
     /// The request itself is malformed (bad header, unreadable body).
     #[error("Bad request: {0}")]
     BadRequest(String),
@@ -75,7 +101,7 @@ pub enum GatewayError {
 }
 
 /// Every value of the `reason` label of `crmgate_rejections_total`.
-pub const REJECTION_REASONS: [&str; 8] = [
+pub const REJECTION_REASONS: [&str; 13] = [
     "unknown_tenant",
     "bad_key",
     "body_too_large",
@@ -84,6 +110,11 @@ pub const REJECTION_REASONS: [&str; 8] = [
     "deadline",
     "shutdown",
     "client_gone",
+    "browser",
+    "host",
+    "headers_too_large",
+    "body_timeout",
+    "unauthorized",
 ];
 
 impl GatewayError {
@@ -95,6 +126,11 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::BrowserRefused => StatusCode::FORBIDDEN,
+            GatewayError::MisdirectedHost => StatusCode::MISDIRECTED_REQUEST,
+            GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::Unauthorized => StatusCode::UNAUTHORIZED,
             GatewayError::Queue(_) | GatewayError::UpstreamThrottled { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -113,6 +149,11 @@ impl GatewayError {
             GatewayError::Queue(QueueError::Full(..)) => "queue_full",
             GatewayError::Queue(QueueError::Deadline(_)) => "deadline",
             GatewayError::Queue(QueueError::ShuttingDown) => "shutdown",
+            GatewayError::BrowserRefused => "browser",
+            GatewayError::MisdirectedHost => "host",
+            GatewayError::HeadersTooLarge { .. } => "headers_too_large",
+            GatewayError::BodyTimeout { .. } => "body_timeout",
+            GatewayError::Unauthorized => "unauthorized",
             _ => return None,
         })
     }
@@ -147,6 +188,18 @@ impl IntoResponse for GatewayError {
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
+        }
+        if let GatewayError::Unauthorized = self {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        // The rest of that request is unread (or never came): reading on
+        // would misframe the next one, so the connection ends here.
+        if let GatewayError::HeadersTooLarge { .. } | GatewayError::BodyTimeout { .. } = self {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(after) = self.retry_after() {
             let secs = after.as_secs_f64().ceil().max(1.0) as u64;
@@ -201,6 +254,16 @@ mod tests {
             GatewayError::Queue(QueueError::Full("total", Duration::ZERO)),
             GatewayError::Queue(QueueError::Deadline(Duration::ZERO)),
             GatewayError::Queue(QueueError::ShuttingDown),
+            GatewayError::BrowserRefused,
+            GatewayError::MisdirectedHost,
+            GatewayError::HeadersTooLarge {
+                max_fields: 1,
+                max_bytes: 1,
+            },
+            GatewayError::BodyTimeout {
+                timeout: Duration::ZERO,
+            },
+            GatewayError::Unauthorized,
         ];
         for e in errors {
             let reason = e.rejection().expect("a rejection");
@@ -221,5 +284,43 @@ mod tests {
         assert_eq!(s, 503);
         assert_eq!(retry.as_deref(), Some("3"));
         assert_eq!(v["success"], false);
+    }
+
+    #[tokio::test]
+    async fn edge_refusals_have_their_status_and_close_when_the_request_is_unread() {
+        let cases = [
+            (GatewayError::BrowserRefused, 403, None),
+            (GatewayError::MisdirectedHost, 421, None),
+            (
+                GatewayError::HeadersTooLarge {
+                    max_fields: 64,
+                    max_bytes: 16384,
+                },
+                431,
+                Some("close"),
+            ),
+            (
+                GatewayError::BodyTimeout {
+                    timeout: Duration::from_secs(30),
+                },
+                408,
+                Some("close"),
+            ),
+            (GatewayError::Unauthorized, 401, None),
+        ];
+        for (e, status, connection) in cases {
+            let r = e.into_response();
+            assert_eq!(r.status(), status);
+            assert_eq!(
+                r.headers().get("connection").map(|v| v.to_str().unwrap()),
+                connection
+            );
+            if status == 401 {
+                assert_eq!(r.headers()["www-authenticate"], "Bearer");
+            }
+            let bytes = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(v["success"], false);
+        }
     }
 }

@@ -111,6 +111,12 @@ pub async fn read(
         }
     };
 
+    let class = classify(api_path);
+    if let Some(t) = &early {
+        // Known before the body: a body that fails is counted for it.
+        trace.tenant = Some(t.name.clone());
+        trace.class = Some(class);
+    }
     let body = read_body(&parts.headers, body, rt.config.server.max_body_bytes).await?;
     let form = is_form(&parts.headers).then(|| strip_api_key(&body));
     let presented = early_key.or_else(|| form.as_ref().and_then(|f| given(&f.api_key)));
@@ -119,7 +125,6 @@ pub async fn read(
         None => rt.tenants.resolve(prefix, presented.as_deref())?,
     };
     trace.tenant = Some(tenant.name.clone());
-    let class = classify(api_path);
     trace.class = Some(class);
 
     let priority = priority(&parts.headers)?;
@@ -180,12 +185,17 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         return Err(GatewayError::BodyTooLarge { limit });
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-        {
-            GatewayError::BodyTooLarge { limit }
-        } else {
-            GatewayError::BadRequest(format!("could not read the request body: {e}"))
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return GatewayError::BodyTooLarge { limit };
+            }
+            if let Some(stalled) = s.downcast_ref::<crate::server::BodyStalled>() {
+                return GatewayError::BodyTimeout { timeout: stalled.0 };
+            }
+            source = s.source();
         }
+        GatewayError::BadRequest(format!("could not read the request body: {e}"))
     })
 }
 

@@ -8,7 +8,8 @@
 //!
 //! # Layout
 //!
-//! The request path, in order ([`proxy`] composes it):
+//! The request path, in order ([`proxy`] composes it), behind [`guard`]
+//! (header limits, Host and browser rules, on both listeners):
 //! 1. [`inbound`]: read, limit, identify, rewrite → a typed request, using
 //!    - [`tenant`]: who is asking (path prefix or client key);
 //!    - [`classify`]: which budget (general or telephony);
@@ -33,7 +34,8 @@
 //!   per-tenant queue-wait windows;
 //! - [`error`]: every error crmgate answers itself, and its JSON;
 //! - [`metrics`], [`admin`]: Prometheus, health, readiness, status, reload;
-//! - [`server`]: listeners and graceful drain;
+//! - [`server`]: listeners, connection limits and timeouts, graceful drain;
+//! - [`guard`]: who may call at all, from the request head alone;
 //! - [`sim`]: a RetailCRM simulator for tests, benchmarks and `crmgate demo`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -47,6 +49,7 @@ pub mod egress;
 pub mod error;
 pub mod forward;
 pub mod gateway;
+pub mod guard;
 pub mod history;
 pub mod inbound;
 pub mod metrics;

@@ -54,8 +54,15 @@ pub struct Metrics {
     /// Queue waits per tenant over the last minute, for `/status` and the
     /// status page (not exported: quantiles per tenant belong to the page).
     pub tenant_queue_wait: crate::history::WaitWindows,
+    /// Open client connections, by listener (`api`, `admin`).
+    pub connections_open: IntGaugeVec,
+    /// Connections closed at once because the listener was full, by listener.
+    pub connections_refused: IntCounterVec,
     _build: IntGaugeVec,
 }
+
+/// Every value of the `listener` label.
+pub const LISTENERS: [&str; 2] = ["api", "admin"];
 
 const WAIT_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0,
@@ -114,6 +121,27 @@ impl Metrics {
             "Config reloads by outcome.",
             &["outcome"],
         );
+        let connections_refused = counter(
+            "crmgate_connections_refused_total",
+            "Client connections accepted and closed at once because the listener was at its cap, by listener.",
+            &["listener"],
+        );
+        let connections_open = reg(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "crmgate_connections_open",
+                    "Open client connections, by listener.",
+                ),
+                &["listener"],
+            )
+            .expect("valid gauge"),
+        );
+        // Both listeners exist from the start, so their series do too.
+        for listener in LISTENERS {
+            connections_open.with_label_values(&[listener]);
+            connections_refused.with_label_values(&[listener]);
+        }
         let queue_depth = reg(
             &registry,
             IntGaugeVec::new(
@@ -221,6 +249,8 @@ impl Metrics {
             redis_fallback,
             uptime,
             tenant_queue_wait: crate::history::WaitWindows::new(),
+            connections_open,
+            connections_refused,
             _build: build,
         }
     }

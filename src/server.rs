@@ -1,25 +1,71 @@
-//! Listeners, serving, and graceful drain.
+//! Listeners, connections, and graceful drain.
 //!
 //! [`Server::bind`] opens both listeners (so tests can bind port 0 and read
 //! the addresses back); [`Server::run`] serves until the `shutdown` future
 //! resolves, then drains: it stops accepting, lets queued and in-flight
 //! requests finish within `server.shutdown_grace`, answers what is left
 //! with 503 JSON, and reports how many were drained and cut off.
+//!
+//! Connections are served by hyper's HTTP/1 server with a timer
+//! (`axum::serve` installs none, so hyper's head timeout would never fire).
+//! A slow or greedy client meets these limits before any handler runs:
+//! - the whole request head must arrive within `server.header_timeout`, else
+//!   the connection is closed without an answer (the same limit ends an idle
+//!   keep-alive connection);
+//! - a body that makes no progress for `server.body_timeout` ends its
+//!   request with 408 JSON, and the connection with it;
+//! - beyond `server.max_connections` open API connections
+//!   ([`ADMIN_MAX_CONNECTIONS`] on the admin port) a new connection is
+//!   accepted and closed at once, and counted;
+//! - a head over [`MAX_HEAD_BUFFER`] bytes or 100 fields is refused by hyper
+//!   itself: a bare 431 without a body, then close. Under those bounds the
+//!   [`crate::guard`] in front of both routers answers 431 JSON.
+//!
+//! Only HTTP/1.1 and 1.0 are served: RetailCRM and its clients speak
+//! HTTP/1.1, and hyper's head timeout exists for HTTP/1 only, so cleartext
+//! HTTP/2 would be a way around it. This module never reads a body itself.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
+use axum::extract::ConnectInfo;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus::IntGauge;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
+use tower::ServiceExt;
 
 use crate::config::Config;
+use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::guard::guard;
 use crate::{admin, proxy};
 
 pub use crate::drain::DrainReport;
+
+/// Open connections the admin port holds at most. Probes and scrapes need a
+/// handful; the cap keeps a flood there from taking the process's file
+/// descriptors from the API.
+pub const ADMIN_MAX_CONNECTIONS: usize = 256;
+
+/// hyper's read buffer per connection, at most: the request line and the
+/// head must fit in it. Large enough for a long GET filter query.
+pub const MAX_HEAD_BUFFER: usize = 64 * 1024;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -100,12 +146,25 @@ impl Server {
             let _ = rx.wait_for(|s| *s).await;
         };
 
-        let api_app = proxy::router(gw.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let api_serve = axum::serve(api, api_app).with_graceful_shutdown(stopped(stop_rx.clone()));
-        let api_task = tokio::spawn(async move { api_serve.await });
-        let admin_serve = axum::serve(admin, admin::router(gw.clone()))
-            .with_graceful_shutdown(stopped(admin_stop_rx));
-        let admin_task = tokio::spawn(async move { admin_serve.await });
+        // Each router behind the guard, which knows whether its listener is
+        // loopback (then the Host rule applies).
+        let loopback = |l: &TcpListener| l.local_addr().is_ok_and(|a| a.ip().is_loopback());
+        let api_app = guard(proxy::router(gw.clone()), gw.clone(), loopback(&api));
+        let admin_app = guard(admin::router(gw.clone()), gw.clone(), loopback(&admin));
+        let api_task = tokio::spawn(serve(
+            gw.clone(),
+            api,
+            Side::Api,
+            api_app,
+            stopped(stop_rx.clone()),
+        ));
+        let admin_task = tokio::spawn(serve(
+            gw.clone(),
+            admin,
+            Side::Admin,
+            admin_app,
+            stopped(admin_stop_rx),
+        ));
         gw.drain.set_ready(true);
         tracing::info!("crmgate ready");
 
@@ -142,11 +201,13 @@ impl Server {
             }
         }
         let _ = admin_stop_tx.send(true);
-        if tokio::time::timeout(Duration::from_secs(1), admin_task)
+        let mut admin_task = admin_task;
+        if tokio::time::timeout(Duration::from_secs(1), &mut admin_task)
             .await
             .is_err()
         {
-            tracing::debug!("admin listener did not close within 1 s");
+            tracing::debug!("admin listener did not close within 1 s; closing its connections");
+            admin_task.abort();
         }
         let report = gw.drain.report();
         tracing::info!(
@@ -156,5 +217,234 @@ impl Server {
             "crmgate stopped"
         );
         Ok(report)
+    }
+}
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Api,
+    Admin,
+}
+
+impl Side {
+    /// The `listener` label of the connection metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Side::Api => "api",
+            Side::Admin => "admin",
+        }
+    }
+
+    /// Open connections allowed now (the API cap follows reloads).
+    fn cap(self, gw: &Gateway) -> usize {
+        match self {
+            Side::Api => gw.runtime().config.server.max_connections.get(),
+            Side::Admin => ADMIN_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Accepts and serves connections on `listener` until `stop` resolves, then
+/// asks every connection to finish its request in progress and close, and
+/// returns when all have. Dropping the returned future (aborting its task)
+/// closes every connection at once.
+async fn serve(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    side: Side,
+    app: Router,
+    stop: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    // Connections live in this set, so they end with this future.
+    let mut connections = JoinSet::new();
+    let open = gw
+        .metrics
+        .connections_open
+        .with_label_values(&[side.label()]);
+    let refused = gw
+        .metrics
+        .connections_refused
+        .with_label_values(&[side.label()]);
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut stop => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // Usually out of file descriptors: back off instead of
+                    // spinning, and keep serving the connections we have.
+                    tracing::warn!(listener = side.label(), %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Only this loop opens connections, so the count cannot grow
+        // between the check and the increment.
+        if open.get() >= side.cap(&gw) as i64 {
+            refused.inc();
+            drop(stream);
+            continue;
+        }
+        // Answers are small JSON writes: send them now, not after Nagle's delay.
+        let _ = stream.set_nodelay(true);
+        let counted = Counted::new(open.clone());
+        let header_timeout = gw.runtime().config.server.header_timeout;
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(MAX_HEAD_BUFFER)
+            .serve_connection(
+                TokioIo::new(stream),
+                PerRequest {
+                    gw: gw.clone(),
+                    app: app.clone(),
+                    peer,
+                },
+            );
+        let conn = graceful.watch(conn);
+        connections.spawn(async move {
+            let _counted = counted;
+            if let Err(err) = conn.await {
+                // A head timeout, a reset, a malformed request: the
+                // client's doing, and hyper has answered what it could.
+                tracing::debug!(%err, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// The answer to one request, boxed: hyper names the service's future type.
+type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+/// The per-request service of one connection: gives the handler the peer
+/// address, bounds pauses in the body, and turns a stalled body into 408.
+struct PerRequest {
+    gw: Arc<Gateway>,
+    app: Router,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, req: hyper::Request<Incoming>) -> Answer {
+        // Read per request, so a reload reaches open connections too.
+        let timeout = self.gw.runtime().config.server.body_timeout;
+        let stalled = Arc::new(AtomicBool::new(false));
+        let mut req = req.map(|body| Body::new(IdleBody::new(body, timeout, stalled.clone())));
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        let call = self.app.clone().oneshot(req);
+        let gw = self.gw.clone();
+        Box::pin(async move {
+            let response = call.await?;
+            // Already a 408 (a handler that maps BodyStalled itself) was
+            // counted where it was made.
+            if !stalled.load(Ordering::Relaxed)
+                || response.status() == axum::http::StatusCode::REQUEST_TIMEOUT
+            {
+                return Ok(response);
+            }
+            // Whatever the handler made of the failed read, the client
+            // stalled: say so, and close (the rest of the body is unread).
+            let e = GatewayError::BodyTimeout { timeout };
+            if let Some(reason) = e.rejection() {
+                gw.metrics.rejections.with_label_values(&[reason]).inc();
+            }
+            Ok(e.into_response())
+        })
+    }
+}
+
+/// One open connection, counted in the gauge until dropped.
+struct Counted(IntGauge);
+
+impl Counted {
+    fn new(gauge: IntGauge) -> Counted {
+        gauge.inc();
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The body stalled for `server.body_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("no request body bytes for {0:?}")]
+pub struct BodyStalled(pub Duration);
+
+/// A request body that fails with [`BodyStalled`] when no frame arrives for
+/// `timeout` while it is being read, and marks `stalled` so the answer can
+/// say 408. The timer is armed only while a read waits, so a body that is
+/// never read (or already complete) costs no timer.
+struct IdleBody {
+    inner: Incoming,
+    timeout: Duration,
+    last_progress: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+    stalled: Arc<AtomicBool>,
+}
+
+impl IdleBody {
+    fn new(inner: Incoming, timeout: Duration, stalled: Arc<AtomicBool>) -> IdleBody {
+        IdleBody {
+            inner,
+            timeout,
+            last_progress: Instant::now(),
+            sleep: None,
+            stalled,
+        }
+    }
+}
+
+impl HttpBody for IdleBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.last_progress = Instant::now();
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let deadline = this.last_progress + this.timeout;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                if sleep.as_mut().poll(cx).is_ready() {
+                    this.stalled.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(Box::new(BodyStalled(this.timeout)))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -402,7 +402,7 @@ async fn dot_segments_cannot_leave_api_or_change_the_budget() {
         let (status, answer) = raw_request(
             &gate,
             &format!(
-                "GET {path} HTTP/1.1\r\nHost: x\r\nX-API-KEY: {ACME_CLIENT}\r\nConnection: close\r\n\r\n"
+                "GET {path} HTTP/1.1\r\nHost: localhost\r\nX-API-KEY: {ACME_CLIENT}\r\nConnection: close\r\n\r\n"
             ),
         )
         .await;
@@ -414,7 +414,7 @@ async fn dot_segments_cannot_leave_api_or_change_the_budget() {
     let (status, answer) = raw_request(
         &gate,
         &format!(
-            "GET /api/v5/orders?filter[name]=a..b HTTP/1.1\r\nHost: x\r\nX-API-KEY: {ACME_CLIENT}\r\nConnection: close\r\n\r\n"
+            "GET /api/v5/orders?filter[name]=a..b HTTP/1.1\r\nHost: localhost\r\nX-API-KEY: {ACME_CLIENT}\r\nConnection: close\r\n\r\n"
         ),
     )
     .await;
@@ -757,7 +757,7 @@ async fn hop_by_hop_and_control_headers_are_not_forwarded() {
     let (status, answer) = raw_request(
         &gate,
         &format!(
-            "GET /api/v5/orders HTTP/1.1\r\nHost: x\r\nX-API-KEY: {ACME_CLIENT}\r\n\
+            "GET /api/v5/orders HTTP/1.1\r\nHost: localhost\r\nX-API-KEY: {ACME_CLIENT}\r\n\
              Connection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
              Proxy-Authorization: Basic Zm9vOmJhcg==\r\nX-Crmgate-Priority: low\r\n\
              X-Crmgate-Whatever: 1\r\nAccept-Language: ru-RU,ru;q=0.9\r\n\

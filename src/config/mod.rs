@@ -14,6 +14,8 @@ mod raw;
 mod secrets;
 mod validate;
 
+pub use validate::normalize_origin;
+
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -86,6 +88,30 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long a SIGTERM waits for queued and in-flight requests.
     pub shutdown_grace: Duration,
+    /// The whole request head must arrive within this, else the connection
+    /// is closed. Also how long an idle keep-alive connection stays open.
+    pub header_timeout: Duration,
+    /// Longest pause in a request body before the request gets 408.
+    pub body_timeout: Duration,
+    /// Open API connections at most; more are accepted and closed at once.
+    pub max_connections: NonZeroUsize,
+    /// Browser origins (`scheme://host[:port]`, normalised) allowed to call.
+    pub allowed_origins: Vec<String>,
+    /// Host names (lowercase, no port) accepted besides loopback ones on a
+    /// loopback listener.
+    pub allowed_hosts: Vec<String>,
+    /// Bearer token `POST /reload` requires, when set.
+    pub admin_token: Option<Secret>,
+    /// Where `admin_token` came from.
+    pub admin_token_source: Option<KeySource>,
+}
+
+impl ServerConfig {
+    /// Whether `POST /reload` may run without a token: only when none is
+    /// configured and the admin listener is reachable from this host alone.
+    pub fn admin_open(&self) -> bool {
+        self.admin_token.is_none() && self.admin_listen.ip().is_loopback()
+    }
 }
 
 /// `[upstream]`: how to reach the CRM.
@@ -303,10 +329,14 @@ impl Config {
             ips.join(", ")
         };
         let mut out = format!(
-            "listen {}, admin {}\nlimits: general {}/s, telephony {}/s per {}, jitter allowance {}, \
+            "listen {}, admin {} ({})\nlimits: general {}/s, telephony {}/s per {}, jitter allowance {}, \
              queue {} (max wait {}), backend {}\nretry: {} attempts, backoff {}..{}\negress: {}\ntenants ({}):\n",
             self.server.listen,
             self.server.admin_listen,
+            match &self.server.admin_token_source {
+                Some(source) => format!("reload token from {source}"),
+                None => "no reload token".to_string(),
+            },
             l.general_per_second,
             l.telephony_per_second,
             match l.scope {

@@ -32,6 +32,14 @@ pub struct RawServer {
     pub admin_listen: Option<String>,
     pub max_body_bytes: Option<i64>,
     pub shutdown_grace: Option<String>,
+    pub header_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub max_connections: Option<i64>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub admin_token: Option<String>,
+    pub admin_token_env: Option<String>,
+    pub admin_token_file: Option<String>,
 }
 
 /// `[upstream]`
