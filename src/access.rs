@@ -2,8 +2,10 @@
 //!
 //! Stages fill a [`Trace`] as they learn things (tenant, class, attempts,
 //! waits, egress); [`log`] writes it once the answer's status is known. The
-//! line shows the path with every `apiKey` value masked, never a key, a body
-//! or a header value.
+//! line shows the path and, by `log.query`, the query's parameter names
+//! (values masked, the default: queries hold phones, e-mails and names), or
+//! names and values, or nothing. A key parameter, in any spelling, is
+//! masked in every mode. Never a key, a body or a header value.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +14,8 @@ use axum::http::{Method, StatusCode, Uri};
 use tokio::time::Instant;
 
 use crate::classify::Class;
-use crate::rewrite::strip_api_key;
+use crate::config::LogQuery;
+use crate::rewrite::is_key_name;
 
 /// What the access log line reports about one request.
 #[derive(Debug, Default)]
@@ -31,23 +34,35 @@ pub struct Trace {
     pub egress: Option<String>,
 }
 
-/// The path and query for logs, with every `apiKey` value masked.
-pub fn masked_path(uri: &Uri) -> String {
-    match uri.query() {
-        None => uri.path().to_string(),
-        Some(q) => {
-            let stripped = strip_api_key(q.as_bytes());
-            let mut rest = String::from_utf8_lossy(&stripped.rest).into_owned();
-            if stripped.api_key.is_some() {
-                rest.push_str(if rest.is_empty() {
-                    "apiKey=***"
-                } else {
-                    "&apiKey=***"
-                });
-            }
-            format!("{}?{}", uri.path(), rest)
+/// The path and query for logs: by `mode`, the query's names with values
+/// masked, names and values, or no query. Key parameters (any spelling)
+/// always show as `name=***`. Names are shown as sent (still encoded).
+pub fn logged_path(uri: &Uri, mode: LogQuery) -> String {
+    let path = uri.path();
+    let query = match (uri.query(), mode) {
+        (None, _) | (_, LogQuery::None) => return path.to_string(),
+        (Some(q), _) => q,
+    };
+    let mut out = String::with_capacity(path.len() + 1 + query.len());
+    out.push_str(path);
+    out.push('?');
+    for (i, pair) in query.split('&').filter(|p| !p.is_empty()).enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decoded = form_urlencoded::parse(name.as_bytes())
+            .next()
+            .map(|(n, _)| n.into_owned())
+            .unwrap_or_default();
+        out.push_str(name);
+        if pair.contains('=') {
+            out.push('=');
+            let shown = mode == LogQuery::Full && !is_key_name(&decoded);
+            out.push_str(if shown { value } else { "***" });
         }
     }
+    out
 }
 
 /// Writes the access log line of one finished request.
@@ -55,6 +70,7 @@ pub fn log(
     request_id: &str,
     method: &Method,
     uri: &Uri,
+    query: LogQuery,
     status: StatusCode,
     trace: &Trace,
     started: Instant,
@@ -65,7 +81,7 @@ pub fn log(
         tenant = trace.tenant.as_deref().unwrap_or("-"),
         class = trace.class.map_or("-", Class::as_str),
         method = %method,
-        path = %masked_path(uri),
+        path = %logged_path(uri, query),
         status = status.as_u16(),
         attempts = trace.attempts,
         queue_ms = trace.queue.as_millis() as u64,
@@ -80,12 +96,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_masked_in_logged_paths() {
-        let uri: Uri = "/api/v5/orders?apiKey=secret&limit=20".parse().unwrap();
-        assert_eq!(masked_path(&uri), "/api/v5/orders?limit=20&apiKey=***");
-        let uri: Uri = "/api/v5/orders?apiKey=secret".parse().unwrap();
-        assert_eq!(masked_path(&uri), "/api/v5/orders?apiKey=***");
+    fn queries_are_logged_by_mode_and_keys_never() {
+        let uri: Uri =
+            "/api/v5/orders?apiKey=secret&filter%5Bphone%5D=79001234567&limit=20&APIKEY=s2&flag"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            logged_path(&uri, LogQuery::Names),
+            "/api/v5/orders?apiKey=***&filter%5Bphone%5D=***&limit=***&APIKEY=***&flag"
+        );
+        assert_eq!(
+            logged_path(&uri, LogQuery::Full),
+            "/api/v5/orders?apiKey=***&filter%5Bphone%5D=79001234567&limit=20&APIKEY=***&flag"
+        );
+        assert_eq!(logged_path(&uri, LogQuery::None), "/api/v5/orders");
+        let uri: Uri = "/api/v5/orders?api%5Fkey=secret&apiKey%5B%5D=s"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            logged_path(&uri, LogQuery::Full),
+            "/api/v5/orders?api%5Fkey=***&apiKey%5B%5D=***"
+        );
         let uri: Uri = "/api/v5/orders".parse().unwrap();
-        assert_eq!(masked_path(&uri), "/api/v5/orders");
+        assert_eq!(logged_path(&uri, LogQuery::Full), "/api/v5/orders");
     }
 }

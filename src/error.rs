@@ -67,6 +67,10 @@ pub enum GatewayError {
     /// The request itself is malformed (bad header, unreadable body).
     #[error("Bad request: {0}")]
     BadRequest(String),
+    /// The bodies held for queued requests would pass
+    /// `limits.max_buffered_bytes`.
+    #[error("crmgate: too many request bodies are waiting; retry later")]
+    BuffersFull,
     /// No slot could be had: queue full, deadline passed, or shutting down.
     #[error("crmgate: {0}; retry later")]
     Queue(#[from] QueueError),
@@ -101,12 +105,13 @@ pub enum GatewayError {
 }
 
 /// Every value of the `reason` label of `crmgate_rejections_total`.
-pub const REJECTION_REASONS: [&str; 13] = [
+pub const REJECTION_REASONS: [&str; 14] = [
     "unknown_tenant",
     "bad_key",
     "body_too_large",
     "bad_request",
     "queue_full",
+    "buffers_full",
     "deadline",
     "shutdown",
     "client_gone",
@@ -131,9 +136,9 @@ impl GatewayError {
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Unauthorized => StatusCode::UNAUTHORIZED,
-            GatewayError::Queue(_) | GatewayError::UpstreamThrottled { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::Queue(_)
+            | GatewayError::BuffersFull
+            | GatewayError::UpstreamThrottled { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -147,6 +152,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => "body_too_large",
             GatewayError::BadRequest(_) | GatewayError::MethodNotAllowed(_) => "bad_request",
             GatewayError::Queue(QueueError::Full(..)) => "queue_full",
+            GatewayError::BuffersFull => "buffers_full",
             GatewayError::Queue(QueueError::Deadline(_)) => "deadline",
             GatewayError::Queue(QueueError::ShuttingDown) => "shutdown",
             GatewayError::BrowserRefused => "browser",
@@ -161,6 +167,7 @@ impl GatewayError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             GatewayError::Queue(q) => Some(q.retry_after()),
+            GatewayError::BuffersFull => Some(Duration::from_secs(1)),
             GatewayError::UpstreamThrottled { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
@@ -251,6 +258,7 @@ mod tests {
             GatewayError::BodyTooLarge { limit: 1 },
             GatewayError::BadRequest("x".into()),
             GatewayError::MethodNotAllowed("TRACE".into()),
+            GatewayError::BuffersFull,
             GatewayError::Queue(QueueError::Full("total", Duration::ZERO)),
             GatewayError::Queue(QueueError::Deadline(Duration::ZERO)),
             GatewayError::Queue(QueueError::ShuttingDown),

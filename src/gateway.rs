@@ -22,6 +22,7 @@ use crate::classify::Class;
 use crate::config::Config;
 use crate::drain::Drain;
 use crate::egress::{self, Egress};
+use crate::inbound::body::BodyPool;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::scheduler::Scheduler;
@@ -74,6 +75,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Readiness and the counts a graceful shutdown reports.
     pub drain: Drain,
+    /// Request bodies held now (bounded by `limits.max_buffered_bytes`).
+    pub bodies: Arc<BodyPool>,
     stats: DashMap<Arc<str>, Arc<TenantStats>>,
     started: Instant,
     /// Where reloads read from, and their one-at-a-time lock.
@@ -113,6 +116,7 @@ impl Gateway {
             egress: ArcSwap::from_pointee(egress),
             metrics,
             drain: Drain::new(),
+            bodies: Arc::default(),
             stats: DashMap::new(),
             started: Instant::now(),
             reloader: Reloader::new(config_path),

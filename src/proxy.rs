@@ -88,7 +88,8 @@ async fn handle(
             .or_default() += 1;
     }
     gw.drain.request_finished();
-    access::log(&request_id, &method, &uri, status, &trace, started);
+    let query = gw.runtime().config.log.query;
+    access::log(&request_id, &method, &uri, query, status, &trace, started);
     response
 }
 
@@ -100,7 +101,7 @@ async fn run(
     request_id: &str,
     trace: &mut Trace,
 ) -> Result<Response, GatewayError> {
-    let request = inbound::read(&gw.runtime(), peer, req, request_id, trace).await?;
+    let request = inbound::read(&gw.runtime(), &gw.bodies, peer, req, request_id, trace).await?;
     let _inflight = gw.stats(&request.tenant.name).inflight();
     crate::forward::forward(gw, request, trace).await
 }

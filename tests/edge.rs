@@ -520,3 +520,82 @@ fn check_refuses_a_non_loopback_admin_port_without_a_token() {
     );
     assert!(!stdout.contains(TOKEN), "{stdout}");
 }
+
+// ---------------------------------------------------------------- memory
+
+#[tokio::test]
+async fn bodies_held_for_waiting_requests_are_bounded_in_total() {
+    let (sim, gate) = setup("[limits]\nmax_buffered_bytes = 1000\ngeneral_per_second = 1\n").await;
+    // The first create stalls at the CRM (held in flight), the second
+    // waits for the next slot (held in the queue): 800 bytes held.
+    sim.faults().stall_next(1, Duration::from_secs(2));
+    let c = client();
+    let post = |n: usize| {
+        let req = c
+            .post(format!("{}/api/v5/orders/create", gate.url))
+            .header("X-API-KEY", ACME_CLIENT)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("order={}", "x".repeat(n - 6)));
+        tokio::spawn(async move { req.send().await.unwrap().status().as_u16() })
+    };
+    let first = post(400);
+    let gw = gate.gateway.clone();
+    wait_until("the first body is held", || gw.bodies.held() >= 400).await;
+    let second = post(400);
+    wait_until("the second body is held", || gw.bodies.held() >= 800).await;
+
+    let resp = c
+        .post(format!("{}/api/v5/orders/create", gate.url))
+        .header("X-API-KEY", ACME_CLIENT)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("order={}", "y".repeat(394)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let v = json(resp).await;
+    assert_eq!(v["success"], false, "{v}");
+
+    // Both held bodies reached the CRM (which judges their content).
+    assert_ne!(first.await.unwrap(), 503);
+    assert_ne!(second.await.unwrap(), 503);
+    assert_eq!(sim.records().len(), 2, "the refused body was never sent");
+    wait_until("every body given back", || gw.bodies.held() == 0).await;
+    assert_eq!(rejected(&gate, "buffers_full").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_key_inside_a_json_or_multipart_body_is_refused() {
+    let (sim, gate) = setup("").await;
+    let c = client();
+    for (content_type, body) in [
+        ("application/json", format!(r#"{{"apiKey":"{ACME_CLIENT}","order":{{}}}}"#)),
+        (
+            "multipart/form-data; boundary=zz",
+            format!(
+                "--zz\r\nContent-Disposition: form-data; name=\"api_key\"\r\n\r\n{ACME_CLIENT}\r\n--zz--\r\n"
+            ),
+        ),
+    ] {
+        let resp = c
+            .post(format!("{}/acme/api/v5/orders/create", gate.url))
+            .header("X-API-KEY", ACME_CLIENT)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{content_type}");
+        let v = json(resp).await;
+        assert!(
+            v["errorMsg"].as_str().unwrap().contains("X-API-KEY"),
+            "{v}"
+        );
+        assert!(!v.to_string().contains(ACME_CLIENT));
+    }
+    assert!(
+        sim.records().is_empty(),
+        "nothing with a key in it was sent"
+    );
+}

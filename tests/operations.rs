@@ -943,7 +943,7 @@ async fn binary_logs_requests_without_keys_and_drains_on_sigterm() {
     }
     assert_eq!(access("ops-retried")["attempts"], 2);
     let path = |id: &str| access(id)["path"].as_str().unwrap().to_string();
-    assert_eq!(path("ops-query-key"), "/api/v5/orders?limit=20&apiKey=***");
+    assert_eq!(path("ops-query-key"), "/api/v5/orders?limit=***&apiKey=***");
     assert_eq!(path("ops-bad-key"), "/api/v5/orders?apiKey=***");
 
     assert!(

@@ -69,12 +69,34 @@ pub struct Config {
     pub retry: RetryConfig,
     /// `[redis]` (used only with `limits.backend = "redis"`)
     pub redis: RedisConfig,
+    /// `[log]`
+    pub log: LogConfig,
     /// `[[tenants]]`, in file order.
     pub tenants: Vec<TenantConfig>,
     /// Hex SHA-256 of the file's bytes, shown in `/status` to tell configs apart.
     pub checksum: String,
     /// Non-fatal remarks found while validating (e.g. an inline key).
     pub warnings: Vec<String>,
+}
+
+/// `[log]`: what the access log shows.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// How much of the query string the access log line shows.
+    pub query: LogQuery,
+}
+
+/// How much of a request's query the access log line shows. Keys are
+/// masked in every mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogQuery {
+    /// Parameter names, values masked (`?filter[phone]=***`): queries hold
+    /// customer data (phones, e-mails, names).
+    Names,
+    /// Names and values.
+    Full,
+    /// The path only.
+    None,
 }
 
 /// `[server]`: listeners and request-size limits.
@@ -176,6 +198,9 @@ pub struct LimitsConfig {
     pub queue_capacity: NonZeroUsize,
     /// Default per-tenant cap on waiting requests.
     pub max_queued_per_tenant: NonZeroUsize,
+    /// Bodies held for queued and in-flight requests, in total, at most;
+    /// a request whose body would pass it gets 503 at once.
+    pub max_buffered_bytes: NonZeroUsize,
     /// Which requests share a budget.
     pub scope: Scope,
     /// Where budgets are kept.

@@ -21,7 +21,16 @@ pub struct RawConfig {
     #[serde(default)]
     pub redis: RawRedis,
     #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
     pub tenants: Vec<RawTenant>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub query: Option<String>,
 }
 
 /// `[server]`
@@ -63,6 +72,7 @@ pub struct RawLimits {
     pub max_queue_wait: Option<String>,
     pub queue_capacity: Option<i64>,
     pub max_queued_per_tenant: Option<i64>,
+    pub max_buffered_bytes: Option<i64>,
     pub scope: Option<String>,
     pub backend: Option<String>,
     #[serde(default)]

@@ -216,6 +216,11 @@ pub(super) fn validate(
             l.max_queued_per_tenant,
             1_000,
         ),
+        max_buffered_bytes: p.positive_usize(
+            "limits.max_buffered_bytes",
+            l.max_buffered_bytes,
+            64 * 1024 * 1024,
+        ),
         scope,
         backend,
         adaptive,
@@ -237,6 +242,18 @@ pub(super) fn validate(
     if limits.max_queue_wait.is_zero() {
         p.push("limits.max_queue_wait", "must be longer than zero");
     }
+
+    let log = LogConfig {
+        query: match raw.log.query.as_deref().unwrap_or("names") {
+            "names" => LogQuery::Names,
+            "full" => LogQuery::Full,
+            "none" => LogQuery::None,
+            _ => {
+                p.push("log.query", "must be one of \"names\", \"full\", \"none\"");
+                LogQuery::Names
+            }
+        },
+    };
 
     let r = &raw.retry;
     let retry = RetryConfig {
@@ -333,6 +350,7 @@ pub(super) fn validate(
             limits,
             retry,
             redis,
+            log,
             tenants,
             checksum,
             warnings,

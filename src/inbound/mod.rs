@@ -15,10 +15,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::Request;
-use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::http::{HeaderMap, HeaderValue, Method};
 use tokio::time::Instant;
+
+pub mod body;
 
 use crate::access::Trace;
 use crate::classify::{classify, Class};
@@ -46,6 +48,8 @@ pub struct Inbound {
     pub ticket: Ticket,
     /// What goes to the CRM, minus the real key and the base URL.
     pub out: Outgoing,
+    /// The body's bytes in the pool of held bodies, until the request ends.
+    pub lease: body::BodyLease,
 }
 
 impl Inbound {
@@ -79,6 +83,7 @@ pub struct Outgoing {
 /// class in `trace` as soon as they are known.
 pub async fn read(
     rt: &Runtime,
+    pool: &Arc<body::BodyPool>,
     peer: SocketAddr,
     req: Request,
     request_id: &str,
@@ -117,7 +122,21 @@ pub async fn read(
         trace.tenant = Some(t.name.clone());
         trace.class = Some(class);
     }
-    let body = read_body(&parts.headers, body, rt.config.server.max_body_bytes).await?;
+    let (body, lease) = body::read(
+        &parts.headers,
+        body,
+        rt.config.server.max_body_bytes,
+        pool,
+        rt.config.limits.max_buffered_bytes.get(),
+    )
+    .await?;
+    if body::has_key_field(&parts.headers, &body) {
+        return Err(GatewayError::BadRequest(
+            "a key inside a multipart or JSON body is not accepted: send it in the \
+             X-API-KEY header (or as apiKey in the query or a form body)"
+                .into(),
+        ));
+    }
     let form = is_form(&parts.headers).then(|| strip_api_key(&body));
     let presented = early_key.or_else(|| form.as_ref().and_then(|f| given(&f.api_key)));
     let tenant = match early {
@@ -146,6 +165,7 @@ pub async fn read(
         tenant,
         ticket,
         out,
+        lease,
     })
 }
 
@@ -173,30 +193,6 @@ pub fn split_path(path: &str) -> Result<(Option<&str>, &str), GatewayError> {
         return Err(GatewayError::NotFound);
     }
     Ok((Some(prefix), api))
-}
-
-/// Reads the whole body, refusing one over `limit` bytes (by its declared
-/// length before reading, or while reading).
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(GatewayError::BodyTooLarge { limit });
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            if s.is::<http_body_util::LengthLimitError>() {
-                return GatewayError::BodyTooLarge { limit };
-            }
-            if let Some(stalled) = s.downcast_ref::<crate::server::BodyStalled>() {
-                return GatewayError::BodyTimeout { timeout: stalled.0 };
-            }
-            source = s.source();
-        }
-        GatewayError::BadRequest(format!("could not read the request body: {e}"))
-    })
 }
 
 /// The `X-Crmgate-Priority` header (normal when absent).
@@ -293,6 +289,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::tenant::Tenants;
+    use axum::body::Body;
 
     const CONFIG: &str = r#"
 [[tenants]]
@@ -321,7 +318,8 @@ api_key = "real-open-key-0002"
 
     async fn read_one(rt: &Runtime, req: Request) -> Result<(Inbound, Trace), GatewayError> {
         let mut trace = Trace::default();
-        let r = read(rt, peer(), req, "rid-1", &mut trace).await?;
+        let pool = Arc::new(body::BodyPool::default());
+        let r = read(rt, &pool, peer(), req, "rid-1", &mut trace).await?;
         Ok((r, trace))
     }
 
