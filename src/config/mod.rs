@@ -8,7 +8,10 @@
 //! [`Secret`] redacts itself in `Debug` and `Display`.
 
 mod raw;
+mod trust;
 mod validate;
+
+pub use trust::CaBundle;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -98,6 +101,9 @@ pub struct UpstreamConfig {
     pub egress_ips: Vec<IpAddr>,
     /// The name of the shared budget in Redis (defaults to the egress IP).
     pub egress_id: Option<String>,
+    /// Roots trusted in addition to the compiled-in web roots
+    /// (`upstream.ca_file`), read and checked when the config is validated.
+    pub ca: Option<CaBundle>,
 }
 
 /// Which requests share one budget.
@@ -277,7 +283,7 @@ impl Config {
         };
         let mut out = format!(
             "listen {}, admin {}\nlimits: general {}/s, telephony {}/s per {}, jitter allowance {}, \
-             queue {} (max wait {}), backend {}\nretry: {} attempts, backoff {}..{}\negress: {}\ntenants ({}):\n",
+             queue {} (max wait {}), backend {}\nretry: {} attempts, backoff {}..{}\negress: {}\ntrusted roots: {}\ntenants ({}):\n",
             self.server.listen,
             self.server.admin_listen,
             l.general_per_second,
@@ -297,6 +303,14 @@ impl Config {
             humantime::format_duration(self.retry.initial_backoff),
             humantime::format_duration(self.retry.max_backoff),
             egress,
+            match &self.upstream.ca {
+                None => "compiled-in web roots".to_string(),
+                Some(ca) => format!(
+                    "compiled-in web roots + {} extra root(s) from {}",
+                    ca.certs.len(),
+                    ca.path.display()
+                ),
+            },
             self.tenants.len(),
         );
         for t in &self.tenants {
