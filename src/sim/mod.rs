@@ -105,7 +105,9 @@ impl Simulator {
     /// If the certificate cannot be generated (rcgen and ring with fixed
     /// names and key type: not expected to happen).
     pub fn new(cfg: SimConfig) -> Self {
-        let material = cfg.tls.map(|t| tls::generate(t).expect("simulator certificate"));
+        let material = cfg
+            .tls
+            .map(|t| tls::generate(t).expect("simulator certificate"));
         let setup = server::ConnSetup {
             rtt: cfg.rtt,
             handshake: cfg.handshake,
