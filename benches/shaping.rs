@@ -28,6 +28,12 @@
 //!    `crmgate` binary (8 egress budgets at 10,000/s), side by side: req/s,
 //!    p50/p99, crmgate ÷ nginx, CPU per request. These three are separate
 //!    processes; skipped loudly without `nginx` or `wrk`.
+//! 7. `tls`: the production path at a realistic distance: HTTPS to the
+//!    simulator (its CA in `upstream.ca_file`), 60 ms round trip plus a
+//!    60 ms TLS handshake per new connection, two egress IPs; tenant A
+//!    floods while tenant B sends every 0.5 s. Utilisation per egress IP,
+//!    503s, B's queue wait, connections opened per egress IP. Run once
+//!    with ALPN offering `h2` and once with `http/1.1` only.
 //!
 //! Everything runs in one process on one tokio runtime, like the
 //! integration tests: the callers, the gateway and the simulator share the
@@ -46,24 +52,29 @@ mod passthrough;
 mod sched_cost;
 #[path = "shaping/shared_budget.rs"]
 mod shared_budget;
+#[path = "shaping/tls.rs"]
+mod tls;
 
 use std::time::Duration;
 
 use serde_json::json;
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "utilisation",
     "jitter",
     "fairness",
     "scheduler",
     "redis",
     "passthrough",
+    "tls",
 ];
 
 /// Targets, as agreed for the gateway.
 const TARGET_UTILISATION: f64 = 0.98;
 const TARGET_UTILISATION_JITTER: f64 = 0.96;
 const TARGET_LIGHT_P95_MS: f64 = 300.0;
+/// Over HTTPS at 60 ms with handshakes, per egress IP (issue 14).
+const TARGET_UTILISATION_TLS: f64 = 0.97;
 /// Three replicas together, after the start-up transition (issue target).
 const TARGET_UTILISATION_REDIS: f64 = 0.9;
 /// Pass-through: crmgate's req/s at least this share of nginx proxy_pass's.
@@ -80,7 +91,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: cargo bench --bench shaping -- [--quick] [--seconds N] \
-[--only utilisation,jitter,fairness,scheduler,redis,passthrough] [--callers N] [--jitter-ms N]";
+[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls] [--callers N] [--jitter-ms N]";
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -458,6 +469,86 @@ fn print_passthrough(p: &passthrough::Passthrough) {
     );
 }
 
+fn print_tls(t: &tls::TlsRun) {
+    println!(
+        "\n== 7. Over HTTPS, {} ms away ({})",
+        t.rtt_ms,
+        if t.http2 {
+            "ALPN h2"
+        } else {
+            "ALPN http/1.1 only"
+        }
+    );
+    println!(
+        "   RTT {} ms + TLS handshake {} ms per new connection, CRM latency 20–60 ms, \
+         limit {}/s per IP; A: {} callers, B: 1 / {} ms; {:.0} s",
+        t.rtt_ms,
+        t.handshake_ms,
+        end_to_end::LIMIT,
+        t.flood_callers,
+        t.light_every_ms,
+        t.seconds
+    );
+    println!(
+        "   {:<14} {:>8} {:>11} {:>9} {:>6} {:>10} {:>12} {:>9}",
+        "egress IP",
+        "requests",
+        "utilisation",
+        "warm",
+        "503s",
+        "max in 1s",
+        "connections",
+        "req/conn"
+    );
+    for e in &t.per_egress {
+        println!(
+            "   {:<14} {:>8} {:>11.4} {:>9.4} {:>6} {:>10} {:>12} {:>9.1}",
+            e.ip,
+            e.requests,
+            e.delivered.utilisation,
+            e.warm.utilisation,
+            e.delivered.rejected_503,
+            e.delivered.max_in_1s,
+            e.connections_opened,
+            e.requests as f64 / e.connections_opened.max(1) as f64
+        );
+    }
+    for e in &t.per_egress {
+        let gaps: Vec<String> = e
+            .long_gaps
+            .iter()
+            .map(|(at, gap)| format!("{gap:.0} ms at {at:.2} s"))
+            .collect();
+        println!("   {:<14} gaps > 150 ms: {}", e.ip, gaps.join(", "));
+    }
+    let (whole, warm) = t.min_utilisation();
+    println!(
+        "   utilisation ≥ {TARGET_UTILISATION_TLS:.2} on every IP: whole run {}, warm (from {} s) {}; 503s 0: {}",
+        verdict(whole >= TARGET_UTILISATION_TLS),
+        tls::WARM.as_secs(),
+        verdict(warm >= TARGET_UTILISATION_TLS),
+        verdict(t.rejected_503() == 0)
+    );
+    println!(
+        "   B queue wait (ms): n {} p50 {:.0} p95 {:.0} max {:.0}   p95 ≤ {TARGET_LIGHT_P95_MS:.0}: {}",
+        t.light_wait_ms.n,
+        t.light_wait_ms.p50,
+        t.light_wait_ms.p95,
+        t.light_wait_ms.max,
+        verdict(t.light_wait_ms.p95 <= TARGET_LIGHT_P95_MS)
+    );
+    println!(
+        "   A queue wait (ms): p50 {:.0} p95 {:.0}; answers B {} ok {:?}, A {} ok {:?}; load average at end {}",
+        t.flood_wait_ms.p50,
+        t.flood_wait_ms.p95,
+        t.light_answers.ok_200,
+        t.light_answers.other,
+        t.flood_answers.ok_200,
+        t.flood_answers.other,
+        t.loadavg
+    );
+}
+
 fn main() {
     let args = parse_args();
     let run = |full: f64, quick: f64| {
@@ -570,6 +661,16 @@ fn main() {
         }
     }
 
+    if wants("tls") {
+        let mut runs = Vec::new();
+        for http2 in [true, false] {
+            let t = rt.block_on(tls::run(args.callers, run(20.0, 5.0), http2, loadavg));
+            print_tls(&t);
+            runs.push(t);
+        }
+        json.insert("tls".into(), serde_json::to_value(&runs).unwrap());
+    }
+
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "\n   total {elapsed:.1} s; load average at start {load_start}, at end {}",
@@ -588,6 +689,7 @@ fn main() {
                 "utilisation": TARGET_UTILISATION,
                 "utilisation_jitter": TARGET_UTILISATION_JITTER,
                 "light_p95_ms": TARGET_LIGHT_P95_MS,
+                "utilisation_tls": TARGET_UTILISATION_TLS,
                 "utilisation_redis": TARGET_UTILISATION_REDIS,
                 "passthrough_ratio": TARGET_PASS_RATIO,
                 "passthrough_p50_ms": TARGET_PASS_P50_MS,

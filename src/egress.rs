@@ -10,9 +10,14 @@
 //! end), because a request that waits for a new connection reaches the CRM
 //! later than its slot said: the budget accounts for that.
 //!
-//! The timeouts are fixed into a client when it is built, so a reload that
-//! changes them builds a whole new set with [`build`] (same IPs, same
-//! scheduler hooks) and the gateway swaps it in; a client is never mutated.
+//! TLS is rustls with the public web roots compiled in (no system store: the
+//! container image has none), plus the roots of `upstream.ca_file` when set.
+//! Clients offer HTTP/2 and HTTP/1.1 through ALPN and use what the CRM picks.
+//!
+//! The timeouts and the trusted roots are fixed into a client when it is
+//! built, so a reload that changes them builds a whole new set with [`build`]
+//! (same IPs, same scheduler hooks) and the gateway swaps it in; a client is
+//! never mutated.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -130,6 +135,15 @@ pub fn build(
             .map(Some)
             .collect()
     };
+    // Checked when the config was validated, so adding them cannot fail here.
+    let extra_roots: Vec<reqwest::Certificate> = match &config.upstream.ca {
+        Some(ca) => ca
+            .certs
+            .iter()
+            .map(|der| reqwest::Certificate::from_der(der))
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
     ips.into_iter()
         .enumerate()
         .map(|(egress, ip)| {
@@ -139,7 +153,11 @@ pub fn build(
                 scheduler: scheduler.clone(),
                 opened: opened.with_label_values(&[&label]),
             };
-            let client = reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder();
+            for root in &extra_roots {
+                builder = builder.add_root_certificate(root.clone());
+            }
+            let client = builder
                 .connector_layer(watch)
                 .local_address(ip)
                 .connect_timeout(config.upstream.connect_timeout)

@@ -1,4 +1,4 @@
-//! The `crmgate` command: serve, check, sim and demo.
+//! The `crmgate` command: serve, check, sim (plain or TLS) and demo.
 //!
 //! Everything here is wiring: parse arguments, set up logging, load the
 //! config, hook signals to drain (SIGTERM/SIGINT) and reload (SIGHUP), and
@@ -8,12 +8,13 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use crmgate::config::{self, Config};
 use crmgate::server::Server;
-use crmgate::sim::{SimConfig, Simulator};
+use crmgate::sim::{SimConfig, SimTls, Simulator};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// A local rate-limiting gateway for the RetailCRM REST API.
@@ -48,11 +49,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Run the built-in RetailCRM simulator (key "demo-crm-key").
-    Sim {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:9000")]
-        listen: SocketAddr,
-    },
+    Sim(SimArgs),
     /// Start the simulator and a gateway in front of it, and show how to call it.
     Demo {
         /// Gateway API address.
@@ -62,6 +59,31 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: SocketAddr,
     },
+}
+
+/// `crmgate sim`'s flags.
+#[derive(clap::Args)]
+struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    /// Serve HTTPS with a certificate generated at start-up (for localhost
+    /// and 127.0.0.1-8); its CA is written to --ca-out.
+    #[arg(long)]
+    tls: bool,
+    /// With --tls, offer only HTTP/1.1 through ALPN (default: h2 and http/1.1).
+    #[arg(long, requires = "tls")]
+    http1_only: bool,
+    /// Where --tls writes its CA certificate (PEM) [default: a file in the temp dir]
+    #[arg(long, requires = "tls")]
+    ca_out: Option<PathBuf>,
+    /// A network round trip, added to every new connection (before its first
+    /// byte is read) and to every request, e.g. "60ms".
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    rtt: Duration,
+    /// Added before every TLS handshake, e.g. "30ms".
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s", requires = "tls")]
+    handshake: Duration,
 }
 
 fn init_logging(format: LogFormat) {
@@ -96,7 +118,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve { config } => serve(config).await,
-            Command::Sim { listen } => sim(listen).await,
+            Command::Sim(args) => sim(args).await,
             Command::Demo {
                 listen,
                 admin_listen,
@@ -168,14 +190,39 @@ async fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn sim(listen: SocketAddr) -> anyhow::Result<()> {
+async fn sim(args: SimArgs) -> anyhow::Result<()> {
+    let listen = args.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(%listen, key = "demo-crm-key", "RetailCRM simulator listening");
-    Simulator::new(SimConfig::default())
-        .serve(listener, terminated())
-        .await?;
+    let simulator = Simulator::new(SimConfig {
+        tls: args.tls.then_some(SimTls {
+            http2: !args.http1_only,
+        }),
+        rtt: args.rtt,
+        handshake: args.handshake,
+        ..SimConfig::default()
+    });
+    if let Some(pem) = simulator.ca_pem() {
+        let path = args.ca_out.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("crmgate-sim-ca-{}.pem", std::process::id()))
+        });
+        std::fs::write(&path, pem)
+            .with_context(|| format!("cannot write the CA certificate to {}", path.display()))?;
+        // On stdout, for a script to pick up; the key never leaves memory.
+        println!("CA certificate: {}", path.display());
+        println!("Trust it with: [upstream] ca_file = \"{}\"", path.display());
+    }
+    let scheme = if args.tls { "https" } else { "http" };
+    tracing::info!(
+        url = %format!("{scheme}://{}", listener.local_addr()?),
+        key = "demo-crm-key",
+        rtt = ?args.rtt,
+        handshake = ?args.handshake,
+        http2 = args.tls && !args.http1_only,
+        "RetailCRM simulator listening"
+    );
+    simulator.serve(listener, terminated()).await?;
     Ok(())
 }
 

@@ -1,9 +1,9 @@
 //! Hot reload: re-read the config file, keep what only a restart can change,
 //! and put the rest in force without dropping a queued request.
 //!
-//! A reload is all or nothing: the file is validated and, when the upstream
-//! timeouts change, new egress clients are built before anything is
-//! swapped; any failure leaves the old config and clients in force. Requests
+//! A reload is all or nothing: the file is validated (`upstream.ca_file`
+//! re-read) and, when the upstream timeouts or trusted roots change, new
+//! egress clients are built before anything is swapped; any failure leaves the old config and clients in force. Requests
 //! already sent finish on the clients they were sent with; the next sends use
 //! the new ones. This module never logs a key or the Redis URL: a refused
 //! restart-only setting is named, its value is not shown.
@@ -83,8 +83,9 @@ impl Gateway {
     }
 
     /// Puts a validated config in force. Settings that need a restart keep
-    /// their old values and are logged by name. When the upstream timeouts
-    /// change, the egress clients are rebuilt and swapped with the config.
+    /// their old values and are logged by name. When the upstream timeouts or
+    /// trusted roots change, the egress clients are rebuilt and swapped with
+    /// the config.
     pub fn apply(&self, mut new: Config) -> Result<(), ReloadError> {
         let _one_at_a_time = self.reloader.lock();
         let old = self.runtime();
@@ -111,7 +112,9 @@ impl Gateway {
             tracing::info!(
                 connect_timeout = ?new.upstream.connect_timeout,
                 request_timeout = ?new.upstream.request_timeout,
-                "upstream timeouts changed: new sends use new clients; requests in flight finish on the old ones"
+                ca_file = ?new.upstream.ca.as_ref().map(|ca| &ca.path),
+                extra_roots = new.upstream.ca.as_ref().map_or(0, |ca| ca.certs.len()),
+                "upstream timeouts or trusted roots changed: new sends use new clients; requests in flight finish on the old ones"
             );
         }
         self.scheduler.reconfigure(&new);
@@ -132,7 +135,9 @@ impl Gateway {
 fn clients_outdated(old: &Config, new: &Config) -> bool {
     let (o, n) = (&old.upstream, &new.upstream);
     // The read timeout is derived from `request_timeout` (see `egress`).
-    o.connect_timeout != n.connect_timeout || o.request_timeout != n.request_timeout
+    // `ca` compares the certificates, not just the path: a reload re-reads
+    // the file, so a CA rotated in place is picked up too.
+    o.connect_timeout != n.connect_timeout || o.request_timeout != n.request_timeout || o.ca != n.ca
 }
 
 /// Puts back in `new` every setting that only a restart may change, and
@@ -220,5 +225,34 @@ mod tests {
             &old,
             &config("[upstream]\nconnect_timeout = \"1s\"\n")
         ));
+    }
+
+    #[test]
+    fn a_changed_ca_file_outdates_the_clients_even_at_the_same_path() {
+        fn ca_pem() -> String {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().pem()
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        let with_ca = || {
+            config(&format!(
+                "[upstream]\nca_file = {:?}\n",
+                path.display().to_string()
+            ))
+        };
+        std::fs::write(&path, ca_pem()).unwrap();
+        let first = with_ca();
+        assert!(
+            !clients_outdated(&first, &with_ca()),
+            "same file, same roots"
+        );
+        assert!(clients_outdated(&config(""), &first), "roots added");
+        assert!(clients_outdated(&first, &config("")), "roots removed");
+        // Rotated in place: same path, new certificate.
+        std::fs::write(&path, ca_pem()).unwrap();
+        assert!(clients_outdated(&first, &with_ca()));
     }
 }

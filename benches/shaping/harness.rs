@@ -35,7 +35,14 @@ pub const PATH: &str = "/api/v5/orders?limit=20";
 /// A simulator with RetailCRM's limits (10/s general, 40/s telephony, strict
 /// 1 s window) and uniform random latency in `latency`.
 pub async fn sim(latency: (Duration, Duration)) -> Simulator {
-    let cfg = SimConfig {
+    Simulator::spawn(sim_config(latency), (Ipv4Addr::LOCALHOST, 0).into())
+        .await
+        .expect("simulator starts")
+}
+
+/// The config of [`sim`], for a scenario that changes more of it (TLS, RTT).
+pub fn sim_config(latency: (Duration, Duration)) -> SimConfig {
+    SimConfig {
         accounts: vec![
             SimAccount {
                 name: "acme".into(),
@@ -50,10 +57,7 @@ pub async fn sim(latency: (Duration, Duration)) -> Simulator {
         ],
         latency,
         ..SimConfig::default()
-    };
-    Simulator::spawn(cfg, (Ipv4Addr::LOCALHOST, 0).into())
-        .await
-        .expect("simulator starts")
+    }
 }
 
 /// Gateway config with default limits (10/s general, 20 ms jitter allowance,

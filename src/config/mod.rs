@@ -12,8 +12,10 @@
 mod parse;
 mod raw;
 mod secrets;
+mod trust;
 mod validate;
 
+pub use trust::CaBundle;
 pub use validate::normalize_origin;
 
 use std::fmt;
@@ -150,6 +152,9 @@ pub struct UpstreamConfig {
     pub egress_ips: Vec<IpAddr>,
     /// The name of the shared budget in Redis (defaults to the egress IP).
     pub egress_id: Option<String>,
+    /// Roots trusted in addition to the compiled-in web roots
+    /// (`upstream.ca_file`), read and checked when the config is validated.
+    pub ca: Option<CaBundle>,
 }
 
 /// Which requests share one budget.
@@ -355,7 +360,7 @@ impl Config {
         };
         let mut out = format!(
             "listen {}, admin {} ({})\nlimits: general {}/s, telephony {}/s per {}, jitter allowance {}, \
-             queue {} (max wait {}), backend {}\nretry: {} attempts, backoff {}..{}\negress: {}\ntenants ({}):\n",
+             queue {} (max wait {}), backend {}\nretry: {} attempts, backoff {}..{}\negress: {}\ntrusted roots: {}\ntenants ({}):\n",
             self.server.listen,
             self.server.admin_listen,
             match &self.server.admin_token_source {
@@ -379,6 +384,14 @@ impl Config {
             humantime::format_duration(self.retry.initial_backoff),
             humantime::format_duration(self.retry.max_backoff),
             egress,
+            match &self.upstream.ca {
+                None => "compiled-in web roots".to_string(),
+                Some(ca) => format!(
+                    "compiled-in web roots + {} extra root(s) from {}",
+                    ca.certs.len(),
+                    ca.path.display()
+                ),
+            },
             self.tenants.len(),
         );
         for t in &self.tenants {

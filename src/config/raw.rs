@@ -60,6 +60,7 @@ pub struct RawUpstream {
     pub request_timeout: Option<String>,
     pub egress_ips: Option<Vec<String>>,
     pub egress_id: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 /// `[limits]`

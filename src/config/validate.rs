@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use url::Url;
@@ -148,6 +148,11 @@ pub(super) fn validate(
         ),
         egress_ips,
         egress_id: u.egress_id.clone(),
+        ca: u.ca_file.as_deref().and_then(|file| {
+            trust::read_ca_file(Path::new(file))
+                .map_err(|e| p.push("upstream.ca_file", e))
+                .ok()
+        }),
     };
     for (path, d) in [
         ("upstream.connect_timeout", upstream.connect_timeout),
@@ -609,6 +614,7 @@ fn tenant(
             if u.query().is_some() || u.fragment().is_some() {
                 p.push(&path, "must not have a query or fragment");
             }
+            warnings.extend(trust::cleartext_warning(&path, &name, &u));
             Some(u)
         }
         Ok(_) => {

@@ -20,6 +20,22 @@ pub struct SimConfig {
     pub total_orders: u32,
     /// Uniform random latency `[min, max]` added before every answer.
     pub latency: (Duration, Duration),
+    /// Serve HTTPS with a certificate generated at start-up; `None`: plain HTTP.
+    pub tls: Option<SimTls>,
+    /// One network round trip. Each new connection waits this long before
+    /// its first byte is read (the TCP handshake), and each request half
+    /// before it arrives and half before its answer leaves.
+    pub rtt: Duration,
+    /// Added before each TLS handshake (its round trip and crypto on a real
+    /// link); ignored without `tls`.
+    pub handshake: Duration,
+}
+
+/// How the simulator speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimTls {
+    /// Offer HTTP/2 through ALPN (`h2`, then `http/1.1`); otherwise `http/1.1` only.
+    pub http2: bool,
 }
 
 impl Default for SimConfig {
@@ -35,6 +51,9 @@ impl Default for SimConfig {
             window: Duration::from_secs(1),
             total_orders: 237,
             latency: (Duration::ZERO, Duration::ZERO),
+            tls: None,
+            rtt: Duration::ZERO,
+            handshake: Duration::ZERO,
         }
     }
 }

@@ -36,6 +36,11 @@ enum Outcome {
 
 /// axum middleware (see `from_fn_with_state`) wrapping every route.
 pub(crate) async fn gate(State(inner): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    // The request's trip to the CRM: it arrives (and counts) half a round trip late.
+    let half_rtt = inner.rtt / 2;
+    if !half_rtt.is_zero() {
+        tokio::time::sleep(half_rtt).await;
+    }
     let (mut parts, body) = req.into_parts();
     let conn = parts.extensions.get::<ConnCtx>().cloned();
     let path = parts.uri.path().to_owned();
@@ -54,6 +59,7 @@ pub(crate) async fn gate(State(inner): State<Arc<Shared>>, req: Request, next: N
             .as_ref()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.peer.ip()),
         method: parts.method.to_string(),
+        version: parts.version,
         path: path.clone(),
         query,
         headers: header_pairs(&parts.headers),
@@ -125,7 +131,8 @@ pub(crate) async fn gate(State(inner): State<Arc<Shared>>, req: Request, next: N
 
     match outcome {
         Outcome::Answer(resp) => {
-            let delay = latency(*lock(&inner.latency));
+            // Processing time, then the answer's trip back.
+            let delay = latency(*lock(&inner.latency)) + half_rtt;
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }

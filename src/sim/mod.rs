@@ -26,9 +26,14 @@
 //! - `state`: what every handler shares (accounts, limits, ledger, store).
 //! - `gate`: the middleware every request passes: record, limit, faults, auth.
 //! - `api`: the routes and their handlers.
-//! - `server`: the accept loop, which can reset a connection on demand.
+//! - `tls`: the CA and server certificate generated at start-up, and the
+//!   acceptor (ALPN `h2` and `http/1.1`).
+//! - `server`: the accept loop, which can reset a connection on demand and
+//!   sets each connection up (round trip, TLS handshake) in its own task.
 //!
 //! # Order of checks for one request
+//! 0. (A new connection first waits `rtt`, then `handshake` and the TLS
+//!    handshake.) Half of `rtt`: the request's trip.
 //! 1. Record the arrival and count it in its window (always, even if rejected).
 //! 2. Read the whole body and attach it to the record.
 //! 3. Over the limit → nginx-style 503 HTML. Faults are not consumed.
@@ -36,7 +41,7 @@
 //! 5. Auth for `/api/...`: 403 JSON when the key is missing or unknown.
 //! 6. Route and process.
 //! 7. Faults after processing: reset, then garbage body.
-//! 8. Configured latency, then answer.
+//! 8. Configured latency and the other half of `rtt`, then answer.
 //!
 //! The simulator never talks to the real CRM and never logs keys or bodies.
 //! It never uses the gateway's request path (`crate::classify`,
@@ -55,6 +60,7 @@ mod request;
 mod server;
 mod state;
 mod store;
+mod tls;
 pub mod window;
 
 #[cfg(test)]
@@ -68,7 +74,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use class::{classify, Class};
-pub use config::{SimAccount, SimConfig};
+pub use config::{SimAccount, SimConfig, SimTls};
 pub use faults::Faults;
 pub use request::Received;
 pub use window::max_in_window;
@@ -85,15 +91,34 @@ pub struct Simulator {
     addr: Arc<OnceLock<SocketAddr>>,
     /// Stops a server started by [`Simulator::spawn`].
     shutdown: CancellationToken,
+    /// How each connection is set up: round trip, TLS.
+    setup: server::ConnSetup,
+    /// The CA clients must trust, PEM (TLS only).
+    ca_pem: Option<Arc<str>>,
 }
 
 impl Simulator {
     /// Builds a simulator that is not serving yet; see [`Simulator::serve`].
+    /// With `cfg.tls`, generates its CA and server certificate now.
+    ///
+    /// # Panics
+    /// If the certificate cannot be generated (rcgen and ring with fixed
+    /// names and key type: not expected to happen).
     pub fn new(cfg: SimConfig) -> Self {
+        let material = cfg
+            .tls
+            .map(|t| tls::generate(t).expect("simulator certificate"));
+        let setup = server::ConnSetup {
+            rtt: cfg.rtt,
+            handshake: cfg.handshake,
+            tls: material.as_ref().map(|m| m.acceptor.clone()),
+        };
         Simulator {
+            ca_pem: material.map(|m| Arc::from(m.ca_pem)),
             shared: Arc::new(Shared::new(cfg)),
             addr: Arc::new(OnceLock::new()),
             shutdown: CancellationToken::new(),
+            setup,
         }
     }
 
@@ -133,7 +158,7 @@ impl Simulator {
         }
         async move {
             bound?;
-            server::run(api::router(self.shared), listener, shutdown).await
+            server::run(api::router(self.shared), listener, self.setup, shutdown).await
         }
     }
 
@@ -154,9 +179,23 @@ impl Simulator {
             .expect("Simulator::addr called before spawn/serve bound a listener")
     }
 
-    /// `http://IP:PORT` of the bound address, without a trailing slash.
+    /// `http://IP:PORT` (`https://` with TLS) of the bound address, without
+    /// a trailing slash. The certificate names the loopback IPs, so the URL
+    /// verifies as it is.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr())
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr())
+    }
+
+    /// The CA that signed the server certificate, PEM, for clients to trust
+    /// (crmgate's `upstream.ca_file`); `None` without TLS. Certificates are
+    /// new at every start.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// Everything received, in arrival order, including rejected requests.
@@ -199,6 +238,7 @@ impl std::fmt::Debug for Simulator {
         // Keys stay out of debug output.
         f.debug_struct("Simulator")
             .field("addr", &self.addr.get())
+            .field("tls", &self.ca_pem.is_some())
             .field("accounts", &self.shared.accounts.len())
             .finish_non_exhaustive()
     }

@@ -76,6 +76,7 @@ mod tests {
         Received {
             source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             method: "GET".into(),
+            version: axum::http::Version::HTTP_11,
             path: path.into(),
             query: None,
             headers: vec![("x-api-key".into(), "k".into())],

@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use axum::http::Version;
 use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,9 @@ pub struct Received {
     pub source_ip: IpAddr,
     /// HTTP method, e.g. `GET`.
     pub method: String,
+    /// HTTP version it came over (`HTTP_2` when the client chose `h2`
+    /// through ALPN).
+    pub version: Version,
     /// Path without the query.
     pub path: String,
     /// Raw query string exactly as received (no re-encoding).

@@ -23,6 +23,8 @@ pub(crate) struct Shared {
     general_limit: AtomicU32,
     telephony_limit: AtomicU32,
     pub(crate) latency: Mutex<(Duration, Duration)>,
+    /// The round trip added to every request (half each way).
+    pub(crate) rtt: Duration,
     pub(crate) faults: Faults,
     pub(crate) ledger: Mutex<Ledger>,
     pub(crate) store: Store,
@@ -38,6 +40,7 @@ impl Shared {
             general_limit: AtomicU32::new(cfg.general_per_second),
             telephony_limit: AtomicU32::new(cfg.telephony_per_second),
             latency: Mutex::new(cfg.latency),
+            rtt: cfg.rtt,
             faults: Faults::default(),
             ledger: Mutex::new(Ledger::default()),
         }

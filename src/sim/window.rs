@@ -90,6 +90,7 @@ mod tests {
         Received {
             source_ip: ip,
             method: "GET".into(),
+            version: axum::http::Version::HTTP_11,
             path: "/api/v5/orders".into(),
             query: None,
             headers: Vec::new(),

@@ -10,6 +10,7 @@
 
 pub mod load;
 pub mod metrics;
+pub mod tls;
 pub mod wait;
 
 // Not every test binary uses every helper.
@@ -17,6 +18,8 @@ pub mod wait;
 pub use load::*;
 #[allow(unused_imports)]
 pub use metrics::*;
+#[allow(unused_imports)]
+pub use tls::*;
 #[allow(unused_imports)]
 pub use wait::*;
 

@@ -7,6 +7,7 @@ mod class;
 mod faults;
 mod limits;
 mod routes;
+mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
