@@ -19,8 +19,15 @@
 //! Cases that show a present gap (a key that still reaches the CRM or the
 //! log) sit in a second table, run by an ignored test, each saying why.
 //!
+//! The items that are not one request on one connection are tested
+//! where their setup lives: the connection cap and header-field counts in
+//! `tests/edge.rs`, secrets in config errors in `tests/config_secrets.rs`,
+//! the reload race in `tests/forward.rs`, memory in the benchmark.
+//!
 //! The log is captured by a global tracing subscriber, set once for this
 //! test binary (its own process), so nothing else may install one here.
+//! `BATTERY_SHOW=1 cargo test --test battery -- --nocapture` prints what
+//! each case got: the way to pin the expectation of a new case.
 
 mod common;
 
