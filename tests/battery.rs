@@ -80,8 +80,10 @@ enum Expect {
     Answers(&'static [Ans]),
     /// Refused by the parser: a close, with nothing or one [`Ans::Parser`].
     Closed,
-    /// Either of two outcomes (a choice the issue leaves to the fix).
-    Either(&'static [Ans], &'static [Ans]),
+    /// Either of two outcomes: a choice the issue leaves to the fix, or a
+    /// race the client cannot control (which of hyper and the guard refuses
+    /// a huge head depends on how the bytes arrive).
+    Either(&'static Expect, &'static Expect),
 }
 
 use Ans::{Crm, Own};
@@ -253,9 +255,11 @@ fn cases() -> Vec<Case> {
         case("bad-percent-form", post("/api/v5/orders/create", FORM, "", &format!("apiKey={{ck}}&x=%zz%&{ORDER}")), Answers(&[Crm(201)])),
         case("percent-dot-dot", get("/api/v5/%2e%2E/credentials", K), Answers(&[Own(404)])),
         // A huge head: over the guard's bound gets 431 JSON; over hyper's
-        // buffer a bare refusal or a close.
+        // buffer a bare refusal or a close, unless the head arrived in reads
+        // large enough to pass hyper's check (it looks only between reads)
+        // and the guard refuses it.
         case("big-header", get("/api/v5/orders", &format!("{K}X-Big: {}\r\n", "b".repeat(20 * 1024))), Answers(&[Own(431)])),
-        case("huge-header", get("/api/v5/orders", &format!("{K}{huge}")), Answers(&[Own(431)])),
+        case("huge-header", get("/api/v5/orders", &format!("{K}{huge}")), Either(&Answers(&[Own(431)]), &Closed)),
         case("very-long-uri", get(&long_uri, K), Closed),
         // Bad chunked framing: the key is known from the header, so the body
         // read fails in the handler: 400 JSON.
@@ -314,7 +318,7 @@ fn cases() -> Vec<Case> {
 /// not. Run with `cargo test --test battery -- --ignored`.
 #[rustfmt::skip]
 fn gaps() -> Vec<Case> {
-    const STRIP_OR_REFUSE: Expect = Either(&[Own(400)], &[Crm(400)]);
+    const STRIP_OR_REFUSE: Expect = Either(&Answers(&[Own(400)]), &Answers(&[Crm(400)]));
     const MULTIPART: &str = "--XyZ\r\nContent-Disposition: form-data; name=\"apiKey\"\r\n\r\n{ck}\r\n--XyZ\r\nContent-Disposition: form-data; name=\"order\"\r\n\r\n{\"externalId\":\"{id}\"}\r\n--XyZ--\r\n";
     let keyed_form = format!("apiKey={{ck}}&{ORDER}");
     vec![
@@ -494,8 +498,8 @@ impl Env<'_> {
     /// Checks what came back against `expect`; returns the answers matched.
     fn judge(&self, got: &[u8], expect: Expect, id: &str) -> Result<Vec<Ans>, String> {
         if let Either(a, b) = expect {
-            return self.judge(got, Answers(a), id).or_else(|e| {
-                self.judge(got, Answers(b), id)
+            return self.judge(got, *a, id).or_else(|e| {
+                self.judge(got, *b, id)
                     .map_err(|f| format!("neither {a:?} ({e}) nor {b:?} ({f})"))
             });
         }
