@@ -24,12 +24,30 @@ pub struct Stripped {
     pub has_site: bool,
 }
 
-/// True for a parameter name that carries a key in some spelling: `apiKey`,
-/// `apikey`, `APIKEY`, `api_key`, ... (ASCII case-insensitive), with or
-/// without a trailing `[]`. The name is the percent-decoded one.
+/// True for a parameter name that carries a key in some spelling, as PHP
+/// (the CRM) reads names: leading spaces dropped, `.` and ` ` read as `_`,
+/// and `name[...]` read as the array `name`. So `apiKey`, `apikey`,
+/// `APIKEY`, `api_key`, `api.key`, ` apiKey`, `apiKey[]`, `apiKey[0]` all
+/// count (ASCII case-insensitive). The name is the percent-decoded one.
 pub fn is_key_name(name: &str) -> bool {
-    let name = name.strip_suffix("[]").unwrap_or(name);
-    name.eq_ignore_ascii_case("apikey") || name.eq_ignore_ascii_case("api_key")
+    let name = name.trim_start_matches(' ');
+    // `a[b]` is the array `a`; a `[` without its `]` is kept (PHP turns it
+    // into `_`, which no key name contains).
+    let base = match name.find('[') {
+        Some(i) if name[i..].contains(']') => &name[..i],
+        _ => name,
+    };
+    let mut folded = [0u8; 7];
+    if base.len() != 6 && base.len() != 7 {
+        return false;
+    }
+    for (f, b) in folded.iter_mut().zip(base.bytes()) {
+        *f = match b {
+            b'.' | b' ' => b'_',
+            b => b.to_ascii_lowercase(),
+        };
+    }
+    &folded[..base.len()] == b"apikey" || &folded[..base.len()] == b"api_key"
 }
 
 /// Removes every key pair ([`is_key_name`]) from raw `a=b&c=d` text; the
@@ -71,12 +89,14 @@ pub fn append_param(params: &mut Vec<u8>, name: &str, value: &str) {
     params.extend_from_slice(encoded.as_bytes());
 }
 
-/// True if the content type is `application/x-www-form-urlencoded`.
+/// True if the content type is `application/x-www-form-urlencoded`, read
+/// as PHP (the CRM) reads it: the media type ends at `;`, `,` or a space,
+/// so `application/x-www-form-urlencoded, text/plain` is a form too.
 pub fn is_form(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
+        .and_then(|v| v.trim_start().split([';', ',', ' ']).next())
         .is_some_and(|v| {
             v.trim()
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
@@ -199,7 +219,20 @@ mod tests {
         ] {
             assert!(is_key_name(name), "{name}");
         }
-        for name in ["apiKeys", "api-key", "key", "apiKey[0]", "xapikey"] {
+        // PHP's own readings of a name.
+        for name in [
+            " apiKey",
+            "  api_key",
+            "api.key",
+            "api key",
+            "apiKey[0]",
+            "apiKey[x][y]",
+        ] {
+            assert!(is_key_name(name), "{name}");
+        }
+        for name in [
+            "apiKeys", "api-key", "key", "xapikey", "apiKey[", "api__key", "a.pikey",
+        ] {
             assert!(!is_key_name(name), "{name}");
         }
     }
@@ -254,5 +287,12 @@ mod tests {
         assert!(is_form(&h), "media types are case-insensitive");
         h.insert("content-type", "application/json".parse().unwrap());
         assert!(!is_form(&h));
+        for php_reads_a_form in [
+            "application/x-www-form-urlencoded, text/plain",
+            "application/x-www-form-urlencoded charset=UTF-8",
+        ] {
+            h.insert("content-type", php_reads_a_form.parse().unwrap());
+            assert!(is_form(&h), "{php_reads_a_form}");
+        }
     }
 }

@@ -16,9 +16,6 @@
 //! - a well-formed request from another client on a fresh connection is
 //!   served right after.
 //!
-//! Cases that show a present gap (a key that still reaches the CRM or the
-//! log) sit in a second table, run by an ignored test, each saying why.
-//!
 //! The issue's items that are not one request on one connection are tested
 //! where their setup lives: the connection cap and header-field counts in
 //! `tests/edge.rs`, secrets in config errors in `tests/config_secrets.rs`,
@@ -192,6 +189,8 @@ fn cat(a: &str, b: &[u8]) -> Vec<u8> {
 /// The cases that hold today.
 #[rustfmt::skip]
 fn cases() -> Vec<Case> {
+    const MULTIPART: &str = "--XyZ\r\nContent-Disposition: form-data; name=\"apiKey\"\r\n\r\n{ck}\r\n--XyZ\r\nContent-Disposition: form-data; name=\"order\"\r\n\r\n{\"externalId\":\"{id}\"}\r\n--XyZ--\r\n";
+    let keyed_form = format!("apiKey={{ck}}&{ORDER}");
     let long_uri = format!("/api/v5/orders?filter[name]={}", "n".repeat(70 * 1024));
     let huge = format!("X-Huge: {}\r\n", "h".repeat(100 * 1024));
     vec![
@@ -309,37 +308,23 @@ fn cases() -> Vec<Case> {
         case("key-high-bytes", &b"GET /api/v5/orders HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: {id}\r\nX-API-KEY: {ck}\xe9\r\nConnection: close\r\n\r\n"[..], Answers(&[Own(403)])),
         case("two-hosts", "GET /api/v5/orders HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\nX-Request-Id: {id}\r\nX-API-KEY: {ck}\r\nConnection: close\r\n\r\n", Answers(&[Own(421)])),
         case("two-keys", "GET /api/v5/orders HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: {id}\r\nX-API-KEY: svc-nobody\r\nX-API-KEY: {ck}\r\nConnection: close\r\n\r\n", Answers(&[Own(403)])),
-        case("bad-priority", get("/api/v5/orders", &format!("{K}X-Crmgate-Priority: urgent\r\n")), Answers(&[Own(400)])),
-    ]
-}
-
-/// Cases that show a present gap: each must end with the key kept from the
-/// CRM (stripped, or refused with 400 JSON) and from the log; today they do
-/// not. Run with `cargo test --test battery -- --ignored`.
-#[rustfmt::skip]
-fn gaps() -> Vec<Case> {
-    const STRIP_OR_REFUSE: Expect = Either(&Answers(&[Own(400)]), &Answers(&[Crm(400)]));
-    const MULTIPART: &str = "--XyZ\r\nContent-Disposition: form-data; name=\"apiKey\"\r\n\r\n{ck}\r\n--XyZ\r\nContent-Disposition: form-data; name=\"order\"\r\n\r\n{\"externalId\":\"{id}\"}\r\n--XyZ--\r\n";
-    let keyed_form = format!("apiKey={{ck}}&{ORDER}");
-    vec![
-        // Item 10: multipart and JSON bodies are forwarded untouched.
-        // Refused (400 JSON) or stripped (then the simulator, which reads
-        // neither, answers that `order` is missing).
-        case("multipart-apiKey", post("/api/v5/orders/create", "multipart/form-data; boundary=XyZ", K, MULTIPART), STRIP_OR_REFUSE),
-        case("multipart-apiKey-open-tenant", post("/open/api/v5/orders/create", "multipart/form-data; boundary=XyZ", "", MULTIPART), STRIP_OR_REFUSE),
-        case("json-apiKey", post("/api/v5/orders/create", "application/json", K, "{\"apiKey\":\"{ck}\",\"order\":{\"externalId\":\"{id}\"}}"), STRIP_OR_REFUSE),
-        // A form content type PHP (and the simulator) reads as a form, but
-        // crmgate's `is_form` does not: the body goes up with its key.
+        // A key inside a multipart or JSON body (which crmgate does not
+        // rewrite, and the CRM reads multipart) is refused.
+        case("multipart-apiKey", post("/api/v5/orders/create", "multipart/form-data; boundary=XyZ", K, MULTIPART), Answers(&[Own(400)])),
+        case("multipart-apiKey-open-tenant", post("/open/api/v5/orders/create", "multipart/form-data; boundary=XyZ", "", MULTIPART), Answers(&[Own(400)])),
+        case("json-apiKey", post("/api/v5/orders/create", "application/json", K, "{\"apiKey\":\"{ck}\",\"order\":{\"externalId\":\"{id}\"}}"), Answers(&[Own(400)])),
+        // Content types PHP reads as a form are rewritten as forms.
         case("form-type-comma", post("/api/v5/orders/create", "application/x-www-form-urlencoded, text/plain", K, &keyed_form), Answers(&[Crm(201)])),
         case("form-type-space", post("/api/v5/orders/create", "application/x-www-form-urlencoded charset=UTF-8", K, &keyed_form), Answers(&[Crm(201)])),
-        // PHP's own spellings: it drops leading spaces of a name, turns `.`
-        // and ` ` into `_`, and reads `apiKey[0]` as the array `apiKey`.
+        // PHP's own spellings: leading spaces dropped, `.` and ` ` read as
+        // `_`, `apiKey[0]` read as the array `apiKey`: all stripped.
         case("query-leading-space", get("/api/v5/orders?+apiKey={ck}", K), Answers(&[Crm(200)])),
         case("query-api.key", get("/api/v5/orders?api.key={ck}", K), Answers(&[Crm(200)])),
         case("query-api+key", get("/api/v5/orders?api+key={ck}", K), Answers(&[Crm(200)])),
         case("query-apiKey[0]", get("/api/v5/orders?apiKey[0]={ck}", K), Answers(&[Crm(200)])),
-        // (k) item 11: query values (customer data) are logged in clear.
+        // (k) query values (customer data) are not logged by default.
         case("query-values-logged", get("/api/v5/orders?filter[email]=jane.doe%40example.com&filter[phone]=79991234567", K), Answers(&[Crm(200)])).hiding(&["jane.doe", "79991234567"]),
+        case("bad-priority", get("/api/v5/orders", &format!("{K}X-Crmgate-Priority: urgent\r\n")), Answers(&[Own(400)])),
     ]
 }
 
@@ -358,20 +343,10 @@ async fn bad_input_gets_json_or_a_clean_close_and_leaks_no_key() {
     battery(cases()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gaps (issue 9 items 10 and 11): multipart/JSON bodies, PHP's name mangling and content-type tolerance, query values in the access log"]
-async fn known_gaps() {
-    battery(gaps()).await;
-}
-
 /// Each case names itself uniquely: `battery` runs them at once.
 #[test]
 fn case_names_are_unique() {
-    let mut names: Vec<_> = cases()
-        .iter()
-        .chain(gaps().iter())
-        .map(|c| c.name)
-        .collect();
+    let mut names: Vec<_> = cases().iter().map(|c| c.name).collect();
     let all = names.len();
     names.sort_unstable();
     names.dedup();
