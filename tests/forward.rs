@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use crmgate::config::Config;
-use crmgate::sim::{SimAccount, SimConfig, Simulator};
+use crmgate::sim::{SimConfig, Simulator};
 
 const MOVED_KEY: &str = "real-acme-key-moved-b2e4";
 
@@ -43,17 +43,11 @@ async fn a_backoff_never_outlives_the_callers_deadline() {
 
 /// A simulator holding acme's account under `key`.
 async fn sim_with_key(key: &str) -> Simulator {
-    let cfg = SimConfig {
-        accounts: vec![SimAccount {
-            name: "acme".into(),
-            api_key: key.into(),
-            sites: vec!["main".into()],
-        }],
+    spawn_sim(SimConfig {
+        accounts: vec![sim_account("acme", key, "main")],
         ..SimConfig::default()
-    };
-    Simulator::spawn(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("simulator starts")
+    })
+    .await
 }
 
 fn moved_text(sim: &Simulator, key: &str) -> String {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use crmgate::config::Config;
-use crmgate::sim::{SimAccount, SimConfig, Simulator};
+use crmgate::sim::{SimConfig, Simulator};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -566,18 +566,14 @@ fn reload_text(sim: &Simulator, key: &str, rate: u32) -> String {
 
 /// A simulator that accepts both acme's old and rotated key.
 async fn rotation_sim() -> Simulator {
-    let account = |name: &str, key: &str| SimAccount {
-        name: name.into(),
-        api_key: key.into(),
-        sites: vec!["main".into()],
-    };
-    let cfg = SimConfig {
-        accounts: vec![account("acme", ACME_KEY), account("acme2", ROTATED_KEY)],
+    spawn_sim(SimConfig {
+        accounts: vec![
+            sim_account("acme", ACME_KEY, "main"),
+            sim_account("acme2", ROTATED_KEY, "main"),
+        ],
         ..SimConfig::default()
-    };
-    Simulator::spawn(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("simulator starts")
+    })
+    .await
 }
 
 /// Writes `text` to `path` and starts a gateway that reloads from it.

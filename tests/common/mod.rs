@@ -45,26 +45,38 @@ pub const ACME_CLIENT2: &str = "svc-billing-77aa";
 /// Client key of "beta".
 pub const BETA_CLIENT: &str = "svc-beta-0001";
 
-/// A simulator with accounts "acme" and "beta" (and "open").
-pub async fn sim() -> Simulator {
-    let cfg = SimConfig {
+/// One simulator account holding `key`, with one site.
+pub fn sim_account(name: &str, key: &str, site: &str) -> SimAccount {
+    SimAccount {
+        name: name.into(),
+        api_key: key.into(),
+        sites: vec![site.into()],
+    }
+}
+
+/// The simulator config every test starts from: accounts "acme" (site
+/// "main") and "beta" (site "beta-shop"), RetailCRM's limits, plain HTTP.
+pub fn sim_config() -> SimConfig {
+    SimConfig {
         accounts: vec![
-            SimAccount {
-                name: "acme".into(),
-                api_key: ACME_KEY.into(),
-                sites: vec!["main".into()],
-            },
-            SimAccount {
-                name: "beta".into(),
-                api_key: BETA_KEY.into(),
-                sites: vec!["beta-shop".into()],
-            },
+            sim_account("acme", ACME_KEY, "main"),
+            sim_account("beta", BETA_KEY, "beta-shop"),
         ],
         ..SimConfig::default()
-    };
+    }
+}
+
+/// A simulator for `cfg` on an ephemeral loopback port, on the test's
+/// runtime.
+pub async fn spawn_sim(cfg: SimConfig) -> Simulator {
     Simulator::spawn(cfg, "127.0.0.1:0".parse().unwrap())
         .await
         .expect("simulator starts")
+}
+
+/// A simulator with accounts "acme" and "beta" (tenant "open" uses acme's).
+pub async fn sim() -> Simulator {
+    spawn_sim(sim_config()).await
 }
 
 /// Config text for a gateway in front of `sim`, with `extra` TOML prepended
