@@ -84,32 +84,7 @@ fn tenant<'a>(status: &'a Value, name: &str) -> &'a Value {
 /// (403) and an unknown tenant prefix (404).
 async fn mixed_traffic(gate: &Gate) {
     let c = client();
-    let r = c
-        .get(format!("{}/api/v5/orders?limit=20", gate.url))
-        .header("X-API-KEY", ACME_CLIENT)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = c
-        .get(format!(
-            "{}/api/v5/orders?limit=20&apiKey={ACME_CLIENT2}",
-            gate.url
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = c
-        .post(format!("{}/api/v5/orders/create", gate.url))
-        .form(&[
-            ("apiKey", BETA_CLIENT),
-            ("order", r#"{"externalId":"ops-1"}"#),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    send_a_key_in_every_place(&c, &gate.url, "ops-1").await;
     let r = c
         .get(format!("{}/api/v5/orders", gate.url))
         .header("X-API-KEY", BAD_CLIENT)

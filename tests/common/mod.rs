@@ -4,16 +4,21 @@
 //! Layout: this file starts things (simulator, gateway, redis-server);
 //! [`wait`] holds the one polling loop (wait for what is observable, never
 //! sleep to order events); [`metrics`] the one Prometheus text parser;
-//! [`load`] the request and flood helpers and the CRM-side checks. All of
-//! it is re-exported, so `use common::*;` is enough.
+//! [`load`] the request and flood helpers and the CRM-side checks; [`keys`]
+//! client keys in every place and the check that none reached the CRM;
+//! [`tls`] the HTTPS simulator. All of it is re-exported, so
+//! `use common::*;` is enough.
 #![allow(dead_code)]
 
+pub mod keys;
 pub mod load;
 pub mod metrics;
 pub mod tls;
 pub mod wait;
 
 // Not every test binary uses every helper.
+#[allow(unused_imports)]
+pub use keys::*;
 #[allow(unused_imports)]
 pub use load::*;
 #[allow(unused_imports)]
