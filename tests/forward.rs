@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use crmgate::config::Config;
 use crmgate::sim::{SimConfig, Simulator};
 
 const MOVED_KEY: &str = "real-acme-key-moved-b2e4";
@@ -66,8 +65,7 @@ async fn queued_requests_follow_a_moved_tenant_with_the_key_of_its_new_host() {
     let new = sim_with_key(MOVED_KEY).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crmgate.toml");
-    std::fs::write(&path, moved_text(&old, ACME_KEY)).unwrap();
-    let gate = Gate::start_with_path(Config::load(&path).unwrap(), Some(path.clone())).await;
+    let gate = Gate::from_file(&path, &moved_text(&old, ACME_KEY)).await;
 
     let c = client();
     let url = format!("{}/api/v5/orders", gate.url);

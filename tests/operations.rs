@@ -8,7 +8,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use common::*;
-use crmgate::config::Config;
 use crmgate::sim::{SimConfig, Simulator};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -194,13 +193,9 @@ async fn admin_endpoints_answer_json_and_never_show_a_key() {
     assert!(body["errorMsg"].as_str().unwrap().contains("/status"));
 
     // Started without a file: a reload has nothing to read.
-    let resp = client()
-        .post(format!("{}/reload", gate.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 409);
-    assert_eq!(json(resp).await["success"], false);
+    let (code, body) = post_reload(&gate).await;
+    assert_eq!(code, 409);
+    assert_eq!(body["success"], false);
 }
 
 #[tokio::test]
@@ -551,21 +546,9 @@ async fn rotation_sim() -> Simulator {
     .await
 }
 
-/// Writes `text` to `path` and starts a gateway that reloads from it.
-async fn gate_from_file(path: &Path, text: &str) -> Gate {
-    std::fs::write(path, text).unwrap();
-    let config = Config::load(path).expect("valid config file");
-    Gate::start_with_path(config, Some(path.to_path_buf())).await
-}
-
+/// `POST /reload`, with a check that no key shows in its answer.
 async fn post_reload(gate: &Gate) -> (u16, Value) {
-    let resp = client()
-        .post(format!("{}/reload", gate.admin))
-        .send()
-        .await
-        .expect("admin answers");
-    let code = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
+    let (code, text) = admin_reload(&gate.admin).await;
     assert_no_secret("/reload", &text);
     (
         code,
@@ -578,7 +561,7 @@ async fn reload_rotates_the_key_for_queued_and_new_requests() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crmgate.toml");
     let sim = rotation_sim().await;
-    let gate = gate_from_file(&path, &reload_text(&sim, ACME_KEY, 2)).await;
+    let gate = Gate::from_file(&path, &reload_text(&sim, ACME_KEY, 2)).await;
     let old_checksum = status_doc(&gate).await["config_checksum"].clone();
 
     let c = client();
@@ -648,7 +631,7 @@ async fn an_invalid_reload_is_refused_and_the_old_config_stays() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crmgate.toml");
     let sim = rotation_sim().await;
-    let gate = gate_from_file(&path, &reload_text(&sim, ACME_KEY, 10)).await;
+    let gate = Gate::from_file(&path, &reload_text(&sim, ACME_KEY, 10)).await;
     let before = status_doc(&gate).await;
 
     std::fs::write(&path, reload_text(&sim, ROTATED_KEY, 0)).unwrap();

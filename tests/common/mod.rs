@@ -29,6 +29,7 @@ pub use tls::*;
 pub use wait::*;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,6 +169,13 @@ impl Gate {
         Gate::start_with_path(config, None).await
     }
 
+    /// Writes `text` to `path` and starts a gateway that reloads from it.
+    pub async fn from_file(path: &Path, text: &str) -> Gate {
+        std::fs::write(path, text).unwrap();
+        let config = Config::load(path).expect("valid config file");
+        Gate::start_with_path(config, Some(path.to_path_buf())).await
+    }
+
     /// Begins shutdown (like SIGTERM) and waits for the drain to finish.
     pub async fn shutdown(mut self) -> DrainReport {
         let _ = self.stop.take().unwrap().send(());
@@ -239,6 +247,18 @@ pub async fn status_doc(gate: &Gate) -> serde_json::Value {
         .expect("admin answers");
     assert_eq!(resp.status(), 200);
     json(resp).await
+}
+
+/// `POST /reload` on the admin listener at `admin` (a base URL): the status
+/// and the body as sent, for a test to search for keys before it parses it.
+pub async fn admin_reload(admin: &str) -> (u16, String) {
+    let resp = client()
+        .post(format!("{admin}/reload"))
+        .send()
+        .await
+        .expect("admin answers");
+    let code = resp.status().as_u16();
+    (code, resp.text().await.expect("body"))
 }
 
 /// A `redis-server` of the test's own, on a free loopback port, with no
