@@ -151,19 +151,8 @@ async fn reload(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     const TOKEN: &str = "admin-token-0123456789abcdef";
-
-    fn server(extra: &str) -> ServerConfig {
-        let text = format!(
-            "[server]\n{extra}\n[[tenants]]\nname = \"acme\"\n\
-             base_url = \"https://acme.retailcrm.ru\"\napi_key = \"real-key-0001\"\n"
-        );
-        Config::from_toml(&text, "test", &|_| None)
-            .expect("valid config")
-            .server
-    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -175,7 +164,7 @@ mod tests {
 
     #[test]
     fn without_a_token_loopback_reload_is_open_to_non_browsers() {
-        let s = server("");
+        let s = ServerConfig::for_tests("");
         assert!(authorize(&s, &headers(&[])).is_ok());
         let from_page = headers(&[("origin", "http://evil.example")]);
         assert!(matches!(
@@ -186,7 +175,7 @@ mod tests {
 
     #[test]
     fn with_a_token_only_the_exact_bearer_token_passes() {
-        let s = server(&format!("admin_token = \"{TOKEN}\""));
+        let s = ServerConfig::for_tests(&format!("admin_token = \"{TOKEN}\""));
         let bearer = |v: &str| headers(&[("authorization", v)]);
         assert!(authorize(&s, &bearer(&format!("Bearer {TOKEN}"))).is_ok());
         for wrong in [
@@ -223,7 +212,7 @@ mod tests {
     fn a_non_loopback_listener_without_a_token_refuses_reload() {
         // Validation rejects this config; it can only arise when a reload
         // drops the token and the listener keeps its old address.
-        let mut s = server("");
+        let mut s = ServerConfig::for_tests("");
         s.admin_listen = "0.0.0.0:9090".parse().unwrap();
         assert!(matches!(
             authorize(&s, &headers(&[])),

@@ -231,17 +231,6 @@ fn browser_origin(headers: &HeaderMap, host: &Host) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-
-    fn server(extra: &str) -> ServerConfig {
-        let text = format!(
-            "[server]\n{extra}\n[[tenants]]\nname = \"acme\"\n\
-             base_url = \"https://acme.retailcrm.ru\"\napi_key = \"real-key-0001\"\n"
-        );
-        Config::from_toml(&text, "test", &|_| None)
-            .expect("valid config")
-            .server
-    }
 
     fn head(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -263,7 +252,7 @@ mod tests {
 
     #[test]
     fn plain_clients_pass() {
-        let s = server("");
+        let s = ServerConfig::for_tests("");
         assert_eq!(verdict(&s, true, &[("host", "127.0.0.1:8080")]), None);
         assert_eq!(verdict(&s, true, &[]), None, "no Host: not a browser");
         assert_eq!(
@@ -279,7 +268,7 @@ mod tests {
 
     #[test]
     fn loopback_listeners_take_loopback_hosts_and_allowed_hosts_only() {
-        let s = server("allowed_hosts = [\"gw.internal\"]");
+        let s = ServerConfig::for_tests("allowed_hosts = [\"gw.internal\"]");
         for ok in [
             "localhost",
             "LOCALHOST:8080",
@@ -314,7 +303,7 @@ mod tests {
 
     #[test]
     fn an_absolute_uri_is_the_host_that_counts() {
-        let s = server("");
+        let s = ServerConfig::for_tests("");
         let uri: Uri = "http://evil.example/api/v5/orders".parse().unwrap();
         let r = check(&s, true, &head(&[("host", "localhost")]), &uri);
         assert!(matches!(r, Err(GatewayError::MisdirectedHost)));
@@ -322,7 +311,7 @@ mod tests {
 
     #[test]
     fn browsers_need_a_listed_origin() {
-        let s = server("allowed_origins = [\"https://tools.example.com\"]");
+        let s = ServerConfig::for_tests("allowed_origins = [\"https://tools.example.com\"]");
         let host = ("host", "127.0.0.1:8080");
         for refused in [
             vec![host, ("origin", "https://evil.example")],
@@ -359,7 +348,7 @@ mod tests {
 
     #[test]
     fn the_status_page_may_read_its_own_listener() {
-        let s = server("");
+        let s = ServerConfig::for_tests("");
         for own in [
             vec![
                 ("host", "127.0.0.1:9090"),
@@ -380,7 +369,7 @@ mod tests {
             ("sec-fetch-site", "same-origin"),
         ];
         assert_eq!(verdict(&s, false, &rebinding), Some(403));
-        let listed = server("allowed_hosts = [\"gate.internal\"]");
+        let listed = ServerConfig::for_tests("allowed_hosts = [\"gate.internal\"]");
         let own = [
             ("host", "gate.internal:9090"),
             ("sec-fetch-site", "same-origin"),
@@ -392,7 +381,7 @@ mod tests {
     fn a_same_origin_read_without_origin_counts_as_the_hosts_origin() {
         // A public listener, a host that is not trusted: the origin must be
         // listed.
-        let s = server("allowed_origins = [\"http://10.0.0.5:9090\"]");
+        let s = ServerConfig::for_tests("allowed_origins = [\"http://10.0.0.5:9090\"]");
         let read = |host| {
             verdict(
                 &s,
@@ -406,7 +395,7 @@ mod tests {
 
     #[test]
     fn too_many_or_too_large_headers_are_431() {
-        let s = server("");
+        let s = ServerConfig::for_tests("");
         let names: Vec<String> = (0..=MAX_HEADER_FIELDS).map(|i| format!("x-h{i}")).collect();
         let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
         assert_eq!(verdict(&s, true, &many), Some(431));

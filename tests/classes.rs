@@ -14,10 +14,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use common::*;
-use crmgate::sim::{classify, max_in_window, Class, Received, Simulator};
+use crmgate::sim::{classify, max_in_window, Class, Received};
 use futures_util::future::join_all;
 use reqwest::Method;
-use tokio::sync::oneshot;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -95,45 +94,15 @@ fn general_near_misses() -> Vec<Caller> {
     ]
 }
 
-/// Stops the simulator's thread when dropped.
-struct SimThread(Option<oneshot::Sender<()>>);
-
-impl Drop for SimThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.0.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-/// A simulator on a thread and runtime of its own (as the CRM runs on
-/// another machine, so its arrival stamps never wait behind the gateway's
-/// tasks) and a gateway with default limits in front of it.
-async fn isolated_setup() -> (Simulator, Gate, SimThread) {
-    let (ready, sim) = oneshot::channel();
-    let (stop, stopped) = oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("simulator runtime");
-        rt.block_on(async move {
-            let _ = ready.send(common::sim().await);
-            let _ = stopped.await;
-        });
-    });
-    let sim = sim.await.expect("simulator thread");
-    let gate = Gate::start(config(&config_text(&sim, "[limits]\n"))).await;
-    (sim, gate, SimThread(Some(stop)))
-}
-
 /// Runs every caller to completion through the gateway and returns what
 /// the simulator received, after checking each caller saw its status.
 async fn drive(callers: &[Caller]) -> Vec<Received> {
     for c in callers {
         assert_eq!(classify(c.path), c.class, "table entry {}", c.path);
     }
-    let (sim, gate, _sim_thread) = isolated_setup().await;
+    // The simulator on a thread of its own (its arrival stamps never wait
+    // behind the gateway's tasks), a gateway with the default limits.
+    let (sim, gate, _sim_thread) = isolated_setup("[limits]\n").await;
     let client = client();
     let sent = join_all(callers.iter().map(|c| {
         let (client, url) = (client.clone(), format!("{}{}", gate.url, c.path));

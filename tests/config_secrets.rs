@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use common::*;
-use crmgate::config::Config;
 use serde_json::Value;
 
 /// Every secret in these tests contains this; no output may.
@@ -42,9 +41,14 @@ fn crmgate() -> Command {
     cmd
 }
 
-fn check(path: &Path) -> Output {
-    crmgate()
-        .args(["check", "--config"])
+/// Runs `crmgate check` on `path`, with `CFG_TEST_CLIENTS` set to
+/// `clients` when given.
+fn check(path: &Path, clients: Option<&str>) -> Output {
+    let mut cmd = crmgate();
+    if let Some(clients) = clients {
+        cmd.env("CFG_TEST_CLIENTS", clients);
+    }
+    cmd.args(["check", "--config"])
         .arg(path)
         .output()
         .expect("crmgate check runs")
@@ -79,7 +83,7 @@ fn check_rejects_broken_configs_without_printing_the_secret() {
             &format!("broken-{n}.toml"),
             &text.replace("{base}", "http://127.0.0.1:9"),
         );
-        let out = check(&path);
+        let out = check(&path, None);
         let all = text_of(&out);
         assert_eq!(out.status.code(), Some(2), "case {n}:\n{all}");
         assert!(all.contains("error: "), "case {n}:\n{all}");
@@ -102,12 +106,7 @@ fn check_accepts_keys_from_env_and_files_and_warns_about_exposure() {
     );
     let config = write(dir.path(), "crmgate.toml", &text);
     chmod(&config, 0o644);
-    let out = crmgate()
-        .env("CFG_TEST_CLIENTS", "ck-SECRET-e1, ck-SECRET-e2")
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check(&config, Some("ck-SECRET-e1, ck-SECRET-e2"));
     let all = text_of(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(!all.contains(MARK), "a key in check's output:\n{all}");
@@ -132,12 +131,7 @@ fn check_accepts_keys_from_env_and_files_and_warns_about_exposure() {
     chmod(&clients, 0o600);
     chmod(&config, 0o600);
     std::fs::write(&config, text.replace("0.0.0.0:8080", "127.0.0.1:8080")).unwrap();
-    let out = crmgate()
-        .env("CFG_TEST_CLIENTS", "ck-SECRET-e1")
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check(&config, Some("ck-SECRET-e1"));
     let all = text_of(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(!all.contains("readable"), "{all}");
@@ -228,13 +222,7 @@ async fn a_rejected_reload_shows_no_secret_in_its_json_or_its_log() {
             text.replace("{base}", &sim.base_url())
         );
         std::fs::write(&config, broken).unwrap();
-        let resp = client()
-            .post(format!("{admin}/reload"))
-            .send()
-            .await
-            .unwrap();
-        let code = resp.status().as_u16();
-        let body = resp.text().await.unwrap();
+        let (code, body) = admin_reload(&admin).await;
         assert_eq!(code, 400, "case {n}: {body}");
         let json: Value = serde_json::from_str(&body).expect("JSON");
         assert_eq!(json["success"], false, "case {n}: {body}");
@@ -263,12 +251,7 @@ async fn reload_rereads_the_client_key_file() {
         sim.base_url(),
         clients.display().to_string()
     );
-    let path = write(dir.path(), "crmgate.toml", &text);
-    let gate = Gate::start_with_path(
-        Config::load(&path).expect("valid"),
-        Some(path.to_path_buf()),
-    )
-    .await;
+    let gate = Gate::from_file(&dir.path().join("crmgate.toml"), &text).await;
     let get = |key: &'static str| {
         let request = client()
             .get(format!("{}/api/v5/orders", gate.url))
@@ -279,12 +262,8 @@ async fn reload_rereads_the_client_key_file() {
     assert_eq!(get("ck-file-new").await, 403);
 
     std::fs::write(&clients, "ck-file-kept\nck-file-new\n").unwrap();
-    let resp = client()
-        .post(format!("{}/reload", gate.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let (code, body) = admin_reload(&gate.admin).await;
+    assert_eq!(code, 200, "{body}");
 
     assert_eq!(get("ck-file-new").await, 200, "the added key works");
     assert_eq!(get("ck-file-kept").await, 200);
@@ -292,12 +271,8 @@ async fn reload_rereads_the_client_key_file() {
 
     // A file emptied by mistake is refused, and the keys in force stay.
     std::fs::write(&clients, "# rotated out\n").unwrap();
-    let resp = client()
-        .post(format!("{}/reload", gate.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
+    let (code, body) = admin_reload(&gate.admin).await;
+    assert_eq!(code, 400, "{body}");
     assert_eq!(get("ck-file-new").await, 200);
     assert_eq!(get("ck-file-old").await, 403);
 }

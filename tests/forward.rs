@@ -6,8 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use crmgate::config::Config;
-use crmgate::sim::{SimAccount, SimConfig, Simulator};
+use crmgate::sim::{SimConfig, Simulator};
 
 const MOVED_KEY: &str = "real-acme-key-moved-b2e4";
 
@@ -43,17 +42,11 @@ async fn a_backoff_never_outlives_the_callers_deadline() {
 
 /// A simulator holding acme's account under `key`.
 async fn sim_with_key(key: &str) -> Simulator {
-    let cfg = SimConfig {
-        accounts: vec![SimAccount {
-            name: "acme".into(),
-            api_key: key.into(),
-            sites: vec!["main".into()],
-        }],
+    spawn_sim(SimConfig {
+        accounts: vec![sim_account("acme", key, "main")],
         ..SimConfig::default()
-    };
-    Simulator::spawn(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("simulator starts")
+    })
+    .await
 }
 
 fn moved_text(sim: &Simulator, key: &str) -> String {
@@ -72,8 +65,7 @@ async fn queued_requests_follow_a_moved_tenant_with_the_key_of_its_new_host() {
     let new = sim_with_key(MOVED_KEY).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crmgate.toml");
-    std::fs::write(&path, moved_text(&old, ACME_KEY)).unwrap();
-    let gate = Gate::start_with_path(Config::load(&path).unwrap(), Some(path.clone())).await;
+    let gate = Gate::from_file(&path, &moved_text(&old, ACME_KEY)).await;
 
     let c = client();
     let url = format!("{}/api/v5/orders", gate.url);

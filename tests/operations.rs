@@ -8,8 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use common::*;
-use crmgate::config::Config;
-use crmgate::sim::{SimAccount, SimConfig, Simulator};
+use crmgate::sim::{SimConfig, Simulator};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -84,32 +83,7 @@ fn tenant<'a>(status: &'a Value, name: &str) -> &'a Value {
 /// (403) and an unknown tenant prefix (404).
 async fn mixed_traffic(gate: &Gate) {
     let c = client();
-    let r = c
-        .get(format!("{}/api/v5/orders?limit=20", gate.url))
-        .header("X-API-KEY", ACME_CLIENT)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = c
-        .get(format!(
-            "{}/api/v5/orders?limit=20&apiKey={ACME_CLIENT2}",
-            gate.url
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = c
-        .post(format!("{}/api/v5/orders/create", gate.url))
-        .form(&[
-            ("apiKey", BETA_CLIENT),
-            ("order", r#"{"externalId":"ops-1"}"#),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    send_a_key_in_every_place(&c, &gate.url, "ops-1").await;
     let r = c
         .get(format!("{}/api/v5/orders", gate.url))
         .header("X-API-KEY", BAD_CLIENT)
@@ -219,13 +193,9 @@ async fn admin_endpoints_answer_json_and_never_show_a_key() {
     assert!(body["errorMsg"].as_str().unwrap().contains("/status"));
 
     // Started without a file: a reload has nothing to read.
-    let resp = client()
-        .post(format!("{}/reload", gate.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 409);
-    assert_eq!(json(resp).await["success"], false);
+    let (code, body) = post_reload(&gate).await;
+    assert_eq!(code, 409);
+    assert_eq!(body["success"], false);
 }
 
 #[tokio::test]
@@ -566,35 +536,19 @@ fn reload_text(sim: &Simulator, key: &str, rate: u32) -> String {
 
 /// A simulator that accepts both acme's old and rotated key.
 async fn rotation_sim() -> Simulator {
-    let account = |name: &str, key: &str| SimAccount {
-        name: name.into(),
-        api_key: key.into(),
-        sites: vec!["main".into()],
-    };
-    let cfg = SimConfig {
-        accounts: vec![account("acme", ACME_KEY), account("acme2", ROTATED_KEY)],
+    spawn_sim(SimConfig {
+        accounts: vec![
+            sim_account("acme", ACME_KEY, "main"),
+            sim_account("acme2", ROTATED_KEY, "main"),
+        ],
         ..SimConfig::default()
-    };
-    Simulator::spawn(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("simulator starts")
+    })
+    .await
 }
 
-/// Writes `text` to `path` and starts a gateway that reloads from it.
-async fn gate_from_file(path: &Path, text: &str) -> Gate {
-    std::fs::write(path, text).unwrap();
-    let config = Config::load(path).expect("valid config file");
-    Gate::start_with_path(config, Some(path.to_path_buf())).await
-}
-
+/// `POST /reload`, with a check that no key shows in its answer.
 async fn post_reload(gate: &Gate) -> (u16, Value) {
-    let resp = client()
-        .post(format!("{}/reload", gate.admin))
-        .send()
-        .await
-        .expect("admin answers");
-    let code = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
+    let (code, text) = admin_reload(&gate.admin).await;
     assert_no_secret("/reload", &text);
     (
         code,
@@ -607,7 +561,7 @@ async fn reload_rotates_the_key_for_queued_and_new_requests() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crmgate.toml");
     let sim = rotation_sim().await;
-    let gate = gate_from_file(&path, &reload_text(&sim, ACME_KEY, 2)).await;
+    let gate = Gate::from_file(&path, &reload_text(&sim, ACME_KEY, 2)).await;
     let old_checksum = status_doc(&gate).await["config_checksum"].clone();
 
     let c = client();
@@ -677,7 +631,7 @@ async fn an_invalid_reload_is_refused_and_the_old_config_stays() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crmgate.toml");
     let sim = rotation_sim().await;
-    let gate = gate_from_file(&path, &reload_text(&sim, ACME_KEY, 10)).await;
+    let gate = Gate::from_file(&path, &reload_text(&sim, ACME_KEY, 10)).await;
     let before = status_doc(&gate).await;
 
     std::fs::write(&path, reload_text(&sim, ROTATED_KEY, 0)).unwrap();

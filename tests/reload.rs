@@ -8,8 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{client, config_text, json, sim, wait_until, Gate, ACME_CLIENT};
-use crmgate::config::Config;
+use common::{admin_reload, client, config_text, json, sim, wait_until, Gate, ACME_CLIENT};
 use crmgate::sim::Simulator;
 use serde_json::Value;
 
@@ -26,23 +25,12 @@ fn text(sim: &Simulator, upstream: &str) -> String {
     config_text(sim, &extra)
 }
 
-/// Writes `text` to `path` and starts a gateway that reloads from it.
-async fn gate_from_file(path: &Path, text: &str) -> Gate {
-    std::fs::write(path, text).unwrap();
-    let config = Config::load(path).expect("valid config file");
-    Gate::start_with_path(config, Some(path.to_path_buf())).await
-}
-
 /// Rewrites the file and reloads through the admin API; the reload must succeed.
 async fn reload_to(gate: &Gate, path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
-    let resp = client()
-        .post(format!("{}/reload", gate.admin))
-        .send()
-        .await
-        .expect("admin answers");
-    let code = resp.status().as_u16();
-    let body = json(resp).await;
+    let (code, body) = admin_reload(&gate.admin).await;
+    let body: Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
     assert_eq!(
         (code, &body["success"]),
         (200, &Value::Bool(true)),
@@ -50,15 +38,19 @@ async fn reload_to(gate: &Gate, path: &Path, text: &str) {
     );
 }
 
-/// GET through the gateway as acme; the status and the JSON body.
-async fn get(gate: &Gate) -> (u16, Value) {
-    let resp = client()
-        .get(format!("{}/api/v5/orders", gate.url))
-        .header("x-api-key", ACME_CLIENT)
-        .send()
-        .await
-        .expect("gateway answers");
-    (resp.status().as_u16(), json(resp).await)
+/// GET through the gateway as acme; the status and the JSON body. The
+/// future holds no borrow of `gate`, so a test may spawn it.
+fn get(gate: &Gate) -> impl std::future::Future<Output = (u16, Value)> + 'static {
+    let url = format!("{}/api/v5/orders", gate.url);
+    async move {
+        let resp = client()
+            .get(url)
+            .header("x-api-key", ACME_CLIENT)
+            .send()
+            .await
+            .expect("gateway answers");
+        (resp.status().as_u16(), json(resp).await)
+    }
 }
 
 fn connections_opened(gate: &Gate) -> u64 {
@@ -74,7 +66,7 @@ async fn a_raised_request_timeout_lets_a_slow_answer_through_after_reload() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crmgate.toml");
     let sim = sim().await;
-    let gate = gate_from_file(&path, &text(&sim, "request_timeout = \"1s\"")).await;
+    let gate = Gate::from_file(&path, &text(&sim, "request_timeout = \"1s\"")).await;
 
     sim.faults().stall_next(1, SLOW);
     let (code, body) = get(&gate).await;
@@ -102,21 +94,10 @@ async fn a_request_in_flight_during_a_reload_finishes_on_its_old_client() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crmgate.toml");
     let sim = sim().await;
-    let gate = gate_from_file(&path, &text(&sim, "request_timeout = \"5s\"")).await;
+    let gate = Gate::from_file(&path, &text(&sim, "request_timeout = \"5s\"")).await;
 
     sim.faults().stall_next(1, SLOW);
-    let in_flight = tokio::spawn({
-        let url = format!("{}/api/v5/orders", gate.url);
-        async move {
-            let resp = client()
-                .get(url)
-                .header("x-api-key", ACME_CLIENT)
-                .send()
-                .await
-                .expect("gateway answers");
-            (resp.status().as_u16(), json(resp).await)
-        }
-    });
+    let in_flight = tokio::spawn(get(&gate));
     wait_until("the slow request reached the CRM", || {
         sim.records().len() == 1
     })
@@ -175,7 +156,7 @@ async fn a_lowered_connect_timeout_is_in_force_after_reload() {
     };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crmgate.toml");
-    let gate = gate_from_file(&path, &text("10s")).await;
+    let gate = Gate::from_file(&path, &text("10s")).await;
 
     // Connect timeout longer than the request timeout: the request's timer
     // ends the wait, as a timeout.

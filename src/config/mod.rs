@@ -138,6 +138,21 @@ impl ServerConfig {
     }
 }
 
+#[cfg(test)]
+impl ServerConfig {
+    /// The `[server]` of a minimal valid config (one tenant) with `extra`
+    /// keys in that section: for the unit tests of modules that read it.
+    pub(crate) fn for_tests(extra: &str) -> ServerConfig {
+        let text = format!(
+            "[server]\n{extra}\n[[tenants]]\nname = \"acme\"\n\
+             base_url = \"https://acme.retailcrm.ru\"\napi_key = \"real-key-0001\"\n"
+        );
+        Config::from_toml(&text, "test", &|_| None)
+            .expect("valid config")
+            .server
+    }
+}
+
 /// `[upstream]`: how to reach the CRM.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {

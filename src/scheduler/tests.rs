@@ -30,6 +30,20 @@ fn ticket(tenant: &str, client: &str, class: Class) -> Ticket {
     }
 }
 
+/// A scheduler on the Redis backend at a port nobody listens on (bound,
+/// read and released), so its lanes run on their fallback share;
+/// `redis_extra` adds keys to `[redis]`.
+fn unreachable_redis(redis_extra: &str) -> Scheduler {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    Scheduler::new(&config(&format!(
+        "[limits]\nbackend = \"redis\"\n[redis]\nurl = \"redis://127.0.0.1:{port}\"\n{redis_extra}"
+    )))
+}
+
 /// Spawns a waiter that returns when it was granted, relative to `t0`.
 fn spawn(s: &Scheduler, t: Ticket) -> JoinHandle<Result<(Duration, usize), QueueError>> {
     let s = s.clone();
@@ -374,14 +388,7 @@ async fn a_connect_longer_than_the_window_holds_the_dependent_slot() {
 #[tokio::test(start_paused = true)]
 async fn a_connect_in_fallback_does_not_stall_the_lane() {
     // Redis unreachable: the lane runs on its fallback share (10 / 10 = 1/s).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let s = Scheduler::new(&config(&format!(
-        "[limits]\nbackend = \"redis\"\n[redis]\nurl = \"redis://127.0.0.1:{port}\"\nexpected_replicas = 10"
-    )));
+    let s = unreachable_redis("expected_replicas = 10");
     s.acquire(ticket("a", "x", Class::General)).await.unwrap();
     // The first request opens a connection that takes 60 ms; meanwhile the
     // next one queues behind a slot that waits for that connect.
@@ -523,13 +530,6 @@ async fn no_fast_grant_past_the_deadline_or_after_cut_off_or_with_redis() {
 
     // Redis (unreachable here, so the lane is in fallback): slots come from
     // the dispatcher only, which owns the reservations and the transitions.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let s = Scheduler::new(&config(&format!(
-        "[limits]\nbackend = \"redis\"\n[redis]\nurl = \"redis://127.0.0.1:{port}\""
-    )));
+    let s = unreachable_redis("");
     assert!(acquire_now(&s, ticket("a", "x", Class::General)).is_none());
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crmgate::sim::{max_in_window, Class, Received, Simulator};
+use crmgate::sim::{max_in_window, Class, Received, SimConfig, Simulator};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -192,12 +192,11 @@ impl Drop for SimThread {
     }
 }
 
-/// Like [`super::setup`], but the simulator runs on a thread and runtime of its own,
-/// as the CRM runs on another machine: its arrival stamps never wait in a
-/// task queue behind the gateway and the test's callers. The gateway starts
-/// cold (no pooled connections), as after a restart: the first sends of a
-/// flood open connections, which the budget accounts for.
-pub async fn isolated_setup(extra: &str) -> (Simulator, Gate, SimThread) {
+/// A simulator for `cfg` on a thread and runtime of its own, as the CRM
+/// runs on another machine: its arrival stamps never wait in a task queue
+/// behind the gateway and the test's callers. The thread ends when the
+/// [`SimThread`] is dropped.
+pub async fn isolated_sim(cfg: SimConfig) -> (Simulator, SimThread) {
     let (ready, sim) = oneshot::channel();
     let (stop, stopped) = oneshot::channel::<()>();
     std::thread::spawn(move || {
@@ -206,13 +205,21 @@ pub async fn isolated_setup(extra: &str) -> (Simulator, Gate, SimThread) {
             .build()
             .expect("simulator runtime");
         rt.block_on(async move {
-            let _ = ready.send(super::sim().await);
+            let _ = ready.send(super::spawn_sim(cfg).await);
             let _ = stopped.await;
         });
     });
     let sim = sim.await.expect("simulator thread");
+    (sim, SimThread(Some(stop)))
+}
+
+/// Like [`super::setup`], but the simulator is an [`isolated_sim`]. The
+/// gateway starts cold (no pooled connections), as after a restart: the
+/// first sends of a flood open connections, which the budget accounts for.
+pub async fn isolated_setup(extra: &str) -> (Simulator, Gate, SimThread) {
+    let (sim, thread) = isolated_sim(super::sim_config()).await;
     let gate = Gate::start(config(&config_text(&sim, extra))).await;
-    (sim, gate, SimThread(Some(stop)))
+    (sim, gate, thread)
 }
 
 /// Callers that each repeat one [`Call`] back to back until stopped. They

@@ -4,16 +4,21 @@
 //! Layout: this file starts things (simulator, gateway, redis-server);
 //! [`wait`] holds the one polling loop (wait for what is observable, never
 //! sleep to order events); [`metrics`] the one Prometheus text parser;
-//! [`load`] the request and flood helpers and the CRM-side checks. All of
-//! it is re-exported, so `use common::*;` is enough.
+//! [`load`] the request and flood helpers and the CRM-side checks; [`keys`]
+//! client keys in every place and the check that none reached the CRM;
+//! [`tls`] the HTTPS simulator. All of it is re-exported, so
+//! `use common::*;` is enough.
 #![allow(dead_code)]
 
+pub mod keys;
 pub mod load;
 pub mod metrics;
 pub mod tls;
 pub mod wait;
 
 // Not every test binary uses every helper.
+#[allow(unused_imports)]
+pub use keys::*;
 #[allow(unused_imports)]
 pub use load::*;
 #[allow(unused_imports)]
@@ -24,6 +29,7 @@ pub use tls::*;
 pub use wait::*;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,26 +51,38 @@ pub const ACME_CLIENT2: &str = "svc-billing-77aa";
 /// Client key of "beta".
 pub const BETA_CLIENT: &str = "svc-beta-0001";
 
-/// A simulator with accounts "acme" and "beta" (and "open").
-pub async fn sim() -> Simulator {
-    let cfg = SimConfig {
+/// One simulator account holding `key`, with one site.
+pub fn sim_account(name: &str, key: &str, site: &str) -> SimAccount {
+    SimAccount {
+        name: name.into(),
+        api_key: key.into(),
+        sites: vec![site.into()],
+    }
+}
+
+/// The simulator config every test starts from: accounts "acme" (site
+/// "main") and "beta" (site "beta-shop"), RetailCRM's limits, plain HTTP.
+pub fn sim_config() -> SimConfig {
+    SimConfig {
         accounts: vec![
-            SimAccount {
-                name: "acme".into(),
-                api_key: ACME_KEY.into(),
-                sites: vec!["main".into()],
-            },
-            SimAccount {
-                name: "beta".into(),
-                api_key: BETA_KEY.into(),
-                sites: vec!["beta-shop".into()],
-            },
+            sim_account("acme", ACME_KEY, "main"),
+            sim_account("beta", BETA_KEY, "beta-shop"),
         ],
         ..SimConfig::default()
-    };
+    }
+}
+
+/// A simulator for `cfg` on an ephemeral loopback port, on the test's
+/// runtime.
+pub async fn spawn_sim(cfg: SimConfig) -> Simulator {
     Simulator::spawn(cfg, "127.0.0.1:0".parse().unwrap())
         .await
         .expect("simulator starts")
+}
+
+/// A simulator with accounts "acme" and "beta" (tenant "open" uses acme's).
+pub async fn sim() -> Simulator {
+    spawn_sim(sim_config()).await
 }
 
 /// Config text for a gateway in front of `sim`, with `extra` TOML prepended
@@ -151,6 +169,13 @@ impl Gate {
         Gate::start_with_path(config, None).await
     }
 
+    /// Writes `text` to `path` and starts a gateway that reloads from it.
+    pub async fn from_file(path: &Path, text: &str) -> Gate {
+        std::fs::write(path, text).unwrap();
+        let config = Config::load(path).expect("valid config file");
+        Gate::start_with_path(config, Some(path.to_path_buf())).await
+    }
+
     /// Begins shutdown (like SIGTERM) and waits for the drain to finish.
     pub async fn shutdown(mut self) -> DrainReport {
         let _ = self.stop.take().unwrap().send(());
@@ -222,6 +247,18 @@ pub async fn status_doc(gate: &Gate) -> serde_json::Value {
         .expect("admin answers");
     assert_eq!(resp.status(), 200);
     json(resp).await
+}
+
+/// `POST /reload` on the admin listener at `admin` (a base URL): the status
+/// and the body as sent, for a test to search for keys before it parses it.
+pub async fn admin_reload(admin: &str) -> (u16, String) {
+    let resp = client()
+        .post(format!("{admin}/reload"))
+        .send()
+        .await
+        .expect("admin answers");
+    let code = resp.status().as_u16();
+    (code, resp.text().await.expect("body"))
 }
 
 /// A `redis-server` of the test's own, on a free loopback port, with no

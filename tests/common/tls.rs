@@ -8,30 +8,17 @@ use std::ops::Deref;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crmgate::sim::{SimAccount, SimConfig, SimTls, Simulator};
-use tokio::sync::oneshot;
+use crmgate::sim::{SimConfig, SimTls, Simulator};
 
-use super::{config, config_text, Gate, ACME_KEY, BETA_KEY};
+use super::{config, config_text, isolated_sim, sim_config, spawn_sim, Gate, SimThread};
 
 /// The simulator config of [`super::sim`] (accounts "acme" and "beta",
 /// RetailCRM's limits), serving HTTPS; HTTP/2 is offered through ALPN when
 /// `http2`, else HTTP/1.1 only.
 pub fn tls_sim_config(http2: bool) -> SimConfig {
     SimConfig {
-        accounts: vec![
-            SimAccount {
-                name: "acme".into(),
-                api_key: ACME_KEY.into(),
-                sites: vec!["main".into()],
-            },
-            SimAccount {
-                name: "beta".into(),
-                api_key: BETA_KEY.into(),
-                sites: vec!["beta-shop".into()],
-            },
-        ],
         tls: Some(SimTls { http2 }),
-        ..SimConfig::default()
+        ..sim_config()
     }
 }
 
@@ -44,7 +31,7 @@ pub struct TlsSim {
     pub ca_file: PathBuf,
     _dir: tempfile::TempDir,
     /// Stops a simulator running on a thread of its own.
-    _thread: Option<oneshot::Sender<()>>,
+    _thread: Option<SimThread>,
 }
 
 impl Deref for TlsSim {
@@ -56,7 +43,7 @@ impl Deref for TlsSim {
 }
 
 impl TlsSim {
-    fn new(sim: Simulator, thread: Option<oneshot::Sender<()>>) -> TlsSim {
+    fn new(sim: Simulator, thread: Option<SimThread>) -> TlsSim {
         let dir = tempfile::tempdir().expect("temp dir");
         let ca_file = dir.path().join("sim-ca.pem");
         std::fs::write(&ca_file, sim.ca_pem().expect("a TLS simulator")).expect("CA written");
@@ -84,10 +71,7 @@ impl TlsSim {
 
 /// A TLS simulator on the test's runtime.
 pub async fn tls_sim(cfg: SimConfig) -> TlsSim {
-    let sim = Simulator::spawn(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("simulator starts");
-    TlsSim::new(sim, None)
+    TlsSim::new(spawn_sim(cfg).await, None)
 }
 
 /// A TLS simulator and a gateway that trusts it, with `extra` config.
@@ -98,25 +82,11 @@ pub async fn tls_setup(cfg: SimConfig, extra: &str) -> (TlsSim, Gate) {
 }
 
 /// Like [`tls_setup`], but the simulator runs on a thread and runtime of its
-/// own (see [`super::isolated_setup`]): for load tests whose verdict is the
+/// own (see [`super::isolated_sim`]): for load tests whose verdict is the
 /// simulator's arrival stamps. The gateway starts cold.
 pub async fn tls_isolated_setup(cfg: SimConfig, extra: &str) -> (TlsSim, Gate) {
-    let (ready, sim) = oneshot::channel();
-    let (stop, stopped) = oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("simulator runtime");
-        rt.block_on(async move {
-            let sim = Simulator::spawn(cfg, "127.0.0.1:0".parse().unwrap())
-                .await
-                .expect("simulator starts");
-            let _ = ready.send(sim);
-            let _ = stopped.await;
-        });
-    });
-    let sim = TlsSim::new(sim.await.expect("simulator thread"), Some(stop));
+    let (sim, thread) = isolated_sim(cfg).await;
+    let sim = TlsSim::new(sim, Some(thread));
     let gate = Gate::start(config(&sim.config_text(extra))).await;
     (sim, gate)
 }
