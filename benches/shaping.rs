@@ -34,6 +34,13 @@
 //!    floods while tenant B sends every 0.5 s. Utilisation per egress IP,
 //!    503s, B's queue wait, connections opened per egress IP. Run once
 //!    with ALPN offering `h2` and once with `http/1.1` only.
+//! 8. `holding`: memory per waiting request. The release `crmgate` holds
+//!    10,000 GETs in its queue (one connection each, rate 1/s, nothing
+//!    drains); VmRSS/VmHWM while holding, per request, and RSS once a second
+//!    for 10 s after every caller went away; side by side with nginx
+//!    `limit_req` holding the same number when nginx is installed.
+//!    `--hold N` changes the count, `--gate-bin PATH` measures another
+//!    crmgate build (e.g. one with a different allocator).
 //!
 //! Everything runs in one process on one tokio runtime, like the
 //! integration tests: the callers, the gateway and the simulator share the
@@ -44,6 +51,8 @@
 mod end_to_end;
 #[path = "shaping/harness.rs"]
 mod harness;
+#[path = "shaping/holding.rs"]
+mod holding;
 #[path = "shaping/measure.rs"]
 mod measure;
 #[path = "shaping/passthrough.rs"]
@@ -59,7 +68,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "utilisation",
     "jitter",
     "fairness",
@@ -67,6 +76,7 @@ const SCENARIOS: [&str; 7] = [
     "redis",
     "passthrough",
     "tls",
+    "holding",
 ];
 
 /// Targets, as agreed for the gateway.
@@ -81,6 +91,9 @@ const TARGET_UTILISATION_REDIS: f64 = 0.9;
 const TARGET_PASS_RATIO: f64 = 0.6;
 /// Pass-through: crmgate's median latency (ms) in the same run.
 const TARGET_PASS_P50_MS: f64 = 0.3;
+/// Holding: RSS (MiB) with 10,000 waiting GETs (issue 9: at most nginx's,
+/// ≤ 100 MiB on the reference machine).
+const TARGET_HOLD_RSS_MIB: f64 = 100.0;
 
 struct Args {
     quick: bool,
@@ -88,10 +101,13 @@ struct Args {
     only: Vec<String>,
     callers: usize,
     jitter_ms: u64,
+    hold: usize,
+    gate_bin: std::path::PathBuf,
 }
 
 const USAGE: &str = "usage: cargo bench --bench shaping -- [--quick] [--seconds N] \
-[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls] [--callers N] [--jitter-ms N]";
+[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding] [--callers N] [--jitter-ms N] \
+[--hold N] [--gate-bin PATH]";
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -100,6 +116,8 @@ fn parse_args() -> Args {
         only: SCENARIOS.iter().map(|s| s.to_string()).collect(),
         callers: 50,
         jitter_ms: 20,
+        hold: 10_000,
+        gate_bin: env!("CARGO_BIN_EXE_crmgate").into(),
     };
     let mut it = std::env::args().skip(1);
     let value = |it: &mut dyn Iterator<Item = String>, flag: &str| -> String {
@@ -131,6 +149,8 @@ fn parse_args() -> Args {
             }
             "--callers" => args.callers = value(&mut it, "--callers").parse().unwrap_or(50).max(1),
             "--jitter-ms" => args.jitter_ms = value(&mut it, "--jitter-ms").parse().unwrap_or(20),
+            "--hold" => args.hold = value(&mut it, "--hold").parse().unwrap_or(10_000).max(1),
+            "--gate-bin" => args.gate_bin = value(&mut it, "--gate-bin").into(),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0)
@@ -549,6 +569,74 @@ fn print_tls(t: &tls::TlsRun) {
     );
 }
 
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn print_holding(h: &holding::Holding) {
+    println!(
+        "\n== 8. Memory per waiting request: {} GETs held in the queue, one connection each",
+        h.hold
+    );
+    println!(
+        "   {:<16} {:>9} {:>11} {:>10} {:>12} {:>8} {:>9}  load average before",
+        "target", "idle MiB", "held MiB", "HWM MiB", "bytes/req", "ramp s", "answered"
+    );
+    for r in &h.runs {
+        println!(
+            "   {:<16} {:>9.1} {:>11.1} {:>10.1} {:>12.0} {:>8.1} {:>9}  {}",
+            r.target,
+            mib(r.idle_rss_kib),
+            mib(r.held_rss_kib),
+            mib(r.held_hwm_kib),
+            r.per_request_bytes,
+            r.ramp_s,
+            r.answered_during_hold,
+            r.loadavg
+        );
+    }
+    println!(
+        "   RSS after every caller went away (MiB, at 1 … {} s):",
+        holding::AFTER_SECONDS
+    );
+    for r in &h.runs {
+        let after: Vec<String> = r
+            .after_rss_kib
+            .iter()
+            .map(|k| format!("{:.0}", mib(*k)))
+            .collect();
+        println!(
+            "   {:<16} {}   under {} MiB after: {}   still held: {}",
+            r.target,
+            after.join(" "),
+            holding::AFTER_UNDER_MIB,
+            r.under_limit_after_s
+                .map_or("never".into(), |s| format!("{s} s")),
+            r.left_after
+        );
+    }
+    if let Some(why) = &h.nginx_skipped {
+        println!("   nginx limit_req: SKIPPED ({why})");
+    }
+    if let Some(gate) = h.runs.iter().find(|r| r.target == "crmgate") {
+        let held = mib(gate.held_rss_kib);
+        let nginx = h.runs.iter().find(|r| r.target != "crmgate");
+        let limit = nginx.map_or(TARGET_HOLD_RSS_MIB, |n| {
+            mib(n.held_rss_kib).min(TARGET_HOLD_RSS_MIB)
+        });
+        println!(
+            "   crmgate held RSS {held:.1} MiB   target ≤ {limit:.1} MiB (≤ nginx, ≤ {TARGET_HOLD_RSS_MIB:.0}): {}",
+            verdict(held <= limit)
+        );
+        println!(
+            "   crmgate under {} MiB within {} s after: {}",
+            holding::AFTER_UNDER_MIB,
+            holding::AFTER_SECONDS,
+            verdict(gate.under_limit_after_s.is_some())
+        );
+    }
+}
+
 fn main() {
     let args = parse_args();
     let run = |full: f64, quick: f64| {
@@ -670,6 +758,20 @@ fn main() {
         }
         json.insert("tls".into(), serde_json::to_value(&runs).unwrap());
     }
+    if wants("holding") {
+        match rt.block_on(holding::holding(&args.gate_bin, args.hold)) {
+            Ok(h) => {
+                print_holding(&h);
+                json.insert("holding".into(), serde_json::to_value(&h).unwrap());
+            }
+            Err(why) => {
+                println!("\n== 8. Memory per waiting request");
+                println!("\n   !!!!! SKIPPED: {why} !!!!!\n");
+                eprintln!("!!!!! holding scenario SKIPPED: {why} !!!!!");
+                json.insert("holding".into(), json!({ "skipped": why }));
+            }
+        }
+    }
 
     let elapsed = started.elapsed().as_secs_f64();
     println!(
@@ -693,6 +795,7 @@ fn main() {
                 "utilisation_redis": TARGET_UTILISATION_REDIS,
                 "passthrough_ratio": TARGET_PASS_RATIO,
                 "passthrough_p50_ms": TARGET_PASS_P50_MS,
+                "hold_rss_mib": TARGET_HOLD_RSS_MIB,
             },
         }),
     );

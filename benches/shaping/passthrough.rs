@@ -69,13 +69,13 @@ pub struct Passthrough {
 
 /// A child process that is killed when dropped, so that no nginx or crmgate
 /// outlives the bench, whatever way it ends (return, `?`, panic).
-struct Guard {
+pub(crate) struct Guard {
     name: &'static str,
     child: Child,
 }
 
 impl Guard {
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -89,7 +89,7 @@ impl Drop for Guard {
     }
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -97,7 +97,7 @@ fn free_port() -> Result<u16, String> {
 }
 
 /// The nginx binary: Debian's, or the first `nginx` on PATH.
-fn nginx_binary() -> Option<PathBuf> {
+pub(crate) fn nginx_binary() -> Option<PathBuf> {
     let debian = PathBuf::from("/usr/sbin/nginx");
     if debian.is_file() {
         return Some(debian);
@@ -213,7 +213,19 @@ client_keys = ["{CLIENT_KEY}"]
 
 /// Starts `cmd` and waits until `port` answers `GET PATH` with 200 (5 s).
 /// stderr goes to `log`, which is named in the error when it fails.
-fn start(name: &'static str, mut cmd: Command, port: u16, log: &Path) -> Result<Guard, String> {
+fn start(name: &'static str, cmd: Command, port: u16, log: &Path) -> Result<Guard, String> {
+    start_probed(name, cmd, port, log, probe)
+}
+
+/// [`start`] with another readiness check: `ready(port)` is Ok once the
+/// process serves.
+pub(crate) fn start_probed(
+    name: &'static str,
+    mut cmd: Command,
+    port: u16,
+    log: &Path,
+    ready: fn(u16) -> Result<(), String>,
+) -> Result<Guard, String> {
     let err = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let child = cmd
         .stdin(Stdio::null())
@@ -232,7 +244,7 @@ fn start(name: &'static str, mut cmd: Command, port: u16, log: &Path) -> Result<
                 log.display()
             ));
         }
-        match probe(port) {
+        match ready(port) {
             Ok(()) => return Ok(guard),
             Err(e) => last = e,
         }
