@@ -47,7 +47,12 @@ async fn handle(
     let started = Instant::now();
     let request_id = request_id(&req);
     let method = req.method().clone();
-    let uri = req.uri().clone();
+    // An owned copy: the request's own URI points into the connection's
+    // read buffer, which it would keep alive while the request waits.
+    let target = match req.uri().path_and_query() {
+        Some(p) => p.as_str().to_owned(),
+        None => req.uri().path().to_owned(),
+    };
     let mut trace = Trace::default();
 
     let mut response = match run(&gw, peer, req, &request_id, &mut trace).await {
@@ -89,7 +94,15 @@ async fn handle(
     }
     gw.drain.request_finished();
     let query = gw.runtime().config.log.query;
-    access::log(&request_id, &method, &uri, query, status, &trace, started);
+    access::log(
+        &request_id,
+        &method,
+        &target,
+        query,
+        status,
+        &trace,
+        started,
+    );
     response
 }
 

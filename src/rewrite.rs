@@ -8,7 +8,7 @@
 //! the request has none.
 //! Headers: hop-by-hop ones and the caller's `X-API-KEY` are dropped.
 
-use axum::http::{header, HeaderMap, HeaderName};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 
 /// The parameter RetailCRM reads a key from.
 pub const API_KEY_PARAM: &str = "apiKey";
@@ -158,7 +158,13 @@ pub fn upstream_headers(incoming: &HeaderMap) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(incoming.len() + 3);
     for (name, value) in incoming {
         if !not_forwarded(name) && !named.contains(name) {
-            h.append(name.clone(), value.clone());
+            // Copied, not shared: a parsed value points into the client
+            // connection's read buffer, which a shared value would keep
+            // alive (8 KiB) for as long as the request waits.
+            let mut owned =
+                HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+            owned.set_sensitive(value.is_sensitive());
+            h.append(name.clone(), owned);
         }
     }
     h
