@@ -15,6 +15,11 @@
 //! Waiting is bounded: by total and per-tenant capacity, by a deadline, and
 //! by the caller going away (a dropped waiter is skipped, never sent). This
 //! module never sees keys or bodies.
+//!
+//! Over 500 lines on purpose: the public types (`Ticket`, `Permit`,
+//! `Scheduler`) and the enqueue path, fast path included, share the lane's
+//! invariants and read best together; budgets, the fair queue, lanes, the
+//! dispatcher and the Redis budget each have their own file.
 
 mod budget;
 mod dispatch;

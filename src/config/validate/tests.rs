@@ -1,3 +1,5 @@
+//! Long on purpose: every validation rule has its test here, next to the
+//! others of its section.
 //! One test per validation rule, each naming the field path it expects.
 use super::*;
 

@@ -1,0 +1,228 @@
+//! Tests of the inbound stage: paths, control headers, rewriting, and the
+//! order of checks (the key before the body).
+
+use super::*;
+use crate::config::Config;
+use crate::tenant::Tenants;
+use axum::body::Body;
+
+const CONFIG: &str = r#"
+[[tenants]]
+name = "acme"
+base_url = "https://acme.retailcrm.ru"
+api_key = "real-acme-key-0001"
+client_keys = ["ck-acme-1"]
+site = "main"
+
+[[tenants]]
+name = "open"
+base_url = "https://open.retailcrm.ru"
+api_key = "real-open-key-0002"
+"#;
+
+fn runtime(extra: &str) -> Runtime {
+    let config = Config::from_toml(&format!("{extra}\n{CONFIG}"), "test.toml", &|_| None)
+        .expect("valid config");
+    let tenants = Tenants::new(&config.tenants);
+    Runtime { config, tenants }
+}
+
+fn peer() -> SocketAddr {
+    "127.0.0.9:5555".parse().unwrap()
+}
+
+async fn read_one(rt: &Runtime, req: Request) -> Result<(Inbound, Trace), GatewayError> {
+    let mut trace = Trace::default();
+    let pool = Arc::new(body::BodyPool::default());
+    let r = read(rt, &pool, peer(), req, "rid-1", &mut trace).await?;
+    Ok((r, trace))
+}
+
+#[test]
+fn paths_split_into_prefix_and_api_method() {
+    assert_eq!(
+        split_path("/api/v5/orders").unwrap(),
+        (None, "/api/v5/orders")
+    );
+    assert_eq!(
+        split_path("/acme/api/v5/orders").unwrap(),
+        (Some("acme"), "/api/v5/orders")
+    );
+    for bad in [
+        "/",
+        "/orders",
+        "//api/v5/orders",
+        "/acme/v5/orders",
+        "/acme",
+        "/api/v5/../credentials",
+        "/api/v5/%2E%2e/x",
+        "/api\\..\\x",
+        "/acme/api/v5/./orders",
+    ] {
+        assert!(
+            matches!(split_path(bad), Err(GatewayError::NotFound)),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn control_headers_are_checked() {
+    let mut h = HeaderMap::new();
+    assert_eq!(priority(&h).unwrap(), Priority::Normal);
+    h.insert(PRIORITY_HEADER, "HIGH".parse().unwrap());
+    assert_eq!(priority(&h).unwrap(), Priority::High);
+    h.insert(PRIORITY_HEADER, "urgent".parse().unwrap());
+    assert!(matches!(priority(&h), Err(GatewayError::BadRequest(_))));
+
+    let cfg = Duration::from_secs(30);
+    let mut h = HeaderMap::new();
+    assert_eq!(max_wait(&h, cfg).unwrap(), cfg);
+    h.insert(MAX_WAIT_HEADER, "500ms".parse().unwrap());
+    assert_eq!(max_wait(&h, cfg).unwrap(), Duration::from_millis(500));
+    // A caller can only shorten the wait.
+    h.insert(MAX_WAIT_HEADER, "5m".parse().unwrap());
+    assert_eq!(max_wait(&h, cfg).unwrap(), cfg);
+    h.insert(MAX_WAIT_HEADER, "soon".parse().unwrap());
+    assert!(matches!(
+        max_wait(&h, cfg),
+        Err(GatewayError::BadRequest(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_get_is_stripped_of_its_key_and_given_the_site() {
+    let rt = runtime("");
+    let req = Request::get("/api/v5/orders?apiKey=ck-acme-1&filter%5Bids%5D%5B%5D=7")
+        .header("x-forwarded-for", "10.1.1.1")
+        .header("x-crmgate-priority", "low")
+        .body(Body::empty())
+        .unwrap();
+    let (r, trace) = read_one(&rt, req).await.unwrap();
+    assert_eq!(&*r.tenant.name, "acme");
+    assert_eq!(trace.tenant.as_deref(), Some("acme"));
+    assert_eq!(r.class(), Class::General);
+    assert_eq!(r.api_path(), "/api/v5/orders");
+    assert_eq!(
+        r.out.query.as_deref(),
+        Some("filter%5Bids%5D%5B%5D=7&site=main")
+    );
+    assert_eq!(r.ticket.priority, Priority::Low);
+    assert_eq!(&*r.ticket.client, "ck-acme-1");
+    assert_eq!(r.out.headers["x-forwarded-for"], "10.1.1.1, 127.0.0.9");
+    assert_eq!(r.out.headers["x-request-id"], "rid-1");
+    assert!(r.out.headers.get("x-crmgate-priority").is_none());
+    assert!(r.out.headers.get("x-api-key").is_none());
+}
+
+#[tokio::test]
+async fn a_form_post_keeps_its_site_and_loses_its_key() {
+    let rt = runtime("");
+    let req = Request::post("/api/v5/orders/create")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from("site=other&apiKey=ck-acme-1&order=%7B%7D"))
+        .unwrap();
+    let (r, _) = read_one(&rt, req).await.unwrap();
+    assert_eq!(r.out.body, Bytes::from_static(b"site=other&order=%7B%7D"));
+    assert_eq!(r.out.path, "/api/v5/orders/create");
+    assert_eq!(r.out.query, None);
+    assert_eq!(r.out.method, Method::POST);
+}
+
+#[tokio::test]
+async fn the_tenant_comes_from_the_prefix_for_an_open_tenant() {
+    let rt = runtime("");
+    let req = Request::get("/open/api/v5/telephony/call/event")
+        .body(Body::empty())
+        .unwrap();
+    let (r, _) = read_one(&rt, req).await.unwrap();
+    assert_eq!(&*r.tenant.name, "open");
+    assert_eq!(r.class(), Class::Telephony);
+    // Fairness by source address when there is no client key.
+    assert_eq!(&*r.ticket.client, "127.0.0.9");
+}
+
+/// A body that fails if anyone reads it: proves the check came first.
+fn unreadable() -> Body {
+    let stream = futures_util::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other("the body was read"))
+    });
+    Body::from_stream(stream)
+}
+
+#[tokio::test]
+async fn a_wrong_or_unknown_caller_is_refused_before_the_body_is_read() {
+    let rt = runtime("");
+    let wrong = Request::post("/api/v5/orders/create")
+        .header("x-api-key", "not-a-key")
+        .body(unreadable())
+        .unwrap();
+    assert!(matches!(
+        read_one(&rt, wrong).await,
+        Err(GatewayError::WrongKey)
+    ));
+    let unknown = Request::post("/nobody/api/v5/orders/create")
+        .body(unreadable())
+        .unwrap();
+    assert!(matches!(
+        read_one(&rt, unknown).await,
+        Err(GatewayError::UnknownTenant(_))
+    ));
+    // Without a key outside the body, the body must be read to find one.
+    let in_body = Request::post("/api/v5/orders/create")
+        .body(unreadable())
+        .unwrap();
+    assert!(matches!(
+        read_one(&rt, in_body).await,
+        Err(GatewayError::BadRequest(_))
+    ));
+}
+
+#[tokio::test]
+async fn only_get_head_and_post_are_forwarded() {
+    let rt = runtime("");
+    for method in ["TRACE", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT"] {
+        let req = Request::builder()
+            .method(method)
+            .uri("/api/v5/orders?apiKey=ck-acme-1")
+            .body(unreadable())
+            .unwrap();
+        match read_one(&rt, req).await {
+            Err(GatewayError::MethodNotAllowed(m)) => assert_eq!(m, method),
+            other => panic!("{method}: {other:?}"),
+        }
+    }
+    for method in ["GET", "HEAD"] {
+        let req = Request::builder()
+            .method(method)
+            .uri("/api/v5/orders?apiKey=ck-acme-1")
+            .body(Body::empty())
+            .unwrap();
+        assert!(read_one(&rt, req).await.is_ok(), "{method}");
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused() {
+    let rt = runtime("[server]\nmax_body_bytes = 16");
+    let declared = Request::post("/api/v5/orders/create")
+        .header("x-api-key", "ck-acme-1")
+        .header("content-length", "17")
+        .body(Body::from("x".repeat(17)))
+        .unwrap();
+    assert!(matches!(
+        read_one(&rt, declared).await,
+        Err(GatewayError::BodyTooLarge { limit: 16 })
+    ));
+    let streamed = Request::post("/api/v5/orders/create")
+        .header("x-api-key", "ck-acme-1")
+        .body(Body::from_stream(futures_util::stream::iter([
+            Ok::<_, std::io::Error>(Bytes::from("x".repeat(10))),
+            Ok(Bytes::from("x".repeat(10))),
+        ])))
+        .unwrap();
+    assert!(matches!(
+        read_one(&rt, streamed).await,
+        Err(GatewayError::BodyTooLarge { limit: 16 })
+    ));
+}
