@@ -1,6 +1,6 @@
-//! Long on purpose: every validation rule has its test here, next to the
-//! others of its section.
-//! One test per validation rule, each naming the field path it expects.
+//! One test per validation rule, each naming the field path it expects
+//! (long on purpose: every rule's test sits here, next to its section's).
+
 use super::*;
 
 const GOOD: &str = r#"
