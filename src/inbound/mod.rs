@@ -102,10 +102,12 @@ pub async fn read(
     // An empty key is no key, as RetailCRM treats it.
     let given = |k: &Option<String>| k.clone().filter(|k| !k.is_empty());
     let early_key = given(&header_key).or_else(|| given(&query.api_key));
-    // With the key in a header or the query, the tenant is known before the
-    // body is read: a wrong key costs no body.
+    // With the key in a header or the query, or when the body cannot carry
+    // one (not a form), the tenant is known before the body is read: a
+    // wrong or missing key costs no body.
     let early = match &early_key {
         Some(key) => Some(rt.tenants.resolve(prefix, Some(key))?),
+        None if !is_form(&parts.headers) => Some(rt.tenants.resolve(prefix, None)?),
         None => {
             if let Some(name) = prefix {
                 if rt.tenants.get(name).is_none() {

@@ -168,8 +168,19 @@ async fn a_wrong_or_unknown_caller_is_refused_before_the_body_is_read() {
         read_one(&rt, unknown).await,
         Err(GatewayError::UnknownTenant(_))
     ));
-    // Without a key outside the body, the body must be read to find one.
+    // Without a key outside the body, and a body that cannot hold one (not
+    // a form), the key is missing: the body is not read.
+    let missing = Request::post("/acme/api/v5/orders/create")
+        .header("content-type", "application/json")
+        .body(unreadable())
+        .unwrap();
+    assert!(matches!(
+        read_one(&rt, missing).await,
+        Err(GatewayError::MissingKey)
+    ));
+    // A form body may carry the key: it must be read to find it.
     let in_body = Request::post("/api/v5/orders/create")
+        .header("content-type", "application/x-www-form-urlencoded")
         .body(unreadable())
         .unwrap();
     assert!(matches!(
