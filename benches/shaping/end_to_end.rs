@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::harness::{self, Gate, JitterHop, Load, ACME_CLIENT, BETA_CLIENT};
+use crate::harness::{self, Gate, JitterHop, Load, ACME_CLIENT};
 use crate::measure::{self, Answers, Delivered, Percentiles};
 
 /// The configured general limit the gateway and the simulator share.
@@ -88,15 +88,11 @@ pub async fn fairness(callers: usize, run: Duration, every: Duration) -> Fairnes
     let gate = Gate::start(harness::gateway_config(&sim.base_url(), "")).await;
     let client = harness::client();
 
-    let flood = Load::flood(&client, &gate.url, ACME_CLIENT, callers);
-    // Let the flood build its queue first: the light tenant should meet a
-    // full one, not an empty gateway.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let light = Load::trickle(&client, &gate.url, BETA_CLIENT, every);
-    tokio::time::sleep(run).await;
-    let light_samples = light.stop().await;
-    let records = sim.records();
-    let flood_samples = flood.stop().await;
+    let harness::FloodAndTrickle {
+        light: light_samples,
+        flood: flood_samples,
+        records,
+    } = harness::flood_and_trickle(&client, &gate.url, &sim, callers, run, every).await;
     drop(client);
     gate.shutdown().await;
     sim.shutdown();

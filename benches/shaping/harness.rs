@@ -267,6 +267,40 @@ pub struct Load {
     samples: Arc<Mutex<Vec<Sample>>>,
 }
 
+/// What a flood-and-trickle run saw: the light tenant's and the flooding
+/// tenant's answers, and the CRM's records at the end of the run.
+pub struct FloodAndTrickle {
+    pub light: Vec<Sample>,
+    pub flood: Vec<Sample>,
+    pub records: Vec<crmgate::sim::Received>,
+}
+
+/// Tenant A floods with `callers`; after 500 ms (so the light tenant meets
+/// a full queue, not an empty gateway) tenant B sends one request every
+/// `every`, for `run`. The CRM's records are read when B stops, before the
+/// flood's queue drains.
+pub async fn flood_and_trickle(
+    client: &reqwest::Client,
+    gate: &str,
+    sim: &crmgate::sim::Simulator,
+    callers: usize,
+    run: Duration,
+    every: Duration,
+) -> FloodAndTrickle {
+    let flood = Load::flood(client, gate, ACME_CLIENT, callers);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let light = Load::trickle(client, gate, BETA_CLIENT, every);
+    tokio::time::sleep(run).await;
+    let light = light.stop().await;
+    let records = sim.records();
+    let flood = flood.stop().await;
+    FloodAndTrickle {
+        light,
+        flood,
+        records,
+    }
+}
+
 /// A caller client: no proxy from the environment, pooled connections.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -15,7 +15,7 @@ use crmgate::sim::{Received, SimConfig, SimTls, Simulator};
 use serde::Serialize;
 
 use crate::end_to_end::{LATENCY, LIMIT};
-use crate::harness::{self, Gate, Load, ACME_CLIENT, BETA_CLIENT};
+use crate::harness::{self, Gate};
 use crate::measure::{self, Answers, Delivered, Percentiles};
 
 /// One network round trip to the CRM.
@@ -118,14 +118,11 @@ pub async fn run(callers: usize, run: Duration, http2: bool, loadavg: fn() -> St
     let gate = Gate::start(harness::gateway_config_with(&sim.base_url(), "", &upstream)).await;
     let client = harness::client();
 
-    let flood = Load::flood(&client, &gate.url, ACME_CLIENT, callers);
-    // As in scenario 3: the light tenant meets a full queue.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let light = Load::trickle(&client, &gate.url, BETA_CLIENT, every);
-    tokio::time::sleep(run).await;
-    let light_samples = light.stop().await;
-    let records = sim.records();
-    let flood_samples = flood.stop().await;
+    let harness::FloodAndTrickle {
+        light: light_samples,
+        flood: flood_samples,
+        records,
+    } = harness::flood_and_trickle(&client, &gate.url, &sim, callers, run, every).await;
     let opened = connections_opened(&client, &gate.admin).await;
     drop(client);
     gate.shutdown().await;
