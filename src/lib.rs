@@ -17,6 +17,8 @@
 //!      else byte-exact;
 //! 2. the stages between inbound and the scheduler (cache and coalescing,
 //!    reconciliation, export) take their place here, each its own module;
+//!    [`export`]: `X-Crmgate-Export: ndjson` walks every page of a list (or
+//!    history by cursor) through forward and streams one item per line;
 //! 3. [`forward`]: wait in the [`scheduler`] for a slot, fairly, within
 //!    bounds; send through an [`egress`] client (which outbound IP), adding
 //!    the real key; resend when [`forward::retry`] says it is safe; stream
@@ -47,6 +49,7 @@ pub mod config;
 pub mod drain;
 pub mod egress;
 pub mod error;
+pub mod export;
 pub mod forward;
 pub mod gateway;
 pub mod guard;

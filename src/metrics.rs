@@ -58,6 +58,14 @@ pub struct Metrics {
     pub connections_open: IntGaugeVec,
     /// Connections closed at once because the listener was full, by listener.
     pub connections_refused: IntCounterVec,
+    /// Exports streaming now.
+    pub exports_in_progress: IntGauge,
+    /// Exports by how they ended (`crate::export::OUTCOMES`).
+    pub exports: IntCounterVec,
+    /// Export pages fetched, by tenant.
+    pub export_pages: IntCounterVec,
+    /// Export items written, by tenant.
+    pub export_items: IntCounterVec,
     _build: IntGaugeVec,
 }
 
@@ -136,6 +144,29 @@ impl Metrics {
                 &["listener"],
             )
             .expect("valid gauge"),
+        );
+        let exports = counter(
+            "crmgate_exports_total",
+            "Exports (X-Crmgate-Export) by how they ended: complete, failed, hung_up, refused.",
+            &["outcome"],
+        );
+        for outcome in crate::export::OUTCOMES {
+            exports.with_label_values(&[outcome]);
+        }
+        let export_pages = counter(
+            "crmgate_export_pages_total",
+            "Pages fetched by exports, by tenant.",
+            &["tenant"],
+        );
+        let export_items = counter(
+            "crmgate_export_items_total",
+            "Items written by exports (after de-duplication), by tenant.",
+            &["tenant"],
+        );
+        let exports_in_progress = reg(
+            &registry,
+            IntGauge::new("crmgate_exports_in_progress", "Exports streaming now.")
+                .expect("valid gauge"),
         );
         // Both listeners exist from the start, so their series do too.
         for listener in LISTENERS {
@@ -251,6 +282,10 @@ impl Metrics {
             tenant_queue_wait: crate::history::WaitWindows::new(),
             connections_open,
             connections_refused,
+            exports_in_progress,
+            exports,
+            export_pages,
+            export_items,
             _build: build,
         }
     }
@@ -290,6 +325,10 @@ pub fn refresh_gauges(gw: &Gateway) {
                 .with_label_values(&[&t.name, class.as_str()])
                 .set(0);
         }
+        // Per-tenant export counters exist from the first scrape (and for a
+        // tenant a reload added).
+        m.export_pages.with_label_values(&[&t.name]);
+        m.export_items.with_label_values(&[&t.name]);
         m.inflight
             .with_label_values(&[&t.name])
             .set(gw.stats(&t.name).inflight.load(Ordering::Relaxed) as i64);

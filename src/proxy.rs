@@ -108,14 +108,18 @@ async fn handle(
 
 /// The stages, in order.
 async fn run(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     peer: SocketAddr,
     req: Request,
     request_id: &str,
     trace: &mut Trace,
 ) -> Result<Response, GatewayError> {
+    let export = crate::export::wanted(req.headers())?;
     let request = inbound::read(&gw.runtime(), &gw.bodies, peer, req, request_id, trace).await?;
     let _inflight = gw.stats(&request.tenant.name).inflight();
+    if let Some(wanted) = export {
+        return crate::export::export(gw, request, wanted, trace).await;
+    }
     crate::forward::forward(gw, request, trace).await
 }
 

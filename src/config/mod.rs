@@ -73,6 +73,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[export]`
+    pub export: ExportConfig,
     /// `[[tenants]]`, in file order.
     pub tenants: Vec<TenantConfig>,
     /// Hex SHA-256 of the file's bytes, shown in `/status` to tell configs apart.
@@ -86,6 +88,17 @@ pub struct Config {
 pub struct LogConfig {
     /// How much of the query string the access log line shows.
     pub query: LogQuery,
+}
+
+/// `[export]`: how `X-Crmgate-Export` walks a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportConfig {
+    /// `limit` of every page requested (one of RetailCRM's page sizes).
+    pub page_limit: u32,
+    /// Pages fetched ahead of the caller at most (at least 1).
+    pub prefetch: usize,
+    /// Largest page answer held; a larger one ends the export.
+    pub max_page_bytes: usize,
 }
 
 /// How much of a request's query the access log line shows. Keys are

@@ -23,7 +23,18 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
+    pub export: RawExport,
+    #[serde(default)]
     pub tenants: Vec<RawTenant>,
+}
+
+/// `[export]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExport {
+    pub page_limit: Option<i64>,
+    pub prefetch: Option<i64>,
+    pub max_page_bytes: Option<i64>,
 }
 
 /// `[log]`

@@ -25,6 +25,9 @@
 //! - `store`: the orders created in each account.
 //! - `state`: what every handler shares (accounts, limits, ledger, store).
 //! - `gate`: the middleware every request passes: record, limit, faults, auth.
+//! - `listing`: the customers list (newest first), shared page parameters,
+//!   and a switch that creates customers between two list requests.
+//! - `history`: `orders/history` and `customers/history` by `sinceId`.
 //! - `api`: the routes and their handlers.
 //! - `tls`: the CA and server certificate generated at start-up, and the
 //!   acceptor (ALPN `h2` and `http/1.1`).
@@ -53,6 +56,8 @@ pub mod class;
 mod config;
 pub mod faults;
 mod gate;
+mod history;
+mod listing;
 mod lock;
 mod record;
 mod reply;
@@ -221,6 +226,13 @@ impl Simulator {
     /// Changes the uniform random latency added before every answer.
     pub fn set_latency(&self, min: Duration, max: Duration) {
         *lock(&self.shared.latency) = (min, max);
+    }
+
+    /// Once `after` more `customers` list requests were answered, `n` new
+    /// customers appear in every account (newest first, so they shift every
+    /// later page): what another user creating customers during a walk does.
+    pub fn add_customers_after(&self, after: u64, n: u64) {
+        self.shared.listing.add_customers_after(after, n);
     }
 
     /// Orders created through `orders/create` in the named account, in order.

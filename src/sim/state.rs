@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub(crate) faults: Faults,
     pub(crate) ledger: Mutex<Ledger>,
     pub(crate) store: Store,
+    /// Customers beyond the orders, and the switch that adds them.
+    pub(crate) listing: super::listing::Listing,
 }
 
 impl Shared {
@@ -43,6 +45,7 @@ impl Shared {
             rtt: cfg.rtt,
             faults: Faults::default(),
             ledger: Mutex::new(Ledger::default()),
+            listing: super::listing::Listing::default(),
         }
     }
 

@@ -1,0 +1,177 @@
+//! Paginated reads beyond `orders`: the customers list (newest first, so a
+//! customer created during a walk shifts every later page by one, as on a
+//! busy account), the page parameters every list method shares, and a
+//! switch that lets another "user" create customers between two list
+//! requests, for tests of de-duplication.
+//!
+//! One customer exists per order (seeded or created, same id), plus those
+//! added by the switch. Only reads and counters: it never talks to the
+//! gateway's code and never logs a key.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Extension;
+use serde_json::{json, Map, Value};
+
+use super::lock::lock;
+use super::reply::json;
+use super::request::Caller;
+use super::state::Shared;
+
+/// Page sizes the simulated list methods accept.
+const PAGE_SIZES: [u64; 3] = [20, 50, 100];
+
+/// Per-account customer counts beyond the orders, and the switch.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    /// Customers added by the switch, per account index.
+    extra: Mutex<Vec<u64>>,
+    /// Customer-list requests answered so far.
+    list_requests: AtomicU64,
+    /// `(after, n)`: once `after` customer-list requests were answered,
+    /// `n` customers appear before the next one is.
+    pending: Mutex<Option<(u64, u64)>>,
+}
+
+impl Listing {
+    /// Arms the switch: after `after` customer-list requests (counted from
+    /// now), `n` new customers appear in every account.
+    pub(crate) fn add_customers_after(&self, after: u64, n: u64) {
+        let at = self.list_requests.load(Ordering::SeqCst) + after;
+        *lock(&self.pending) = Some((at, n));
+    }
+
+    fn extra(&self, account: usize) -> u64 {
+        lock(&self.extra).get(account).copied().unwrap_or(0)
+    }
+
+    /// Counts one customer-list request, adding customers first when due.
+    fn on_list(&self, accounts: usize) {
+        let seen = self.list_requests.fetch_add(1, Ordering::SeqCst);
+        let mut pending = lock(&self.pending);
+        if let Some((at, n)) = *pending {
+            if seen >= at {
+                let mut extra = lock(&self.extra);
+                extra.resize(accounts, 0);
+                extra.iter_mut().for_each(|e| *e += n);
+                *pending = None;
+            }
+        }
+    }
+}
+
+/// Orders in an account: seeded plus created.
+pub(crate) fn orders_total(sim: &Shared, account: usize) -> u64 {
+    u64::from(sim.total_orders) + sim.store.account(account).orders.len() as u64
+}
+
+/// Customers in an account: one per order, plus those the switch added.
+pub(crate) fn customers_total(sim: &Shared, account: usize) -> u64 {
+    orders_total(sim, account) + sim.listing.extra(account)
+}
+
+/// `limit`, `page` and the filters one list request asked for.
+#[derive(Debug, Default)]
+pub(crate) struct ListQuery {
+    pub(crate) limit: u64,
+    pub(crate) page: u64,
+    pub(crate) since_id: Option<u64>,
+    pub(crate) start_date: Option<String>,
+}
+
+/// Reads the page parameters (and the history filters); a RetailCRM-style
+/// 400 for bad ones.
+pub(crate) fn list_query(query: Option<String>) -> Result<ListQuery, Response> {
+    let mut q = ListQuery {
+        limit: 20,
+        page: 1,
+        ..ListQuery::default()
+    };
+    let mut errors = Map::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*k {
+            "limit" => match v.parse() {
+                Ok(l) if PAGE_SIZES.contains(&l) => q.limit = l,
+                _ => {
+                    errors.insert("limit".into(), "The value you selected is not a valid choice.".into());
+                }
+            },
+            "page" => match v.parse() {
+                Ok(p) if p >= 1 => q.page = p,
+                _ => {
+                    errors.insert("page".into(), "This value should be greater than or equal to 1.".into());
+                }
+            },
+            "filter[sinceId]" => match v.parse() {
+                Ok(id) => q.since_id = Some(id),
+                _ => {
+                    errors.insert("sinceId".into(), "This value should be of type integer.".into());
+                }
+            },
+            "filter[startDate]" => {
+                let ok = v.len() >= 10 && v.bytes().all(|b| b.is_ascii_digit() || b" -:".contains(&b));
+                if ok {
+                    q.start_date = Some(v.into_owned());
+                } else {
+                    errors.insert("startDate".into(), "This value is not a valid datetime.".into());
+                }
+            }
+            _ => {}
+        }
+    }
+    if errors.is_empty() {
+        Ok(q)
+    } else {
+        let body = json!({
+            "success": false,
+            "errorMsg": "Errors in the input parameters",
+            "errors": errors,
+        });
+        Err(json(StatusCode::BAD_REQUEST, &body))
+    }
+}
+
+/// RetailCRM's `pagination` object.
+pub(crate) fn pagination(q: &ListQuery, total: u64) -> Value {
+    json!({
+        "limit": q.limit,
+        "totalCount": total,
+        "currentPage": q.page,
+        "totalPageCount": total.div_ceil(q.limit),
+    })
+}
+
+/// `GET /api/v5/customers`: newest first.
+pub(crate) async fn list_customers(
+    State(sim): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let q = match list_query(query) {
+        Ok(q) => q,
+        Err(answer) => return answer,
+    };
+    sim.listing.on_list(sim.accounts.len());
+    let total = customers_total(&sim, caller.account);
+    let skip = (q.page - 1).saturating_mul(q.limit);
+    let site = sim.accounts[caller.account].sites.first().cloned().unwrap_or_else(|| "main".into());
+    let customers: Vec<Value> = (0..q.limit)
+        .map_while(|i| total.checked_sub(skip + i).filter(|id| *id > 0))
+        .map(|id| customer(id, &site))
+        .collect();
+    let body = json!({
+        "success": true,
+        "pagination": pagination(&q, total),
+        "customers": customers,
+    });
+    json(StatusCode::OK, &body)
+}
+
+/// Customer number `id`.
+pub(crate) fn customer(id: u64, site: &str) -> Value {
+    json!({"id": id, "externalId": format!("cust-{id}"), "firstName": format!("Customer {id}"), "site": site})
+}
