@@ -136,11 +136,15 @@ pub async fn export(
     };
 
     let first_query = walk.next_query().unwrap_or_default().to_owned();
-    let first = match pages.send(first_query, trace).await? {
-        Ok(fetched) => fetched,
-        Err(answer) => {
+    let first = match pages.send(first_query, trace).await {
+        Ok(Ok(fetched)) => fetched,
+        Ok(Err(answer)) => {
             outcome("refused");
             return Ok(answer);
+        }
+        Err(e) => {
+            outcome("refused");
+            return Err(e);
         }
     };
     let page = match ndjson::read_page(&first.body) {
@@ -250,11 +254,13 @@ impl PageSource {
         };
         let answer = crate::forward::forward(gw, inbound, trace).await?;
         if !answer.status().is_success() {
-            let (parts, stream) = answer.into_parts();
-            // Bounded like a page; what the CRM said is passed on whole.
+            let (mut parts, stream) = answer.into_parts();
+            // Bounded like a page; what the CRM said is passed on whole
+            // (its length is set again from what was read).
             let bytes = axum::body::to_bytes(stream, self.max_page_bytes)
                 .await
                 .unwrap_or_default();
+            parts.headers.remove(header::CONTENT_LENGTH);
             return Ok(Err(Response::from_parts(parts, Body::from(bytes))));
         }
         let (parts, stream) = answer.into_parts();
