@@ -41,6 +41,11 @@
 //!    `limit_req` holding the same number when nginx is installed.
 //!    `--hold N` changes the count, `--gate-bin PATH` measures another
 //!    crmgate build (e.g. one with a different allocator).
+//! 9. `export`: `X-Crmgate-Export: ndjson` over some thousands of orders
+//!    (20–60 ms latency, 100 per page): CRM list requests against ⌈N/100⌉,
+//!    distinct items, time to the first item; history from `sinceId = 0`
+//!    (every entry once, in order, `last_id`); a light tenant's queue wait
+//!    while an export holds the budget. `--orders N` changes N.
 //!
 //! Everything runs in one process on one tokio runtime, like the
 //! integration tests: the callers, the gateway and the simulator share the
@@ -49,6 +54,8 @@
 
 #[path = "shaping/end_to_end.rs"]
 mod end_to_end;
+#[path = "shaping/export.rs"]
+mod export;
 #[path = "shaping/harness.rs"]
 mod harness;
 #[path = "shaping/holding.rs"]
@@ -68,7 +75,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "utilisation",
     "jitter",
     "fairness",
@@ -77,6 +84,7 @@ const SCENARIOS: [&str; 8] = [
     "passthrough",
     "tls",
     "holding",
+    "export",
 ];
 
 /// Targets, as agreed for the gateway.
@@ -103,11 +111,12 @@ struct Args {
     jitter_ms: u64,
     hold: usize,
     gate_bin: std::path::PathBuf,
+    orders: Option<u32>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench shaping -- [--quick] [--seconds N] \
-[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding] [--callers N] [--jitter-ms N] \
-[--hold N] [--gate-bin PATH]";
+[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding,export] [--callers N] [--jitter-ms N] \
+[--hold N] [--gate-bin PATH] [--orders N]";
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -118,6 +127,7 @@ fn parse_args() -> Args {
         jitter_ms: 20,
         hold: 10_000,
         gate_bin: env!("CARGO_BIN_EXE_crmgate").into(),
+        orders: None,
     };
     let mut it = std::env::args().skip(1);
     let value = |it: &mut dyn Iterator<Item = String>, flag: &str| -> String {
@@ -151,6 +161,7 @@ fn parse_args() -> Args {
             "--jitter-ms" => args.jitter_ms = value(&mut it, "--jitter-ms").parse().unwrap_or(20),
             "--hold" => args.hold = value(&mut it, "--hold").parse().unwrap_or(10_000).max(1),
             "--gate-bin" => args.gate_bin = value(&mut it, "--gate-bin").into(),
+            "--orders" => args.orders = value(&mut it, "--orders").parse().ok().filter(|n| *n > 0),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0)
@@ -637,6 +648,81 @@ fn print_holding(h: &holding::Holding) {
     }
 }
 
+fn print_walk(name: &str, w: &export::Walked) {
+    println!(
+        "   {:<22} {:>6} {:>6} {:>7} {:>9} {:>9} {:>10.0} {:>8.2}  {}",
+        name,
+        w.crm_requests,
+        w.expected_requests,
+        w.items,
+        w.distinct,
+        w.in_order,
+        w.first_item_ms,
+        w.seconds,
+        w.summary
+    );
+}
+
+fn print_export(e: &export::Export) {
+    println!(
+        "\n== 9. Export: {} orders, {} per page, CRM latency 20–60 ms, limit {}/s",
+        e.orders,
+        e.page_limit,
+        end_to_end::LIMIT
+    );
+    println!(
+        "   {:<22} {:>6} {:>6} {:>7} {:>9} {:>9} {:>10} {:>8}  summary",
+        "export", "CRM", "want", "items", "distinct", "in order", "1st (ms)", "s"
+    );
+    print_walk("list", &e.list);
+    print_walk("history sinceId=0", &e.history);
+    print_walk("list beside light", &e.export_beside_light);
+    let n = e.orders as usize;
+    let list_ok = e.list.crm_requests == e.list.expected_requests
+        && e.list.items == n
+        && e.list.distinct == n;
+    println!(
+        "   list: CRM requests = ⌈N/100⌉ and N distinct items: {}",
+        verdict(list_ok)
+    );
+    println!(
+        "   first item ≤ one slot + one CRM latency ({:.0} ms): {:.0} ms {}",
+        export::FIRST_ITEM_TARGET_MS,
+        e.list.first_item_ms,
+        verdict(e.list.first_item_ms <= export::FIRST_ITEM_TARGET_MS)
+    );
+    let history_ok = e.history.in_order
+        && e.history.items == n
+        && e.history.summary["last_id"].as_u64() == Some(e.orders);
+    println!(
+        "   history: every entry once, in order, last_id = newest ({}): {}",
+        e.orders,
+        verdict(history_ok)
+    );
+    let l = &e.light_wait_ms;
+    println!(
+        "   light tenant (1 request / {} ms) during an export, queue wait (ms): n {} p50 {:.0} p95 {:.0} max {:.0}   p95 ≤ {TARGET_LIGHT_P95_MS:.0}: {}",
+        export::LIGHT_EVERY.as_millis(),
+        l.n,
+        l.p50,
+        l.p95,
+        l.max,
+        verdict(l.p95 <= TARGET_LIGHT_P95_MS)
+    );
+    println!(
+        "   light answers: {} ok, other {:?}; CRM: utilisation {:.4}, 503s {}, most in any 1000 ms {}",
+        e.light_answers.ok_200,
+        e.light_answers.other,
+        e.delivered.utilisation,
+        e.delivered.rejected_503,
+        e.delivered.max_in_1s
+    );
+    println!(
+        "   load average: start {}, end {}",
+        e.loadavg_start, e.loadavg_end
+    );
+}
+
 fn main() {
     let args = parse_args();
     let run = |full: f64, quick: f64| {
@@ -771,6 +857,13 @@ fn main() {
                 json.insert("holding".into(), json!({ "skipped": why }));
             }
         }
+    }
+
+    if wants("export") {
+        let orders = args.orders.unwrap_or(if args.quick { 3000 } else { 5000 });
+        let e = rt.block_on(export::run(orders, loadavg));
+        print_export(&e);
+        json.insert("export".into(), serde_json::to_value(&e).unwrap());
     }
 
     let elapsed = started.elapsed().as_secs_f64();

@@ -172,7 +172,10 @@ fn check(path: Option<&std::path::Path>) -> ExitCode {
 }
 
 fn export(args: crmgate::export::cli::ExportArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("crmgate export: cannot start the async runtime: {e}");

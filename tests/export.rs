@@ -51,7 +51,10 @@ fn ids(items: &[Value]) -> Vec<u64> {
 
 /// List requests the simulator received for `path` (any query).
 fn requests_to(sim: &Simulator, path: &str) -> Vec<Received> {
-    sim.records().into_iter().filter(|r| r.path == path).collect()
+    sim.records()
+        .into_iter()
+        .filter(|r| r.path == path)
+        .collect()
 }
 
 #[tokio::test]
@@ -81,14 +84,18 @@ async fn a_list_is_exported_whole_one_item_per_line() {
         .map(|p| format!("filter%5Bstatus%5D=new&site=main&page={p}&limit=100"))
         .collect();
     assert_eq!(queries, want);
-    assert!(sent.iter().all(|r| r.api_key.as_deref() == Some(ACME_KEY)
-        && r.header("x-crmgate-export").is_none()));
+    assert!(sent
+        .iter()
+        .all(|r| r.api_key.as_deref() == Some(ACME_KEY) && r.header("x-crmgate-export").is_none()));
     assert_no_client_key(&sim.records());
 
     let text = metrics_text(&gate.admin).await;
     let m = |name, labels: &[(&str, &str)]| metric(&text, name, labels).unwrap_or(-1.0);
     assert_eq!(m("crmgate_export_pages_total", &[("tenant", "acme")]), 5.0);
-    assert_eq!(m("crmgate_export_items_total", &[("tenant", "acme")]), 450.0);
+    assert_eq!(
+        m("crmgate_export_items_total", &[("tenant", "acme")]),
+        450.0
+    );
     assert_eq!(m("crmgate_export_pages_total", &[("tenant", "beta")]), 0.0);
     assert_eq!(m("crmgate_exports_total", &[("outcome", "complete")]), 1.0);
     assert_eq!(m("crmgate_exports_total", &[("outcome", "hung_up")]), 0.0);
@@ -99,14 +106,21 @@ async fn a_list_is_exported_whole_one_item_per_line() {
 #[tokio::test]
 async fn history_is_walked_by_since_id_until_a_short_page() {
     let (sim, gate) = with_orders(250, "").await;
-    let resp = export_get(&gate, "/api/v5/orders/history?filter%5BsinceId%5D=30&page=4")
-        .send()
-        .await
-        .unwrap();
+    let resp = export_get(
+        &gate,
+        "/api/v5/orders/history?filter%5BsinceId%5D=30&page=4",
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-crmgate-export-total"], "220");
     let (items, summary) = split(&resp.text().await.unwrap());
-    assert_eq!(ids(&items), (31..=250).collect::<Vec<u64>>(), "every entry once, in order");
+    assert_eq!(
+        ids(&items),
+        (31..=250).collect::<Vec<u64>>(),
+        "every entry once, in order"
+    );
     assert!(items.iter().all(|e| e["order"]["id"] == e["id"]));
     assert_eq!(
         summary,
@@ -150,7 +164,11 @@ async fn items_a_create_shifted_onto_the_next_page_are_written_once() {
     let got = ids(&items);
     let distinct: HashSet<u64> = got.iter().copied().collect();
     assert_eq!(distinct.len(), got.len(), "no id twice");
-    assert_eq!(distinct, (1..=250).collect(), "everything that was there at the start");
+    assert_eq!(
+        distinct,
+        (1..=250).collect(),
+        "everything that was there at the start"
+    );
     assert_eq!(summary["items"], 250);
     assert_eq!(summary["pages"], 3);
     // The CRM really did repeat them: 100 + 100 + 53 items were answered.
@@ -173,7 +191,7 @@ async fn a_page_that_fails_for_good_ends_with_a_resume_point_that_works() {
     let (items, summary) = split(&text);
     assert_eq!(summary["complete"], false, "{summary}");
     let pages = summary["pages"].as_u64().unwrap();
-    assert!(pages >= 1 && pages < 30, "{summary}");
+    assert!((1..30).contains(&pages), "{summary}");
     assert_eq!(summary["items"].as_u64().unwrap(), pages * 100);
     assert_eq!(items.len() as u64, pages * 100);
     assert_eq!(summary["resume"], serde_json::json!({"page": pages + 1}));
@@ -192,7 +210,12 @@ async fn a_page_that_fails_for_good_ends_with_a_resume_point_that_works() {
     let mut all = ids(&items);
     all.extend(ids(&rest));
     assert_eq!(all, (1..=3000).collect::<Vec<u64>>());
-    let failed = metric_now(&gate.admin, "crmgate_exports_total", &[("outcome", "failed")]).await;
+    let failed = metric_now(
+        &gate.admin,
+        "crmgate_exports_total",
+        &[("outcome", "failed")],
+    )
+    .await;
     assert_eq!(failed, 1.0);
 }
 
@@ -224,13 +247,21 @@ async fn a_caller_that_hangs_up_stops_the_walk() {
     assert_eq!(resp.headers()["x-crmgate-export-pages"], "50");
     resp.chunk().await.unwrap().expect("the first page");
     drop(resp);
-    wait_until("the export to end", || status_now(&gate)["exports_in_progress"] == 0).await;
+    wait_until("the export to end", || {
+        status_now(&gate)["exports_in_progress"] == 0
+    })
+    .await;
     // The first page, and at most what was fetched ahead (`prefetch`, 2)
     // or being written when the drop was noticed; usually the next page is
     // still waiting for its slot and is never sent (1 request in all).
     let asked = requests_to(&sim, "/api/v5/orders").len();
     assert!(asked <= 5, "{asked} of 50 pages requested after a hang-up");
-    let hung = metric_now(&gate.admin, "crmgate_exports_total", &[("outcome", "hung_up")]).await;
+    let hung = metric_now(
+        &gate.admin,
+        "crmgate_exports_total",
+        &[("outcome", "hung_up")],
+    )
+    .await;
     assert_eq!(hung, 1.0);
 }
 
@@ -256,7 +287,10 @@ async fn what_cannot_be_exported_gets_400_json_and_a_crm_error_is_the_answer() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
-    assert!(json(resp).await["errorMsg"].as_str().unwrap().contains("ndjson"));
+    assert!(json(resp).await["errorMsg"]
+        .as_str()
+        .unwrap()
+        .contains("ndjson"));
     let resp = client()
         .post(format!("{}/api/v5/orders/create", gate.url))
         .header("X-API-KEY", ACME_CLIENT)

@@ -70,13 +70,30 @@ async fn a_complete_export_writes_every_item_and_exits_0() {
     let written = std::fs::read_to_string(&file).unwrap();
     let ids: Vec<u64> = written
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
-    assert_eq!(ids, (1..=450).collect::<Vec<u64>>(), "items only, no summary line");
+    assert_eq!(
+        ids,
+        (1..=450).collect::<Vec<u64>>(),
+        "items only, no summary line"
+    );
     // Not a terminal: plain progress lines, then the verdict.
-    assert!(stderr.contains("export: 450 of 450 items, page 5 of 5"), "{stderr}");
-    assert!(stderr.contains("export complete: 5 pages, 450 items"), "{stderr}");
-    assert!(!stderr.contains('\x1b'), "no terminal codes in plain mode: {stderr:?}");
+    assert!(
+        stderr.contains("export: 450 of 450 items, page 5 of 5"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("export complete: 5 pages, 450 items"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\x1b'),
+        "no terminal codes in plain mode: {stderr:?}"
+    );
     assert_no_key(&out, ACME_CLIENT);
 }
 
@@ -104,7 +121,11 @@ async fn the_bar_draws_pages_items_and_history_goes_to_stdout_with_its_last_id()
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let ids: HashSet<u64> = text(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(ids, (11..=120).collect());
     assert!(stderr.contains("110/110 items"), "{stderr:?}");
@@ -116,13 +137,20 @@ async fn the_bar_draws_pages_items_and_history_goes_to_stdout_with_its_last_id()
 async fn an_incomplete_export_exits_1_with_the_resume_point() {
     let retry = "[retry]\nmax_attempts = 1\n";
     let (sim, gate) = with_orders(3000, retry).await;
-    let child = export_cmd(Some(ACME_CLIENT), &["--gateway", &gate.url, "/api/v5/orders"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = export_cmd(
+        Some(ACME_CLIENT),
+        &["--gateway", &gate.url, "/api/v5/orders"],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
     wait_until("the first pages", || {
-        sim.records().iter().filter(|r| r.path == "/api/v5/orders").count() >= 2
+        sim.records()
+            .iter()
+            .filter(|r| r.path == "/api/v5/orders")
+            .count()
+            >= 2
     })
     .await;
     sim.faults().fail_next(100_000, None);
@@ -145,13 +173,48 @@ async fn bad_arguments_an_unreachable_gateway_and_a_wrong_key_are_told_precisely
     };
     let wrong = "not-a-client-key-5e1d";
     let cases: Vec<(Option<&str>, Vec<&str>, i32, &str)> = vec![
-        (None, vec!["--gateway", &gate.url, "/api/v5/orders"], 2, "no client key"),
-        (Some(ACME_CLIENT), vec!["--gateway", "localhost:1", "/api/v5/orders"], 2, "--gateway must be"),
-        (Some(ACME_CLIENT), vec!["--gateway", &gate.url, "orders"], 2, "PATH must be"),
-        (Some(ACME_CLIENT), vec!["--gateway", &gate.url, "/api/v5/orders", "--param", "x"], 2, "NAME=VALUE"),
-        (Some(ACME_CLIENT), vec!["--gateway", &closed, "/api/v5/orders"], 3, "cannot reach the gateway"),
-        (Some(wrong), vec!["--gateway", &gate.url, "/api/v5/orders"], 3, "refused the export: 403"),
-        (Some(ACME_CLIENT), vec!["--gateway", &gate.url, "/api/v5/reference/sites"], 3, "cannot be exported"),
+        (
+            None,
+            vec!["--gateway", &gate.url, "/api/v5/orders"],
+            2,
+            "no client key",
+        ),
+        (
+            Some(ACME_CLIENT),
+            vec!["--gateway", "localhost:1", "/api/v5/orders"],
+            2,
+            "--gateway must be",
+        ),
+        (
+            Some(ACME_CLIENT),
+            vec!["--gateway", &gate.url, "orders"],
+            2,
+            "PATH must be",
+        ),
+        (
+            Some(ACME_CLIENT),
+            vec!["--gateway", &gate.url, "/api/v5/orders", "--param", "x"],
+            2,
+            "NAME=VALUE",
+        ),
+        (
+            Some(ACME_CLIENT),
+            vec!["--gateway", &closed, "/api/v5/orders"],
+            3,
+            "cannot reach the gateway",
+        ),
+        (
+            Some(wrong),
+            vec!["--gateway", &gate.url, "/api/v5/orders"],
+            3,
+            "refused the export: 403",
+        ),
+        (
+            Some(ACME_CLIENT),
+            vec!["--gateway", &gate.url, "/api/v5/reference/sites"],
+            3,
+            "cannot be exported",
+        ),
     ];
     for (key, args, code, says) in cases {
         let out = export_cmd(key, &args).output().await.unwrap();

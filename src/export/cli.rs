@@ -69,7 +69,12 @@ pub fn export_url(args: &ExportArgs) -> Result<Url, Ended> {
     let base = Url::parse(&args.gateway)
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .ok_or_else(|| ended(2, "--gateway must be an http:// or https:// URL, e.g. http://127.0.0.1:8080"))?;
+        .ok_or_else(|| {
+            ended(
+                2,
+                "--gateway must be an http:// or https:// URL, e.g. http://127.0.0.1:8080",
+            )
+        })?;
     let path = args.path.trim();
     if !path.starts_with('/') || !path.contains("/api/") || path.contains(['?', '#']) {
         return Err(ended(
@@ -83,10 +88,16 @@ pub fn export_url(args: &ExportArgs) -> Result<Url, Ended> {
     let mut query = form_urlencoded::Serializer::new(String::new());
     for param in &args.params {
         let Some((name, value)) = param.split_once('=').filter(|(n, _)| !n.is_empty()) else {
-            return Err(ended(2, "--param takes NAME=VALUE, e.g. 'filter[status]=new'"));
+            return Err(ended(
+                2,
+                "--param takes NAME=VALUE, e.g. 'filter[status]=new'",
+            ));
         };
         if crate::rewrite::is_key_name(name) {
-            return Err(ended(2, "the key goes in --key or CRMGATE_KEY, not in --param"));
+            return Err(ended(
+                2,
+                "the key goes in --key or CRMGATE_KEY, not in --param",
+            ));
         }
         query.append_pair(name, value);
     }
@@ -140,18 +151,20 @@ async fn export(args: ExportArgs) -> Result<Ended, Ended> {
         .connect_timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| ended(3, format!("cannot set up the HTTP client: {e}")))?;
-    let shown = format!(
-        "{}://{}",
-        url.scheme(),
-        url.host_str().unwrap_or_default()
-    ) + &url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let shown = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default())
+        + &url.port().map(|p| format!(":{p}")).unwrap_or_default();
     let response = client
         .get(url)
         .header("x-api-key", key)
         .header(EXPORT_HEADER, "ndjson")
         .send()
         .await
-        .map_err(|e| ended(3, format!("cannot reach the gateway at {shown}: {}", cause(&e))))?;
+        .map_err(|e| {
+            ended(
+                3,
+                format!("cannot reach the gateway at {shown}: {}", cause(&e)),
+            )
+        })?;
     let status = response.status();
     if status != reqwest::StatusCode::OK {
         let text = response.text().await.unwrap_or_default();
@@ -215,7 +228,9 @@ async fn export(args: ExportArgs) -> Result<Ended, Ended> {
     let Some(summary) = summary.map(|mut s| s["crmgate_export"].take()) else {
         return Err(ended(
             1,
-            format!("export incomplete: the stream ended after {items} items without a summary line"),
+            format!(
+                "export incomplete: the stream ended after {items} items without a summary line"
+            ),
         ));
     };
     Ok(judge(&summary, items))
@@ -292,7 +307,10 @@ mod tests {
             "http://127.0.0.1:8080/acme/api/v5/orders/history?filter%5Bstatus%5D=new&site=a+b&filter%5BsinceId%5D=40"
         );
         let a = args("http://gw.local", "/api/v5/orders", &[]);
-        assert_eq!(export_url(&a).unwrap().as_str(), "http://gw.local/api/v5/orders");
+        assert_eq!(
+            export_url(&a).unwrap().as_str(),
+            "http://gw.local/api/v5/orders"
+        );
     }
 
     #[test]
@@ -316,16 +334,25 @@ mod tests {
     #[test]
     fn the_summary_decides_the_exit_code_and_the_resume_advice() {
         let done = json!({"complete": true, "pages": 3, "items": 250});
-        assert_eq!(judge(&done, 250), ended(0, "export complete: 3 pages, 250 items"));
+        assert_eq!(
+            judge(&done, 250),
+            ended(0, "export complete: 3 pages, 250 items")
+        );
         let history = json!({"complete": true, "pages": 1, "items": 5, "last_id": 9});
         assert!(judge(&history, 5).message.contains("--since-id 9"));
         let failed = json!({"complete": false, "pages": 2, "items": 200,
             "error": "no slot", "resume": {"page": 3}});
         let e = judge(&failed, 200);
         assert_eq!(e.code, 1);
-        assert!(e.message.ends_with("no slot; resume with --param page=3"), "{}", e.message);
+        assert!(
+            e.message.ends_with("no slot; resume with --param page=3"),
+            "{}",
+            e.message
+        );
         let failed = json!({"complete": false, "pages": 0, "items": 0,
             "error": "x", "resume": {"sinceId": 17}, "last_id": 17});
-        assert!(judge(&failed, 0).message.contains("resume with --since-id 17"));
+        assert!(judge(&failed, 0)
+            .message
+            .contains("resume with --since-id 17"));
     }
 }

@@ -193,9 +193,8 @@ pub async fn export(
         gw_task.metrics.exports.with_label_values(&[label]).inc();
     });
 
-    let stream = futures_util::stream::unfold(
-        (Some(first_chunk), rx),
-        |(mut first, mut rx)| async move {
+    let stream =
+        futures_util::stream::unfold((Some(first_chunk), rx), |(mut first, mut rx)| async move {
             let chunk = match first.take() {
                 Some(c) => c,
                 None => rx.recv().await?,
@@ -204,8 +203,7 @@ pub async fn export(
             let Chunk { bytes, lease } = chunk;
             drop(lease);
             Some((Ok::<_, std::convert::Infallible>(bytes), (None, rx)))
-        },
-    );
+        });
     let mut response = Response::new(Body::from_stream(stream));
     let h = response.headers_mut();
     h.insert(
@@ -265,7 +263,14 @@ impl PageSource {
         }
         let (parts, stream) = answer.into_parts();
         let limit = gw.runtime().config.limits.max_buffered_bytes.get();
-        let read = body::read(&parts.headers, stream, self.max_page_bytes, &gw.bodies, limit).await;
+        let read = body::read(
+            &parts.headers,
+            stream,
+            self.max_page_bytes,
+            &gw.bodies,
+            limit,
+        )
+        .await;
         match read {
             Ok((body, lease)) => Ok(Ok(Fetched {
                 body,

@@ -249,10 +249,7 @@ mod tests {
         assert_eq!(page.items.len(), 2);
         assert_eq!(page.items[0].get(), r#"{"id":1,"n":"a"}"#);
 
-        assert_eq!(
-            read_page(b"<html>").unwrap_err(),
-            NotExportable::NotJson
-        );
+        assert_eq!(read_page(b"<html>").unwrap_err(), NotExportable::NotJson);
         assert_eq!(
             read_page(br#"{"success":true,"orders":[]}"#).unwrap_err(),
             NotExportable::NoPagination
@@ -270,7 +267,8 @@ mod tests {
     #[test]
     fn items_are_copied_as_written_one_per_line_and_never_twice() {
         let mut seen = Seen::default();
-        let body = br#"{"pagination":{},"history":[{"id":7, "x":"a\nb"},{"id":8},{"id":"c-1"},{"n":1}]}"#;
+        let body =
+            br#"{"pagination":{},"history":[{"id":7, "x":"a\nb"},{"id":8},{"id":"c-1"},{"n":1}]}"#;
         let page = read_page(body).unwrap();
         let first = lines(&page.items, &mut seen);
         assert_eq!(

@@ -105,7 +105,8 @@ impl Progress {
                 Some(total) => ProgressBar::with_draw_target(Some(total), target),
                 None => ProgressBar::with_draw_target(None, target),
             };
-            let template = "{spinner} [{bar:30}] {pos}/{len} items · page {msg} · {per_sec} · ETA {eta}";
+            let template =
+                "{spinner} [{bar:30}] {pos}/{len} items · page {msg} · {per_sec} · ETA {eta}";
             if let Ok(style) = ProgressStyle::with_template(template) {
                 bar.set_style(style.progress_chars("=> "));
             }

@@ -178,7 +178,11 @@ impl Walk {
         let last_id = || {
             self.last_id.as_ref().map(ItemId::to_json).or_else(|| {
                 let since = self.plan.since_id.as_deref()?;
-                Some(since.parse::<u64>().map_or_else(|_| Value::from(since), Value::from))
+                Some(
+                    since
+                        .parse::<u64>()
+                        .map_or_else(|_| Value::from(since), Value::from),
+                )
             })
         };
         Summary {

@@ -35,9 +35,18 @@ pub(crate) fn router(sim: Arc<Shared>) -> Router {
         router = router
             .route(&format!("/api/{v}/orders"), get(list_orders))
             .route(&format!("/api/{v}/orders/create"), post(create_order))
-            .route(&format!("/api/{v}/orders/history"), get(super::history::orders_history))
-            .route(&format!("/api/{v}/customers"), get(super::listing::list_customers))
-            .route(&format!("/api/{v}/customers/history"), get(super::history::customers_history))
+            .route(
+                &format!("/api/{v}/orders/history"),
+                get(super::history::orders_history),
+            )
+            .route(
+                &format!("/api/{v}/customers"),
+                get(super::listing::list_customers),
+            )
+            .route(
+                &format!("/api/{v}/customers/history"),
+                get(super::history::customers_history),
+            )
             .route(&format!("/api/{v}/telephony/call/event"), post(call_event))
             .route(&format!("/api/{v}/reference/sites"), get(sites));
     }

@@ -40,10 +40,16 @@ pub(crate) async fn customers_history(
     history(&sim, caller.account, query, total, "customer")
 }
 
-fn history(sim: &Shared, account: usize, query: Option<String>, total: u64, entity: &str) -> Response {
+fn history(
+    sim: &Shared,
+    account: usize,
+    query: Option<String>,
+    total: u64,
+    entity: &str,
+) -> Response {
     let q = match list_query(query) {
         Ok(q) => q,
-        Err(answer) => return answer,
+        Err(body) => return json(StatusCode::BAD_REQUEST, &body),
     };
     // The first entry the filters let through (ids are 1..=total, and
     // createdAt rises with the id).
@@ -54,7 +60,11 @@ fn history(sim: &Shared, account: usize, query: Option<String>, total: u64, enti
     }
     let matching = (total + 1).saturating_sub(first);
     let start = first.saturating_add((q.page - 1).saturating_mul(q.limit));
-    let site = sim.accounts[account].sites.first().cloned().unwrap_or_else(|| "main".into());
+    let site = sim.accounts[account]
+        .sites
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "main".into());
     let entries: Vec<Value> = (start..=total)
         .take(q.limit as usize)
         .map(|id| entry(id, entity, &site))

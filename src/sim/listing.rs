@@ -83,9 +83,9 @@ pub(crate) struct ListQuery {
     pub(crate) start_date: Option<String>,
 }
 
-/// Reads the page parameters (and the history filters); a RetailCRM-style
-/// 400 for bad ones.
-pub(crate) fn list_query(query: Option<String>) -> Result<ListQuery, Response> {
+/// Reads the page parameters (and the history filters); the body of a
+/// RetailCRM-style 400 for bad ones.
+pub(crate) fn list_query(query: Option<String>) -> Result<ListQuery, Value> {
     let mut q = ListQuery {
         limit: 20,
         page: 1,
@@ -97,27 +97,40 @@ pub(crate) fn list_query(query: Option<String>) -> Result<ListQuery, Response> {
             "limit" => match v.parse() {
                 Ok(l) if PAGE_SIZES.contains(&l) => q.limit = l,
                 _ => {
-                    errors.insert("limit".into(), "The value you selected is not a valid choice.".into());
+                    errors.insert(
+                        "limit".into(),
+                        "The value you selected is not a valid choice.".into(),
+                    );
                 }
             },
             "page" => match v.parse() {
                 Ok(p) if p >= 1 => q.page = p,
                 _ => {
-                    errors.insert("page".into(), "This value should be greater than or equal to 1.".into());
+                    errors.insert(
+                        "page".into(),
+                        "This value should be greater than or equal to 1.".into(),
+                    );
                 }
             },
             "filter[sinceId]" => match v.parse() {
                 Ok(id) => q.since_id = Some(id),
                 _ => {
-                    errors.insert("sinceId".into(), "This value should be of type integer.".into());
+                    errors.insert(
+                        "sinceId".into(),
+                        "This value should be of type integer.".into(),
+                    );
                 }
             },
             "filter[startDate]" => {
-                let ok = v.len() >= 10 && v.bytes().all(|b| b.is_ascii_digit() || b" -:".contains(&b));
+                let ok =
+                    v.len() >= 10 && v.bytes().all(|b| b.is_ascii_digit() || b" -:".contains(&b));
                 if ok {
                     q.start_date = Some(v.into_owned());
                 } else {
-                    errors.insert("startDate".into(), "This value is not a valid datetime.".into());
+                    errors.insert(
+                        "startDate".into(),
+                        "This value is not a valid datetime.".into(),
+                    );
                 }
             }
             _ => {}
@@ -126,12 +139,11 @@ pub(crate) fn list_query(query: Option<String>) -> Result<ListQuery, Response> {
     if errors.is_empty() {
         Ok(q)
     } else {
-        let body = json!({
+        Err(json!({
             "success": false,
             "errorMsg": "Errors in the input parameters",
             "errors": errors,
-        });
-        Err(json(StatusCode::BAD_REQUEST, &body))
+        }))
     }
 }
 
@@ -153,12 +165,16 @@ pub(crate) async fn list_customers(
 ) -> Response {
     let q = match list_query(query) {
         Ok(q) => q,
-        Err(answer) => return answer,
+        Err(body) => return json(StatusCode::BAD_REQUEST, &body),
     };
     sim.listing.on_list(sim.accounts.len());
     let total = customers_total(&sim, caller.account);
     let skip = (q.page - 1).saturating_mul(q.limit);
-    let site = sim.accounts[caller.account].sites.first().cloned().unwrap_or_else(|| "main".into());
+    let site = sim.accounts[caller.account]
+        .sites
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "main".into());
     let customers: Vec<Value> = (0..q.limit)
         .map_while(|i| total.checked_sub(skip + i).filter(|id| *id > 0))
         .map(|id| customer(id, &site))

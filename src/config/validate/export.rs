@@ -56,7 +56,9 @@ mod tests {
         base_url = \"https://acme.retailcrm.ru\"\napi_key = \"real-key-0001\"\n";
 
     fn load(export: &str) -> Result<Config, ConfigError> {
-        Config::from_toml(&format!("[export]\n{export}\n{TENANT}"), "t.toml", &|_| None)
+        Config::from_toml(&format!("[export]\n{export}\n{TENANT}"), "t.toml", &|_| {
+            None
+        })
     }
 
     #[test]
@@ -72,7 +74,11 @@ mod tests {
         );
         let c = load("page_limit = 250\nprefetch = 1\nmax_page_bytes = 1000").unwrap();
         assert_eq!(
-            (c.export.page_limit, c.export.prefetch, c.export.max_page_bytes),
+            (
+                c.export.page_limit,
+                c.export.prefetch,
+                c.export.max_page_bytes
+            ),
             (250, 1, 1000)
         );
     }
@@ -83,9 +89,15 @@ mod tests {
             .unwrap_err()
             .problems;
         assert_eq!(problems.len(), 3, "{problems:?}");
-        assert!(problems[0].starts_with("export.page_limit: "), "{problems:?}");
+        assert!(
+            problems[0].starts_with("export.page_limit: "),
+            "{problems:?}"
+        );
         assert!(problems[1].starts_with("export.prefetch: "), "{problems:?}");
-        assert!(problems[2].starts_with("export.max_page_bytes: "), "{problems:?}");
+        assert!(
+            problems[2].starts_with("export.max_page_bytes: "),
+            "{problems:?}"
+        );
         let all = problems.join("\n");
         assert!(!all.contains("77") && !all.contains("1234567"), "{all}");
         assert!(load("prefetch = 0").is_err());

@@ -26,7 +26,10 @@ fn the_plan_keeps_the_callers_parameters_and_owns_the_cursor() {
     let plan = Plan::new("/api/v5/orders", Some(q), 100);
     assert!(!plan.history);
     assert_eq!(plan.rest, "filter%5Bstatus%5D=new&site=main");
-    assert_eq!(plan.first_page, 3, "an export resumes from the caller's page");
+    assert_eq!(
+        plan.first_page, 3,
+        "an export resumes from the caller's page"
+    );
     let walk = Walk::new(plan);
     assert_eq!(
         walk.next_query(),
@@ -49,12 +52,21 @@ fn the_plan_keeps_the_callers_parameters_and_owns_the_cursor() {
 fn a_list_is_walked_page_by_page_to_the_last_page_it_reports() {
     let mut walk = Walk::new(Plan::new("/api/v5/orders", None, 2));
     assert_eq!(walk.next_query(), Some("page=1&limit=2"));
-    assert_eq!(take(&mut walk, &page_body("orders", &[5, 4], 2)), "{\"id\":5}\n{\"id\":4}\n");
+    assert_eq!(
+        take(&mut walk, &page_body("orders", &[5, 4], 2)),
+        "{\"id\":5}\n{\"id\":4}\n"
+    );
     assert_eq!(walk.next_query(), Some("page=2&limit=2"));
     // A create moved 4 onto page 2 and the list grew to 3 pages.
-    assert_eq!(take(&mut walk, &page_body("orders", &[4, 3], 3)), "{\"id\":3}\n");
+    assert_eq!(
+        take(&mut walk, &page_body("orders", &[4, 3], 3)),
+        "{\"id\":3}\n"
+    );
     assert_eq!(walk.next_query(), Some("page=3&limit=2"));
-    assert_eq!(take(&mut walk, &page_body("orders", &[2], 3)), "{\"id\":2}\n");
+    assert_eq!(
+        take(&mut walk, &page_body("orders", &[2], 3)),
+        "{\"id\":2}\n"
+    );
     assert_eq!(walk.next_query(), None);
     let s = walk.summary(None);
     assert_eq!((s.pages, s.items, s.last_id, s.failed), (3, 4, None, None));
@@ -66,7 +78,11 @@ fn a_list_is_walked_page_by_page_to_the_last_page_it_reports() {
 
 #[test]
 fn history_follows_the_last_id_until_a_short_page() {
-    let mut walk = Walk::new(Plan::new("/api/v5/orders/history", Some("filter%5BsinceId%5D=0"), 2));
+    let mut walk = Walk::new(Plan::new(
+        "/api/v5/orders/history",
+        Some("filter%5BsinceId%5D=0"),
+        2,
+    ));
     assert_eq!(walk.next_query(), Some("filter%5BsinceId%5D=0&limit=2"));
     take(&mut walk, &page_body("history", &[1, 2], 9));
     assert_eq!(walk.next_query(), Some("filter%5BsinceId%5D=2&limit=2"));
@@ -79,7 +95,11 @@ fn history_follows_the_last_id_until_a_short_page() {
     assert_eq!((s.pages, s.items, s.last_id), (3, 5, Some(Some(5.into()))));
 
     // Nothing new since the caller's cursor: last_id stays the caller's.
-    let mut walk = Walk::new(Plan::new("/api/v5/customers/history", Some("filter[sinceId]=77"), 2));
+    let mut walk = Walk::new(Plan::new(
+        "/api/v5/customers/history",
+        Some("filter[sinceId]=77"),
+        2,
+    ));
     take(&mut walk, &page_body("history", &[], 0));
     assert_eq!(walk.next_query(), None);
     assert_eq!(walk.summary(None).last_id, Some(Some(77.into())));
@@ -121,17 +141,29 @@ async fn at_most_prefetch_pages_are_fetched_ahead_of_the_reader() {
     let (tx, mut rx) = mpsc::channel(2);
     let task = tokio::spawn(pump(walk, tx, fake(10, None, asked.clone()), |_| {}));
     settle().await;
-    assert_eq!(asked.load(Ordering::SeqCst), 2, "two pages ahead, then it waits");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        2,
+        "two pages ahead, then it waits"
+    );
     rx.recv().await.unwrap();
     settle().await;
-    assert_eq!(asked.load(Ordering::SeqCst), 3, "one taken, one more fetched");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        3,
+        "one taken, one more fetched"
+    );
     let mut lines = 0;
     while let Some(chunk) = rx.recv().await {
         lines += chunk.bytes.iter().filter(|b| **b == b'\n').count();
     }
     assert_eq!(task.await.unwrap(), Ending::Complete);
     assert_eq!(asked.load(Ordering::SeqCst), 9, "pages 2..=10");
-    assert_eq!(lines, 2 * 8 + 1, "pages 3..=10 after the first taken, and the summary");
+    assert_eq!(
+        lines,
+        2 * 8 + 1,
+        "pages 3..=10 after the first taken, and the summary"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -144,7 +176,11 @@ async fn a_hang_up_stops_the_walk_without_another_request() {
     assert_eq!(asked.load(Ordering::SeqCst), 2);
     drop(rx);
     assert_eq!(task.await.unwrap(), Ending::HungUp);
-    assert_eq!(asked.load(Ordering::SeqCst), 2, "nothing requested after the hang-up");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        2,
+        "nothing requested after the hang-up"
+    );
 }
 
 #[tokio::test(start_paused = true)]
