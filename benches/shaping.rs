@@ -648,81 +648,6 @@ fn print_holding(h: &holding::Holding) {
     }
 }
 
-fn print_walk(name: &str, w: &export::Walked) {
-    println!(
-        "   {:<22} {:>6} {:>6} {:>7} {:>9} {:>9} {:>10.0} {:>8.2}  {}",
-        name,
-        w.crm_requests,
-        w.expected_requests,
-        w.items,
-        w.distinct,
-        w.in_order,
-        w.first_item_ms,
-        w.seconds,
-        w.summary
-    );
-}
-
-fn print_export(e: &export::Export) {
-    println!(
-        "\n== 9. Export: {} orders, {} per page, CRM latency 20–60 ms, limit {}/s",
-        e.orders,
-        e.page_limit,
-        end_to_end::LIMIT
-    );
-    println!(
-        "   {:<22} {:>6} {:>6} {:>7} {:>9} {:>9} {:>10} {:>8}  summary",
-        "export", "CRM", "want", "items", "distinct", "in order", "1st (ms)", "s"
-    );
-    print_walk("list", &e.list);
-    print_walk("history sinceId=0", &e.history);
-    print_walk("list beside light", &e.export_beside_light);
-    let n = e.orders as usize;
-    let list_ok = e.list.crm_requests == e.list.expected_requests
-        && e.list.items == n
-        && e.list.distinct == n;
-    println!(
-        "   list: CRM requests = ⌈N/100⌉ and N distinct items: {}",
-        verdict(list_ok)
-    );
-    println!(
-        "   first item ≤ one slot + one CRM latency ({:.0} ms): {:.0} ms {}",
-        export::FIRST_ITEM_TARGET_MS,
-        e.list.first_item_ms,
-        verdict(e.list.first_item_ms <= export::FIRST_ITEM_TARGET_MS)
-    );
-    let history_ok = e.history.in_order
-        && e.history.items == n
-        && e.history.summary["last_id"].as_u64() == Some(e.orders);
-    println!(
-        "   history: every entry once, in order, last_id = newest ({}): {}",
-        e.orders,
-        verdict(history_ok)
-    );
-    let l = &e.light_wait_ms;
-    println!(
-        "   light tenant (1 request / {} ms) during an export, queue wait (ms): n {} p50 {:.0} p95 {:.0} max {:.0}   p95 ≤ {TARGET_LIGHT_P95_MS:.0}: {}",
-        export::LIGHT_EVERY.as_millis(),
-        l.n,
-        l.p50,
-        l.p95,
-        l.max,
-        verdict(l.p95 <= TARGET_LIGHT_P95_MS)
-    );
-    println!(
-        "   light answers: {} ok, other {:?}; CRM: utilisation {:.4}, 503s {}, most in any 1000 ms {}",
-        e.light_answers.ok_200,
-        e.light_answers.other,
-        e.delivered.utilisation,
-        e.delivered.rejected_503,
-        e.delivered.max_in_1s
-    );
-    println!(
-        "   load average: start {}, end {}",
-        e.loadavg_start, e.loadavg_end
-    );
-}
-
 fn main() {
     let args = parse_args();
     let run = |full: f64, quick: f64| {
@@ -862,7 +787,7 @@ fn main() {
     if wants("export") {
         let orders = args.orders.unwrap_or(if args.quick { 3000 } else { 5000 });
         let e = rt.block_on(export::run(orders, loadavg));
-        print_export(&e);
+        export::print(&e, TARGET_LIGHT_P95_MS);
         json.insert("export".into(), serde_json::to_value(&e).unwrap());
     }
 

@@ -241,6 +241,26 @@ async fn history_that_fails_resumes_after_the_last_entry_written() {
 }
 
 #[tokio::test]
+async fn the_callers_max_wait_applies_to_each_page_not_to_the_export() {
+    // 30 pages at 10/s take about 3 s, three times the caller's wait.
+    let (sim, gate) = with_orders(3000, "").await;
+    let resp = export_get(&gate, "/api/v5/orders")
+        .header("X-Crmgate-Max-Wait", "1s")
+        .send()
+        .await
+        .unwrap();
+    let (items, summary) = split(&resp.text().await.unwrap());
+    assert_eq!(summary["complete"], true, "{summary}");
+    assert_eq!((items.len(), summary["pages"].as_u64()), (3000, Some(30)));
+    let sent = requests_to(&sim, "/api/v5/orders");
+    let span = sent.last().unwrap().at - sent[0].at;
+    assert!(
+        span > std::time::Duration::from_secs(1),
+        "the walk outlived one wait: {span:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_caller_that_hangs_up_stops_the_walk() {
     let (sim, gate) = with_orders(5000, "").await;
     let mut resp = export_get(&gate, "/api/v5/orders").send().await.unwrap();

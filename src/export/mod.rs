@@ -70,6 +70,16 @@ pub fn wanted(headers: &HeaderMap) -> Result<Option<Wanted>, GatewayError> {
     }))
 }
 
+/// The priority of every page: the caller's when it set one, else `low`
+/// (an export is batch work; interactive callers keep their turn).
+pub fn page_priority(wanted: Wanted, asked: Priority) -> Priority {
+    if wanted.priority_given {
+        asked
+    } else {
+        Priority::Low
+    }
+}
+
 /// Counts one export in progress (the gauge and `/status`) until dropped.
 struct InProgress(prometheus::IntGauge);
 
@@ -110,9 +120,7 @@ pub async fn export(
         mut out,
         lease: _,
     } = req;
-    if !wanted.priority_given {
-        ticket.priority = Priority::Low;
-    }
+    ticket.priority = page_priority(wanted, ticket.priority);
     // Each page may wait as long as the request itself could.
     let max_wait = ticket.deadline.saturating_duration_since(Instant::now());
     // The walk reads every page: ask for it unencoded and unconditional.
@@ -299,5 +307,37 @@ impl PageSource {
             )),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn the_export_header_asks_for_ndjson_and_pages_go_low_unless_told() {
+        assert_eq!(wanted(&head(&[])).unwrap(), None);
+        let w = wanted(&head(&[("x-crmgate-export", "NDJSON ")]))
+            .unwrap()
+            .unwrap();
+        assert!(!w.priority_given);
+        assert_eq!(page_priority(w, Priority::Normal), Priority::Low);
+        let w = wanted(&head(&[
+            ("x-crmgate-export", "ndjson"),
+            ("x-crmgate-priority", "high"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(page_priority(w, Priority::High), Priority::High);
+        let bad = wanted(&head(&[("x-crmgate-export", "csv")])).unwrap_err();
+        assert_eq!(bad.status(), 400);
     }
 }
