@@ -261,6 +261,30 @@ async fn the_callers_max_wait_applies_to_each_page_not_to_the_export() {
 }
 
 #[tokio::test]
+async fn a_drain_ends_an_export_with_a_resume_point_not_a_cut() {
+    let (_sim, mut gate) = with_orders(
+        5000,
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n",
+    ).await;
+    let mut resp = export_get(&gate, "/api/v5/orders").send().await.unwrap();
+    let mut text = String::from_utf8(resp.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+    let drain = gate.begin_shutdown();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let (items, summary) = split(&text);
+    assert_eq!(summary["complete"], false, "{summary}");
+    let pages = summary["pages"].as_u64().unwrap();
+    assert_eq!(items.len() as u64, pages * 100);
+    assert_eq!(summary["resume"], serde_json::json!({"page": pages + 1}));
+    assert!(
+        summary["error"].as_str().unwrap().contains("shutting down"),
+        "{summary}"
+    );
+    drain.await.expect("the gateway drains");
+}
+
+#[tokio::test]
 async fn a_caller_that_hangs_up_stops_the_walk() {
     let (sim, gate) = with_orders(5000, "").await;
     let mut resp = export_get(&gate, "/api/v5/orders").send().await.unwrap();
