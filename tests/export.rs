@@ -290,6 +290,7 @@ async fn a_caller_that_hangs_up_stops_the_walk() {
     let mut resp = export_get(&gate, "/api/v5/orders").send().await.unwrap();
     assert_eq!(resp.headers()["x-crmgate-export-pages"], "50");
     resp.chunk().await.unwrap().expect("the first page");
+    assert_eq!(status_doc(&gate).await["exports_in_progress"], 1);
     drop(resp);
     wait_until("the export to end", || {
         status_now(&gate)["exports_in_progress"] == 0

@@ -35,14 +35,18 @@ pub struct Totals {
 }
 
 impl Totals {
-    /// Pages done after `items` items, estimated from the page size the
-    /// totals imply (the stream carries items, not page marks).
+    /// Pages done after `items` items. The stream carries items, not page
+    /// marks, so the page size is inferred: the smallest of RetailCRM's
+    /// sizes (20, 50, 100, 250) that makes `items` into `pages` pages.
     pub fn pages_done(&self, items: u64) -> Option<u64> {
         let (total, pages) = (self.items?, self.pages?);
         if pages == 0 || total == 0 {
             return Some(0);
         }
-        let per_page = total.div_ceil(pages);
+        let per_page = [20, 50, 100, 250]
+            .into_iter()
+            .find(|size| total.div_ceil(*size) == pages)
+            .unwrap_or_else(|| total.div_ceil(pages));
         Some(items.div_ceil(per_page).min(pages))
     }
 }
@@ -126,12 +130,13 @@ impl Progress {
 
     fn draw_pages(&self, items: u64) {
         if let Some(bar) = &self.bar {
-            let done = self.totals.pages_done(items);
-            let msg = match (done, self.totals.pages) {
-                (Some(d), Some(p)) => format!("{d} of {p}"),
-                _ => "?".into(),
+            let page = match (self.totals.pages_done(items), self.totals.pages) {
+                (Some(d), Some(p)) => format!("page {d} of {p}"),
+                _ => "page ?".into(),
             };
-            bar.set_message(msg);
+            let secs = self.started.elapsed().as_secs_f64();
+            let rate = if secs > 0.0 { items as f64 / secs } else { 0.0 };
+            bar.set_message(format!("{page} · {rate:.0} items/s"));
         }
     }
 
@@ -249,15 +254,21 @@ mod tests {
 
     #[test]
     fn pages_done_follow_the_page_size_the_totals_imply() {
+        // 237 items in 3 pages: 100 per page (50 would make 5).
         let t = Totals {
             items: Some(237),
             pages: Some(3),
         };
         assert_eq!(t.pages_done(0), Some(0));
         assert_eq!(t.pages_done(1), Some(1));
-        assert_eq!(t.pages_done(79), Some(1), "79 per page");
-        assert_eq!(t.pages_done(80), Some(2));
+        assert_eq!(t.pages_done(100), Some(1));
+        assert_eq!(t.pages_done(101), Some(2));
         assert_eq!(t.pages_done(999), Some(3), "never past the last page");
+        let odd = Totals {
+            items: Some(10),
+            pages: Some(3),
+        };
+        assert_eq!(odd.pages_done(4), Some(1), "no known size fits: 4 per page");
         assert_eq!(Totals::default().pages_done(5), None);
     }
 }
