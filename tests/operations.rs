@@ -346,7 +346,7 @@ fn promtool_check(text: &str) {
 fn drain_config(grace: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-         shutdown_grace = \"{grace}\"\n[limits]\ngeneral_per_second = 2\n"
+         shutdown_grace = \"{grace}\"\ndrain_accept = \"0s\"\n[limits]\ngeneral_per_second = 2\n"
     )
 }
 

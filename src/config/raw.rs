@@ -23,6 +23,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
+    pub reconcile: RawReconcile,
+    #[serde(default)]
     pub tenants: Vec<RawTenant>,
 }
 
@@ -33,6 +35,13 @@ pub struct RawLog {
     pub query: Option<String>,
 }
 
+/// `[reconcile]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReconcile {
+    pub delay: Option<String>,
+}
+
 /// `[server]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +50,7 @@ pub struct RawServer {
     pub admin_listen: Option<String>,
     pub max_body_bytes: Option<i64>,
     pub shutdown_grace: Option<String>,
+    pub drain_accept: Option<String>,
     pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
     pub max_connections: Option<i64>,

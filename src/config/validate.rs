@@ -17,6 +17,7 @@ use url::Url;
 use super::raw::RawConfig;
 use super::*;
 
+mod reconcile;
 mod server;
 mod tenant;
 
@@ -264,6 +265,8 @@ pub(super) fn validate(
         },
     };
 
+    let reconcile = reconcile::reconcile(&mut p, &raw.reconcile);
+
     let r = &raw.retry;
     let retry = RetryConfig {
         max_attempts: p.positive_u32("retry.max_attempts", r.max_attempts, 4),
@@ -360,6 +363,7 @@ pub(super) fn validate(
             retry,
             redis,
             log,
+            reconcile,
             tenants,
             checksum,
             warnings,

@@ -23,9 +23,13 @@
 //! - `record`: the ledger of arrivals, which owns the windows.
 //! - [`faults`]: [`Faults`], settable while the server runs.
 //! - `store`: the orders created in each account.
+//! - `entities`: customers and corporate customers, and lookups of all
+//!   three by `externalId` or `id`.
 //! - `state`: what every handler shares (accounts, limits, ledger, store).
 //! - `gate`: the middleware every request passes: record, limit, faults, auth.
 //! - `api`: the routes and their handlers.
+//! - `upload`: batch methods with RetailCRM's item limits (460 on a
+//!   partial upload).
 //! - `tls`: the CA and server certificate generated at start-up, and the
 //!   acceptor (ALPN `h2` and `http/1.1`).
 //! - `server`: the accept loop, which can reset a connection on demand and
@@ -51,6 +55,7 @@
 mod api;
 pub mod class;
 mod config;
+mod entities;
 pub mod faults;
 mod gate;
 mod lock;
@@ -61,6 +66,7 @@ mod server;
 mod state;
 mod store;
 mod tls;
+mod upload;
 pub mod window;
 
 #[cfg(test)]
@@ -221,6 +227,20 @@ impl Simulator {
     /// Changes the uniform random latency added before every answer.
     pub fn set_latency(&self, min: Duration, max: Duration) {
         *lock(&self.shared.latency) = (min, max);
+    }
+
+    /// Customers (`corporate`: corporate customers) created through the API
+    /// in the named account, in order. Empty for an unknown account name.
+    pub fn customers_created(&self, account: &str, corporate: bool) -> Vec<serde_json::Value> {
+        let kind = if corporate {
+            entities::Kind::Corporate
+        } else {
+            entities::Kind::Customer
+        };
+        match self.shared.accounts.iter().position(|a| a.name == account) {
+            Some(idx) => self.shared.entities.account(idx).all(kind),
+            None => Vec::new(),
+        }
     }
 
     /// Orders created through `orders/create` in the named account, in order.
