@@ -169,7 +169,10 @@ mod tests {
         for rule in RULES.iter().filter(|r| r.method != "orders/statuses") {
             let path = format!("/api/v5/{}", rule.method);
             let field = rule.fields[0];
-            assert!(check(&post(&path, items(field, rule.limit))).is_ok(), "{rule:?}");
+            assert!(
+                check(&post(&path, items(field, rule.limit))).is_ok(),
+                "{rule:?}"
+            );
             match check(&post(&path, items(field, rule.limit + 1))) {
                 Err(e @ GatewayError::BatchTooLarge { .. }) => {
                     let text = e.to_string();

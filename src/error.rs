@@ -348,7 +348,10 @@ mod tests {
         })
         .await;
         assert_eq!(s, 502);
-        assert!(v["errorMsg"].as_str().unwrap().contains("\"ext-42\""), "{v}");
+        assert!(
+            v["errorMsg"].as_str().unwrap().contains("\"ext-42\""),
+            "{v}"
+        );
     }
 
     #[tokio::test]

@@ -301,7 +301,9 @@ impl Stage<'_> {
             tokio::time::sleep(delay).await;
             trace.queue += delay;
             match self.lookup(&external_id, &out.headers, trace).await {
-                Lookup::Found(id, entity) => return (Some(Outcome::Found), Ok(self.found(id, entity))),
+                Lookup::Found(id, entity) => {
+                    return (Some(Outcome::Found), Ok(self.found(id, entity)))
+                }
                 Lookup::Failed(cause) => return self.lookup_failed(&external_id, cause),
                 Lookup::Missing => {
                     let max = self.gw.runtime().config.retry.max_attempts.get();

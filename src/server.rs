@@ -176,7 +176,10 @@ impl Server {
         let signalled = Instant::now();
         let (grace, accept) = {
             let rt = gw.runtime();
-            (rt.config.server.shutdown_grace, rt.config.server.drain_accept)
+            (
+                rt.config.server.shutdown_grace,
+                rt.config.server.drain_accept,
+            )
         };
         gw.drain.begin();
         if !accept.is_zero() {

@@ -17,7 +17,11 @@ fn items(tag: &str, n: usize) -> String {
 }
 
 fn upload(method: &str, field: &str, body: &str) -> Call {
-    Call::post(&format!("/api/v5/{method}"), Some(ACME_CLIENT), &[(field, body)])
+    Call::post(
+        &format!("/api/v5/{method}"),
+        Some(ACME_CLIENT),
+        &[(field, body)],
+    )
 }
 
 /// `orders/statuses` with `n` ids.
@@ -26,27 +30,51 @@ fn statuses(n: usize) -> Call {
     for i in 0..n {
         q.append_pair("ids[]", &(i + 1).to_string());
     }
-    Call::get(&format!("/api/v5/orders/statuses?{}", q.finish()), Some(ACME_CLIENT))
+    Call::get(
+        &format!("/api/v5/orders/statuses?{}", q.finish()),
+        Some(ACME_CLIENT),
+    )
 }
+
+/// Builds a batch call with `n` items.
+type MakeCall = Box<dyn Fn(usize) -> Call>;
 
 #[tokio::test]
 async fn every_batch_family_passes_at_its_limit_and_is_refused_above_it() {
     let (sim, gate) = setup("").await;
     let c = client();
-    let cases: Vec<(&str, usize, Box<dyn Fn(usize) -> Call>)> = vec![
-        ("orders/upload", 50, Box::new(|n| upload("orders/upload", "orders", &items("o", n)))),
-        ("customers/upload", 50, Box::new(|n| upload("customers/upload", "customers", &items("c", n)))),
+    let cases: Vec<(&str, usize, MakeCall)> = vec![
+        (
+            "orders/upload",
+            50,
+            Box::new(|n| upload("orders/upload", "orders", &items("o", n))),
+        ),
+        (
+            "customers/upload",
+            50,
+            Box::new(|n| upload("customers/upload", "customers", &items("c", n))),
+        ),
         (
             "customers-corporate/upload",
             50,
-            Box::new(|n| upload("customers-corporate/upload", "customersCorporate", &items("k", n))),
+            Box::new(|n| {
+                upload(
+                    "customers-corporate/upload",
+                    "customersCorporate",
+                    &items("k", n),
+                )
+            }),
         ),
         (
             "store/inventories/upload",
             250,
             Box::new(|n| upload("store/inventories/upload", "offers", &items("i", n))),
         ),
-        ("store/prices/upload", 250, Box::new(|n| upload("store/prices/upload", "prices", &items("p", n)))),
+        (
+            "store/prices/upload",
+            250,
+            Box::new(|n| upload("store/prices/upload", "prices", &items("p", n))),
+        ),
         ("orders/statuses", 500, Box::new(statuses)),
     ];
     for (i, (method, limit, call)) in cases.iter().enumerate() {
@@ -66,7 +94,10 @@ async fn every_batch_family_passes_at_its_limit_and_is_refused_above_it() {
 
         let at = format!("at-{i}");
         let o = call(*limit).send(&c, &gate.url, &at).await;
-        assert!(matches!(o.status, 200 | 201), "{method} at its limit: {o:?}");
+        assert!(
+            matches!(o.status, 200 | 201),
+            "{method} at its limit: {o:?}"
+        );
         assert_eq!(o.attempts, Some(1), "{o:?}");
     }
     let refused = metric_now(
@@ -92,10 +123,20 @@ async fn a_partly_successful_upload_is_passed_through_as_460_and_never_resent() 
     let v = o.json();
     assert_eq!(v["uploadedOrders"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["failedOrders"][0]["externalId"], "seed-1", "{v}");
-    let sent = sim.records().iter().filter(|r| id_of(r) == "partial").count();
+    let sent = sim
+        .records()
+        .iter()
+        .filter(|r| id_of(r) == "partial")
+        .count();
     assert_eq!(sent, 1, "a 460 is the CRM's answer, not a reason to resend");
     let fresh = sim.orders_created("acme");
-    assert_eq!(fresh.iter().filter(|o| o["externalId"] == "fresh-1").count(), 1);
+    assert_eq!(
+        fresh
+            .iter()
+            .filter(|o| o["externalId"] == "fresh-1")
+            .count(),
+        1
+    );
     let retries = metric_now(&gate.admin, "crmgate_retries_total", &[]).await;
     assert_eq!(retries, 0.0);
 }

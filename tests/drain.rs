@@ -19,19 +19,33 @@ async fn the_drain_window_accepts_new_requests_then_closes_the_listener() {
     let url = format!("{}/api/v5/orders", gate.url);
     // A keep-alive connection from before the signal...
     let kept = client();
-    let before = kept.get(&url).header("x-api-key", ACME_CLIENT).send().await.unwrap();
+    let before = kept
+        .get(&url)
+        .header("x-api-key", ACME_CLIENT)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(before.status(), 200);
     assert!(before.headers().get("connection").is_none());
 
     let gw = gate.gateway.clone();
     let drain = gate.begin_shutdown();
     wait_until("shutdown began", || !gw.drain.is_ready()).await;
-    let ready = client().get(format!("{}/readyz", gate.admin)).send().await.unwrap();
+    let ready = client()
+        .get(format!("{}/readyz", gate.admin))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503, "not ready from the start of the drain");
 
     // ...and a new one, both served during the window, and told to close.
     for c in [&kept, &client()] {
-        let resp = c.get(&url).header("x-api-key", ACME_CLIENT).send().await.unwrap();
+        let resp = c
+            .get(&url)
+            .header("x-api-key", ACME_CLIENT)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200, "accepted and queued during the window");
         assert_eq!(resp.headers()["connection"], "close");
         assert_eq!(json(resp).await["success"], true);
@@ -40,7 +54,10 @@ async fn the_drain_window_accepts_new_requests_then_closes_the_listener() {
     // Then the listener closes: a new connection is refused.
     let addr = gate.addr;
     let closed = poll_until(Duration::from_secs(20), || async move {
-        tokio::net::TcpStream::connect(addr).await.is_err().then_some(())
+        tokio::net::TcpStream::connect(addr)
+            .await
+            .is_err()
+            .then_some(())
     })
     .await;
     assert!(closed.is_some(), "the listener never closed");

@@ -28,7 +28,8 @@ fn selectors(expr: &str) -> Vec<Selector> {
     let mut i = 0;
     while let Some(at) = expr[i..].find("crmgate_") {
         let start = i + at;
-        let boundary = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let boundary =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let mut end = start;
         while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
             end += 1;
@@ -73,7 +74,11 @@ fn split_matchers(inner: &str) -> Vec<String> {
         }
     }
     parts.push(cur);
-    parts.into_iter().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect()
+    parts
+        .into_iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 /// Every query string of the dashboard (`expr`, `query`, `definition`).
@@ -139,7 +144,9 @@ fn missing(text: &str, sel: &Selector) -> Vec<String> {
     for (label, op, value) in &sel.matchers {
         if op == "=~" {
             assert!(
-                value.chars().all(|c| c.is_ascii_alphanumeric() || "_|:-".contains(c)),
+                value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_|:-".contains(c)),
                 "the test reads =~ as alternatives of plain values only: {value:?}; extend it"
             );
             wanted = wanted
@@ -184,7 +191,10 @@ fn selectors_are_read_with_their_fixed_matchers() {
     );
     assert_eq!(s.len(), 2);
     assert_eq!(s[0].name, "crmgate_rejections_total");
-    assert_eq!(s[0].matchers, [("reason".into(), "=~".into(), "a|b".into())]);
+    assert_eq!(
+        s[0].matchers,
+        [("reason".into(), "=~".into(), "a|b".into())]
+    );
     assert_eq!(s[1].matchers, []);
 }
 
@@ -198,7 +208,11 @@ async fn every_series_the_dashboard_and_alerts_query_exists_on_the_first_scrape(
             gaps.push(format!("{m}\n    in: {}", query.trim()));
         }
     }
-    assert!(gaps.is_empty(), "absent on a fresh gateway:\n{}\n--- exposition ---\n{text}", gaps.join("\n"));
+    assert!(
+        gaps.is_empty(),
+        "absent on a fresh gateway:\n{}\n--- exposition ---\n{text}",
+        gaps.join("\n")
+    );
 }
 
 #[tokio::test]
@@ -222,7 +236,12 @@ async fn a_tenant_added_by_a_reload_has_its_series_on_the_next_scrape() {
     let (code, body) = admin_reload(&gate.admin).await;
     assert_eq!(code, 200, "{body}");
     let after = metrics_text(&gate.admin).await;
-    for name in ["crmgate_requests_total", "crmgate_reconciled_total", "crmgate_queue_depth", "crmgate_inflight_requests"] {
+    for name in [
+        "crmgate_requests_total",
+        "crmgate_reconciled_total",
+        "crmgate_queue_depth",
+        "crmgate_inflight_requests",
+    ] {
         assert_eq!(metric(&after, name, &labels), Some(0.0), "{name}");
     }
 }

@@ -113,7 +113,11 @@ async fn a_create_processed_before_the_reset_is_found_and_never_sent_again() {
             ],
             "{kind:?}"
         );
-        let get = sim.records().into_iter().rfind(|r| id_of(r) == ext).unwrap();
+        let get = sim
+            .records()
+            .into_iter()
+            .rfind(|r| id_of(r) == ext)
+            .unwrap();
         assert_eq!(get.query.as_deref(), Some("by=externalId&site=main"));
         assert_eq!(get.api_key.as_deref(), Some(ACME_KEY), "the real key");
     }
@@ -130,7 +134,11 @@ async fn a_create_the_crm_never_processed_is_resent_once() {
         // after processing.
         sim.faults().reset_before_processing_next(1);
         let (o, header) = send(&gate, &kind.create(Some(ext)), ext).await;
-        assert_eq!((o.status, header.as_deref()), (201, Some("resent")), "{o:?}");
+        assert_eq!(
+            (o.status, header.as_deref()),
+            (201, Some("resent")),
+            "{o:?}"
+        );
         assert_eq!(o.attempts, Some(3), "create, lookup, create: {o:?}");
         assert_eq!(o.json()["success"], true);
         assert_eq!(kind.stored(&sim, ext).len(), 1, "{kind:?}");
@@ -177,7 +185,10 @@ async fn a_failed_lookup_is_502_naming_the_external_id() {
         let msg = o.json()["errorMsg"].as_str().unwrap().to_string();
         assert!(msg.contains(&format!("\"{ext}\"")), "{msg}");
         assert!(msg.contains("could not be checked"), "{msg}");
-        assert!(!msg.contains(ACME_KEY) && !msg.contains(ACME_CLIENT), "{msg}");
+        assert!(
+            !msg.contains(ACME_KEY) && !msg.contains(ACME_CLIENT),
+            "{msg}"
+        );
         let posts = arrivals(&sim, ext)
             .iter()
             .filter(|(m, _, _)| m == "POST")
@@ -192,11 +203,16 @@ async fn a_failed_lookup_is_502_naming_the_external_id() {
 async fn a_deadline_too_close_for_the_lookup_is_502_at_once() {
     let (sim, gate) = setup("[reconcile]\ndelay = \"5s\"\n").await;
     sim.faults().reset_after_processing_next(1);
-    let call = Kind::Order.create(Some("hurried")).header("x-crmgate-max-wait", "1s");
+    let call = Kind::Order
+        .create(Some("hurried"))
+        .header("x-crmgate-max-wait", "1s");
     let (o, header) = send(&gate, &call, "hurried").await;
     o.assert_gateway_error(502);
     assert_eq!(header, None);
-    assert!(o.body.contains("hurried") && o.body.contains("deadline"), "{o:?}");
+    assert!(
+        o.body.contains("hurried") && o.body.contains("deadline"),
+        "{o:?}"
+    );
     assert_eq!(arrivals(&sim, "hurried").len(), 1, "no lookup was sent");
     assert_eq!(reconciled(&gate, "lookup_failed").await, 1.0);
 }
@@ -208,7 +224,10 @@ async fn without_attempts_left_a_missing_create_is_502_saying_it_is_safe_to_rese
     let (o, _) = send(&gate, &Kind::Customer.create(Some("spent")), "spent").await;
     o.assert_gateway_error(502);
     assert_eq!(o.attempts, Some(2), "{o:?}");
-    assert!(o.body.contains("spent") && o.body.contains("safe to send it again"), "{o:?}");
+    assert!(
+        o.body.contains("spent") && o.body.contains("safe to send it again"),
+        "{o:?}"
+    );
     let methods: Vec<String> = arrivals(&sim, "spent").into_iter().map(|a| a.0).collect();
     assert_eq!(methods, ["POST", "GET"]);
     assert!(Kind::Customer.stored(&sim, "spent").is_empty());
@@ -224,7 +243,11 @@ async fn a_create_without_external_id_is_502_as_before_and_never_looked_up() {
         let (o, header) = send(&gate, &kind.create(None), &id).await;
         o.assert_gateway_error(502);
         assert_eq!((o.attempts, header), (Some(1), None), "{o:?}");
-        assert_eq!(arrivals(&sim, &id).len(), 1, "{kind:?}: one send, no lookup");
+        assert_eq!(
+            arrivals(&sim, &id).len(),
+            1,
+            "{kind:?}: one send, no lookup"
+        );
     }
     assert_eq!(reconciled(&gate, "no_external_id").await, 2.0);
     // A GET is not a create: its reset is simply retried.
@@ -251,7 +274,9 @@ async fn a_resend_refused_as_a_duplicate_is_looked_up_again_and_found() {
         })
     };
     wait_until("the lookup answered 404", || {
-        arrivals(&sim, "late").iter().any(|a| a.0 == "GET" && a.2 == 404)
+        arrivals(&sim, "late")
+            .iter()
+            .any(|a| a.0 == "GET" && a.2 == 404)
     })
     .await;
     // The first create "finishes" now, straight at the CRM.
@@ -271,6 +296,10 @@ async fn a_resend_refused_as_a_duplicate_is_looked_up_again_and_found() {
     assert_eq!(stored.len(), 1);
     assert_eq!(o.json()["id"], stored[0]["id"]);
     let statuses: Vec<u16> = arrivals(&sim, "late").into_iter().map(|a| a.2).collect();
-    assert_eq!(statuses, [0, 404, 400, 200], "create, lookup, refused resend, lookup");
+    assert_eq!(
+        statuses,
+        [0, 404, 400, 200],
+        "create, lookup, refused resend, lookup"
+    );
     assert_eq!(reconciled(&gate, "found").await, 1.0);
 }

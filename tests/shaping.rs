@@ -534,9 +534,13 @@ async fn a_reset_after_processing_is_retried_only_for_a_get() {
     sim.faults().reset_after_processing_next(1);
     // No externalId: nothing to reconcile by (see tests/reconcile.rs).
     let order = r#"{"number":"x-reset"}"#;
-    let post = Call::post("/api/v5/orders/create", Some(ACME_CLIENT), &[("order", order)])
-        .send(&c, &gate.url, "post")
-        .await;
+    let post = Call::post(
+        "/api/v5/orders/create",
+        Some(ACME_CLIENT),
+        &[("order", order)],
+    )
+    .send(&c, &gate.url, "post")
+    .await;
     post.assert_gateway_error(502);
     assert_eq!(post.attempts, Some(1), "{post:?}");
     let created = sim.orders_created("acme");

@@ -32,7 +32,10 @@ fn the_three_creates_are_recognised_with_their_external_id_and_site() {
     let order = form_post(
         "/api/v5/orders/create",
         None,
-        &format!("{}&site=shop-2", field("order", r#"{"externalId":"ext-1"}"#)),
+        &format!(
+            "{}&site=shop-2",
+            field("order", r#"{"externalId":"ext-1"}"#)
+        ),
     );
     assert_eq!(
         create_of(&order),
@@ -115,7 +118,10 @@ fn the_lookup_asks_by_external_id_with_the_site_and_request_id() {
     assert!(out.headers.get("x-api-key").is_none());
     assert!(out.headers.get(header::CONTENT_TYPE).is_none());
     assert!(out.body.is_empty());
-    let plain = Create { site: None, ..create };
+    let plain = Create {
+        site: None,
+        ..create
+    };
     assert_eq!(
         lookup_request(&plain, "x", &headers).query.as_deref(),
         Some("by=externalId")
@@ -129,7 +135,9 @@ fn only_an_external_id_conflict_is_a_duplicate() {
     let other = br#"{"success":false,"errorMsg":"Errors in the entity format","errors":{"customer":"This value should not be blank."}}"#;
     assert!(!is_duplicate(other));
     assert!(!is_duplicate(b"<html>400</html>"));
-    assert!(!is_duplicate(br#"{"success":true,"errors":{"externalId":"exists"}}"#));
+    assert!(!is_duplicate(
+        br#"{"success":true,"errors":{"externalId":"exists"}}"#
+    ));
 }
 
 #[test]

@@ -52,6 +52,10 @@ impl Kind {
     }
 }
 
+/// The `externalId` of a new entity is already used in its account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken;
+
 /// Customers created through the API, per account.
 pub(crate) struct Entities {
     accounts: Vec<Mutex<Customers>>,
@@ -76,18 +80,18 @@ impl Customers {
     }
 
     /// Stores `entity` (a JSON object) as a new `kind` for `site`, unless
-    /// its `externalId` is taken: the stored entity, or the 400 to answer.
+    /// its `externalId` is taken: the stored entity, or [`Taken`].
     pub(crate) fn insert(
         &mut self,
         kind: Kind,
         mut entity: Map<String, Value>,
         site: String,
-    ) -> Result<Value, Response> {
+    ) -> Result<Value, Taken> {
         let external_id = external_id(&entity);
         let (list, ids) = self.of(kind);
         if let Some(ext) = &external_id {
             if ids.contains(ext) {
-                return Err(duplicate(kind.label()));
+                return Err(Taken);
             }
         }
         let id = list.len() as u64 + 1;
@@ -145,7 +149,12 @@ pub(crate) fn site_of(sim: &Shared, caller: &Caller, entity: &Map<String, Value>
     caller
         .field("site")
         .map(str::to_owned)
-        .or_else(|| entity.get("site").and_then(Value::as_str).map(str::to_owned))
+        .or_else(|| {
+            entity
+                .get("site")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .or_else(|| sim.accounts[caller.account].sites.first().cloned())
         .unwrap_or_else(|| "main".into())
 }
@@ -171,7 +180,7 @@ async fn create(sim: &Shared, caller: &Caller, kind: Kind) -> Response {
             StatusCode::CREATED,
             &json!({"success": true, "id": entity["id"]}),
         ),
-        Err(refusal) => refusal,
+        Err(Taken) => duplicate(kind.label()),
     }
 }
 
@@ -197,7 +206,7 @@ struct By {
     site: Option<String>,
 }
 
-fn by(query: Option<String>) -> Result<By, Response> {
+fn by(query: Option<String>) -> Result<By, Box<Response>> {
     let mut by = By {
         id: false,
         site: None,
@@ -213,7 +222,7 @@ fn by(query: Option<String>) -> Result<By, Response> {
                         "errorMsg": "Errors in the input parameters",
                         "errors": {"by": "The value you selected is not a valid choice."},
                     });
-                    return Err(json(StatusCode::BAD_REQUEST, &body));
+                    return Err(Box::new(json(StatusCode::BAD_REQUEST, &body)));
                 }
             },
             "site" => by.site = Some(v.into_owned()),
@@ -260,7 +269,7 @@ pub(crate) async fn get_order(
 ) -> Response {
     let by = match by(query) {
         Ok(b) => b,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let created = sim.store.created(caller.account);
     let seeded = u64::from(sim.total_orders);
@@ -285,7 +294,7 @@ async fn get_customer(
 ) -> Response {
     let by = match by(query) {
         Ok(b) => b,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let all = sim.entities.account(caller.account).all(kind);
     found(kind.field(), find(all, x, &by))

@@ -30,15 +30,14 @@ enum Item {
 }
 
 /// The items of form field `field` (a JSON array), or the 400 to answer.
-fn items(caller: &Caller, field: &str, limit: usize) -> Result<Vec<Value>, Response> {
+fn items(caller: &Caller, field: &str, limit: usize) -> Result<Vec<Value>, Box<Response>> {
     let Some(raw) = caller.field(field) else {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("Parameter '{field}' is missing"),
-        ));
+        let msg = format!("Parameter '{field}' is missing");
+        return Err(Box::new(error(StatusCode::BAD_REQUEST, &msg)));
     };
     let Ok(Value::Array(items)) = serde_json::from_str::<Value>(raw) else {
-        return Err(error(StatusCode::BAD_REQUEST, "Errors in the entity format"));
+        let msg = "Errors in the entity format";
+        return Err(Box::new(error(StatusCode::BAD_REQUEST, msg)));
     };
     if items.len() > limit {
         let body = json!({
@@ -46,7 +45,7 @@ fn items(caller: &Caller, field: &str, limit: usize) -> Result<Vec<Value>, Respo
             "errorMsg": "Errors in the input parameters",
             "errors": {field: format!("This collection should contain {limit} elements or less.")},
         });
-        return Err(json(StatusCode::BAD_REQUEST, &body));
+        return Err(Box::new(json(StatusCode::BAD_REQUEST, &body)));
     }
     Ok(items)
 }
@@ -100,7 +99,7 @@ fn store_customer(sim: &Shared, caller: &Caller, kind: Kind, item: Value) -> Opt
 fn upload(sim: &Shared, caller: &Caller, field: &str, plural: &str, item: Item) -> Response {
     let items = match items(caller, field, 50) {
         Ok(items) => items,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let (mut uploaded, mut failed) = (Vec::new(), Vec::new());
     for it in items {
@@ -179,7 +178,7 @@ fn offers(caller: &Caller, field: &str) -> Response {
             StatusCode::OK,
             &json!({"success": true, "processedOffersCount": items.len(), "notFoundOffers": []}),
         ),
-        Err(refusal) => refusal,
+        Err(refusal) => *refusal,
     }
 }
 
@@ -211,7 +210,11 @@ pub(crate) async fn order_statuses(RawQuery(query): RawQuery) -> Response {
     let orders: Vec<Value> = asked
         .iter()
         .map(|(k, v)| {
-            let key = if k.starts_with("ids[") { "id" } else { "externalId" };
+            let key = if k.starts_with("ids[") {
+                "id"
+            } else {
+                "externalId"
+            };
             json!({key: v, "status": "new", "group": "new"})
         })
         .collect();
