@@ -303,3 +303,53 @@ async fn a_resend_refused_as_a_duplicate_is_looked_up_again_and_found() {
     );
     assert_eq!(reconciled(&gate, "found").await, 1.0);
 }
+
+#[tokio::test]
+async fn under_concurrent_creates_with_resets_no_external_id_is_ever_created_twice() {
+    let (sim, gate) = setup(FAST).await;
+    let n = 30;
+    // The first six requests break before processing, the next six after.
+    sim.faults().reset_before_processing_next(6);
+    sim.faults().reset_after_processing_next(6);
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let ext = format!("many-{i}");
+            let (call, url) = (Kind::Order.create(Some(&ext)), gate.url.clone());
+            tokio::spawn(async move {
+                let resp = call.request(&client(), &url, &ext).send().await.unwrap();
+                let header = resp.headers().get("x-crmgate-reconciled").cloned();
+                (ext.clone(), header, Outcome::read(&ext, resp).await)
+            })
+        })
+        .collect();
+    let mut by_header = std::collections::BTreeMap::<String, usize>::new();
+    for t in tasks {
+        let (ext, header, o) = t.await.unwrap();
+        let stored = Kind::Order.stored(&sim, &ext).len();
+        assert!(stored <= 1, "{ext} created {stored} times");
+        match o.status {
+            201 => assert_eq!(stored, 1, "{o:?}"),
+            // Only when a lookup could not settle it: the caller is told
+            // which externalId to check.
+            502 => assert!(o.body.contains(&format!("\\\"{ext}\\\"")), "{o:?}"),
+            _ => panic!("{o:?}"),
+        }
+        let key = header.map_or(o.status.to_string(), |h| h.to_str().unwrap().to_string());
+        *by_header.entry(key).or_default() += 1;
+    }
+    println!("answers by reconciliation: {by_header:?}");
+    let created = sim.orders_created("acme");
+    let distinct: std::collections::HashSet<String> = created
+        .iter()
+        .map(|o| o["externalId"].to_string())
+        .collect();
+    assert_eq!(distinct.len(), created.len(), "a duplicate at the CRM");
+    assert!(
+        by_header.get("found").copied().unwrap_or(0) >= 1,
+        "{by_header:?}"
+    );
+    assert!(
+        by_header.get("resent").copied().unwrap_or(0) >= 1,
+        "{by_header:?}"
+    );
+}
