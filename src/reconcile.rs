@@ -240,6 +240,7 @@ pub async fn run(gw: &Gateway, req: Inbound, trace: &mut Trace) -> Result<Respon
     };
     let (outcome, result) = stage.reconcile(out, trace).await;
     if let Some(outcome) = outcome {
+        trace.reconciled = Some(outcome.as_str());
         gw.metrics
             .reconciled
             .with_label_values(&[&stage.tenant.name, outcome.as_str()])
