@@ -14,6 +14,8 @@ use prometheus::{
 };
 
 use crate::classify::Class;
+use crate::config::Config;
+use crate::forward::retry::RetryReason;
 use crate::gateway::Gateway;
 
 /// Every metric crmgate exports.
@@ -66,8 +68,18 @@ pub struct Metrics {
     pub export_pages: IntCounterVec,
     /// Export items written, by tenant.
     pub export_items: IntCounterVec,
+    /// Creates that failed after sending, by tenant and how they ended
+    /// ([`crate::reconcile::Outcome`]).
+    pub reconciled: IntCounterVec,
     _build: IntGaugeVec,
 }
+
+/// The client statuses created at 0 per tenant and class: success, and
+/// the three crmgate answers itself when the CRM cannot be used.
+pub const CLIENT_STATUSES: [&str; 4] = ["200", "502", "503", "504"];
+
+/// The upstream statuses created at 0 per egress and class.
+pub const UPSTREAM_STATUSES: [&str; 4] = ["200", "503", "429", "error"];
 
 /// Every value of the `listener` label.
 pub const LISTENERS: [&str; 2] = ["api", "admin"];
@@ -128,6 +140,11 @@ impl Metrics {
             "crmgate_config_reloads_total",
             "Config reloads by outcome.",
             &["outcome"],
+        );
+        let reconciled = counter(
+            "crmgate_reconciled_total",
+            "Creates that failed after sending, by tenant and outcome (found, resent, lookup_failed, exhausted, no_external_id).",
+            &["tenant", "outcome"],
         );
         let connections_refused = counter(
             "crmgate_connections_refused_total",
@@ -286,7 +303,55 @@ impl Metrics {
             exports,
             export_pages,
             export_items,
+            reconciled,
             _build: build,
+        }
+    }
+
+    /// Creates at 0 every labelled series whose label values the config
+    /// names (tenants, classes, egress labels) or crmgate defines (reasons,
+    /// outcomes, the statuses it answers itself), so `rate()` and
+    /// `increase()` see a healthy gateway as 0, not as "no data". Called
+    /// when the gateway is built and after every reload (a tenant may be
+    /// new). Series of a tenant a reload removed stay, frozen.
+    pub fn init_series(&self, config: &Config, egress_labels: &[&str]) {
+        for reason in crate::error::REJECTION_REASONS {
+            self.rejections.with_label_values(&[reason]);
+        }
+        for outcome in ["success", "failure"] {
+            self.config_reloads.with_label_values(&[outcome]);
+        }
+        for class in Class::ALL {
+            let class = class.as_str();
+            self.queue_wait.with_label_values(&[class]);
+            for reason in RetryReason::ALL {
+                self.retries.with_label_values(&[class, reason.as_str()]);
+            }
+            for egress in egress_labels {
+                self.upstream_latency.with_label_values(&[egress, class]);
+                for status in UPSTREAM_STATUSES {
+                    self.upstream_attempts
+                        .with_label_values(&[egress, class, status]);
+                }
+                for status in ["503", "429"] {
+                    self.upstream_throttled
+                        .with_label_values(&[egress, class, status]);
+                }
+            }
+            for tenant in &config.tenants {
+                for status in CLIENT_STATUSES {
+                    self.requests
+                        .with_label_values(&[&tenant.name, class, status]);
+                }
+            }
+        }
+        for tenant in &config.tenants {
+            for outcome in crate::reconcile::Outcome::ALL {
+                self.reconciled
+                    .with_label_values(&[&tenant.name, outcome.as_str()]);
+            }
+            self.export_pages.with_label_values(&[&tenant.name]);
+            self.export_items.with_label_values(&[&tenant.name]);
         }
     }
 
@@ -325,10 +390,6 @@ pub fn refresh_gauges(gw: &Gateway) {
                 .with_label_values(&[&t.name, class.as_str()])
                 .set(0);
         }
-        // Per-tenant export counters exist from the first scrape (and for a
-        // tenant a reload added).
-        m.export_pages.with_label_values(&[&t.name]);
-        m.export_items.with_label_values(&[&t.name]);
         m.inflight
             .with_label_values(&[&t.name])
             .set(gw.stats(&t.name).inflight.load(Ordering::Relaxed) as i64);

@@ -264,8 +264,10 @@ async fn the_callers_max_wait_applies_to_each_page_not_to_the_export() {
 async fn a_drain_ends_an_export_with_a_resume_point_not_a_cut() {
     let (_sim, mut gate) = with_orders(
         5000,
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n",
-    ).await;
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         shutdown_grace = \"20s\"\ndrain_accept = \"0s\"\n",
+    )
+    .await;
     let mut resp = export_get(&gate, "/api/v5/orders").send().await.unwrap();
     let mut text = String::from_utf8(resp.chunk().await.unwrap().unwrap().to_vec()).unwrap();
     let drain = gate.begin_shutdown();

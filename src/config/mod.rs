@@ -75,6 +75,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[export]`
     pub export: ExportConfig,
+    /// `[reconcile]`
+    pub reconcile: ReconcileConfig,
     /// `[[tenants]]`, in file order.
     pub tenants: Vec<TenantConfig>,
     /// Hex SHA-256 of the file's bytes, shown in `/status` to tell configs apart.
@@ -125,6 +127,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long a SIGTERM waits for queued and in-flight requests.
     pub shutdown_grace: Duration,
+    /// For how long after SIGTERM new requests are still accepted and
+    /// queued (answered with `Connection: close`); at most `shutdown_grace`.
+    pub drain_accept: Duration,
     /// The whole request head must arrive within this, else the connection
     /// is closed. Also how long an idle keep-alive connection stays open.
     pub header_timeout: Duration,
@@ -240,6 +245,14 @@ pub struct LimitsConfig {
     pub backend: Backend,
     /// Reaction to upstream 503s.
     pub adaptive: AdaptiveConfig,
+}
+
+/// `[reconcile]`: how a create that failed after sending is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileConfig {
+    /// How long after the failure the CRM is asked whether the create
+    /// exists: it may still be processing it.
+    pub delay: Duration,
 }
 
 /// `[retry]`

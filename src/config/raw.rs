@@ -25,6 +25,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub export: RawExport,
     #[serde(default)]
+    pub reconcile: RawReconcile,
+    #[serde(default)]
     pub tenants: Vec<RawTenant>,
 }
 
@@ -44,6 +46,13 @@ pub struct RawLog {
     pub query: Option<String>,
 }
 
+/// `[reconcile]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReconcile {
+    pub delay: Option<String>,
+}
+
 /// `[server]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +61,7 @@ pub struct RawServer {
     pub admin_listen: Option<String>,
     pub max_body_bytes: Option<i64>,
     pub shutdown_grace: Option<String>,
+    pub drain_accept: Option<String>,
     pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
     pub max_connections: Option<i64>,

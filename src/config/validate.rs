@@ -18,6 +18,7 @@ use super::raw::RawConfig;
 use super::*;
 
 mod export;
+mod reconcile;
 mod server;
 mod tenant;
 
@@ -266,6 +267,7 @@ pub(super) fn validate(
     };
 
     let export = export::export(&mut p, &raw.export);
+    let reconcile = reconcile::reconcile(&mut p, &raw.reconcile);
 
     let r = &raw.retry;
     let retry = RetryConfig {
@@ -364,6 +366,7 @@ pub(super) fn validate(
             redis,
             log,
             export,
+            reconcile,
             tenants,
             checksum,
             warnings,
