@@ -140,6 +140,7 @@ async fn history_is_walked_by_since_id_until_a_short_page() {
     );
 
     // From a start date, customers' history: the cursor takes over.
+    sim.add_customers(250);
     let resp = export_get(
         &gate,
         "/api/v5/customers/history?filter%5BstartDate%5D=2026-01-01%2003%3A00%3A00",
@@ -149,6 +150,7 @@ async fn history_is_walked_by_since_id_until_a_short_page() {
     .unwrap();
     let (items, summary) = split(&resp.text().await.unwrap());
     assert_eq!(ids(&items), (180..=250).collect::<Vec<u64>>());
+    assert_eq!(items[0]["customer"]["externalId"], "cust-180");
     assert_eq!(summary["last_id"], 250);
     assert_eq!(summary["complete"], true);
 }
@@ -158,6 +160,7 @@ async fn items_a_create_shifted_onto_the_next_page_are_written_once() {
     let (sim, gate) = with_orders(250, "").await;
     // The customers list is newest first: three customers created after
     // the first page push its last three onto the second page.
+    sim.add_customers(250);
     sim.add_customers_after(1, 3);
     let resp = export_get(&gate, "/api/v5/customers").send().await.unwrap();
     let (items, summary) = split(&resp.text().await.unwrap());

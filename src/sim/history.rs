@@ -3,7 +3,7 @@
 //! `limit`, `page`, a `history` list and `pagination`, oldest first.
 //!
 //! Entry `k` records the creation of order (or customer) `k`, so the log
-//! grows as orders are created through the API, and entry ids rise with
+//! grows as orders and customers are created, and entry ids rise with
 //! `createdAt` (one minute apart from 2026-01-01 00:01:00). Generated on
 //! the fly: thousands of entries cost nothing until asked for. Never logs.
 
@@ -15,7 +15,7 @@ use axum::response::Response;
 use axum::Extension;
 use serde_json::{json, Value};
 
-use super::listing::{customer, customers_total, list_query, orders_total, pagination};
+use super::listing::{customers, list_query, orders_total, pagination};
 use super::reply::json;
 use super::request::Caller;
 use super::state::Shared;
@@ -27,7 +27,14 @@ pub(crate) async fn orders_history(
     RawQuery(query): RawQuery,
 ) -> Response {
     let total = orders_total(&sim, caller.account);
-    history(&sim, caller.account, query, total, "order")
+    let site = sim.accounts[caller.account]
+        .sites
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "main".into());
+    let order =
+        |id: u64| json!({"id": id, "number": format!("{id}A"), "site": site, "status": "new"});
+    history(query, total, "order", order)
 }
 
 /// `GET /api/v5/customers/history`.
@@ -36,16 +43,17 @@ pub(crate) async fn customers_history(
     Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let total = customers_total(&sim, caller.account);
-    history(&sim, caller.account, query, total, "customer")
+    let all = customers(&sim, caller.account);
+    let customer = |id: u64| all.get(id as usize - 1).cloned().unwrap_or(Value::Null);
+    history(query, all.len() as u64, "customer", customer)
 }
 
+/// Entries `1..=total`, entry `k` the creation of `subject(k)`.
 fn history(
-    sim: &Shared,
-    account: usize,
     query: Option<String>,
     total: u64,
     entity: &str,
+    subject: impl Fn(u64) -> Value,
 ) -> Response {
     let q = match list_query(query) {
         Ok(q) => q,
@@ -60,14 +68,21 @@ fn history(
     }
     let matching = (total + 1).saturating_sub(first);
     let start = first.saturating_add((q.page - 1).saturating_mul(q.limit));
-    let site = sim.accounts[account]
-        .sites
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "main".into());
     let entries: Vec<Value> = (start..=total)
         .take(q.limit as usize)
-        .map(|id| entry(id, entity, &site))
+        .map(|id| {
+            json!({
+                "id": id,
+                "createdAt": created_at(id),
+                "created": true,
+                "source": "api",
+                "field": "status",
+                "oldValue": null,
+                "newValue": {"code": "new"},
+                "apiKey": {"current": false},
+                entity: subject(id),
+            })
+        })
         .collect();
     let body = json!({
         "success": true,
@@ -76,25 +91,6 @@ fn history(
         "pagination": pagination(&q, matching),
     });
     json(StatusCode::OK, &body)
-}
-
-/// History entry `id`: the creation of entity `id`.
-fn entry(id: u64, entity: &str, site: &str) -> Value {
-    let subject = match entity {
-        "order" => json!({"id": id, "number": format!("{id}A"), "site": site, "status": "new"}),
-        _ => customer(id, site),
-    };
-    json!({
-        "id": id,
-        "createdAt": created_at(id),
-        "created": true,
-        "source": "api",
-        "field": "status",
-        "oldValue": null,
-        "newValue": {"code": "new"},
-        "apiKey": {"current": false},
-        entity: subject,
-    })
 }
 
 /// `Y-m-d H:i:s` of entry `id`: 2026-01-01 00:00:00 plus `id` minutes.

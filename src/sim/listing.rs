@@ -4,9 +4,11 @@
 //! switch that lets another "user" create customers between two list
 //! requests, for tests of de-duplication.
 //!
-//! One customer exists per order (seeded or created, same id), plus those
-//! added by the switch. Only reads and counters: it never talks to the
-//! gateway's code and never logs a key.
+//! The customers are the ones `customers/create` stores (`entities`), so a
+//! listed customer is also found by `GET customers/{x}`; the switch and
+//! [`add_customers`] create them the same way, `cust-{id}` as `externalId`.
+//! Only reads, inserts and counters: it never talks to the gateway's code
+//! and never logs a key.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +19,7 @@ use axum::response::Response;
 use axum::Extension;
 use serde_json::{json, Map, Value};
 
+use super::entities::Kind;
 use super::lock::lock;
 use super::reply::json;
 use super::request::Caller;
@@ -25,41 +28,59 @@ use super::state::Shared;
 /// Page sizes the simulated list methods accept.
 const PAGE_SIZES: [u64; 3] = [20, 50, 100];
 
-/// Per-account customer counts beyond the orders, and the switch.
+/// The switch: customers to create once so many list requests were answered.
 #[derive(Debug, Default)]
 pub(crate) struct Listing {
-    /// Customers added by the switch, per account index.
-    extra: Mutex<Vec<u64>>,
     /// Customer-list requests answered so far.
     list_requests: AtomicU64,
-    /// `(after, n)`: once `after` customer-list requests were answered,
-    /// `n` customers appear before the next one is.
-    pending: Mutex<Option<(u64, u64)>>,
+    /// `(at, n)`: once `at` customer-list requests were answered, `n`
+    /// customers appear before the next one is.
+    pending: Mutex<Vec<(u64, u64)>>,
 }
 
 impl Listing {
-    /// Arms the switch: after `after` customer-list requests (counted from
-    /// now), `n` new customers appear in every account.
+    /// Arms the switch: after `after` more customer-list requests, `n` new
+    /// customers appear in every account.
     pub(crate) fn add_customers_after(&self, after: u64, n: u64) {
         let at = self.list_requests.load(Ordering::SeqCst) + after;
-        *lock(&self.pending) = Some((at, n));
+        lock(&self.pending).push((at, n));
     }
 
-    fn extra(&self, account: usize) -> u64 {
-        lock(&self.extra).get(account).copied().unwrap_or(0)
-    }
-
-    /// Counts one customer-list request, adding customers first when due.
-    fn on_list(&self, accounts: usize) {
+    /// Counts one customer-list request, creating customers first when due.
+    fn on_list(&self, sim: &Shared) {
         let seen = self.list_requests.fetch_add(1, Ordering::SeqCst);
-        let mut pending = lock(&self.pending);
-        if let Some((at, n)) = *pending {
-            if seen >= at {
-                let mut extra = lock(&self.extra);
-                extra.resize(accounts, 0);
-                extra.iter_mut().for_each(|e| *e += n);
-                *pending = None;
-            }
+        let due: u64 = {
+            let mut pending = lock(&self.pending);
+            let due = pending
+                .iter()
+                .filter(|(at, _)| seen >= *at)
+                .map(|(_, n)| n)
+                .sum();
+            pending.retain(|(at, _)| seen < *at);
+            due
+        };
+        if due > 0 {
+            add_customers(sim, due);
+        }
+    }
+}
+
+/// Creates `n` customers in every account, as `customers/create` would.
+pub(crate) fn add_customers(sim: &Shared, n: u64) {
+    for (idx, account) in sim.accounts.iter().enumerate() {
+        let site = account
+            .sites
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "main".into());
+        let mut customers = sim.entities.account(idx);
+        for _ in 0..n {
+            let id = customers.all(Kind::Customer).len() + 1;
+            let mut entity = Map::new();
+            entity.insert("externalId".into(), format!("cust-{id}").into());
+            entity.insert("firstName".into(), format!("Customer {id}").into());
+            // A clash only if a test created "cust-N" itself: skip it.
+            let _ = customers.insert(Kind::Customer, entity, site.clone());
         }
     }
 }
@@ -69,9 +90,9 @@ pub(crate) fn orders_total(sim: &Shared, account: usize) -> u64 {
     u64::from(sim.total_orders) + sim.store.account(account).orders.len() as u64
 }
 
-/// Customers in an account: one per order, plus those the switch added.
-pub(crate) fn customers_total(sim: &Shared, account: usize) -> u64 {
-    orders_total(sim, account) + sim.listing.extra(account)
+/// Customers in an account, oldest first (`id` = position + 1).
+pub(crate) fn customers(sim: &Shared, account: usize) -> Vec<Value> {
+    sim.entities.account(account).all(Kind::Customer)
 }
 
 /// `limit`, `page` and the filters one list request asked for.
@@ -167,27 +188,20 @@ pub(crate) async fn list_customers(
         Ok(q) => q,
         Err(body) => return json(StatusCode::BAD_REQUEST, &body),
     };
-    sim.listing.on_list(sim.accounts.len());
-    let total = customers_total(&sim, caller.account);
+    sim.listing.on_list(&sim);
+    let all = customers(&sim, caller.account);
+    let total = all.len() as u64;
     let skip = (q.page - 1).saturating_mul(q.limit);
-    let site = sim.accounts[caller.account]
-        .sites
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "main".into());
-    let customers: Vec<Value> = (0..q.limit)
-        .map_while(|i| total.checked_sub(skip + i).filter(|id| *id > 0))
-        .map(|id| customer(id, &site))
+    let page: Vec<&Value> = all
+        .iter()
+        .rev()
+        .skip(skip as usize)
+        .take(q.limit as usize)
         .collect();
     let body = json!({
         "success": true,
         "pagination": pagination(&q, total),
-        "customers": customers,
+        "customers": page,
     });
     json(StatusCode::OK, &body)
-}
-
-/// Customer number `id`.
-pub(crate) fn customer(id: u64, site: &str) -> Value {
-    json!({"id": id, "externalId": format!("cust-{id}"), "firstName": format!("Customer {id}"), "site": site})
 }

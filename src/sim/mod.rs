@@ -27,8 +27,9 @@
 //!   three by `externalId` or `id`.
 //! - `state`: what every handler shares (accounts, limits, ledger, store).
 //! - `gate`: the middleware every request passes: record, limit, faults, auth.
-//! - `listing`: the customers list (newest first), shared page parameters,
-//!   and a switch that creates customers between two list requests.
+//! - `listing`: the customers list (newest first, the `entities` ones),
+//!   shared page parameters, and a switch that creates customers between
+//!   two list requests.
 //! - `history`: `orders/history` and `customers/history` by `sinceId`.
 //! - `api`: the routes and their handlers.
 //! - `upload`: batch methods with RetailCRM's item limits (460 on a
@@ -239,6 +240,12 @@ impl Simulator {
     /// later page): what another user creating customers during a walk does.
     pub fn add_customers_after(&self, after: u64, n: u64) {
         self.shared.listing.add_customers_after(after, n);
+    }
+
+    /// Creates `n` customers in every account now (as `customers/create`
+    /// would, `externalId` `cust-{id}`): data for lists and history.
+    pub fn add_customers(&self, n: u64) {
+        listing::add_customers(&self.shared, n);
     }
 
     /// Customers (`corporate`: corporate customers) created through the API
