@@ -17,6 +17,7 @@ use url::Url;
 use super::raw::RawConfig;
 use super::*;
 
+mod cache;
 mod server;
 mod tenant;
 
@@ -352,6 +353,8 @@ pub(super) fn validate(
         }
     }
 
+    let cache = cache::cache(&mut p, &raw.cache);
+
     if p.0.is_empty() {
         Ok(Config {
             server,
@@ -361,6 +364,7 @@ pub(super) fn validate(
             redis,
             log,
             tenants,
+            cache,
             checksum,
             warnings,
         })
