@@ -15,8 +15,9 @@
 //!    - [`classify`]: which budget (general or telephony);
 //!    - [`rewrite`]: strip the caller's key, add `site`, keep everything
 //!      else byte-exact;
-//! 2. the stages between inbound and the scheduler (cache and coalescing,
-//!    reconciliation, export) take their place here, each its own module;
+//! 2. the stages between inbound and the scheduler, each its own module:
+//!    [`cache`]: identical GETs coalesced while queued, reference data
+//!    kept per tenant for a TTL (reconciliation and export to come);
 //! 3. [`forward`]: wait in the [`scheduler`] for a slot, fairly, within
 //!    bounds; send through an [`egress`] client (which outbound IP), adding
 //!    the real key; resend when [`forward::retry`] says it is safe; stream
@@ -42,6 +43,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod cache;
 pub mod classify;
 pub mod config;
 pub mod drain;

@@ -6,8 +6,9 @@
 //! lives in its own module and is tested without the others:
 //!
 //! 1. [`crate::inbound`]: read, limit, identify, rewrite → a typed request;
-//! 2. (reserved for the stages between inbound and the scheduler: cache and
-//!    coalescing of reads, reconciliation of creates, paginated export);
+//! 2. [`crate::cache`]: answer a GET from the cache, or share an identical
+//!    one still queued (reconciliation of creates and paginated export are
+//!    to come here too);
 //! 3. [`crate::forward`]: wait in the [`crate::scheduler`], send through an
 //!    [`crate::egress`] client, retry when [`crate::forward::retry`] allows,
 //!    stream back.
@@ -108,7 +109,7 @@ async fn handle(
 
 /// The stages, in order.
 async fn run(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     peer: SocketAddr,
     req: Request,
     request_id: &str,
@@ -116,7 +117,7 @@ async fn run(
 ) -> Result<Response, GatewayError> {
     let request = inbound::read(&gw.runtime(), &gw.bodies, peer, req, request_id, trace).await?;
     let _inflight = gw.stats(&request.tenant.name).inflight();
-    crate::forward::forward(gw, request, trace).await
+    crate::cache::serve(gw, request, trace).await
 }
 
 /// The caller's `X-Request-Id` when it is sane, else a new one.

@@ -118,6 +118,7 @@ impl Gateway {
             );
         }
         self.scheduler.reconfigure(&new);
+        self.cache.reconfigure(&new);
         let tenants = Tenants::new(&new.tenants);
         self.put_in_force(
             Runtime {
