@@ -163,9 +163,11 @@ pub async fn serve(
                 stale = Some(e);
             }
         }
-    } else if gw.scheduler.queued() == 0 {
-        // Nothing waits, so there is nothing to join, and the answer is not
-        // kept: it streams back as it comes, unbuffered.
+    } else if gw.scheduler.free_now(req.ticket.class, &tenant) {
+        // It goes at once, so nobody could join it, and the answer is not
+        // kept: it streams back as it comes, unbuffered. (Should another
+        // request take the slot first, this one waits unjoinable: rare, and
+        // only a missed saving.)
         stats.count(Outcome::Miss);
         return with_outcome(forward(gw, req, trace).await, Outcome::Miss);
     }

@@ -340,6 +340,19 @@ impl Scheduler {
         granted
     }
 
+    /// Whether a request of `class` for `tenant` would be granted at once
+    /// now (its lane's queue empty and a local budget free). A hint only:
+    /// another request may take the slot first.
+    pub fn free_now(&self, class: Class, tenant: &Arc<str>) -> bool {
+        let lane = self.lane(class, tenant);
+        if lane.shared.is_some() {
+            return false;
+        }
+        let now = Instant::now();
+        let st = lane.lock();
+        st.waiting.is_empty() && st.earliest(now).1 <= now
+    }
+
     /// Like [`Scheduler::acquire`], for a request already admitted (a retry):
     /// it may still queue while the gateway drains, until the cut-off.
     pub async fn reacquire(&self, ticket: Ticket) -> Result<Permit, QueueError> {

@@ -22,7 +22,8 @@
 //! - [`window`]: the strict sliding-window counter and [`max_in_window`].
 //! - `record`: the ledger of arrivals, which owns the windows.
 //! - [`faults`]: [`Faults`], settable while the server runs.
-//! - `store`: the orders created in each account.
+//! - `store`: the orders created in each account; `reference`: the
+//!   statuses dictionary and its two handlers.
 //! - `state`: what every handler shares (accounts, limits, ledger, store).
 //! - `gate`: the middleware every request passes: record, limit, faults, auth.
 //! - `api`: the routes and their handlers.
@@ -55,6 +56,7 @@ pub mod faults;
 mod gate;
 mod lock;
 mod record;
+mod reference;
 mod reply;
 mod request;
 mod server;

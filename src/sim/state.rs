@@ -28,12 +28,14 @@ pub(crate) struct Shared {
     pub(crate) faults: Faults,
     pub(crate) ledger: Mutex<Ledger>,
     pub(crate) store: Store,
+    pub(crate) reference: super::reference::Reference,
 }
 
 impl Shared {
     pub(crate) fn new(cfg: SimConfig) -> Self {
         Shared {
             store: Store::new(cfg.accounts.len()),
+            reference: super::reference::Reference::new(cfg.accounts.len()),
             accounts: cfg.accounts,
             window: cfg.window,
             total_orders: cfg.total_orders,
