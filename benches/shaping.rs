@@ -41,12 +41,19 @@
 //!    `limit_req` holding the same number when nginx is installed.
 //!    `--hold N` changes the count, `--gate-bin PATH` measures another
 //!    crmgate build (e.g. one with a different allocator).
+//! 9. `cache`: 50 callers on `reference/statuses` (the CRM should see 1), 30
+//!    callers on one list page while another tenant saturates the budget
+//!    (1), a write then a read (sees it), and a cache hit's req/s and p99
+//!    side by side with nginx `proxy_cache` (skipped loudly without nginx
+//!    or wrk).
 //!
 //! Everything runs in one process on one tokio runtime, like the
 //! integration tests: the callers, the gateway and the simulator share the
 //! machine's cores. The report ends with one JSON line for tooling.
 //! See docs/performance.md for how to read the numbers.
 
+#[path = "shaping/cache.rs"]
+mod cache;
 #[path = "shaping/end_to_end.rs"]
 mod end_to_end;
 #[path = "shaping/harness.rs"]
@@ -68,7 +75,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "utilisation",
     "jitter",
     "fairness",
@@ -77,6 +84,7 @@ const SCENARIOS: [&str; 8] = [
     "passthrough",
     "tls",
     "holding",
+    "cache",
 ];
 
 /// Targets, as agreed for the gateway.
@@ -106,7 +114,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: cargo bench --bench shaping -- [--quick] [--seconds N] \
-[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding] [--callers N] [--jitter-ms N] \
+[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding,cache] [--callers N] [--jitter-ms N] \
 [--hold N] [--gate-bin PATH]";
 
 fn parse_args() -> Args {
@@ -771,6 +779,10 @@ fn main() {
                 json.insert("holding".into(), json!({ "skipped": why }));
             }
         }
+    }
+
+    if wants("cache") {
+        json.insert("cache".into(), cache::scenario(&rt, args.quick, args.seconds));
     }
 
     let elapsed = started.elapsed().as_secs_f64();
