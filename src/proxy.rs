@@ -56,7 +56,13 @@ async fn handle(
     };
     let mut trace = Trace::default();
 
-    let mut response = match run(&gw, peer, req, &request_id, &mut trace).await {
+    // A cache hit needs nothing of the request but its head.
+    let early = crate::cache::early::lookup(&gw, &req, &mut trace);
+    let answer = match early {
+        Some(hit) => Ok(hit),
+        None => run(&gw, peer, req, &request_id, &mut trace).await,
+    };
+    let mut response = match answer {
         Ok(r) => r,
         Err(e) => {
             if let Some(reason) = e.rejection() {

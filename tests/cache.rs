@@ -148,29 +148,38 @@ async fn identical_gets_join_while_queued_and_each_gets_the_full_answer() {
 async fn a_get_after_the_shared_request_was_sent_waits_for_its_own_slot() {
     let (sim, gate) = setup(SLOW).await;
     sim.set_latency(Duration::from_millis(700), Duration::from_millis(700));
-    let first = {
+    block(&gate).await;
+    let spawn_get = |path: &'static str| {
         let url = gate.url.clone();
         tokio::spawn(async move {
-            client()
-                .get(format!("{url}/api/v5/reference/statuses"))
+            let r = client()
+                .get(format!("{url}{path}"))
                 .header("X-API-KEY", ACME_CLIENT)
                 .send()
                 .await
-                .unwrap()
-                .headers()["x-crmgate-cache"]
-                .to_str()
-                .unwrap()
-                .to_string()
+                .unwrap();
+            r.headers()["x-crmgate-cache"].to_str().unwrap().to_string()
         })
     };
+    // A list page (not cached): queued behind the blocker, then sent.
+    let first = spawn_get(ORDERS);
     wait_until("the first request reached the CRM", || {
-        seen(&sim, "/api/v5/reference/statuses", None) == 1
+        seen(&sim, "/api/v5/orders", Some("limit=20")) == 1
     })
     .await;
-    let second = get(&gate, "/api/v5/reference/statuses", ACME_CLIENT).await;
+    let second = get(&gate, ORDERS, ACME_CLIENT).await;
     assert_eq!(first.await.unwrap(), "miss");
     assert_eq!(second.cache, "miss", "it did not join a request already sent");
-    assert_eq!(seen(&sim, "/api/v5/reference/statuses", None), 2);
+    assert_eq!(seen(&sim, "/api/v5/orders", Some("limit=20")), 2);
+
+    // A cacheable read already sent: a caller behind it waits for the fill
+    // and is answered from the entry (the cache's lock), not by a second read.
+    let statuses = "/api/v5/reference/statuses";
+    let filling = spawn_get(statuses);
+    wait_until("the fill reached the CRM", || seen(&sim, statuses, None) == 1).await;
+    let behind = get(&gate, statuses, ACME_CLIENT).await;
+    assert_eq!((filling.await.unwrap().as_str(), behind.cache.as_str()), ("miss", "hit"));
+    assert_eq!(seen(&sim, statuses, None), 1);
 }
 
 #[tokio::test]
@@ -352,6 +361,16 @@ async fn no_cache_refreshes_and_no_store_bypasses() {
     // no-store kept nothing: the next read fills the cache.
     assert_eq!(get(&gate, p, ACME_CLIENT).await.cache, "miss");
     assert_eq!(get(&gate, p, ACME_CLIENT).await.cache, "hit");
+    // A hit is the same through the full path (control headers), and
+    // inbound's checks still apply before it: a bad header or key is refused.
+    let high = [("X-Crmgate-Priority", "high")];
+    assert_eq!(get_with(&gate, p, ACME_CLIENT, &high, long).await.unwrap().cache, "hit");
+    let bad = [("X-Crmgate-Priority", "urgent")];
+    assert_eq!(get_with(&gate, p, ACME_CLIENT, &bad, long).await.unwrap().status, 400);
+    assert_eq!(get(&gate, p, "not-a-client-key").await.status, 403);
+    let by_prefix = get(&gate, &format!("/acme{p}?apiKey={ACME_CLIENT}"), "").await;
+    assert_eq!(by_prefix.cache, "hit", "the same read, key in the query");
+    assert_eq!(seen(&sim, p, None), 4);
 }
 
 #[tokio::test]

@@ -100,7 +100,12 @@ async fn statuses_loop(gate: &Gate, callers: usize, run: Duration) -> (u64, usiz
 /// The in-process part.
 pub async fn spared(run: Duration) -> Spared {
     let sim = harness::sim((Duration::from_millis(20), Duration::from_millis(60))).await;
-    let gate = Gate::start(harness::gateway_config(&sim.base_url(), "")).await;
+    let gate = Gate::start(harness::gateway_config_with(
+        &sim.base_url(),
+        "",
+        "[cache]\nenabled = true\n",
+    ))
+    .await;
     let loadavg = crate::loadavg();
     let (statuses_answers, distinct) = statuses_loop(&gate, 50, run).await;
     let at_crm = |path: &str, query: Option<&str>, key: &str| {

@@ -339,12 +339,7 @@ fn wrk_duration_ms(text: &str) -> Option<f64> {
     })
 }
 
-/// Runs wrk against `port` for `secs` and reads its report.
-fn wrk(port: u16, secs: u64) -> Result<(f64, [f64; 3], u64, u64, u64), String> {
-    wrk_at(port, secs, PATH)
-}
-
-/// [`wrk`] on another path.
+/// Runs wrk against `port{path}` for `secs` and reads its report.
 fn wrk_at(port: u16, secs: u64, path: &str) -> Result<(f64, [f64; 3], u64, u64, u64), String> {
     let out = Command::new("wrk")
         .args([

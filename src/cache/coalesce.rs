@@ -130,6 +130,24 @@ impl Flights {
         (seat, Role::Started)
     }
 
+    /// Waits for the answer of the flight for `key` if it was already sent
+    /// (it can no longer be joined); true if there was one. The cache's
+    /// "lock": a caller of a cacheable read waits for the fill under way,
+    /// then looks again, instead of sending the same read right behind it.
+    pub async fn wait_for_sent(&self, key: &Key) -> bool {
+        let flight = {
+            let map = self.lock();
+            match map.get(key) {
+                Some(f) if f.lift.granted() => f.clone(),
+                _ => return false,
+            }
+        };
+        let mut rx = flight.result.subscribe();
+        // The sender lives in `flight`, held here: this ends with the answer.
+        let _ = rx.wait_for(Option::is_some).await;
+        true
+    }
+
     /// The flight ended: later GETs start a new one.
     pub fn done(&self, key: &Key, flight: &Arc<Flight>) {
         let mut map = self.lock();

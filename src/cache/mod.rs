@@ -18,6 +18,7 @@
 //! never logs a path or query, and never shares an entry between tenants.
 
 pub mod coalesce;
+pub mod early;
 pub mod key;
 pub mod stats;
 pub mod store;
@@ -149,10 +150,28 @@ pub async fn serve(
         return with_outcome(forward(gw, req, trace).await, Outcome::Bypass);
     }
     let ttl = cfg.ttl_for(&req.out.path);
+    if ttl.is_none() && gw.scheduler.free_now(req.ticket.class, &tenant) {
+        // It goes at once, so nobody could join it, and the answer is not
+        // kept: it streams back as it comes, unbuffered. (Should another
+        // request take the slot first, this one waits unjoinable: rare, and
+        // only a missed saving.)
+        stats.count(Outcome::Miss);
+        return with_outcome(forward(gw, req, trace).await, Outcome::Miss);
+    }
     let key = Key::new(&tenant, &req.out.path, req.out.query.as_deref());
     let store = gw.cache.store.load_full();
     let mut stale = None;
     if ttl.is_some() {
+        // A fill already sent for this key: wait for it and look again (an
+        // entry it stores is as good as any hit; one a write made dead is
+        // not found, and this caller goes on to a request of its own).
+        if asked == Directive::Normal && gw.cache.flights.wait_for_sent(&key).await {
+            let now = Instant::now();
+            if let Some(e) = store.get(&key).filter(|e| e.fresh(now)) {
+                stats.count(Outcome::Hit);
+                return Ok(from_entry(&e, Outcome::Hit, now));
+            }
+        }
         if let Some(e) = store.get(&key) {
             let now = Instant::now();
             if asked != Directive::NoCache && e.fresh(now) {
@@ -163,13 +182,6 @@ pub async fn serve(
                 stale = Some(e);
             }
         }
-    } else if gw.scheduler.free_now(req.ticket.class, &tenant) {
-        // It goes at once, so nobody could join it, and the answer is not
-        // kept: it streams back as it comes, unbuffered. (Should another
-        // request take the slot first, this one waits unjoinable: rare, and
-        // only a missed saving.)
-        stats.count(Outcome::Miss);
-        return with_outcome(forward(gw, req, trace).await, Outcome::Miss);
     }
 
     let deadline = req.ticket.deadline;
@@ -195,8 +207,11 @@ pub async fn serve(
             seat.attach(task.abort_handle());
             Outcome::Miss
         }
-        // The joiner's own request is not sent.
-        Role::Joined => Outcome::Coalesced,
+        Role::Joined => {
+            // The joiner's own request is never sent.
+            drop(req);
+            Outcome::Coalesced
+        }
     };
     let shared = seat.wait(deadline).await;
     if let Ok(s) = &shared {
