@@ -782,7 +782,10 @@ fn main() {
     }
 
     if wants("cache") {
-        json.insert("cache".into(), cache::scenario(&rt, args.quick, args.seconds));
+        json.insert(
+            "cache".into(),
+            cache::scenario(&rt, args.quick, args.seconds),
+        );
     }
 
     let elapsed = started.elapsed().as_secs_f64();

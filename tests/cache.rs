@@ -111,7 +111,12 @@ async fn identical_gets_join_while_queued_and_each_gets_the_full_answer() {
                     .await
                     .unwrap();
                 let h = |n: &str| resp.headers()[n].to_str().unwrap().to_string();
-                let out = (id, h("x-request-id"), h("x-crmgate-cache"), resp.status().as_u16());
+                let out = (
+                    id,
+                    h("x-request-id"),
+                    h("x-crmgate-cache"),
+                    resp.status().as_u16(),
+                );
                 (out, resp.text().await.unwrap())
             })
         })
@@ -132,13 +137,25 @@ async fn identical_gets_join_while_queued_and_each_gets_the_full_answer() {
         bodies.push(body);
     }
     results.sort();
-    assert_eq!(results, ["coalesced", "coalesced", "coalesced", "coalesced", "miss"]);
-    assert!(bodies.iter().all(|b| b == &bodies[0] && b.contains("\"orders\"")));
+    assert_eq!(
+        results,
+        ["coalesced", "coalesced", "coalesced", "coalesced", "miss"]
+    );
+    assert!(bodies
+        .iter()
+        .all(|b| b == &bodies[0] && b.contains("\"orders\"")));
     assert_eq!(seen(&sim, "/api/v5/orders", Some("limit=20")), 1);
     let m = metrics_text(&gate.admin).await;
-    assert_eq!(metric(&m, "crmgate_coalesced_total", &[("tenant", "acme")]), Some(4.0));
     assert_eq!(
-        metric(&m, "crmgate_cache_requests_total", &[("tenant", "acme"), ("result", "miss")]),
+        metric(&m, "crmgate_coalesced_total", &[("tenant", "acme")]),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "crmgate_cache_requests_total",
+            &[("tenant", "acme"), ("result", "miss")]
+        ),
         Some(2.0),
         "the shared request, and the blocker (which went straight through)"
     );
@@ -169,16 +186,25 @@ async fn a_get_after_the_shared_request_was_sent_waits_for_its_own_slot() {
     .await;
     let second = get(&gate, ORDERS, ACME_CLIENT).await;
     assert_eq!(first.await.unwrap(), "miss");
-    assert_eq!(second.cache, "miss", "it did not join a request already sent");
+    assert_eq!(
+        second.cache, "miss",
+        "it did not join a request already sent"
+    );
     assert_eq!(seen(&sim, "/api/v5/orders", Some("limit=20")), 2);
 
     // A cacheable read already sent: a caller behind it waits for the fill
     // and is answered from the entry (the cache's lock), not by a second read.
     let statuses = "/api/v5/reference/statuses";
     let filling = spawn_get(statuses);
-    wait_until("the fill reached the CRM", || seen(&sim, statuses, None) == 1).await;
+    wait_until("the fill reached the CRM", || {
+        seen(&sim, statuses, None) == 1
+    })
+    .await;
     let behind = get(&gate, statuses, ACME_CLIENT).await;
-    assert_eq!((filling.await.unwrap().as_str(), behind.cache.as_str()), ("miss", "hit"));
+    assert_eq!(
+        (filling.await.unwrap().as_str(), behind.cache.as_str()),
+        ("miss", "hit")
+    );
     assert_eq!(seen(&sim, statuses, None), 1);
 }
 
@@ -200,7 +226,10 @@ async fn the_shared_request_survives_its_starter_but_not_the_last_caller() {
                 .await
         })
     };
-    wait_until("the starter queued", || gate.gateway.scheduler.queued() == 1).await;
+    wait_until("the starter queued", || {
+        gate.gateway.scheduler.queued() == 1
+    })
+    .await;
     let joiner = {
         let gate_url = gate.url.clone();
         tokio::spawn(async move {
@@ -210,7 +239,10 @@ async fn the_shared_request_survives_its_starter_but_not_the_last_caller() {
                 .send()
                 .await
                 .unwrap();
-            (r.status().as_u16(), r.headers()["x-crmgate-cache"].to_str().unwrap().to_string())
+            (
+                r.status().as_u16(),
+                r.headers()["x-crmgate-cache"].to_str().unwrap().to_string(),
+            )
         })
     };
     assert!(starter.await.unwrap().is_err(), "the starter gave up");
@@ -267,7 +299,10 @@ async fn the_shared_request_waits_as_long_as_its_most_patient_caller() {
                 .as_u16()
         })
     };
-    wait_until("the hurried caller queued", || gate.gateway.scheduler.queued() == 1).await;
+    wait_until("the hurried caller queued", || {
+        gate.gateway.scheduler.queued() == 1
+    })
+    .await;
     let patient = {
         let gate_url = gate.url.clone();
         tokio::spawn(async move {
@@ -278,7 +313,10 @@ async fn the_shared_request_waits_as_long_as_its_most_patient_caller() {
                 .send()
                 .await
                 .unwrap();
-            (r.status().as_u16(), r.headers()["x-crmgate-cache"].to_str().unwrap().to_string())
+            (
+                r.status().as_u16(),
+                r.headers()["x-crmgate-cache"].to_str().unwrap().to_string(),
+            )
         })
     };
     // The starter's own deadline passes: it gets its 503, the request it
@@ -297,7 +335,12 @@ async fn rules_turn_paths_off_and_add_paths() {
     )
     .await;
     for _ in 0..2 {
-        assert_eq!(get(&gate, "/api/v5/reference/sites", ACME_CLIENT).await.cache, "miss");
+        assert_eq!(
+            get(&gate, "/api/v5/reference/sites", ACME_CLIENT)
+                .await
+                .cache,
+            "miss"
+        );
     }
     assert_eq!(seen(&sim, "/api/v5/reference/sites", None), 2);
     assert_eq!(get(&gate, ORDERS, ACME_CLIENT).await.cache, "miss");
@@ -306,13 +349,19 @@ async fn rules_turn_paths_off_and_add_paths() {
     assert_eq!(seen(&sim, "/api/v5/orders", None), 1);
     // A default path, and a path no rule names.
     get(&gate, "/api/credentials", ACME_CLIENT).await;
-    assert_eq!(get(&gate, "/api/credentials", ACME_CLIENT).await.cache, "hit");
+    assert_eq!(
+        get(&gate, "/api/credentials", ACME_CLIENT).await.cache,
+        "hit"
+    );
     get(&gate, "/api/v5/customers", ACME_CLIENT).await;
 }
 
 async fn edit_status(gate: &Gate, key: &str, code: &str, name: &str) {
     let resp = client()
-        .post(format!("{}/api/v5/reference/statuses/{code}/edit", gate.url))
+        .post(format!(
+            "{}/api/v5/reference/statuses/{code}/edit",
+            gate.url
+        ))
         .header("X-API-KEY", key)
         .form(&[("status", format!("{{\"name\":\"{name}\"}}"))])
         .send()
@@ -325,17 +374,31 @@ async fn edit_status(gate: &Gate, key: &str, code: &str, name: &str) {
 async fn a_write_to_a_dictionary_drops_it_for_that_tenant_only() {
     let (sim, gate) = setup("[cache]\nenabled = true\n").await;
     let statuses = "/api/v5/reference/statuses";
-    for (key, want) in [(ACME_CLIENT, "miss"), (ACME_CLIENT, "hit"), (BETA_CLIENT, "miss")] {
-        assert_eq!(get(&gate, statuses, key).await.cache, want, "tenants never share");
+    for (key, want) in [
+        (ACME_CLIENT, "miss"),
+        (ACME_CLIENT, "hit"),
+        (BETA_CLIENT, "miss"),
+    ] {
+        assert_eq!(
+            get(&gate, statuses, key).await.cache,
+            want,
+            "tenants never share"
+        );
     }
     get(&gate, "/api/v5/reference/sites", ACME_CLIENT).await;
     edit_status(&gate, ACME_CLIENT, "new", "Brand new").await;
     let after = get(&gate, statuses, ACME_CLIENT).await;
     assert_eq!(after.cache, "miss");
     assert!(after.body.contains("Brand new"), "{}", after.body);
-    assert_eq!(get(&gate, statuses, BETA_CLIENT).await.cache, "hit", "beta's copy stays");
     assert_eq!(
-        get(&gate, "/api/v5/reference/sites", ACME_CLIENT).await.cache,
+        get(&gate, statuses, BETA_CLIENT).await.cache,
+        "hit",
+        "beta's copy stays"
+    );
+    assert_eq!(
+        get(&gate, "/api/v5/reference/sites", ACME_CLIENT)
+            .await
+            .cache,
         "hit",
         "another dictionary stays"
     );
@@ -364,9 +427,21 @@ async fn no_cache_refreshes_and_no_store_bypasses() {
     // A hit is the same through the full path (control headers), and
     // inbound's checks still apply before it: a bad header or key is refused.
     let high = [("X-Crmgate-Priority", "high")];
-    assert_eq!(get_with(&gate, p, ACME_CLIENT, &high, long).await.unwrap().cache, "hit");
+    assert_eq!(
+        get_with(&gate, p, ACME_CLIENT, &high, long)
+            .await
+            .unwrap()
+            .cache,
+        "hit"
+    );
     let bad = [("X-Crmgate-Priority", "urgent")];
-    assert_eq!(get_with(&gate, p, ACME_CLIENT, &bad, long).await.unwrap().status, 400);
+    assert_eq!(
+        get_with(&gate, p, ACME_CLIENT, &bad, long)
+            .await
+            .unwrap()
+            .status,
+        400
+    );
     assert_eq!(get(&gate, p, "not-a-client-key").await.status, 403);
     let by_prefix = get(&gate, &format!("/acme{p}?apiKey={ACME_CLIENT}"), "").await;
     assert_eq!(by_prefix.cache, "hit", "the same read, key in the query");
@@ -392,14 +467,26 @@ async fn an_expired_entry_is_served_when_the_crm_fails_or_the_deadline_passes() 
     assert!(stale.age.is_some());
     // The queue deadline: the slot is taken for a second, the caller waits 200 ms.
     block(&gate).await;
-    let hurried = get_with(&gate, p, ACME_CLIENT, &[("X-Crmgate-Max-Wait", "200ms")], Duration::from_secs(60))
-        .await
-        .unwrap();
+    let hurried = get_with(
+        &gate,
+        p,
+        ACME_CLIENT,
+        &[("X-Crmgate-Max-Wait", "200ms")],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     assert_eq!((hurried.status, hurried.cache.as_str()), (200, "stale"));
     // With no stale copy, the error comes through.
-    let none = get_with(&gate, "/api/credentials", ACME_CLIENT, &[("X-Crmgate-Max-Wait", "100ms")], Duration::from_secs(60))
-        .await
-        .unwrap();
+    let none = get_with(
+        &gate,
+        "/api/credentials",
+        ACME_CLIENT,
+        &[("X-Crmgate-Max-Wait", "100ms")],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     assert_eq!(none.status, 503);
 }
 
@@ -410,13 +497,24 @@ async fn the_memory_bound_holds_and_series_exist_from_the_start() {
     for tenant in ["acme", "beta", "open"] {
         for result in ["hit", "miss", "coalesced", "stale", "bypass"] {
             let labels = [("tenant", tenant), ("result", result)];
-            assert_eq!(metric(&m, "crmgate_cache_requests_total", &labels), Some(0.0));
+            assert_eq!(
+                metric(&m, "crmgate_cache_requests_total", &labels),
+                Some(0.0)
+            );
         }
-        assert_eq!(metric(&m, "crmgate_coalesced_total", &[("tenant", tenant)]), Some(0.0));
+        assert_eq!(
+            metric(&m, "crmgate_coalesced_total", &[("tenant", tenant)]),
+            Some(0.0)
+        );
     }
     assert_eq!(metric(&m, "crmgate_cache_bytes", &[]), Some(0.0));
     for i in 0..30 {
-        let got = get(&gate, &format!("/api/v5/reference/statuses?n={i}"), ACME_CLIENT).await;
+        let got = get(
+            &gate,
+            &format!("/api/v5/reference/statuses?n={i}"),
+            ACME_CLIENT,
+        )
+        .await;
         assert_eq!(got.cache, "miss");
     }
     let m = metrics_text(&gate.admin).await;

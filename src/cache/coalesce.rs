@@ -220,7 +220,10 @@ impl Drop for Seat {
                 task.abort();
             }
         }
-        if map.get(&self.key).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
+        if map
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
             map.remove(&self.key);
         }
     }

@@ -95,8 +95,14 @@ mod tests {
     #[test]
     fn repeated_names_keep_their_relative_order() {
         let a = key("a", "/api/v5/orders", Some("ids[]=1&page=1&ids[]=2"));
-        assert_eq!(a, key("a", "/api/v5/orders", Some("page=1&ids[]=1&ids[]=2")));
-        assert_ne!(a, key("a", "/api/v5/orders", Some("ids[]=2&page=1&ids[]=1")));
+        assert_eq!(
+            a,
+            key("a", "/api/v5/orders", Some("page=1&ids[]=1&ids[]=2"))
+        );
+        assert_ne!(
+            a,
+            key("a", "/api/v5/orders", Some("ids[]=2&page=1&ids[]=1"))
+        );
     }
 
     #[test]

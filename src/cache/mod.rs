@@ -27,9 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bytes::BytesMut;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::response::Response;
+use bytes::BytesMut;
 use http_body_util::BodyExt;
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -77,7 +77,11 @@ impl Cache {
     /// (moka's bound is fixed when built); every tenant's series exist.
     /// Rules and TTLs are read per request, so they apply at once.
     pub fn reconfigure(&self, config: &Config) {
-        if self.max_bytes.swap(config.cache.max_bytes, Ordering::AcqRel) != config.cache.max_bytes {
+        if self
+            .max_bytes
+            .swap(config.cache.max_bytes, Ordering::AcqRel)
+            != config.cache.max_bytes
+        {
             self.store
                 .store(Arc::new(Store::new(config.cache.max_bytes)));
         }
@@ -197,13 +201,7 @@ pub async fn serve(
                 generation: store.generation(),
                 store: store.clone(),
             });
-            let task = tokio::spawn(fly(
-                gw.clone(),
-                req,
-                seat.flight.clone(),
-                key.clone(),
-                plan,
-            ));
+            let task = tokio::spawn(fly(gw.clone(), req, seat.flight.clone(), key.clone(), plan));
             seat.attach(task.abort_handle());
             Outcome::Miss
         }
@@ -261,10 +259,7 @@ async fn write(gw: &Gateway, req: Inbound, trace: &mut Trace) -> Result<Response
     answer
 }
 
-fn with_outcome(
-    r: Result<Response, GatewayError>,
-    o: Outcome,
-) -> Result<Response, GatewayError> {
+fn with_outcome(r: Result<Response, GatewayError>, o: Outcome) -> Result<Response, GatewayError> {
     r.map(|mut resp| {
         resp.headers_mut().insert(CACHE_HEADER, outcome_header(o));
         resp
@@ -288,7 +283,13 @@ struct Plan {
 
 /// The shared request: sent once, answer buffered, kept when cacheable,
 /// handed to every seat.
-async fn fly(gw: Arc<Gateway>, mut req: Inbound, flight: Arc<Flight>, key: Key, plan: Option<Plan>) {
+async fn fly(
+    gw: Arc<Gateway>,
+    mut req: Inbound,
+    flight: Arc<Flight>,
+    key: Key,
+    plan: Option<Plan>,
+) {
     // Every seat gets the same bytes: ask for them unencoded, so no joiner
     // receives an encoding it did not accept.
     req.out.headers.remove(header::ACCEPT_ENCODING);
@@ -305,8 +306,13 @@ async fn fly(gw: Arc<Gateway>, mut req: Inbound, flight: Arc<Flight>, key: Key, 
     };
     if let (Ok(a), Some(plan)) = (&answer, plan) {
         if cacheable(a) {
-            plan.store
-                .insert(key.clone(), a.clone(), plan.ttl, plan.grace, plan.generation);
+            plan.store.insert(
+                key.clone(),
+                a.clone(),
+                plan.ttl,
+                plan.grace,
+                plan.generation,
+            );
         }
     }
     flight.finish(Shared {
@@ -343,9 +349,13 @@ async fn buffer(
             bytes.extend_from_slice(&data);
         }
     }
+    let mut headers = parts.headers;
+    // A kept answer must not carry the time it was first read: the server
+    // adds the current `Date` to each response (and `Age` says how old).
+    headers.remove(header::DATE);
     let answer = Answer {
         status: parts.status,
-        headers: parts.headers,
+        headers,
         body: bytes.freeze(),
     };
     Ok((Arc::new(answer), lease))

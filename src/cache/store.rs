@@ -230,10 +230,22 @@ mod tests {
         assert!(s.get(&key("a", "/api/v5/reference/sites")).is_some());
         assert!(s.get(&key("b", "/api/v5/reference/statuses")).is_some());
         // A read that began before the write stores a dead entry.
-        s.insert(key("a", "/api/v5/reference/statuses"), answer(10), MIN, MIN, g);
+        s.insert(
+            key("a", "/api/v5/reference/statuses"),
+            answer(10),
+            MIN,
+            MIN,
+            g,
+        );
         assert!(s.get(&key("a", "/api/v5/reference/statuses")).is_none());
         let after = s.generation();
-        s.insert(key("a", "/api/v5/reference/statuses"), answer(10), MIN, MIN, after);
+        s.insert(
+            key("a", "/api/v5/reference/statuses"),
+            answer(10),
+            MIN,
+            MIN,
+            after,
+        );
         assert!(s.get(&key("a", "/api/v5/reference/statuses")).is_some());
     }
 

@@ -102,11 +102,17 @@ mod tests {
             (Priority::Normal, t0 + Duration::from_secs(5))
         );
         assert!(lift.raise(Priority::High, t0 + Duration::from_secs(9)));
-        assert_eq!(lift.current(), (Priority::High, t0 + Duration::from_secs(9)));
+        assert_eq!(
+            lift.current(),
+            (Priority::High, t0 + Duration::from_secs(9))
+        );
         lift.close();
         assert!(lift.granted());
         assert!(!lift.raise(Priority::High, t0 + Duration::from_secs(20)));
-        assert_eq!(lift.current(), (Priority::High, t0 + Duration::from_secs(9)));
+        assert_eq!(
+            lift.current(),
+            (Priority::High, t0 + Duration::from_secs(9))
+        );
     }
 
     use std::sync::Arc;
@@ -160,7 +166,10 @@ mod tests {
         // the band that was first): the raised request is granted within
         // two slots instead of after the ten.
         tokio::time::sleep(Duration::from_millis(2 * 1020 + 50)).await;
-        assert!(shared.is_finished(), "the raised request is served in its new band");
+        assert!(
+            shared.is_finished(),
+            "the raised request is served in its new band"
+        );
         assert!(shared.await.unwrap().is_ok());
         assert_eq!(lows.iter().filter(|w| w.is_finished()).count(), 1);
         assert_eq!(s.queued(), 9);
@@ -185,12 +194,18 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, QueueError::Deadline(_)), "{err:?}");
-        assert!(lift.granted(), "a request that stopped waiting cannot be joined");
+        assert!(
+            lift.granted(),
+            "a request that stopped waiting cannot be joined"
+        );
 
         let lift = Arc::new(Lift::new(Priority::Normal, Instant::now() + short));
         let shared = {
             let (s, lift) = (s.clone(), lift.clone());
-            tokio::spawn(async move { s.acquire_lifted(ticket(Priority::Normal, short), &lift).await })
+            tokio::spawn(async move {
+                s.acquire_lifted(ticket(Priority::Normal, short), &lift)
+                    .await
+            })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(lift.raise(Priority::Low, Instant::now() + Duration::from_secs(5)));

@@ -37,8 +37,14 @@ pub(crate) fn router(sim: Arc<Shared>) -> Router {
             .route(&format!("/api/{v}/orders/create"), post(create_order))
             .route(&format!("/api/{v}/telephony/call/event"), post(call_event))
             .route(&format!("/api/{v}/reference/sites"), get(sites))
-            .route(&format!("/api/{v}/reference/statuses"), get(super::reference::statuses))
-            .route(&format!("/api/{v}/reference/statuses/{{code}}/edit"), post(super::reference::edit_status));
+            .route(
+                &format!("/api/{v}/reference/statuses"),
+                get(super::reference::statuses),
+            )
+            .route(
+                &format!("/api/{v}/reference/statuses/{{code}}/edit"),
+                post(super::reference::edit_status),
+            );
     }
     router
         .fallback(|| async { error(StatusCode::NOT_FOUND, "Not found") })

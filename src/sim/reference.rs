@@ -29,12 +29,10 @@ impl Reference {
     pub(crate) fn new(accounts: usize) -> Reference {
         let seed = || {
             let mut m = BTreeMap::new();
-            for (i, (code, name, group)) in [
-                ("new", "New", "new"),
-                ("complete", "Complete", "complete"),
-            ]
-            .into_iter()
-            .enumerate()
+            for (i, (code, name, group)) in
+                [("new", "New", "new"), ("complete", "Complete", "complete")]
+                    .into_iter()
+                    .enumerate()
             {
                 m.insert(
                     code.to_string(),

@@ -12,7 +12,10 @@ pub(super) fn cache(p: &mut Problems, c: &RawCache) -> CacheConfig {
     let stale_if_error = p.duration("cache.stale_if_error", c.stale_if_error.as_deref(), "1h");
     let max_bytes = c.max_bytes.unwrap_or(32 * 1024 * 1024);
     if max_bytes <= 0 {
-        p.push("cache.max_bytes", "must be a positive whole number of bytes");
+        p.push(
+            "cache.max_bytes",
+            "must be a positive whole number of bytes",
+        );
     }
     if ttl.is_zero() {
         p.push(
@@ -26,7 +29,10 @@ pub(super) fn cache(p: &mut Problems, c: &RawCache) -> CacheConfig {
         let ttl = match r.ttl.as_deref() {
             Some(text) => p.duration(&format!("{at}.ttl"), Some(text), "0s"),
             None => {
-                p.push(&format!("{at}.ttl"), "is missing; write e.g. \"10m\", or \"0s\" to not cache");
+                p.push(
+                    &format!("{at}.ttl"),
+                    "is missing; write e.g. \"10m\", or \"0s\" to not cache",
+                );
                 continue;
             }
         };
@@ -66,7 +72,8 @@ mod tests {
     const TENANT: &str = "[[tenants]]\nname = \"a\"\nsubdomain = \"a\"\napi_key = \"k\"\n";
 
     fn load(cache: &str) -> Result<Config, Vec<String>> {
-        Config::from_toml(&format!("{cache}\n{TENANT}"), "t.toml", &|_| None).map_err(|e| e.problems)
+        Config::from_toml(&format!("{cache}\n{TENANT}"), "t.toml", &|_| None)
+            .map_err(|e| e.problems)
     }
 
     #[test]
@@ -121,7 +128,9 @@ mod tests {
         ] {
             assert!(p.iter().any(|m| m.starts_with(path)), "{path} in {p:?}");
         }
-        assert!(!p.iter().any(|m| m.contains("orders") || m.contains("later")));
+        assert!(!p
+            .iter()
+            .any(|m| m.contains("orders") || m.contains("later")));
         let unknown = load("[cache]\nsize = 1\n").unwrap_err();
         assert!(unknown.iter().any(|m| m.contains("size")), "{unknown:?}");
     }
