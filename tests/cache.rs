@@ -531,3 +531,41 @@ async fn the_memory_bound_holds_and_series_exist_from_the_start() {
         .unwrap();
     assert_eq!(acme["cache_last_minute"]["requests_last_minute"], 30);
 }
+
+#[tokio::test]
+async fn a_reload_turns_the_stage_off_and_on_and_a_new_bound_starts_empty() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crmgate.toml");
+    let text = |cache: &str| {
+        config_text(
+            &sim,
+            &format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[cache]\n{cache}\n"
+            ),
+        )
+    };
+    let gate = Gate::from_file(&path, &text("enabled = true")).await;
+    let p = "/api/v5/reference/statuses";
+    assert_eq!(get(&gate, p, ACME_CLIENT).await.cache, "miss");
+    assert_eq!(get(&gate, p, ACME_CLIENT).await.cache, "hit");
+
+    std::fs::write(&path, text("enabled = false")).unwrap();
+    gate.gateway.reload().expect("valid config");
+    assert_eq!(
+        get(&gate, p, ACME_CLIENT).await.cache,
+        "",
+        "no stage, no header"
+    );
+    assert_eq!(seen(&sim, p, None), 2);
+
+    std::fs::write(&path, text("enabled = true\nmax_bytes = 65536")).unwrap();
+    gate.gateway.reload().expect("valid config");
+    assert_eq!(
+        get(&gate, p, ACME_CLIENT).await.cache,
+        "miss",
+        "a new bound, a new store"
+    );
+    assert_eq!(get(&gate, p, ACME_CLIENT).await.cache, "hit");
+    assert_eq!(seen(&sim, p, None), 3);
+}

@@ -59,6 +59,17 @@ impl Flight {
     pub fn finish(&self, shared: Shared) {
         self.result.send_replace(Some(Arc::new(shared)));
     }
+
+    /// Publishes `shared()` unless an outcome was published already.
+    pub fn finish_if_unfinished(&self, shared: impl FnOnce() -> Shared) {
+        self.result.send_if_modified(|r| {
+            if r.is_some() {
+                return false;
+            }
+            *r = Some(Arc::new(shared()));
+            true
+        });
+    }
 }
 
 /// The flights under way, by key.

@@ -294,6 +294,9 @@ async fn fly(
     // receives an encoding it did not accept.
     req.out.headers.remove(header::ACCEPT_ENCODING);
     let tenant = req.tenant.name.to_string();
+    // Should this task end without an answer (a panic), the seats still
+    // get one instead of waiting forever.
+    let _unfinished = Unfinished(flight.clone(), tenant.clone());
     let limit = gw.runtime().config.limits.max_buffered_bytes.get();
     let mut trace = Trace::default();
     let result = match forward_lifted(&gw, req, &mut trace, Some(&flight.lift)).await {
@@ -324,6 +327,26 @@ async fn fly(
         lease,
     });
     gw.cache.flights.done(&key, &flight);
+}
+
+/// Publishes an error to the seats of a flight whose task ended without
+/// an answer; a no-op after [`Flight::finish`].
+struct Unfinished(Arc<Flight>, String);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        self.0.finish_if_unfinished(|| Shared {
+            answer: Err(GatewayError::UpstreamUnreachable {
+                tenant: std::mem::take(&mut self.1),
+                cause: "the shared request ended without an answer".into(),
+            }),
+            attempts: 0,
+            queue: std::time::Duration::ZERO,
+            upstream: std::time::Duration::ZERO,
+            egress: None,
+            lease: None,
+        });
+    }
 }
 
 /// Reads the CRM's whole answer, holding its bytes in the pool of buffered

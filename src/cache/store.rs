@@ -114,8 +114,22 @@ pub struct Store {
     cache: Cache<Key, Arc<Entry>>,
     /// Bumped by every dictionary write, in any tenant.
     generation: AtomicU64,
-    /// Generation of the last write per (tenant, dictionary).
-    writes: DashMap<(Arc<str>, Box<str>), u64>,
+    /// Generation of the last write per (tenant, dictionary bucket). Names
+    /// are hashed into [`BUCKETS`] buckets, so callers writing to made-up
+    /// dictionaries cannot grow the map; a shared bucket only drops a little
+    /// more than needed.
+    writes: DashMap<(Arc<str>, u16), u64>,
+}
+
+/// Dictionary buckets per tenant.
+const BUCKETS: u64 = 1024;
+
+fn bucket(dict: &str) -> u16 {
+    use std::hash::{Hash, Hasher};
+    // Deterministic (fixed keys): the same name always lands in one bucket.
+    let mut h = std::hash::DefaultHasher::new();
+    dict.hash(&mut h);
+    (h.finish() % BUCKETS) as u16
 }
 
 impl Store {
@@ -151,7 +165,7 @@ impl Store {
         let dict = dictionary(key.path())?;
         let written = self
             .writes
-            .get(&(key.tenant.clone(), Box::<str>::from(dict)))
+            .get(&(key.tenant.clone(), bucket(dict)))
             .map_or(0, |g| *g);
         (written <= entry.generation).then_some(entry)
     }
@@ -180,7 +194,7 @@ impl Store {
     /// before now is dead at once, and its memory freed soon after.
     pub fn invalidate(&self, tenant: &Arc<str>, dict: &str) {
         let g = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.writes.insert((tenant.clone(), dict.into()), g);
+        self.writes.insert((tenant.clone(), bucket(dict)), g);
         let (tenant, dict) = (tenant.clone(), dict.to_string());
         // Only fails when closures are not supported; they are.
         let _ = self.cache.invalidate_entries_if(move |k, _| {
@@ -247,6 +261,15 @@ mod tests {
             after,
         );
         assert!(s.get(&key("a", "/api/v5/reference/statuses")).is_some());
+    }
+
+    #[test]
+    fn writes_to_made_up_dictionaries_do_not_grow_the_map() {
+        let s = Store::new(1 << 20);
+        for i in 0..5000 {
+            s.invalidate(&"a".into(), &format!("made-up-{i}"));
+        }
+        assert!(s.writes.len() <= BUCKETS as usize);
     }
 
     #[test]
