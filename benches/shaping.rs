@@ -46,12 +46,19 @@
 //!    distinct items, time to the first item; history from `sinceId = 0`
 //!    (every entry once, in order, `last_id`); a light tenant's queue wait
 //!    while an export holds the budget. `--orders N` changes N.
+//! 10. `cache`: 50 callers on `reference/statuses` (the CRM should see 1), 30
+//!     callers on one list page while another tenant saturates the budget
+//!     (1), a write then a read (sees it), and a cache hit's req/s and p99
+//!     side by side with nginx `proxy_cache` (skipped loudly without nginx
+//!     or wrk).
 //!
 //! Everything runs in one process on one tokio runtime, like the
 //! integration tests: the callers, the gateway and the simulator share the
 //! machine's cores. The report ends with one JSON line for tooling.
 //! See docs/performance.md for how to read the numbers.
 
+#[path = "shaping/cache.rs"]
+mod cache;
 #[path = "shaping/end_to_end.rs"]
 mod end_to_end;
 #[path = "shaping/export.rs"]
@@ -75,7 +82,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "utilisation",
     "jitter",
     "fairness",
@@ -85,6 +92,7 @@ const SCENARIOS: [&str; 9] = [
     "tls",
     "holding",
     "export",
+    "cache",
 ];
 
 /// Targets, as agreed for the gateway.
@@ -115,7 +123,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: cargo bench --bench shaping -- [--quick] [--seconds N] \
-[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding,export] [--callers N] [--jitter-ms N] \
+[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding,export,cache] [--callers N] [--jitter-ms N] \
 [--hold N] [--gate-bin PATH] [--orders N]";
 
 fn parse_args() -> Args {
@@ -789,6 +797,12 @@ fn main() {
         let e = rt.block_on(export::run(orders, loadavg));
         export::print(&e, TARGET_LIGHT_P95_MS);
         json.insert("export".into(), serde_json::to_value(&e).unwrap());
+    }
+    if wants("cache") {
+        json.insert(
+            "cache".into(),
+            cache::scenario(&rt, args.quick, args.seconds),
+        );
     }
 
     let elapsed = started.elapsed().as_secs_f64();

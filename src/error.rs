@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::scheduler::QueueError;
 
 /// A request crmgate answers itself instead of forwarding it (or its answer).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     /// The path is not under `/api/` (or `/{tenant}/api/`).
     #[error("Not found: crmgate serves /api/... and /{{tenant}}/api/... only")]

@@ -77,6 +77,8 @@ pub struct Gateway {
     pub drain: Drain,
     /// Request bodies held now (bounded by `limits.max_buffered_bytes`).
     pub bodies: Arc<BodyPool>,
+    /// The cache stage: stored answers, shared requests, counters.
+    pub cache: crate::cache::Cache,
     stats: DashMap<Arc<str>, Arc<TenantStats>>,
     started: Instant,
     /// Where reloads read from, and their one-at-a-time lock.
@@ -112,7 +114,9 @@ impl Gateway {
         }
         let labels: Vec<&str> = egress.iter().map(|e| e.label.as_str()).collect();
         metrics.init_series(&config, &labels);
+        let cache = crate::cache::Cache::new(&config, &metrics);
         let gw = Gateway {
+            cache,
             runtime: ArcSwap::from_pointee(Runtime { config, tenants }),
             scheduler,
             egress: ArcSwap::from_pointee(egress),

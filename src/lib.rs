@@ -15,12 +15,13 @@
 //!    - [`classify`]: which budget (general or telephony);
 //!    - [`rewrite`]: strip the caller's key, add `site`, keep everything
 //!      else byte-exact;
-//! 2. the stages between inbound and the scheduler (cache and coalescing,
-//!    reconciliation, export) take their place here, each its own module:
+//! 2. the stages between inbound and the scheduler, each its own module:
 //!    - [`batch`]: a batch over RetailCRM's item limit is refused (400)
 //!      before it spends a slot;
 //!    - [`reconcile`]: a create that failed after sending is looked up by
 //!      `externalId` (found, or resent) instead of ending as 502;
+//!    - [`cache`]: identical GETs coalesced while queued, reference data
+//!      kept per tenant for a TTL;
 //!    - [`export`]: `X-Crmgate-Export: ndjson` walks every page of a list
 //!      (or history by cursor) through forward and streams one item per
 //!      line;
@@ -50,6 +51,7 @@
 pub mod access;
 pub mod admin;
 pub mod batch;
+pub mod cache;
 pub mod classify;
 pub mod config;
 pub mod drain;

@@ -71,6 +71,15 @@ pub struct Metrics {
     /// Creates that failed after sending, by tenant and how they ended
     /// ([`crate::reconcile::Outcome`]).
     pub reconciled: IntCounterVec,
+    /// GETs through the cache stage, by tenant and result (hit, miss,
+    /// coalesced, stale, bypass).
+    pub cache_requests: IntCounterVec,
+    /// GETs answered by joining another caller's request, by tenant.
+    pub coalesced: IntCounterVec,
+    /// Bytes the cache holds (keys and answers, as weighed).
+    pub cache_bytes: IntGauge,
+    /// Entries the cache holds.
+    pub cache_entries: IntGauge,
     _build: IntGaugeVec,
 }
 
@@ -185,6 +194,27 @@ impl Metrics {
             IntGauge::new("crmgate_exports_in_progress", "Exports streaming now.")
                 .expect("valid gauge"),
         );
+        let cache_requests = counter(
+            "crmgate_cache_requests_total",
+            "GETs through the cache stage, by tenant and result (hit, miss, coalesced, stale, bypass).",
+            &["tenant", "result"],
+        );
+        let coalesced = counter(
+            "crmgate_coalesced_total",
+            "GETs answered by another caller's identical request (no slot of their own), by tenant.",
+            &["tenant"],
+        );
+        let gauge = |name: &str, help: &str| {
+            reg(
+                &registry,
+                IntGauge::with_opts(Opts::new(name, help)).expect("valid gauge"),
+            )
+        };
+        let cache_bytes = gauge(
+            "crmgate_cache_bytes",
+            "Bytes the cache holds (keys and answers).",
+        );
+        let cache_entries = gauge("crmgate_cache_entries", "Entries the cache holds.");
         // Both listeners exist from the start, so their series do too.
         for listener in LISTENERS {
             connections_open.with_label_values(&[listener]);
@@ -304,6 +334,10 @@ impl Metrics {
             export_pages,
             export_items,
             reconciled,
+            cache_requests,
+            coalesced,
+            cache_bytes,
+            cache_entries,
             _build: build,
         }
     }
@@ -384,6 +418,9 @@ pub fn refresh_gauges(gw: &Gateway) {
     gone.inc_by(gw.scheduler.withdrawn().saturating_sub(gone.get()));
     m.queue_capacity
         .set(rt.config.limits.queue_capacity.get() as i64);
+    let (bytes, entries) = gw.cache.usage();
+    m.cache_bytes.set(bytes as i64);
+    m.cache_entries.set(entries as i64);
     for t in rt.tenants.iter() {
         for class in Class::ALL {
             m.queue_depth

@@ -7,10 +7,12 @@
 //!
 //! 1. [`crate::inbound`]: read, limit, identify, rewrite → a typed request;
 //! 2. the stages between inbound and the scheduler: [`crate::batch`] (an
-//!    oversized batch is refused before it spends a slot), then
-//!    [`crate::reconcile`] around forward (a create that failed after
-//!    sending is looked up by `externalId`); cache and coalescing of reads
-//!    and paginated export take their places here too;
+//!    oversized batch is refused before it spends a slot); [`crate::export`]
+//!    (`X-Crmgate-Export: ndjson` walks every page); for reads,
+//!    [`crate::cache`] (answer from the cache, or share an identical GET
+//!    still queued); for writes, [`crate::reconcile`] around forward (a
+//!    create that failed after sending is looked up by `externalId`), with
+//!    a write to a dictionary dropping that tenant's cached entries;
 //! 3. [`crate::forward`]: wait in the [`crate::scheduler`], send through an
 //!    [`crate::egress`] client, retry when [`crate::forward::retry`] allows,
 //!    stream back.
@@ -21,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::time::Instant;
@@ -58,7 +60,13 @@ async fn handle(
     };
     let mut trace = Trace::default();
 
-    let mut response = match run(&gw, peer, req, &request_id, &mut trace).await {
+    // A cache hit needs nothing of the request but its head.
+    let early = crate::cache::early::lookup(&gw, &req, &mut trace);
+    let answer = match early {
+        Some(hit) => Ok(hit),
+        None => run(&gw, peer, req, &request_id, &mut trace).await,
+    };
+    let mut response = match answer {
         Ok(r) => r,
         Err(e) => {
             if let Some(reason) = e.rejection() {
@@ -124,6 +132,10 @@ async fn run(
     if let Some(wanted) = export {
         return crate::export::export(gw, request, wanted, trace).await;
     }
+    if request.out.method != Method::POST {
+        return crate::cache::serve(gw, request, trace).await;
+    }
+    let _write = crate::cache::DictionaryWrite::begin(gw, &request);
     crate::reconcile::run(gw, request, trace).await
 }
 

@@ -122,6 +122,7 @@ impl Gateway {
         let egress = self.egress_all();
         let labels: Vec<&str> = egress.iter().map(|e| e.label.as_str()).collect();
         self.metrics.init_series(&new, &labels);
+        self.cache.reconfigure(&new);
         let tenants = Tenants::new(&new.tenants);
         self.put_in_force(
             Runtime {

@@ -81,6 +81,8 @@ pub struct TenantRow {
     /// Queue wait p50/p95 over the last minute; `null` when nothing waited
     /// for a slot in that minute.
     pub queue_wait_last_minute: Option<WaitQuantiles>,
+    /// The cache stage over the last minute: GETs, slots saved, hit ratio.
+    pub cache_last_minute: crate::cache::stats::CacheStatus,
 }
 
 impl Status {
@@ -127,6 +129,7 @@ impl Status {
                     inflight: s.inflight.load(Ordering::Relaxed),
                     totals_by_status,
                     queue_wait_last_minute: gw.metrics.tenant_queue_wait.quantiles(&t.name),
+                    cache_last_minute: gw.cache.stats.status(&t.name),
                 }
             })
             .collect();
@@ -226,6 +229,7 @@ mod tests {
         assert_eq!(
             keys(&tenants[1]),
             [
+                "cache_last_minute",
                 "inflight",
                 "name",
                 "queue_wait_last_minute",
@@ -235,6 +239,14 @@ mod tests {
             ]
         );
         assert_eq!(tenants[1]["weight"], 3);
+        assert_eq!(
+            keys(&tenants[1]["cache_last_minute"]),
+            [
+                "hit_ratio",
+                "requests_last_minute",
+                "slots_saved_last_minute"
+            ]
+        );
         assert_eq!(
             tenants[1]["queue_wait_last_minute"],
             serde_json::Value::Null

@@ -528,7 +528,9 @@ async fn drain_answers_503_json_to_what_the_grace_cannot_serve() {
 /// A config file for the reload tests: acme with real key `key`.
 fn reload_text(sim: &Simulator, key: &str, rate: u32) -> String {
     format!(
+        // The cache stage off: these tests count identical queued GETs.
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [cache]\nenabled = false\n\
          [limits]\ngeneral_per_second = {rate}\n\n\
          [[tenants]]\nname = \"acme\"\nbase_url = \"{}\"\napi_key = \"{key}\"\n\
          client_keys = [\"{ACME_CLIENT}\"]\nsite = \"main\"\n",

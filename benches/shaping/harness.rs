@@ -66,8 +66,15 @@ pub fn gateway_config(upstream: &str, limits: &str) -> Config {
     gateway_config_with(upstream, limits, "")
 }
 
-/// [`gateway_config`] plus whole extra sections (such as `[redis]`).
+/// [`gateway_config`] plus whole extra sections (such as `[redis]`). The
+/// cache stage is off unless `sections` has a `[cache]`: the shaping
+/// scenarios send identical GETs to measure the budget, not the cache.
 pub fn gateway_config_with(upstream: &str, limits: &str, sections: &str) -> Config {
+    let sections = if sections.contains("[cache]") {
+        sections.to_string()
+    } else {
+        format!("{sections}\n[cache]\nenabled = false\n")
+    };
     let text = format!(
         r#"[server]
 listen = "127.0.0.1:0"

@@ -323,6 +323,11 @@ listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin}"
 shutdown_grace = "1s"
 
+# Measures what one waiting request holds: identical GETs must not be
+# coalesced into one.
+[cache]
+enabled = false
+
 [limits]
 general_per_second = 1
 max_queue_wait = "10m"

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 /// The client key wrk presents to crmgate.
-const CLIENT_KEY: &str = "bench-pass-client";
+pub(crate) const CLIENT_KEY: &str = "bench-pass-client";
 /// The "real" key crmgate and the anchor put in its place.
-const REAL_KEY: &str = "bench-pass-real-key";
+pub(crate) const REAL_KEY: &str = "bench-pass-real-key";
 /// The request every target gets: a general-class read.
 const PATH: &str = "/api/v5/orders?limit=20";
 /// wrk's shape, as in the reference measurement.
@@ -109,7 +109,7 @@ pub(crate) fn nginx_binary() -> Option<PathBuf> {
     })
 }
 
-fn has_wrk() -> bool {
+pub(crate) fn has_wrk() -> bool {
     Command::new("wrk")
         .arg("--version")
         .stdout(Stdio::null())
@@ -121,7 +121,7 @@ fn has_wrk() -> bool {
 /// The parts of an nginx config both instances share: one process (the
 /// equivalent of one worker, and a single pid to stop), every path inside
 /// `dir`, keep-alive connections never recycled during the run.
-fn nginx_common(dir: &Path, name: &str) -> String {
+pub(crate) fn nginx_common(dir: &Path, name: &str) -> String {
     let d = dir.display();
     format!(
         r#"daemon off;
@@ -143,7 +143,7 @@ http {{
 }
 
 /// The fixed-JSON upstream.
-fn upstream_conf(dir: &Path, port: u16) -> String {
+pub(crate) fn upstream_conf(dir: &Path, port: u16) -> String {
     format!(
         r#"{}    access_log off;
     server {{
@@ -185,7 +185,7 @@ fn anchor_conf(dir: &Path, port: u16, upstream: u16) -> String {
     )
 }
 
-fn crmgate_conf(port: u16, admin: u16, upstream: u16) -> String {
+pub(crate) fn crmgate_conf(port: u16, admin: u16, upstream: u16) -> String {
     let ips: Vec<String> = (2..2 + EGRESS_IPS)
         .map(|i| format!("\"127.0.0.{i}\""))
         .collect();
@@ -213,7 +213,12 @@ client_keys = ["{CLIENT_KEY}"]
 
 /// Starts `cmd` and waits until `port` answers `GET PATH` with 200 (5 s).
 /// stderr goes to `log`, which is named in the error when it fails.
-fn start(name: &'static str, cmd: Command, port: u16, log: &Path) -> Result<Guard, String> {
+pub(crate) fn start(
+    name: &'static str,
+    cmd: Command,
+    port: u16,
+    log: &Path,
+) -> Result<Guard, String> {
     start_probed(name, cmd, port, log, probe)
 }
 
@@ -334,8 +339,8 @@ fn wrk_duration_ms(text: &str) -> Option<f64> {
     })
 }
 
-/// Runs wrk against `port` for `secs` and reads its report.
-fn wrk(port: u16, secs: u64) -> Result<(f64, [f64; 3], u64, u64, u64), String> {
+/// Runs wrk against `port{path}` for `secs` and reads its report.
+fn wrk_at(port: u16, secs: u64, path: &str) -> Result<(f64, [f64; 3], u64, u64, u64), String> {
     let out = Command::new("wrk")
         .args([
             "-t1",
@@ -344,7 +349,7 @@ fn wrk(port: u16, secs: u64) -> Result<(f64, [f64; 3], u64, u64, u64), String> {
             "--latency",
             "-H",
             &format!("X-API-KEY: {CLIENT_KEY}"),
-            &format!("http://127.0.0.1:{port}{PATH}"),
+            &format!("http://127.0.0.1:{port}{path}"),
         ])
         .output()
         .map_err(|e| format!("cannot run wrk: {e}"))?;
@@ -379,11 +384,22 @@ fn wrk(port: u16, secs: u64) -> Result<(f64, [f64; 3], u64, u64, u64), String> {
 
 /// Warms `port` up for a second (connections, pools, caches), then measures.
 fn measure(target: &'static str, port: u16, pid: Option<u32>, secs: u64) -> Result<Run, String> {
-    wrk(port, 1)?;
+    measure_at(target, port, pid, secs, PATH)
+}
+
+/// [`measure`] on another path.
+pub(crate) fn measure_at(
+    target: &'static str,
+    port: u16,
+    pid: Option<u32>,
+    secs: u64,
+    path: &str,
+) -> Result<Run, String> {
+    wrk_at(port, 1, path)?;
     let tick = clock_ticks();
     let loadavg = crate::loadavg();
     let before = pid.and_then(|p| process_usage(p, tick));
-    let (rate, [p50, p90, p99], requests, non_2xx, socket_errors) = wrk(port, secs)?;
+    let (rate, [p50, p90, p99], requests, non_2xx, socket_errors) = wrk_at(port, secs, path)?;
     let after = pid.and_then(|p| process_usage(p, tick));
     let per_request = |a: f64, b: f64| (b - a) / requests.max(1) as f64;
     let usage = before.zip(after);

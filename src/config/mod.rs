@@ -9,12 +9,14 @@
 //! (error or warning) contains a value from the file, a key, or a password in
 //! a URL: problems name the field path and what is wrong.
 
+mod cache;
 mod parse;
 mod raw;
 mod secrets;
 mod trust;
 mod validate;
 
+pub use cache::{glob, CacheConfig, CacheRule, CACHED_BY_DEFAULT};
 pub use trust::CaBundle;
 pub use validate::normalize_origin;
 
@@ -79,6 +81,8 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     /// `[[tenants]]`, in file order.
     pub tenants: Vec<TenantConfig>,
+    /// `[cache]`
+    pub cache: CacheConfig,
     /// Hex SHA-256 of the file's bytes, shown in `/status` to tell configs apart.
     pub checksum: String,
     /// Non-fatal remarks found while validating (e.g. an inline key).

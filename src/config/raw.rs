@@ -28,6 +28,28 @@ pub struct RawConfig {
     pub reconcile: RawReconcile,
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+/// `[cache]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub enabled: Option<bool>,
+    pub max_bytes: Option<i64>,
+    pub ttl: Option<String>,
+    pub stale_if_error: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<RawCacheRule>,
+}
+
+/// One `[[cache.rules]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheRule {
+    pub path: Option<String>,
+    pub ttl: Option<String>,
 }
 
 /// `[export]`

@@ -17,6 +17,7 @@ use url::Url;
 use super::raw::RawConfig;
 use super::*;
 
+mod cache;
 mod export;
 mod reconcile;
 mod server;
@@ -357,6 +358,8 @@ pub(super) fn validate(
         }
     }
 
+    let cache = cache::cache(&mut p, &raw.cache);
+
     if p.0.is_empty() {
         Ok(Config {
             server,
@@ -368,6 +371,7 @@ pub(super) fn validate(
             export,
             reconcile,
             tenants,
+            cache,
             checksum,
             warnings,
         })

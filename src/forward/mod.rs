@@ -31,9 +31,21 @@ pub async fn forward(
     req: Inbound,
     trace: &mut Trace,
 ) -> Result<Response, GatewayError> {
+    forward_lifted(gw, req, trace, None).await
+}
+
+/// Like [`forward`], for a request several callers share (see
+/// [`crate::cache`]): its first wait follows `lift` (raised priority,
+/// extended deadline).
+pub async fn forward_lifted(
+    gw: &Gateway,
+    req: Inbound,
+    trace: &mut Trace,
+    lift: Option<&crate::scheduler::Lift>,
+) -> Result<Response, GatewayError> {
     let Inbound {
         tenant,
-        ticket,
+        mut ticket,
         out,
         ..
     } = req;
@@ -44,7 +56,15 @@ pub async fn forward(
     loop {
         // A retry was admitted before any drain began: it may still queue.
         let permit = if trace.attempts == 0 {
-            gw.scheduler.acquire(ticket.clone()).await?
+            match lift {
+                Some(lift) => {
+                    let permit = gw.scheduler.acquire_lifted(ticket.clone(), lift).await?;
+                    // Retries wait as the shared request was raised to.
+                    (ticket.priority, ticket.deadline) = lift.current();
+                    permit
+                }
+                None => gw.scheduler.acquire(ticket.clone()).await?,
+            }
         } else {
             gw.scheduler.reacquire(ticket.clone()).await?
         };

@@ -49,7 +49,7 @@ impl BodyLease {
     }
 
     /// Holds `more` bytes, unless that would pass `limit` in total.
-    fn grow(&mut self, more: usize, limit: usize) -> bool {
+    pub fn grow(&mut self, more: usize, limit: usize) -> bool {
         let pool = &self.pool.held;
         let mut held = pool.load(Ordering::Relaxed);
         loop {

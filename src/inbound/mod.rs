@@ -176,11 +176,14 @@ pub fn split_path(path: &str) -> Result<(Option<&str>, &str), GatewayError> {
     // The outgoing client's URL parser resolves `.` and `..` (also as
     // `%2e`, and `\` as `/`), so such a path would reach another method than
     // the one checked and classified here, or leave `/api/` with the real key.
+    // Only a segment of at most six bytes (`%2e%2e`) can read as `..`: the
+    // others are not copied to be checked.
     let dots = |s: &str| {
-        matches!(
-            s.to_ascii_lowercase().replace("%2e", ".").as_str(),
-            "." | ".."
-        )
+        s.len() <= 6
+            && matches!(
+                s.to_ascii_lowercase().replace("%2e", ".").as_str(),
+                "." | ".."
+            )
     };
     if path.split(['/', '\\']).any(dots) {
         return Err(GatewayError::NotFound);

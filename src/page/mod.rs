@@ -476,7 +476,9 @@ fn tenants(s: &Status) -> String {
              <td class=\"n\" data-field=\"2xx\">{a2}</td>\
              <td class=\"n\" data-field=\"3xx\">{a3}</td>\
              <td class=\"n\" data-field=\"4xx\">{a4}</td>\
-             <td class=\"n\" data-field=\"5xx\">{a5}</td>{NOT_YET}</tr>",
+             <td class=\"n\" data-field=\"5xx\">{a5}</td>\
+             <td class=\"n\" data-field=\"cache\" {ratio}</td>\
+             <td class=\"n\" data-field=\"coalesced\">{saved}</td>{NOT_YET}</tr>",
             name = esc(&t.name),
             w = t.weight,
             queued = t.queued,
@@ -487,17 +489,31 @@ fn tenants(s: &Status) -> String {
             a3 = by_class[1],
             a4 = by_class[2],
             a5 = by_class[3],
+            ratio = hit_ratio(&t.cache_last_minute),
+            saved = t.cache_last_minute.slots_saved_last_minute,
         );
     }
     out
 }
 
-/// PLACE for the cache (hit ratio, coalesced requests) and export (exports
-/// in progress) stages: their columns stay "—" until those stages exist and
-/// `/status` carries their numbers. Never a made-up number here.
-const NOT_YET: &str = "<td class=\"n\" data-field=\"cache\"><span class=\"na\">—</span></td>\
-     <td class=\"n\" data-field=\"coalesced\"><span class=\"na\">—</span></td>\
-     <td class=\"n\" data-field=\"exports\"><span class=\"na\">—</span></td>";
+/// The cache's hit ratio over the last minute as a cell's value and text;
+/// "–" when no GET went through the stage in that minute.
+fn hit_ratio(c: &crate::cache::stats::CacheStatus) -> String {
+    if c.requests_last_minute == 0 {
+        return "data-value=\"\"><span class=\"na\" title=\"no GET in the last minute\">–</span>"
+            .to_string();
+    }
+    format!(
+        "data-value=\"{}\">{}%",
+        num(c.hit_ratio, 3),
+        num(c.hit_ratio * 100.0, 0)
+    )
+}
+
+/// PLACE for the export stage (exports in progress): its column stays "—"
+/// until that stage exists and `/status` carries its numbers. Never a
+/// made-up number here.
+const NOT_YET: &str = "<td class=\"n\" data-field=\"exports\"><span class=\"na\">—</span></td>";
 
 #[cfg(test)]
 mod tests;

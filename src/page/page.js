@@ -170,9 +170,12 @@
   }
 
   function tenants(s) {
-    var NOT_YET = "<td class=\"n\" data-field=\"cache\"><span class=\"na\">—</span></td>" +
-      "<td class=\"n\" data-field=\"coalesced\"><span class=\"na\">—</span></td>" +
-      "<td class=\"n\" data-field=\"exports\"><span class=\"na\">—</span></td>";
+    var NOT_YET = "<td class=\"n\" data-field=\"exports\"><span class=\"na\">—</span></td>";
+    function ratio(c) {
+      return !c || c.requests_last_minute === 0
+        ? "data-value=\"\"><span class=\"na\" title=\"no GET in the last minute\">–</span>"
+        : "data-value=\"" + num(c.hit_ratio, 3) + "\">" + num(c.hit_ratio * 100, 0) + "%";
+    }
     function wait(v) {
       return v === null ? "data-value=\"\"><span class=\"na\" title=\"nothing waited in the last minute\">–</span>"
         : "data-value=\"" + num(v, 1) + "\">" + millis(v);
@@ -193,7 +196,11 @@
         "<td class=\"n\" data-field=\"2xx\">" + by[0] + "</td>" +
         "<td class=\"n\" data-field=\"3xx\">" + by[1] + "</td>" +
         "<td class=\"n\" data-field=\"4xx\">" + by[2] + "</td>" +
-        "<td class=\"n\" data-field=\"5xx\">" + by[3] + "</td>" + NOT_YET + "</tr>";
+        "<td class=\"n\" data-field=\"5xx\">" + by[3] + "</td>" +
+        "<td class=\"n\" data-field=\"cache\" " + ratio(t.cache_last_minute) + "</td>" +
+        "<td class=\"n\" data-field=\"coalesced\">" +
+        (t.cache_last_minute ? t.cache_last_minute.slots_saved_last_minute : 0) + "</td>" +
+        NOT_YET + "</tr>";
     }).join("");
   }
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use super::{Budget, Inner, Level, Priority, Shared, Wfq};
+use super::{Budget, Inner, Level, Priority, Shared, Ticket, Wfq};
 use crate::classify::Class;
 
 /// A waiter's state: waiting, granted a slot, or gone (skipped when popped).
@@ -137,4 +137,43 @@ impl Drop for Withdraw {
         self.tenant_count.fetch_sub(1, Ordering::AcqRel);
         self.inner.queued_total.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Moves a waiting request to the priority band of `ticket` (a raise, see
+/// [`super::Lift`]): its entry is abandoned (skipped when popped, like a
+/// withdrawn one) and a new one is queued under the same capacity, keeping
+/// its enqueue time. Returns the new grant receiver, or `None` when the
+/// dispatcher granted the old entry first (the grant is in the old one).
+pub(super) fn requeue(guard: &mut Withdraw, ticket: &Ticket) -> Option<oneshot::Receiver<usize>> {
+    let mut st = guard.lane.lock();
+    if guard
+        .state
+        .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return None;
+    }
+    let enqueued = st
+        .waiting
+        .remove(&guard.id)
+        .map_or_else(Instant::now, |(at, _)| at);
+    st.garbage += 1;
+    st.next_id += 1;
+    let id = st.next_id;
+    let (tx, rx) = oneshot::channel();
+    let state = Arc::new(AtomicU8::new(QUEUED));
+    st.waiting.insert(id, (enqueued, ticket.tenant.clone()));
+    st.push(Entry {
+        id,
+        state: state.clone(),
+        tx,
+        tenant: ticket.tenant.clone(),
+        weight: ticket.weight,
+        priority: ticket.priority,
+        client: ticket.client.clone(),
+    });
+    drop(st);
+    guard.id = id;
+    guard.state = state;
+    Some(rx)
 }

@@ -25,6 +25,7 @@ mod budget;
 mod dispatch;
 mod fair;
 mod lane;
+mod lift;
 mod shared;
 
 use std::collections::BTreeMap;
@@ -40,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use budget::{Budget, BudgetShape};
 pub use fair::{Level, Wfq};
+pub use lift::Lift;
 pub use shared::Shared;
 
 use dispatch::dispatch;
@@ -320,19 +322,50 @@ impl Scheduler {
         if self.inner.closing.is_cancelled() {
             return Err(QueueError::ShuttingDown);
         }
-        self.enqueue(ticket).await
+        self.enqueue(ticket, None).await
+    }
+
+    /// Like [`Scheduler::acquire`], for a request several callers share
+    /// (coalescing): while it waits, `lift` may raise its priority and
+    /// extend its deadline; at the grant the lift is closed. It is queued
+    /// and counted once, whoever joins it.
+    pub async fn acquire_lifted(&self, ticket: Ticket, lift: &Lift) -> Result<Permit, QueueError> {
+        if self.inner.closing.is_cancelled() {
+            return Err(QueueError::ShuttingDown);
+        }
+        let granted = self.enqueue(ticket, Some(lift)).await;
+        // Closed whatever the outcome: a request that stopped waiting can
+        // no longer be joined.
+        lift.close();
+        granted
+    }
+
+    /// Whether a request of `class` for `tenant` would be granted at once
+    /// now (its lane's queue empty and a local budget free). A hint only:
+    /// another request may take the slot first.
+    pub fn free_now(&self, class: Class, tenant: &Arc<str>) -> bool {
+        let lane = self.lane(class, tenant);
+        if lane.shared.is_some() {
+            return false;
+        }
+        let now = Instant::now();
+        let st = lane.lock();
+        st.waiting.is_empty() && st.earliest(now).1 <= now
     }
 
     /// Like [`Scheduler::acquire`], for a request already admitted (a retry):
     /// it may still queue while the gateway drains, until the cut-off.
     pub async fn reacquire(&self, ticket: Ticket) -> Result<Permit, QueueError> {
-        self.enqueue(ticket).await
+        self.enqueue(ticket, None).await
     }
 
-    async fn enqueue(&self, ticket: Ticket) -> Result<Permit, QueueError> {
+    async fn enqueue(&self, mut ticket: Ticket, lift: Option<&Lift>) -> Result<Permit, QueueError> {
         let inner = &self.inner;
         if inner.cut_off.is_cancelled() {
             return Err(QueueError::ShuttingDown);
+        }
+        if let Some(lift) = lift {
+            (ticket.priority, ticket.deadline) = lift.current();
         }
         let lane = self.lane(ticket.class, &ticket.tenant);
         if let Some(permit) = grant_now(&lane, &ticket) {
@@ -386,22 +419,44 @@ impl Scheduler {
             resolved: false,
         };
 
+        let class = ticket.class;
         let permit = |egress| Permit {
             egress,
-            class: ticket.class,
+            class,
             waited: enqueued.elapsed(),
             lane: lane.clone(),
         };
-        let outcome = tokio::select! {
-            // A grant that is ready wins over a deadline that is too.
-            biased;
-            granted = &mut rx => match granted {
-                Ok(egress) => Ok(permit(egress)),
-                // The dispatcher only drops a sender when it is stopping.
-                Err(_) => Err(QueueError::ShuttingDown),
-            },
-            _ = sleep_until(ticket.deadline) => Err(QueueError::Deadline(estimate_wait(&lane))),
-            _ = inner.cut_off.cancelled() => Err(QueueError::ShuttingDown),
+        let outcome = loop {
+            let changed = async {
+                match lift {
+                    Some(l) => l.changed.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                // A grant that is ready wins over a deadline that is too.
+                biased;
+                granted = &mut rx => break match granted {
+                    Ok(egress) => Ok(permit(egress)),
+                    // The dispatcher only drops a sender when it is stopping.
+                    Err(_) => Err(QueueError::ShuttingDown),
+                },
+                _ = sleep_until(ticket.deadline) => {
+                    break Err(QueueError::Deadline(estimate_wait(&lane)))
+                }
+                _ = inner.cut_off.cancelled() => break Err(QueueError::ShuttingDown),
+                _ = changed => {
+                    let Some(lift) = lift else { continue };
+                    let (priority, deadline) = lift.current();
+                    ticket.deadline = deadline;
+                    if priority < ticket.priority {
+                        ticket.priority = priority;
+                        if let Some(moved) = lane::requeue(&mut guard, &ticket) {
+                            rx = moved;
+                        }
+                    }
+                }
+            }
         };
         guard.resolved = true;
         // A slot granted in the instant the wait ended is used, not wasted:

@@ -89,6 +89,14 @@ pub(crate) fn router(sim: Arc<Shared>) -> Router {
             .route(
                 &format!("/api/{v}/orders/statuses"),
                 get(upload::order_statuses),
+            )
+            .route(
+                &format!("/api/{v}/reference/statuses"),
+                get(super::reference::statuses),
+            )
+            .route(
+                &format!("/api/{v}/reference/statuses/{{code}}/edit"),
+                post(super::reference::edit_status),
             );
     }
     router

@@ -22,7 +22,8 @@
 //! - [`window`]: the strict sliding-window counter and [`max_in_window`].
 //! - `record`: the ledger of arrivals, which owns the windows.
 //! - [`faults`]: [`Faults`], settable while the server runs.
-//! - `store`: the orders created in each account.
+//! - `store`: the orders created in each account; `reference`: the
+//!   statuses dictionary and its two handlers.
 //! - `entities`: customers and corporate customers, and lookups of all
 //!   three by `externalId` or `id`.
 //! - `state`: what every handler shares (accounts, limits, ledger, store).
@@ -66,6 +67,7 @@ mod history;
 mod listing;
 mod lock;
 mod record;
+mod reference;
 mod reply;
 mod request;
 mod server;

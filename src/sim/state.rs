@@ -33,6 +33,7 @@ pub(crate) struct Shared {
     pub(crate) listing: super::listing::Listing,
     /// Customers and corporate customers created through the API.
     pub(crate) entities: Entities,
+    pub(crate) reference: super::reference::Reference,
 }
 
 impl Shared {
@@ -40,6 +41,7 @@ impl Shared {
         Shared {
             store: Store::new(cfg.accounts.len()),
             entities: Entities::new(cfg.accounts.len()),
+            reference: super::reference::Reference::new(cfg.accounts.len()),
             accounts: cfg.accounts,
             window: cfg.window,
             total_orders: cfg.total_orders,

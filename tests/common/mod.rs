@@ -115,8 +115,15 @@ api_key = "{ACME_KEY}"
 }
 
 /// Parses config text, binding both listeners to ephemeral ports unless the
-/// text sets them.
+/// text sets them. The cache stage is off unless the text has a `[cache]`
+/// section: tests that count what the CRM receives send identical GETs on
+/// purpose (tests/cache.rs turns it on).
 pub fn config(text: &str) -> Config {
+    let text = if text.contains("[cache]") {
+        text.to_string()
+    } else {
+        format!("{text}\n[cache]\nenabled = false\n")
+    };
     let text = if text.contains("[server]") {
         text.to_string()
     } else {
