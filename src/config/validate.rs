@@ -172,7 +172,7 @@ pub(super) fn validate(
     let adaptive = AdaptiveConfig {
         enabled: a.enabled.unwrap_or(true),
         decrease_factor: a.decrease_factor.unwrap_or(0.7),
-        recovery_per_second: a.recovery_per_second.unwrap_or(0.2),
+        recovery_per_second: a.recovery_per_second.unwrap_or(1.0),
         min_rate: a.min_rate.unwrap_or(1.0),
     };
     if !(adaptive.decrease_factor > 0.0 && adaptive.decrease_factor < 1.0) {

@@ -21,6 +21,7 @@
 //! invariants and read best together; budgets, the fair queue, lanes, the
 //! dispatcher and the Redis budget each have their own file.
 
+pub mod adapt;
 mod budget;
 mod dispatch;
 mod fair;
@@ -136,6 +137,8 @@ pub struct Permit {
     pub class: Class,
     /// Time spent queued for this slot.
     pub waited: Duration,
+    /// When the slot was granted (the send's time, for adaptation).
+    at: Instant,
     lane: Arc<Lane>,
 }
 
@@ -153,14 +156,16 @@ impl Permit {
     /// Reports that the CRM answered 503/429 to the request sent with this
     /// permit: the budget slows down and honours `retry_after`.
     pub fn throttled(&self, retry_after: Option<Duration>) {
-        self.lane.lock().budgets[self.egress].throttled(Instant::now(), retry_after);
+        let now = Instant::now();
+        self.lane.lock().budgets[self.egress].throttled(now, self.at, retry_after);
         if let Some(shared) = self.lane.shared.clone() {
             // Every replica slows down through the shared state; best effort,
-            // off the request path.
+            // off the request path. Only the send's age crosses the wire.
             let (egress, class, tenant) = (self.egress, self.class, self.lane.tenant.clone());
+            let age = now.saturating_duration_since(self.at);
             tokio::spawn(async move {
                 shared
-                    .throttled(egress, class, tenant.as_deref(), retry_after)
+                    .throttled(egress, class, tenant.as_deref(), age, retry_after)
                     .await
             });
         }
@@ -390,6 +395,7 @@ impl Scheduler {
             egress,
             class: ticket.class,
             waited: enqueued.elapsed(),
+            at: Instant::now(),
             lane: lane.clone(),
         };
         let outcome = tokio::select! {
@@ -603,6 +609,7 @@ fn grant_now(lane: &Arc<Lane>, ticket: &Ticket) -> Option<Permit> {
         egress,
         class: ticket.class,
         waited: Duration::ZERO,
+        at: now,
         lane: lane.clone(),
     })
 }
