@@ -266,7 +266,7 @@ pub(super) fn validate(
 
     let r = &raw.retry;
     let retry = RetryConfig {
-        max_attempts: p.positive_u32("retry.max_attempts", r.max_attempts, 4),
+        max_attempts: p.positive_u32("retry.max_attempts", r.max_attempts, 8),
         initial_backoff: p.duration(
             "retry.initial_backoff",
             r.initial_backoff.as_deref(),

@@ -57,12 +57,20 @@ impl LaneState {
             .expect("a lane has at least one budget")
     }
 
-    pub(super) fn push(&mut self, e: Entry) {
+    /// Queues `e` last in its client's line, or first with `first` (a
+    /// retry: it arrived before everything queued behind it).
+    pub(super) fn push(&mut self, e: Entry, first: bool) {
         let (tenant, weight, priority, client) =
             (e.tenant.clone(), e.weight, e.priority, e.client.clone());
         self.queue.push_with(tenant, weight, |t| {
             t.push_with(priority, priority.weight(), |b| {
-                b.push_with(client, 1, |c| c.push_back(e))
+                b.push_with(client, 1, |c| {
+                    if first {
+                        c.push_front(e)
+                    } else {
+                        c.push_back(e)
+                    }
+                })
             })
         });
     }
@@ -77,7 +85,7 @@ impl LaneState {
             }
         }
         for e in live {
-            self.push(e);
+            self.push(e, false);
         }
         self.garbage = 0;
     }

@@ -325,16 +325,19 @@ impl Scheduler {
         if self.inner.closing.is_cancelled() {
             return Err(QueueError::ShuttingDown);
         }
-        self.enqueue(ticket).await
+        self.enqueue(ticket, false).await
     }
 
     /// Like [`Scheduler::acquire`], for a request already admitted (a retry):
-    /// it may still queue while the gateway drains, until the cut-off.
+    /// it may still queue while the gateway drains, until the cut-off, and
+    /// it goes first in its client's line (it arrived before everything
+    /// queued behind it), so a request the CRM refused several times does
+    /// not wait a whole queue per attempt.
     pub async fn reacquire(&self, ticket: Ticket) -> Result<Permit, QueueError> {
-        self.enqueue(ticket).await
+        self.enqueue(ticket, true).await
     }
 
-    async fn enqueue(&self, ticket: Ticket) -> Result<Permit, QueueError> {
+    async fn enqueue(&self, ticket: Ticket, retry: bool) -> Result<Permit, QueueError> {
         let inner = &self.inner;
         if inner.cut_off.is_cancelled() {
             return Err(QueueError::ShuttingDown);
@@ -367,15 +370,18 @@ impl Scheduler {
             st.next_id += 1;
             let id = st.next_id;
             st.waiting.insert(id, (enqueued, ticket.tenant.clone()));
-            st.push(Entry {
-                id,
-                state: state.clone(),
-                tx,
-                tenant: ticket.tenant.clone(),
-                weight: ticket.weight,
-                priority: ticket.priority,
-                client: ticket.client.clone(),
-            });
+            st.push(
+                Entry {
+                    id,
+                    state: state.clone(),
+                    tx,
+                    tenant: ticket.tenant.clone(),
+                    weight: ticket.weight,
+                    priority: ticket.priority,
+                    client: ticket.client.clone(),
+                },
+                retry,
+            );
             if st.garbage > st.waiting.len().max(1024) {
                 st.compact();
             }
