@@ -41,12 +41,17 @@
 //!    `limit_req` holding the same number when nginx is installed.
 //!    `--hold N` changes the count, `--gate-bin PATH` measures another
 //!    crmgate build (e.g. one with a different allocator).
+//! 9. `adapt`: adaptation at default settings against a lower real limit
+//!    (7/s), 30 % random 503s and a 20 s outage, and without 503s; see
+//!    `shaping/adapt.rs`.
 //!
 //! Everything runs in one process on one tokio runtime, like the
 //! integration tests: the callers, the gateway and the simulator share the
 //! machine's cores. The report ends with one JSON line for tooling.
 //! See docs/performance.md for how to read the numbers.
 
+#[path = "shaping/adapt.rs"]
+mod adapt;
 #[path = "shaping/end_to_end.rs"]
 mod end_to_end;
 #[path = "shaping/harness.rs"]
@@ -68,7 +73,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "utilisation",
     "jitter",
     "fairness",
@@ -77,6 +82,7 @@ const SCENARIOS: [&str; 8] = [
     "passthrough",
     "tls",
     "holding",
+    "adapt",
 ];
 
 /// Targets, as agreed for the gateway.
@@ -106,7 +112,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: cargo bench --bench shaping -- [--quick] [--seconds N] \
-[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding] [--callers N] [--jitter-ms N] \
+[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding,adapt] [--callers N] [--jitter-ms N] \
 [--hold N] [--gate-bin PATH]";
 
 fn parse_args() -> Args {
@@ -771,6 +777,12 @@ fn main() {
                 json.insert("holding".into(), json!({ "skipped": why }));
             }
         }
+    }
+
+    if wants("adapt") {
+        let (runs, clean) = rt.block_on(adapt::run(args.callers, args.quick, loadavg));
+        adapt::print(&runs, &clean, verdict);
+        json.insert("adapt".into(), json!({ "faults": runs, "clean": clean }));
     }
 
     let elapsed = started.elapsed().as_secs_f64();

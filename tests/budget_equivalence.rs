@@ -117,39 +117,31 @@ fn sequence() -> Vec<(u64, Event)> {
         (6300, Reserve), // e0 @ 6810
         (6900, Reserve), // e1 @ 7000: the end of its pause
         (6900, Reserve), // e1 @ 7255
-        // e1: refusals in its window from 7000, then as many at the test
-        // rate: noise, so e1 is back at 4/s and 503s are ignored for 10 s
-        // after its verdict.
+        // e1: every send in its window from 7000 refused, so a test at 2/s
+        // from 8020 could prove the rate guilty; its sample is e1's sends in
+        // [9040, 11080), and the first refusal there makes that impossible:
+        // noise at once, e1 back at 4/s, 503s ignored for 10 s.
         (7300, throttled(1, 7000, None)),
         (7300, throttled(1, 7255, None)),
         (7300, Reserve), // e0 @ 7320
         (7300, Reserve), // e1 @ 7510
         (7600, throttled(1, 7510, None)),
         (7600, Reserve), // e1 @ 7765
-        (7600, Reserve), // e0 @ 7830
-        (7600, Reserve), // e1 @ 8020 (e1's test, at 2/s, starts here)
-        (7600, Reserve), // e0 @ 8340
-        // e1's sample is its sends in [9040, 11080).
+        (7800, throttled(1, 7765, None)),
+        (7800, Reserve), // e0 @ 7830
+        (7800, Reserve), // e1 @ 8020
+        (7800, Reserve), // e0 @ 8340
         (8900, Reserve), // e1 @ 8900
         (8900, Reserve), // e0 @ 8900
         (8900, Reserve), // e0 @ 9410
         (8900, Reserve), // e1 @ 9410
-        (8900, Reserve), // e0 @ 9920
-        (8900, Reserve), // e1 @ 9920
-        (8900, Reserve), // e0 @ 10430
-        (8900, Reserve), // e1 @ 10430
         (9500, throttled(1, 9410, None)),
-        (10_000, throttled(1, 9920, None)),
-        // e1's verdict at 11590: 2 of 3 refused before, 2 of 3 at the test
-        // rate: noise, back to 4/s.
-        (11_600, Reserve), // e1 @ 11600
-        (11_600, Reserve), // e0 @ 11600
-        (11_600, Reserve), // e1 @ 11855
+        (9500, Reserve), // e1 @ 9665
+        (9500, Reserve), // e0 @ 9920
         // Ignored (the hold-off after noise): e1 keeps 4/s.
-        (11_900, throttled(1, 11_600, None)),
-        (11_900, throttled(1, 11_855, None)),
-        (11_900, Reserve), // e0 @ 11979.182 (rising: 2.7 req/s)
-        (11_900, Reserve), // e1 @ 12110
+        (10_000, throttled(1, 9665, None)),
+        (10_000, Reserve), // e1 @ 10000
+        (10_000, Reserve), // e1 @ 10255
         // e0 rises from 11210: a refusal of a send above the good rate is a
         // failed probe: 1/s for a window, then 2/s, and a 10 s hold.
         (12_400, Reserve), // e0 @ 12400
@@ -159,14 +151,27 @@ fn sequence() -> Vec<(u64, Event)> {
         (12_450, Reserve), // e1 @ 12960
         (12_450, Reserve), // e1 @ 13215
         (12_450, Reserve), // e0 @ 13420: 1/s during the dip
-        // A reload that switches adaptation off ends any cut at once.
+        // A refusal at the good rate itself is a new onset from it; one more
+        // refusal in its window cannot prove anything: noise, without a cut,
+        // and e0 rises from 2/s at once.
         (14_000, Reserve), // e1 @ 14000
-        (14_000, Reserve), // e0 @ 14000 (2 req/s since 13470)
-        // The send in e1's 14000 slot left 40 ms late: it counts from 14040.
-        (14_040, Late { egress: 1, by: ms(40) }),
-        (14_100, Reload { adaptive: false }),
-        (14_100, Reserve), // e0 @ 14255 (4 req/s; 14510 with adaptation)
-        (14_100, Reserve), // e1 @ 14295 (4 req/s, paced from 14040)
+        (14_000, Reserve), // e0 @ 14000
+        (14_100, throttled(0, 14_000, None)),
+        (14_100, Reserve), // e1 @ 14255
+        (14_100, Reserve), // e0 @ 14510
+        (14_600, throttled(0, 14_510, None)),
+        (15_100, Reserve), // e1 @ 15100
+        (15_100, Reserve), // e0 @ 15100
+        (15_100, Reserve), // e1 @ 15355
+        (15_100, Reserve), // e0 @ 15590.385 (rising from 2/s at 15020; 15610 if still held)
+        // A reload that switches adaptation off ends any cut at once.
+        (16_000, Reserve), // e1 @ 16000
+        (16_000, Reserve), // e0 @ 16000
+        // The send in e1's 16000 slot left 40 ms late: it counts from 16040.
+        (16_040, Late { egress: 1, by: ms(40) }),
+        (16_100, Reload { adaptive: false }),
+        (16_100, Reserve), // e0 @ 16255 (4 req/s)
+        (16_100, Reserve), // e1 @ 16295 (paced from 16040)
     ]
 }
 
@@ -482,11 +487,15 @@ async fn the_redis_scripts_give_the_slots_of_the_rust_budget() {
 /// sliding-log bound decides a slot by far more than the tolerance), and
 /// changing any other rule in the reference moves some slot by far more
 /// than the tolerance; a script that broke that rule would move the same
-/// slots. Checked the other way round too, by hand: breaking any one rule in
-/// the scripts (the window term, the pacing gap, the pause, recovery, one
-/// cut per window, a shorter Retry-After not shortening a pause, cutting
-/// from the recovered rate, connect moves and their slack, the choice of the
-/// egress free longest, adaptation switched off) fails the Redis test.
+/// slots. Checked the other way round too, by hand, before adaptation
+/// became a test (issue 10): breaking any one rule in the scripts (the
+/// window term, the pacing gap, the pause, a shorter Retry-After not
+/// shortening a pause, connect moves and their slack, the choice of the
+/// egress free longest, adaptation switched off) fails the Redis test. Each
+/// step of adaptation's machine moves a slot here (the sequence's comments
+/// say which): a lone 503, an observation too weak to test, a test that
+/// proves the rate guilty, one that ends early as noise, the hold-off, a
+/// failed probe and its dip, an onset at the kept rate.
 #[test]
 fn the_sequence_exercises_every_rule() {
     let config = config("redis://127.0.0.1:1", "unused", true);

@@ -17,8 +17,11 @@
 //!    least `min_rate`). The first window after the cut is ignored (the
 //!    CRM's window still holds the old rate's arrivals); sends and refusals
 //!    in the two windows after it are the test sample.
+//!    If even a sample with no refusal could not prove the rate guilty (too
+//!    few refusals observed), it is noise at once, without a cut.
 //! 3. **Verdict** (half a window later, when the sample's answers are in): a
-//!    one-sided two-proportion test, `p_before − p_test > 2.5·σ`. If the
+//!    one-sided two-proportion test, `p_before − p_test > 2.5·σ`; or as soon
+//!    as the sample's refusals make that impossible (noise). If the
 //!    refusal share fell, the rate was the cause: the test rate is kept
 //!    (*limited*). If not, it is noise: the rate goes straight back to
 //!    `before`, and further 503s are ignored for a hold-off (10 s, doubling
@@ -149,6 +152,17 @@ pub struct Adapt {
     noise_hold: Duration,
 }
 
+/// Whether the test could still show the rate was the cause, were every
+/// remaining sample send accepted: at most `2 × test rate` sends fit in the
+/// sample's two windows. If not, testing on is pointless.
+pub fn could_prove(s: &Sample, p: &Params) -> bool {
+    let most = (2.0 * p.lowered(s.before)).ceil() as u32;
+    rate_was_the_cause(&Sample {
+        test_sent: s.test_sent.max(most),
+        ..*s
+    })
+}
+
 /// What a test sample says: the rate was the cause, or it was not.
 pub fn rate_was_the_cause(s: &Sample) -> bool {
     let (n1, k1, n2, k2) = (
@@ -179,6 +193,17 @@ impl Adapt {
         }
     }
 
+    /// The phase's name for `/status`: `free`, `observing`, `testing` or
+    /// `limited`.
+    pub fn label(&self) -> &'static str {
+        match self.phase {
+            Phase::Free { .. } => "free",
+            Phase::Observe(_) => "observing",
+            Phase::Test(_) => "testing",
+            Phase::Limited { .. } => "limited",
+        }
+    }
+
     /// The phase as of the last event (see [`Adapt::at`] for a given time).
     pub fn phase(&self) -> &Phase {
         &self.phase
@@ -196,8 +221,12 @@ impl Adapt {
         loop {
             match self.phase {
                 Phase::Observe(s) if now >= s.from + p.window => {
-                    if s.refused >= 1 {
+                    if s.refused >= 1 && could_prove(&s, p) {
                         self.phase = Phase::Test(s);
+                    } else if s.refused >= 1 {
+                        // Too few refusals for any test to prove the rate
+                        // guilty: noise, without lowering the rate at all.
+                        self.noise(s.before, s.from + p.window);
                     } else {
                         // A lone 503 in a window: nothing to test, and the
                         // noise that caused earlier hold-offs has thinned.
@@ -224,12 +253,7 @@ impl Adapt {
                             hold_until: at + self.limit_hold,
                         };
                     } else {
-                        self.quiet_until = Some(at + self.noise_hold);
-                        self.noise_hold = (self.noise_hold * 2).min(NOISE_HOLD_MAX);
-                        self.phase = Phase::Free {
-                            rate: s.before,
-                            since: at,
-                        };
+                        self.noise(s.before, at);
                     }
                 }
                 Phase::Limited {
@@ -250,6 +274,18 @@ impl Adapt {
                 _ => return,
             }
         }
+    }
+
+    /// The verdict "noise" at `at`: back to `before`, 503s ignored for the
+    /// hold-off, which doubles for the next time.
+    fn noise(&mut self, before: f64, at: Instant) {
+        self.ignore_before = Some(at);
+        self.quiet_until = Some(at + self.noise_hold);
+        self.noise_hold = (self.noise_hold * 2).min(NOISE_HOLD_MAX);
+        self.phase = Phase::Free {
+            rate: before,
+            since: at,
+        };
     }
 
     /// Sends per window allowed at `now`, at most the limit.
@@ -325,6 +361,11 @@ impl Adapt {
                     s.refused += 1;
                 } else if sent_at >= s.from + p.windows(2.0) && sent_at < s.from + p.windows(4.0) {
                     s.test_refused += 1;
+                    let s = *s;
+                    if !could_prove(&s, p) {
+                        // The refusals go on at the lower rate: noise, now.
+                        self.noise(s.before, now);
+                    }
                 }
             }
             Phase::Limited {

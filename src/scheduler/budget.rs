@@ -113,6 +113,9 @@ impl Budget {
 
     /// Adaptation's state as of `now`, for status and tests.
     pub fn adaptation(&self, now: Instant) -> Adapt {
+        if !self.shape.adaptive.enabled {
+            return Adapt::new(now);
+        }
         self.adapt.at(now, &self.params())
     }
 

@@ -18,8 +18,9 @@
 //!
 //! Over 500 lines on purpose: the public types (`Ticket`, `Permit`,
 //! `Scheduler`) and the enqueue path, fast path included, share the lane's
-//! invariants and read best together; budgets, the fair queue, lanes, the
-//! dispatcher and the Redis budget each have their own file.
+//! invariants and read best together; budgets, adaptation to the CRM's
+//! 503s (`adapt`), the fair queue, lanes, the dispatcher and the Redis
+//! budget each have their own file.
 
 pub mod adapt;
 mod budget;
@@ -526,6 +527,7 @@ impl Scheduler {
                             configured_rate: b.shape().limit,
                             effective_rate: (b.effective_rate(now) * 100.0).round() / 100.0,
                             sent_last_window: b.recent(now),
+                            adaptation: b.adaptation(now).label(),
                             next_free_in_ms: b
                                 .next_free(now)
                                 .saturating_duration_since(now)
@@ -574,6 +576,8 @@ pub struct BudgetStatus {
     pub sent_last_window: usize,
     /// Time until the next slot (0 = free now).
     pub next_free_in_ms: u64,
+    /// Where adaptation stands (see [`adapt::Adapt::label`]).
+    pub adaptation: &'static str,
 }
 
 /// The fast path: a request that finds the lane's queue empty and a budget

@@ -59,12 +59,30 @@ local function cause(a)
   return p1 - p2 > Z * sigma
 end
 
+-- Whether the test could still prove the cause were every remaining sample
+-- send accepted (at most 2 x the test rate fit in its two windows).
+local function could_prove(a, c)
+  local most = math.ceil(2 * lowered(c, a.before))
+  local b = {n1 = a.n1, k1 = a.k1, n2 = math.max(a.n2, most), k2 = a.k2}
+  return cause(b)
+end
+
+-- The verdict "noise" at `at`: back to `before`, hold-off (doubling).
+local function noise(a, at)
+  a.ignore = at
+  a.quiet = at + a.nhold
+  a.nhold = math.min(a.nhold * 2, NOISE_HOLD_MAX)
+  a.ph, a.r, a.since = 'F', a.before, at
+end
+
 -- Timed transitions up to `now`: end of observation, verdict, end of rise.
 local function advance(a, now, c)
   while true do
     if a.ph == 'O' and now >= a.from + c.window then
-      if a.k1 >= 1 then
+      if a.k1 >= 1 and could_prove(a, c) then
         a.ph = 'T'
+      elseif a.k1 >= 1 then
+        noise(a, a.from + c.window)
       else
         a.nhold = NOISE_HOLD
         a.ph, a.r, a.since = 'F', a.before, a.from + c.window
@@ -78,9 +96,7 @@ local function advance(a, now, c)
         a.nhold = NOISE_HOLD
         a.ph, a.good, a.dip, a.hold = 'L', lowered(c, a.before), at, at + a.lhold
       else
-        a.quiet = at + a.nhold
-        a.nhold = math.min(a.nhold * 2, NOISE_HOLD_MAX)
-        a.ph, a.r, a.since = 'F', a.before, at
+        noise(a, at)
       end
     elseif a.ph == 'L' then
       local reached = a.hold + math.max(c.limit - a.good, 0) / c.recovery * 1000000
@@ -152,6 +168,7 @@ local function adapt_refused(a, now, sent, c, log)
       a.k1 = a.k1 + 1
     elseif sent >= a.from + 2 * c.window and sent < a.from + 4 * c.window then
       a.k2 = a.k2 + 1
+      if not could_prove(a, c) then noise(a, now) end
     end
   elseif a.ph == 'L' then
     if sent >= a.hold then
