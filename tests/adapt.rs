@@ -111,16 +111,17 @@ async fn a_constant_share_of_503s_does_not_lower_the_rate() {
         "noise",
         vec![Call::get("/api/v5/orders", Some(ACME_CLIENT)); 12],
     );
-    wait_until("the budget to test a lower rate", || {
-        general(&gate).0 == "testing"
+    // Watch the budget while 80 requests reach the CRM.
+    let mut phases: Vec<(String, f64)> = Vec::new();
+    wait_until("80 arrivals at the CRM", || {
+        let now = general(&gate);
+        if phases.last() != Some(&now) {
+            phases.push(now);
+        }
+        general_records(&sim.records()).len() >= 80
     })
     .await;
-    wait_until("a verdict", || general(&gate).0 != "testing").await;
-    let (phase, rate) = general(&gate);
-    // The hold-off after noise: further 503s leave the rate alone.
-    let at = general_records(&sim.records()).len();
-    wait_for_arrivals(&sim, at, 30).await;
-    let (phase_later, rate_later) = self::general(&gate);
+    let last = general(&gate);
     sim.faults().clear();
     let outcomes = load.finish().await;
     let records = sim.records();
@@ -129,13 +130,22 @@ async fn a_constant_share_of_503s_does_not_lower_the_rate() {
         .filter(|r| r.status == 503)
         .count();
     println!(
-        "noise: verdict {phase} at {rate}, later {phase_later} at {rate_later}; {} arrivals, {refused} refused; {} answers",
+        "noise: phases {phases:?}; {} arrivals, {refused} refused; {} answers",
         general_records(&records).len(),
         outcomes.len()
     );
-    assert_eq!((phase.as_str(), rate), ("free", 10.0));
-    assert_eq!((phase_later.as_str(), rate_later), ("free", 10.0));
-    assert!(refused > 10, "the noise was not there: {refused} refused");
+    assert!(refused >= 20, "the noise was not there: {refused} refused");
+    // The 503s were weighed, and never taken for a lower limit: a window's
+    // share (3 in 10) can never pass for a rate the CRM refuses.
+    assert!(phases.iter().any(|(p, _)| p == "observing"), "{phases:?}");
+    assert!(phases.iter().all(|(p, _)| p != "limited"), "{phases:?}");
+    assert!(
+        phases
+            .iter()
+            .all(|(p, rate)| p == "testing" || *rate == 10.0),
+        "{phases:?}"
+    );
+    assert!(last.1 == 10.0 && last.0 != "limited", "{last:?}");
     assert!(
         not_ok(&outcomes, 200).is_empty(),
         "caller errors: {:?}",
