@@ -5,8 +5,9 @@
 //!   simulator's per-IP limit is 7): accepted rate and 503 share from 10 s on;
 //! - b) 30 % of requests answered 503 at random: accepted rate, caller errors;
 //! - c) a 20 s outage answering 503 to everything: most sends per request,
-//!   what callers whose deadline passed got, and how long after the outage
-//!   the full rate was back;
+//!   what callers whose deadline passed got (every other caller sends
+//!   `X-Crmgate-Max-Wait: 10s`), and how long after the outage the full rate
+//!   was back;
 //! - d) no 503 at all: utilisation, as the `utilisation` scenario.
 //!
 //! It owns its callers (they read `X-Crmgate-Attempts` and `Retry-After`)
@@ -43,17 +44,20 @@ struct Callers {
 }
 
 impl Callers {
-    fn start(client: &reqwest::Client, gate: &str, n: usize) -> Callers {
+    /// `n` callers; every other one sends `X-Crmgate-Max-Wait: {max_wait}`
+    /// when given.
+    fn start(client: &reqwest::Client, gate: &str, n: usize, max_wait: Option<&str>) -> Callers {
         let stop = CancellationToken::new();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let url = format!("{gate}{PATH}");
         let tasks = (0..n)
-            .map(|_| {
+            .map(|i| {
                 let (client, url, stop, seen) =
                     (client.clone(), url.clone(), stop.clone(), seen.clone());
+                let wait = max_wait.filter(|_| i % 2 == 1).map(str::to_owned);
                 tokio::spawn(async move {
                     while !stop.is_cancelled() {
-                        let s = one(&client, &url).await;
+                        let s = one(&client, &url, wait.as_deref()).await;
                         seen.lock().unwrap_or_else(|p| p.into_inner()).push(s);
                     }
                 })
@@ -76,13 +80,12 @@ impl Callers {
     }
 }
 
-async fn one(client: &reqwest::Client, url: &str) -> Seen {
-    match client
-        .get(url)
-        .header("X-API-KEY", ACME_CLIENT)
-        .send()
-        .await
-    {
+async fn one(client: &reqwest::Client, url: &str, max_wait: Option<&str>) -> Seen {
+    let mut req = client.get(url).header("X-API-KEY", ACME_CLIENT);
+    if let Some(w) = max_wait {
+        req = req.header("X-Crmgate-Max-Wait", w);
+    }
+    match req.send().await {
         Ok(resp) => {
             let status = resp.status().as_u16();
             let h = resp.headers();
@@ -243,7 +246,7 @@ fn first_arrival(records: &[Received]) -> Instant {
 async fn limited(n: usize, secs: f64, max: u32, load: &impl Fn() -> String) -> Scenario {
     let rig = rig().await;
     rig.sim.set_limits(7, 40);
-    let callers = Callers::start(&rig.client, &rig.gate.url, n);
+    let callers = Callers::start(&rig.client, &rig.gate.url, n, None);
     sleep_secs(secs).await;
     let records = rig.sim.records();
     let seen = callers.finish(Duration::from_secs(40)).await;
@@ -264,7 +267,7 @@ async fn limited(n: usize, secs: f64, max: u32, load: &impl Fn() -> String) -> S
 async fn noise(n: usize, secs: f64, max: u32, load: &impl Fn() -> String) -> Scenario {
     let rig = rig().await;
     rig.sim.faults().set_random_503(0.3);
-    let callers = Callers::start(&rig.client, &rig.gate.url, n);
+    let callers = Callers::start(&rig.client, &rig.gate.url, n, None);
     sleep_secs(secs).await;
     let records = rig.sim.records();
     let seen = callers.finish(Duration::from_secs(40)).await;
@@ -290,7 +293,9 @@ async fn outage_run(
     load: &impl Fn() -> String,
 ) -> Scenario {
     let rig = rig().await;
-    let callers = Callers::start(&rig.client, &rig.gate.url, n);
+    // Half the callers wait at most 10 s: in the outage their deadline
+    // passes before their attempts run out.
+    let callers = Callers::start(&rig.client, &rig.gate.url, n, Some("10s"));
     sleep_secs(5.0).await;
     let began = Instant::now();
     rig.sim.faults().set_random_503(1.0);
