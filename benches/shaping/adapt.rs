@@ -197,7 +197,9 @@ pub async fn run(
         .max_attempts
         .get();
     let mut out = Vec::new();
-    let (a_run, b_run) = if quick { (15.0, 10.0) } else { (40.0, 40.0) };
+    // a) needs 10 s to settle and a tail long enough that one probe above
+    // the kept rate is not most of it.
+    let (a_run, b_run) = if quick { (25.0, 10.0) } else { (40.0, 40.0) };
     out.push(limited(callers_n, a_run, max_attempts, &loadavg).await);
     out.push(noise(callers_n, b_run, max_attempts, &loadavg).await);
     let (outage, after) = if quick { (8.0, 16.0) } else { (20.0, 25.0) };
