@@ -41,7 +41,12 @@
 //!    `limit_req` holding the same number when nginx is installed.
 //!    `--hold N` changes the count, `--gate-bin PATH` measures another
 //!    crmgate build (e.g. one with a different allocator).
-//! 9. `adapt`: adaptation at default settings against a lower real limit
+//! 9. `export`: `X-Crmgate-Export: ndjson` over some thousands of orders
+//!    (20–60 ms latency, 100 per page): CRM list requests against ⌈N/100⌉,
+//!    distinct items, time to the first item; history from `sinceId = 0`
+//!    (every entry once, in order, `last_id`); a light tenant's queue wait
+//!    while an export holds the budget. `--orders N` changes N.
+//! 10. `adapt`: adaptation at default settings against a lower real limit
 //!    (7/s), 30 % random 503s and a 20 s outage, and without 503s; see
 //!    `shaping/adapt.rs`.
 //!
@@ -54,6 +59,8 @@
 mod adapt;
 #[path = "shaping/end_to_end.rs"]
 mod end_to_end;
+#[path = "shaping/export.rs"]
+mod export;
 #[path = "shaping/harness.rs"]
 mod harness;
 #[path = "shaping/holding.rs"]
@@ -73,7 +80,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "utilisation",
     "jitter",
     "fairness",
@@ -82,6 +89,7 @@ const SCENARIOS: [&str; 9] = [
     "passthrough",
     "tls",
     "holding",
+    "export",
     "adapt",
 ];
 
@@ -109,11 +117,12 @@ struct Args {
     jitter_ms: u64,
     hold: usize,
     gate_bin: std::path::PathBuf,
+    orders: Option<u32>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench shaping -- [--quick] [--seconds N] \
-[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding,adapt] [--callers N] [--jitter-ms N] \
-[--hold N] [--gate-bin PATH]";
+[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding,export,adapt] [--callers N] [--jitter-ms N] \
+[--hold N] [--gate-bin PATH] [--orders N]";
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -124,6 +133,7 @@ fn parse_args() -> Args {
         jitter_ms: 20,
         hold: 10_000,
         gate_bin: env!("CARGO_BIN_EXE_crmgate").into(),
+        orders: None,
     };
     let mut it = std::env::args().skip(1);
     let value = |it: &mut dyn Iterator<Item = String>, flag: &str| -> String {
@@ -157,6 +167,7 @@ fn parse_args() -> Args {
             "--jitter-ms" => args.jitter_ms = value(&mut it, "--jitter-ms").parse().unwrap_or(20),
             "--hold" => args.hold = value(&mut it, "--hold").parse().unwrap_or(10_000).max(1),
             "--gate-bin" => args.gate_bin = value(&mut it, "--gate-bin").into(),
+            "--orders" => args.orders = value(&mut it, "--orders").parse().ok().filter(|n| *n > 0),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0)
@@ -777,6 +788,13 @@ fn main() {
                 json.insert("holding".into(), json!({ "skipped": why }));
             }
         }
+    }
+
+    if wants("export") {
+        let orders = args.orders.unwrap_or(if args.quick { 3000 } else { 5000 });
+        let e = rt.block_on(export::run(orders, loadavg));
+        export::print(&e, TARGET_LIGHT_P95_MS);
+        json.insert("export".into(), serde_json::to_value(&e).unwrap());
     }
 
     if wants("adapt") {

@@ -32,6 +32,9 @@ pub struct Trace {
     pub upstream: Duration,
     /// Label of the egress of the last send.
     pub egress: Option<String>,
+    /// How a create that failed after sending was reconciled (the
+    /// `outcome` of `crmgate_reconciled_total`), if it was.
+    pub reconciled: Option<&'static str>,
 }
 
 /// The path and query for logs: by `mode`, the query's names with values
@@ -91,6 +94,7 @@ pub fn log(
         upstream_ms = trace.upstream.as_millis() as u64,
         total_ms = started.elapsed().as_millis() as u64,
         egress = trace.egress.as_deref().unwrap_or("-"),
+        reconciled = trace.reconciled.unwrap_or("-"),
     );
 }
 

@@ -17,7 +17,8 @@ pub struct DrainReport {
     pub drained: u64,
     /// Requests answered 503 because the grace period ran out.
     pub cut_off: u64,
-    /// New requests refused with 503 during the grace period.
+    /// New requests refused with 503 during the grace period (after the
+    /// `server.drain_accept` window, which queues them instead).
     pub refused: u64,
 }
 
@@ -40,6 +41,7 @@ struct Marks {
 #[derive(Debug, Default)]
 pub struct Drain {
     ready: AtomicBool,
+    draining: AtomicBool,
     finished: AtomicU64,
     shutdown_503s: AtomicU64,
     marks: Mutex<Marks>,
@@ -83,9 +85,18 @@ impl Drain {
         self.marks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// True from the moment shutdown begins: every answer from then on
+    /// carries `Connection: close`, so callers reconnect (to a listener
+    /// that is about to close, or to another replica) instead of keeping a
+    /// connection to a process that is going away.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     /// Shutdown begins: no longer ready; counts from here are the drain's.
     pub fn begin(&self) {
         self.set_ready(false);
+        self.draining.store(true, Ordering::Relaxed);
         let now = self.mark();
         self.marks().began = Some(now);
     }
@@ -134,8 +145,10 @@ mod tests {
         assert!(!d.is_ready(), "not ready before the listeners are up");
         d.set_ready(true);
         assert!(d.is_ready());
+        assert!(!d.is_draining());
         d.begin();
         assert!(!d.is_ready(), "shutdown turns readiness off");
+        assert!(d.is_draining());
     }
 
     #[test]

@@ -102,10 +102,44 @@ pub enum GatewayError {
         /// When to retry, if known.
         retry_after: Duration,
     },
+    /// A request that must not be resent blindly (not GET/HEAD) failed
+    /// after it may have reached the CRM: the connection broke or timed out
+    /// after sending, so the CRM may or may not have processed it. Answered
+    /// exactly like the inner error (502 or 504); [`crate::reconcile`] tells
+    /// it apart to ask the CRM what happened.
+    #[error("{0}")]
+    Ambiguous(Box<GatewayError>),
+    /// A create failed after it was sent and [`crate::reconcile`] could not
+    /// tell whether the CRM created it; the caller is told which
+    /// `externalId` to check.
+    #[error("crmgate: tenant {tenant}: the {entity} create with externalId \"{external_id}\" failed after it was sent; {detail}")]
+    Unreconciled {
+        /// Tenant name.
+        tenant: String,
+        /// The entity field: `order`, `customer`, `customerCorporate`.
+        entity: &'static str,
+        /// The create's `externalId` (the caller's own identifier).
+        external_id: String,
+        /// What is known, and what to do.
+        detail: String,
+    },
+    /// A batch method carries more items than RetailCRM accepts in one
+    /// call: refused before it spends a slot ([`crate::batch`]).
+    #[error("Errors in the input parameters: {method} takes at most {limit} {items} per call, this one has {got}; split it into several calls")]
+    BatchTooLarge {
+        /// The method, e.g. `orders/upload`.
+        method: &'static str,
+        /// What is counted, e.g. `orders` or `ids`.
+        items: &'static str,
+        /// RetailCRM's limit.
+        limit: usize,
+        /// How many the request carries.
+        got: usize,
+    },
 }
 
 /// Every value of the `reason` label of `crmgate_rejections_total`.
-pub const REJECTION_REASONS: [&str; 14] = [
+pub const REJECTION_REASONS: [&str; 15] = [
     "unknown_tenant",
     "bad_key",
     "body_too_large",
@@ -120,6 +154,7 @@ pub const REJECTION_REASONS: [&str; 14] = [
     "headers_too_large",
     "body_timeout",
     "unauthorized",
+    "batch_too_large",
 ];
 
 impl GatewayError {
@@ -129,7 +164,9 @@ impl GatewayError {
             GatewayError::NotFound | GatewayError::UnknownTenant(_) => StatusCode::NOT_FOUND,
             GatewayError::MissingKey | GatewayError::WrongKey => StatusCode::FORBIDDEN,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BadRequest(_) | GatewayError::BatchTooLarge { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::BrowserRefused => StatusCode::FORBIDDEN,
             GatewayError::MisdirectedHost => StatusCode::MISDIRECTED_REQUEST,
@@ -139,8 +176,11 @@ impl GatewayError {
             GatewayError::Queue(_)
             | GatewayError::BuffersFull
             | GatewayError::UpstreamThrottled { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamUnreachable { .. } | GatewayError::Unreconciled { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Ambiguous(inner) => inner.status(),
         }
     }
 
@@ -160,6 +200,7 @@ impl GatewayError {
             GatewayError::HeadersTooLarge { .. } => "headers_too_large",
             GatewayError::BodyTimeout { .. } => "body_timeout",
             GatewayError::Unauthorized => "unauthorized",
+            GatewayError::BatchTooLarge { .. } => "batch_too_large",
             _ => return None,
         })
     }
@@ -272,6 +313,12 @@ mod tests {
                 timeout: Duration::ZERO,
             },
             GatewayError::Unauthorized,
+            GatewayError::BatchTooLarge {
+                method: "orders/upload",
+                items: "orders",
+                limit: 50,
+                got: 51,
+            },
         ];
         for e in errors {
             let reason = e.rejection().expect("a rejection");
@@ -280,6 +327,31 @@ mod tests {
                 "{reason} missing from REJECTION_REASONS"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn an_ambiguous_failure_answers_as_the_failure_it_wraps() {
+        let inner = || GatewayError::UpstreamTimeout {
+            tenant: "acme".into(),
+            timeout: Duration::from_secs(30),
+        };
+        let wrapped = GatewayError::Ambiguous(Box::new(inner()));
+        assert_eq!(wrapped.to_string(), inner().to_string());
+        assert_eq!(wrapped.rejection(), None);
+        let (s, _, v) = body(wrapped).await;
+        assert_eq!((s.as_u16(), &v["success"]), (504, &json!(false)));
+        let (s, _, v) = body(GatewayError::Unreconciled {
+            tenant: "acme".into(),
+            entity: "order",
+            external_id: "ext-42".into(),
+            detail: "check it".into(),
+        })
+        .await;
+        assert_eq!(s, 502);
+        assert!(
+            v["errorMsg"].as_str().unwrap().contains("\"ext-42\""),
+            "{v}"
+        );
     }
 
     #[tokio::test]

@@ -110,6 +110,8 @@ impl Gateway {
         for reason in crate::error::REJECTION_REASONS {
             metrics.rejections.with_label_values(&[reason]);
         }
+        let labels: Vec<&str> = egress.iter().map(|e| e.label.as_str()).collect();
+        metrics.init_series(&config, &labels);
         let gw = Gateway {
             runtime: ArcSwap::from_pointee(Runtime { config, tenants }),
             scheduler,

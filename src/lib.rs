@@ -16,7 +16,14 @@
 //!    - [`rewrite`]: strip the caller's key, add `site`, keep everything
 //!      else byte-exact;
 //! 2. the stages between inbound and the scheduler (cache and coalescing,
-//!    reconciliation, export) take their place here, each its own module;
+//!    reconciliation, export) take their place here, each its own module:
+//!    - [`batch`]: a batch over RetailCRM's item limit is refused (400)
+//!      before it spends a slot;
+//!    - [`reconcile`]: a create that failed after sending is looked up by
+//!      `externalId` (found, or resent) instead of ending as 502;
+//!    - [`export`]: `X-Crmgate-Export: ndjson` walks every page of a list
+//!      (or history by cursor) through forward and streams one item per
+//!      line;
 //! 3. [`forward`]: wait in the [`scheduler`] for a slot, fairly, within
 //!    bounds; send through an [`egress`] client (which outbound IP), adding
 //!    the real key; resend when [`forward::retry`] says it is safe; stream
@@ -42,11 +49,13 @@
 
 pub mod access;
 pub mod admin;
+pub mod batch;
 pub mod classify;
 pub mod config;
 pub mod drain;
 pub mod egress;
 pub mod error;
+pub mod export;
 pub mod forward;
 pub mod gateway;
 pub mod guard;
@@ -55,6 +64,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod page;
 pub mod proxy;
+pub mod reconcile;
 pub mod reload;
 pub mod rewrite;
 pub mod scheduler;

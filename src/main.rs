@@ -1,4 +1,4 @@
-//! The `crmgate` command: serve, check, sim (plain or TLS) and demo.
+//! The `crmgate` command: serve, check, export, sim (plain or TLS) and demo.
 //!
 //! Everything here is wiring: parse arguments, set up logging, load the
 //! config, hook signals to drain (SIGTERM/SIGINT) and reload (SIGHUP), and
@@ -58,6 +58,9 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Export every page of a list (or history since a cursor) through a
+    /// running gateway, as NDJSON.
+    Export(crmgate::export::cli::ExportArgs),
     /// Run the built-in RetailCRM simulator (key "demo-crm-key").
     Sim(SimArgs),
     /// Start the simulator and a gateway in front of it, and show how to call it.
@@ -117,6 +120,11 @@ fn main() -> ExitCode {
     if let Command::Check { config } = &cli.command {
         return check(config.as_deref());
     }
+    // `export` writes items to stdout and its own progress to stderr.
+    let cli = match cli.command {
+        Command::Export(args) => return export(args),
+        command => Cli { command, ..cli },
+    };
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -133,7 +141,7 @@ fn main() -> ExitCode {
                 listen,
                 admin_listen,
             } => demo(listen, admin_listen).await,
-            Command::Check { .. } => unreachable!("handled above"),
+            Command::Check { .. } | Command::Export(_) => unreachable!("handled above"),
         }
     });
     match result {
@@ -161,6 +169,22 @@ fn check(path: Option<&std::path::Path>) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn export(args: crmgate::export::cli::ExportArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("crmgate export: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ended = runtime.block_on(crmgate::export::cli::run(args));
+    eprintln!("crmgate export: {}", ended.message);
+    ExitCode::from(ended.code)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -14,6 +14,8 @@ use prometheus::{
 };
 
 use crate::classify::Class;
+use crate::config::Config;
+use crate::forward::retry::RetryReason;
 use crate::gateway::Gateway;
 
 /// Every metric crmgate exports.
@@ -58,8 +60,26 @@ pub struct Metrics {
     pub connections_open: IntGaugeVec,
     /// Connections closed at once because the listener was full, by listener.
     pub connections_refused: IntCounterVec,
+    /// Exports streaming now.
+    pub exports_in_progress: IntGauge,
+    /// Exports by how they ended (`crate::export::OUTCOMES`).
+    pub exports: IntCounterVec,
+    /// Export pages fetched, by tenant.
+    pub export_pages: IntCounterVec,
+    /// Export items written, by tenant.
+    pub export_items: IntCounterVec,
+    /// Creates that failed after sending, by tenant and how they ended
+    /// ([`crate::reconcile::Outcome`]).
+    pub reconciled: IntCounterVec,
     _build: IntGaugeVec,
 }
+
+/// The client statuses created at 0 per tenant and class: success, and
+/// the three crmgate answers itself when the CRM cannot be used.
+pub const CLIENT_STATUSES: [&str; 4] = ["200", "502", "503", "504"];
+
+/// The upstream statuses created at 0 per egress and class.
+pub const UPSTREAM_STATUSES: [&str; 4] = ["200", "503", "429", "error"];
 
 /// Every value of the `listener` label.
 pub const LISTENERS: [&str; 2] = ["api", "admin"];
@@ -121,6 +141,11 @@ impl Metrics {
             "Config reloads by outcome.",
             &["outcome"],
         );
+        let reconciled = counter(
+            "crmgate_reconciled_total",
+            "Creates that failed after sending, by tenant and outcome (found, resent, lookup_failed, exhausted, no_external_id).",
+            &["tenant", "outcome"],
+        );
         let connections_refused = counter(
             "crmgate_connections_refused_total",
             "Client connections accepted and closed at once because the listener was at its cap, by listener.",
@@ -136,6 +161,29 @@ impl Metrics {
                 &["listener"],
             )
             .expect("valid gauge"),
+        );
+        let exports = counter(
+            "crmgate_exports_total",
+            "Exports (X-Crmgate-Export) by how they ended: complete, failed, hung_up, refused.",
+            &["outcome"],
+        );
+        for outcome in crate::export::OUTCOMES {
+            exports.with_label_values(&[outcome]);
+        }
+        let export_pages = counter(
+            "crmgate_export_pages_total",
+            "Pages fetched by exports, by tenant.",
+            &["tenant"],
+        );
+        let export_items = counter(
+            "crmgate_export_items_total",
+            "Items written by exports (after de-duplication), by tenant.",
+            &["tenant"],
+        );
+        let exports_in_progress = reg(
+            &registry,
+            IntGauge::new("crmgate_exports_in_progress", "Exports streaming now.")
+                .expect("valid gauge"),
         );
         // Both listeners exist from the start, so their series do too.
         for listener in LISTENERS {
@@ -251,7 +299,59 @@ impl Metrics {
             tenant_queue_wait: crate::history::WaitWindows::new(),
             connections_open,
             connections_refused,
+            exports_in_progress,
+            exports,
+            export_pages,
+            export_items,
+            reconciled,
             _build: build,
+        }
+    }
+
+    /// Creates at 0 every labelled series whose label values the config
+    /// names (tenants, classes, egress labels) or crmgate defines (reasons,
+    /// outcomes, the statuses it answers itself), so `rate()` and
+    /// `increase()` see a healthy gateway as 0, not as "no data". Called
+    /// when the gateway is built and after every reload (a tenant may be
+    /// new). Series of a tenant a reload removed stay, frozen.
+    pub fn init_series(&self, config: &Config, egress_labels: &[&str]) {
+        for reason in crate::error::REJECTION_REASONS {
+            self.rejections.with_label_values(&[reason]);
+        }
+        for outcome in ["success", "failure"] {
+            self.config_reloads.with_label_values(&[outcome]);
+        }
+        for class in Class::ALL {
+            let class = class.as_str();
+            self.queue_wait.with_label_values(&[class]);
+            for reason in RetryReason::ALL {
+                self.retries.with_label_values(&[class, reason.as_str()]);
+            }
+            for egress in egress_labels {
+                self.upstream_latency.with_label_values(&[egress, class]);
+                for status in UPSTREAM_STATUSES {
+                    self.upstream_attempts
+                        .with_label_values(&[egress, class, status]);
+                }
+                for status in ["503", "429"] {
+                    self.upstream_throttled
+                        .with_label_values(&[egress, class, status]);
+                }
+            }
+            for tenant in &config.tenants {
+                for status in CLIENT_STATUSES {
+                    self.requests
+                        .with_label_values(&[&tenant.name, class, status]);
+                }
+            }
+        }
+        for tenant in &config.tenants {
+            for outcome in crate::reconcile::Outcome::ALL {
+                self.reconciled
+                    .with_label_values(&[&tenant.name, outcome.as_str()]);
+            }
+            self.export_pages.with_label_values(&[&tenant.name]);
+            self.export_items.with_label_values(&[&tenant.name]);
         }
     }
 

@@ -6,8 +6,11 @@
 //! lives in its own module and is tested without the others:
 //!
 //! 1. [`crate::inbound`]: read, limit, identify, rewrite → a typed request;
-//! 2. (reserved for the stages between inbound and the scheduler: cache and
-//!    coalescing of reads, reconciliation of creates, paginated export);
+//! 2. the stages between inbound and the scheduler: [`crate::batch`] (an
+//!    oversized batch is refused before it spends a slot), then
+//!    [`crate::reconcile`] around forward (a create that failed after
+//!    sending is looked up by `externalId`); cache and coalescing of reads
+//!    and paginated export take their places here too;
 //! 3. [`crate::forward`]: wait in the [`crate::scheduler`], send through an
 //!    [`crate::egress`] client, retry when [`crate::forward::retry`] allows,
 //!    stream back.
@@ -108,15 +111,20 @@ async fn handle(
 
 /// The stages, in order.
 async fn run(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     peer: SocketAddr,
     req: Request,
     request_id: &str,
     trace: &mut Trace,
 ) -> Result<Response, GatewayError> {
+    let export = crate::export::wanted(req.headers())?;
     let request = inbound::read(&gw.runtime(), &gw.bodies, peer, req, request_id, trace).await?;
     let _inflight = gw.stats(&request.tenant.name).inflight();
-    crate::forward::forward(gw, request, trace).await
+    crate::batch::check(&request.out)?;
+    if let Some(wanted) = export {
+        return crate::export::export(gw, request, wanted, trace).await;
+    }
+    crate::reconcile::run(gw, request, trace).await
 }
 
 /// The caller's `X-Request-Id` when it is sane, else a new one.

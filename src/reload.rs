@@ -118,6 +118,10 @@ impl Gateway {
             );
         }
         self.scheduler.reconfigure(&new);
+        // A tenant the reload adds has its series from the first scrape on.
+        let egress = self.egress_all();
+        let labels: Vec<&str> = egress.iter().map(|e| e.label.as_str()).collect();
+        self.metrics.init_series(&new, &labels);
         let tenants = Tenants::new(&new.tenants);
         self.put_in_force(
             Runtime {

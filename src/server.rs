@@ -2,9 +2,13 @@
 //!
 //! [`Server::bind`] opens both listeners (so tests can bind port 0 and read
 //! the addresses back); [`Server::run`] serves until the `shutdown` future
-//! resolves, then drains: it stops accepting, lets queued and in-flight
-//! requests finish within `server.shutdown_grace`, answers what is left
-//! with 503 JSON, and reports how many were drained and cut off.
+//! resolves, then drains: `/readyz` turns 503 at once; for
+//! `server.drain_accept` it still accepts and queues new requests (an app
+//! that got SIGTERM at the same moment may still be sending), answering
+//! every request with `Connection: close`; then it stops accepting, lets
+//! queued and in-flight requests finish within `server.shutdown_grace`
+//! (counted from the signal), answers what is left with 503 JSON, and
+//! reports how many were drained and cut off.
 //!
 //! Connections are served by hyper's HTTP/1 server with a timer
 //! (`axum::serve` installs none, so hyper's head timeout would never fire).
@@ -169,18 +173,35 @@ impl Server {
         tracing::info!("crmgate ready");
 
         shutdown.await;
-        let grace = gw.runtime().config.server.shutdown_grace;
+        let signalled = Instant::now();
+        let (grace, accept) = {
+            let rt = gw.runtime();
+            (
+                rt.config.server.shutdown_grace,
+                rt.config.server.drain_accept,
+            )
+        };
+        gw.drain.begin();
+        if !accept.is_zero() {
+            tracing::info!(
+                queued = gw.scheduler.queued(),
+                ?accept,
+                ?grace,
+                "shutting down: not ready; still accepting and queueing new requests, answered with Connection: close"
+            );
+            tokio::time::sleep(accept).await;
+        }
         tracing::info!(
             queued = gw.scheduler.queued(),
             ?grace,
-            "shutting down: draining queued and in-flight requests"
+            "shutting down: listener closed; draining queued and in-flight requests"
         );
-        gw.drain.begin();
         gw.scheduler.close();
         let _ = stop_tx.send(true);
 
         let mut api_task = api_task;
-        let drained_in_time = tokio::time::timeout(grace, &mut api_task).await.is_ok();
+        let left = grace.saturating_sub(signalled.elapsed());
+        let drained_in_time = tokio::time::timeout(left, &mut api_task).await.is_ok();
         // Shutdown 503s so far were new requests refused during the drain;
         // from here on they are requests the grace could not serve.
         gw.drain.grace_over();
@@ -345,7 +366,16 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
         let call = self.app.clone().oneshot(req);
         let gw = self.gw.clone();
         Box::pin(async move {
-            let response = call.await?;
+            let mut response = call.await?;
+            // Draining: this connection is not reused, so the caller's
+            // next request opens a new one (while the listener still
+            // accepts, or elsewhere).
+            if gw.drain.is_draining() {
+                response.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
             // Already a 408 (a handler that maps BodyStalled itself) was
             // counted where it was made.
             if !stalled.load(Ordering::Relaxed)

@@ -33,6 +33,8 @@ pub struct Status {
     pub queued_total: usize,
     /// `limits.queue_capacity`.
     pub queue_capacity: usize,
+    /// Exports (`X-Crmgate-Export`) streaming now.
+    pub exports_in_progress: u64,
     /// One row per lane and egress.
     pub budgets: Vec<BudgetRow>,
     /// One row per tenant, sorted by name.
@@ -142,6 +144,7 @@ impl Status {
             redis_calls: gw.scheduler.shared_state().map(|(_, calls)| calls),
             queued_total: gw.scheduler.queued(),
             queue_capacity: rt.config.limits.queue_capacity.get(),
+            exports_in_progress: gw.metrics.exports_in_progress.get().max(0) as u64,
             budgets,
             tenants,
         }
@@ -183,6 +186,7 @@ mod tests {
                 "budget_backend",
                 "budgets",
                 "config_checksum",
+                "exports_in_progress",
                 "queue_capacity",
                 "queued_total",
                 "ready",
@@ -201,6 +205,7 @@ mod tests {
         assert_eq!(
             keys(&budgets[0]),
             [
+                "adaptation",
                 "class",
                 "configured_rate",
                 "effective_rate",

@@ -654,7 +654,8 @@ async fn a_stalled_post_is_504_after_one_attempt() {
     let resp = client()
         .post(format!("{}/api/v5/orders/create", gate.url))
         .header("X-API-KEY", ACME_CLIENT)
-        .form(&[("order", r#"{"externalId":"stall-1"}"#)])
+        // No externalId: nothing to reconcile by (see tests/reconcile.rs).
+        .form(&[("order", r#"{"number":"stall-1"}"#)])
         .send()
         .await
         .unwrap();

@@ -344,11 +344,13 @@ fn promtool_check(text: &str) {
     );
 }
 
-/// `[server]` with ephemeral ports, the given grace, and a slow general budget.
+/// `[server]` with ephemeral ports, the given grace, no accept window (new
+/// requests are refused at once, as these tests expect), and a slow general
+/// budget.
 fn drain_config(grace: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-         shutdown_grace = \"{grace}\"\n[limits]\ngeneral_per_second = 2\n"
+         shutdown_grace = \"{grace}\"\ndrain_accept = \"0s\"\n[limits]\ngeneral_per_second = 2\n"
     )
 }
 

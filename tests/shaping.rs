@@ -532,13 +532,19 @@ async fn a_reset_after_processing_is_retried_only_for_a_get() {
     let c = client();
 
     sim.faults().reset_after_processing_next(1);
-    let post = Call::create(ACME_CLIENT, "x-reset")
-        .send(&c, &gate.url, "post")
-        .await;
+    // No externalId: nothing to reconcile by (see tests/reconcile.rs).
+    let order = r#"{"number":"x-reset"}"#;
+    let post = Call::post(
+        "/api/v5/orders/create",
+        Some(ACME_CLIENT),
+        &[("order", order)],
+    )
+    .send(&c, &gate.url, "post")
+    .await;
     post.assert_gateway_error(502);
     assert_eq!(post.attempts, Some(1), "{post:?}");
     let created = sim.orders_created("acme");
-    let ours = created.iter().filter(|o| o["externalId"] == "x-reset");
+    let ours = created.iter().filter(|o| o["number"] == "x-reset");
     assert_eq!(ours.count(), 1);
     let posts = sim.records().iter().filter(|r| id_of(r) == "post").count();
     assert_eq!(

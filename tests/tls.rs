@@ -162,9 +162,15 @@ async fn a_reset_after_a_post_was_sent_is_never_resent(http2: bool) {
     let c = client();
 
     sim.faults().reset_after_processing_next(1);
-    let post = Call::create(ACME_CLIENT, "tls-reset")
-        .send(&c, &gate.url, "post")
-        .await;
+    // No externalId: nothing to reconcile by (see tests/reconcile.rs).
+    let order = r#"{"number":"tls-reset"}"#;
+    let post = Call::post(
+        "/api/v5/orders/create",
+        Some(ACME_CLIENT),
+        &[("order", order)],
+    )
+    .send(&c, &gate.url, "post")
+    .await;
     post.assert_gateway_error(502);
     assert_eq!(post.attempts, Some(1), "{post:?}");
     let posts = sim.records().iter().filter(|r| id_of(r) == "post").count();

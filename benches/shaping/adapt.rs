@@ -1,4 +1,4 @@
-//! Scenario 9, `adapt`: how adaptation tells a lower real limit from noise,
+//! Scenario 10, `adapt`: how adaptation tells a lower real limit from noise,
 //! at default settings, against the strict simulator (20–60 ms latency):
 //!
 //! - a) the CRM really allows 7/s (another sender uses 3 of its 10/s; the
@@ -377,9 +377,9 @@ fn measure(
     }
 }
 
-/// Prints the report lines of scenario 9.
+/// Prints the report lines of scenario 10.
 pub fn print(runs: &[Scenario], clean: &end_to_end::Saturation, verdict: fn(bool) -> &'static str) {
-    println!("\n== 9. Adaptation: a lower real limit versus noise (default settings)");
+    println!("\n== 10. Adaptation: a lower real limit versus noise (default settings)");
     for s in runs {
         let c = &s.callers_saw;
         println!(

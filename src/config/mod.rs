@@ -73,6 +73,10 @@ pub struct Config {
     pub redis: RedisConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[export]`
+    pub export: ExportConfig,
+    /// `[reconcile]`
+    pub reconcile: ReconcileConfig,
     /// `[[tenants]]`, in file order.
     pub tenants: Vec<TenantConfig>,
     /// Hex SHA-256 of the file's bytes, shown in `/status` to tell configs apart.
@@ -86,6 +90,17 @@ pub struct Config {
 pub struct LogConfig {
     /// How much of the query string the access log line shows.
     pub query: LogQuery,
+}
+
+/// `[export]`: how `X-Crmgate-Export` walks a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportConfig {
+    /// `limit` of every page requested (one of RetailCRM's page sizes).
+    pub page_limit: u32,
+    /// Pages fetched ahead of the caller at most (at least 1).
+    pub prefetch: usize,
+    /// Largest page answer held; a larger one ends the export.
+    pub max_page_bytes: usize,
 }
 
 /// How much of a request's query the access log line shows. Keys are
@@ -112,6 +127,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long a SIGTERM waits for queued and in-flight requests.
     pub shutdown_grace: Duration,
+    /// For how long after SIGTERM new requests are still accepted and
+    /// queued (answered with `Connection: close`); at most `shutdown_grace`.
+    pub drain_accept: Duration,
     /// The whole request head must arrive within this, else the connection
     /// is closed. Also how long an idle keep-alive connection stays open.
     pub header_timeout: Duration,
@@ -227,6 +245,14 @@ pub struct LimitsConfig {
     pub backend: Backend,
     /// Reaction to upstream 503s.
     pub adaptive: AdaptiveConfig,
+}
+
+/// `[reconcile]`: how a create that failed after sending is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileConfig {
+    /// How long after the failure the CRM is asked whether the create
+    /// exists: it may still be processing it.
+    pub delay: Duration,
 }
 
 /// `[retry]`

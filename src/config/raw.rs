@@ -23,7 +23,20 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
+    pub export: RawExport,
+    #[serde(default)]
+    pub reconcile: RawReconcile,
+    #[serde(default)]
     pub tenants: Vec<RawTenant>,
+}
+
+/// `[export]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExport {
+    pub page_limit: Option<i64>,
+    pub prefetch: Option<i64>,
+    pub max_page_bytes: Option<i64>,
 }
 
 /// `[log]`
@@ -31,6 +44,13 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub query: Option<String>,
+}
+
+/// `[reconcile]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReconcile {
+    pub delay: Option<String>,
 }
 
 /// `[server]`
@@ -41,6 +61,7 @@ pub struct RawServer {
     pub admin_listen: Option<String>,
     pub max_body_bytes: Option<i64>,
     pub shutdown_grace: Option<String>,
+    pub drain_accept: Option<String>,
     pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
     pub max_connections: Option<i64>,

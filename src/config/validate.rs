@@ -17,6 +17,8 @@ use url::Url;
 use super::raw::RawConfig;
 use super::*;
 
+mod export;
+mod reconcile;
 mod server;
 mod tenant;
 
@@ -264,6 +266,9 @@ pub(super) fn validate(
         },
     };
 
+    let export = export::export(&mut p, &raw.export);
+    let reconcile = reconcile::reconcile(&mut p, &raw.reconcile);
+
     let r = &raw.retry;
     let retry = RetryConfig {
         max_attempts: p.positive_u32("retry.max_attempts", r.max_attempts, 8),
@@ -360,6 +365,8 @@ pub(super) fn validate(
             retry,
             redis,
             log,
+            export,
+            reconcile,
             tenants,
             checksum,
             warnings,

@@ -11,7 +11,7 @@
 pub mod retry;
 
 use axum::body::Body;
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, Method};
 use axum::response::Response;
 use rand::Rng;
 use tokio::time::Instant;
@@ -94,9 +94,7 @@ pub async fn forward(
                     .upstream_attempts
                     .with_label_values(&[&egress.label, class.as_str(), status.as_str()])
                     .inc();
-                if status == StatusCode::SERVICE_UNAVAILABLE
-                    || status == StatusCode::TOO_MANY_REQUESTS
-                {
+                if retry::is_throttle(status) {
                     gw.metrics
                         .upstream_throttled
                         .with_label_values(&[&egress.label, class.as_str(), status.as_str()])
@@ -159,7 +157,11 @@ pub async fn forward(
             }
             Decision::Fail(failure) => {
                 let tenant = tenant.name.to_string();
-                return Err(match failure {
+                // Not resendable and possibly processed: say so, so that a
+                // stage that can find out (reconcile) may ask the CRM.
+                let ambiguous =
+                    !idempotent && matches!(outcome, Outcome::Broken | Outcome::TimedOut);
+                let error = match failure {
                     Failure::Throttled { retry_after } => GatewayError::UpstreamThrottled {
                         tenant,
                         attempts: trace.attempts,
@@ -170,6 +172,11 @@ pub async fn forward(
                         cause: std::mem::take(&mut cause),
                     },
                     Failure::TimedOut => GatewayError::UpstreamTimeout { tenant, timeout },
+                };
+                return Err(if ambiguous {
+                    GatewayError::Ambiguous(Box::new(error))
+                } else {
+                    error
                 });
             }
             Decision::Retry { after, reason } => {

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 
 /// The longest `Retry-After` honoured; a longer one is read as this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -176,6 +176,14 @@ pub fn decide(outcome: Outcome, attempt: Attempt, backoff: Backoff, jitter: f64)
     }
 }
 
+/// True for the answers that mean "refused, not processed": 503 and 429.
+/// Every other status is the CRM's answer and goes to the caller as it is,
+/// among them 460 (an upload that partly succeeded: resending it would
+/// create the uploaded part twice).
+pub fn is_throttle(status: StatusCode) -> bool {
+    status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS
+}
+
 /// Parses `Retry-After`: seconds, or an HTTP date (a past date is zero).
 pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
@@ -268,6 +276,37 @@ mod tests {
                 got, want,
                 "row {i}: {outcome:?}, idempotent {idempotent}, made {made}, left {left:?}"
             );
+        }
+    }
+
+    /// Which CRM statuses are resent at all: only 503 and 429. A 460 (an
+    /// upload that partly succeeded) is an answer, for POST as for GET, on
+    /// the first send as on the last.
+    #[test]
+    fn statuses_the_crm_answers_are_resent_only_when_throttled() {
+        let outcome = |code: u16| {
+            if is_throttle(StatusCode::from_u16(code).unwrap()) {
+                Outcome::Throttled { retry_after: None }
+            } else {
+                Outcome::Answer
+            }
+        };
+        #[rustfmt::skip]
+        let table: Vec<(u16, bool, Decision)> = vec![
+            (200, false, Answer),
+            (201, false, Answer),
+            (400, false, Answer),
+            (404, true, Answer),
+            (460, false, Answer),
+            (460, true, Answer),
+            (500, false, Answer),
+            (502, true, Answer),
+            (503, false, retry(MS(200), RetryReason::Throttled)),
+            (429, true, retry(MS(200), RetryReason::Throttled)),
+        ];
+        for (code, idempotent, want) in table {
+            let got = decide(outcome(code), at(idempotent, 1, S(30)), BACKOFF, 1.0);
+            assert_eq!(got, want, "status {code}, idempotent {idempotent}");
         }
     }
 

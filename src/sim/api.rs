@@ -15,10 +15,10 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use serde_json::{json, Map, Value};
 
-use super::gate;
 use super::reply::{error, json};
 use super::request::Caller;
 use super::state::Shared;
+use super::{entities, gate, upload};
 
 /// The versions that have the versioned routes below.
 const VERSIONS: [&str; 3] = ["v3", "v4", "v5"];
@@ -35,8 +35,61 @@ pub(crate) fn router(sim: Arc<Shared>) -> Router {
         router = router
             .route(&format!("/api/{v}/orders"), get(list_orders))
             .route(&format!("/api/{v}/orders/create"), post(create_order))
+            .route(
+                &format!("/api/{v}/orders/history"),
+                get(super::history::orders_history),
+            )
+            .route(
+                &format!("/api/{v}/customers"),
+                get(super::listing::list_customers),
+            )
+            .route(
+                &format!("/api/{v}/customers/history"),
+                get(super::history::customers_history),
+            )
             .route(&format!("/api/{v}/telephony/call/event"), post(call_event))
-            .route(&format!("/api/{v}/reference/sites"), get(sites));
+            .route(&format!("/api/{v}/reference/sites"), get(sites))
+            .route(&format!("/api/{v}/orders/{{x}}"), get(entities::get_order))
+            .route(
+                &format!("/api/{v}/customers/create"),
+                post(entities::create_customer),
+            )
+            .route(
+                &format!("/api/{v}/customers/{{x}}"),
+                get(entities::get_customer_route),
+            )
+            .route(
+                &format!("/api/{v}/customers-corporate/create"),
+                post(entities::create_corporate),
+            )
+            .route(
+                &format!("/api/{v}/customers-corporate/{{x}}"),
+                get(entities::get_corporate),
+            )
+            .route(
+                &format!("/api/{v}/orders/upload"),
+                post(upload::upload_orders),
+            )
+            .route(
+                &format!("/api/{v}/customers/upload"),
+                post(upload::upload_customers),
+            )
+            .route(
+                &format!("/api/{v}/customers-corporate/upload"),
+                post(upload::upload_corporate),
+            )
+            .route(
+                &format!("/api/{v}/store/inventories/upload"),
+                post(upload::upload_inventories),
+            )
+            .route(
+                &format!("/api/{v}/store/prices/upload"),
+                post(upload::upload_prices),
+            )
+            .route(
+                &format!("/api/{v}/orders/statuses"),
+                get(upload::order_statuses),
+            );
     }
     router
         .fallback(|| async { error(StatusCode::NOT_FOUND, "Not found") })
@@ -160,7 +213,7 @@ async fn list_orders(
 }
 
 /// Pre-seeded order number `id` (1-based); sites take turns.
-fn seed_order(id: u64, sites: &[String]) -> Value {
+pub(super) fn seed_order(id: u64, sites: &[String]) -> Value {
     let site = match sites.len() {
         0 => "main",
         n => &sites[((id - 1) % n as u64) as usize],

@@ -23,9 +23,17 @@
 //! - `record`: the ledger of arrivals, which owns the windows.
 //! - [`faults`]: [`Faults`], settable while the server runs.
 //! - `store`: the orders created in each account.
+//! - `entities`: customers and corporate customers, and lookups of all
+//!   three by `externalId` or `id`.
 //! - `state`: what every handler shares (accounts, limits, ledger, store).
 //! - `gate`: the middleware every request passes: record, limit, faults, auth.
+//! - `listing`: the customers list (newest first, the `entities` ones),
+//!   shared page parameters, and a switch that creates customers between
+//!   two list requests.
+//! - `history`: `orders/history` and `customers/history` by `sinceId`.
 //! - `api`: the routes and their handlers.
+//! - `upload`: batch methods with RetailCRM's item limits (460 on a
+//!   partial upload).
 //! - `tls`: the CA and server certificate generated at start-up, and the
 //!   acceptor (ALPN `h2` and `http/1.1`).
 //! - `server`: the accept loop, which can reset a connection on demand and
@@ -52,8 +60,11 @@
 mod api;
 pub mod class;
 mod config;
+mod entities;
 pub mod faults;
 mod gate;
+mod history;
+mod listing;
 mod lock;
 mod record;
 mod reply;
@@ -62,6 +73,7 @@ mod server;
 mod state;
 mod store;
 mod tls;
+mod upload;
 pub mod window;
 
 #[cfg(test)]
@@ -222,6 +234,33 @@ impl Simulator {
     /// Changes the uniform random latency added before every answer.
     pub fn set_latency(&self, min: Duration, max: Duration) {
         *lock(&self.shared.latency) = (min, max);
+    }
+
+    /// Once `after` more `customers` list requests were answered, `n` new
+    /// customers appear in every account (newest first, so they shift every
+    /// later page): what another user creating customers during a walk does.
+    pub fn add_customers_after(&self, after: u64, n: u64) {
+        self.shared.listing.add_customers_after(after, n);
+    }
+
+    /// Creates `n` customers in every account now (as `customers/create`
+    /// would, `externalId` `cust-{id}`): data for lists and history.
+    pub fn add_customers(&self, n: u64) {
+        listing::add_customers(&self.shared, n);
+    }
+
+    /// Customers (`corporate`: corporate customers) created through the API
+    /// in the named account, in order. Empty for an unknown account name.
+    pub fn customers_created(&self, account: &str, corporate: bool) -> Vec<serde_json::Value> {
+        let kind = if corporate {
+            entities::Kind::Corporate
+        } else {
+            entities::Kind::Customer
+        };
+        match self.shared.accounts.iter().position(|a| a.name == account) {
+            Some(idx) => self.shared.entities.account(idx).all(kind),
+            None => Vec::new(),
+        }
     }
 
     /// Orders created through `orders/create` in the named account, in order.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::class::Class;
 use super::config::{SimAccount, SimConfig};
+use super::entities::Entities;
 use super::faults::Faults;
 use super::record::Ledger;
 use super::store::Store;
@@ -28,12 +29,17 @@ pub(crate) struct Shared {
     pub(crate) faults: Faults,
     pub(crate) ledger: Mutex<Ledger>,
     pub(crate) store: Store,
+    /// Customers beyond the orders, and the switch that adds them.
+    pub(crate) listing: super::listing::Listing,
+    /// Customers and corporate customers created through the API.
+    pub(crate) entities: Entities,
 }
 
 impl Shared {
     pub(crate) fn new(cfg: SimConfig) -> Self {
         Shared {
             store: Store::new(cfg.accounts.len()),
+            entities: Entities::new(cfg.accounts.len()),
             accounts: cfg.accounts,
             window: cfg.window,
             total_orders: cfg.total_orders,
@@ -43,6 +49,7 @@ impl Shared {
             rtt: cfg.rtt,
             faults: Faults::default(),
             ledger: Mutex::new(Ledger::default()),
+            listing: super::listing::Listing::default(),
         }
     }
 

@@ -33,6 +33,7 @@ pub(super) fn server(
         ),
         max_body_bytes: usize::try_from(max_body.max(1)).unwrap_or(usize::MAX),
         shutdown_grace: p.duration("server.shutdown_grace", s.shutdown_grace.as_deref(), "30s"),
+        drain_accept: p.duration("server.drain_accept", s.drain_accept.as_deref(), "5s"),
         header_timeout: p.duration("server.header_timeout", s.header_timeout.as_deref(), "10s"),
         body_timeout: p.duration("server.body_timeout", s.body_timeout.as_deref(), "30s"),
         max_connections: p.positive_usize("server.max_connections", s.max_connections, 10_000),
@@ -41,6 +42,17 @@ pub(super) fn server(
         admin_token,
         admin_token_source,
     };
+    let mut server = server;
+    if s.drain_accept.is_none() {
+        // The default never asks for more than the grace allows.
+        server.drain_accept = server.drain_accept.min(server.shutdown_grace);
+    } else if server.drain_accept > server.shutdown_grace {
+        p.push(
+            "server.drain_accept",
+            "must not be longer than server.shutdown_grace (requests accepted \
+             during the drain are served within the grace)",
+        );
+    }
     if server.listen == server.admin_listen && server.listen.port() != 0 {
         p.push("server.admin_listen", "must differ from server.listen");
     }

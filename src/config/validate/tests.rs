@@ -800,3 +800,47 @@ fn admin_token_problems_never_show_the_token_or_where_it_is() {
         );
     }
 }
+
+// ---- server.drain_accept and [reconcile] ----
+
+#[test]
+fn drain_accept_defaults_to_5s_within_the_grace_and_must_fit_in_it() {
+    let s = load(GOOD).unwrap().server;
+    assert_eq!(s.drain_accept, Duration::from_secs(5));
+    // Unset, it never asks for more than a short grace allows...
+    let s = load(&with_server("shutdown_grace = \"2s\""))
+        .unwrap()
+        .server;
+    assert_eq!(s.drain_accept, Duration::from_secs(2));
+    // ...set, it must fit.
+    let s = load(&with_server("drain_accept = \"0s\"")).unwrap().server;
+    assert_eq!(s.drain_accept, Duration::ZERO);
+    let p = problems(&with_server(
+        "shutdown_grace = \"2s\"\ndrain_accept = \"3s\"",
+    ));
+    assert!(
+        has(
+            &p,
+            "server.drain_accept: must not be longer than server.shutdown_grace"
+        ),
+        "{p:?}"
+    );
+    let p = problems(&with_server("drain_accept = \"soon\""));
+    assert!(has(&p, "server.drain_accept: is not a duration"), "{p:?}");
+}
+
+#[test]
+fn reconcile_delay_defaults_to_1s_and_is_bounded() {
+    assert_eq!(load(GOOD).unwrap().reconcile.delay, Duration::from_secs(1));
+    let c = load(&format!("[reconcile]\ndelay = \"250ms\"\n{GOOD}")).unwrap();
+    assert_eq!(c.reconcile.delay, Duration::from_millis(250));
+    let p = problems(&format!("[reconcile]\ndelay = \"5m\"\n{GOOD}"));
+    assert!(has(&p, "reconcile.delay: must be at most 60s"), "{p:?}");
+    let p = problems(&format!("[reconcile]\ndelay = \"SECRET-1\"\n{GOOD}"));
+    assert!(
+        has(&p, "reconcile.delay: is not a duration") && !has(&p, "SECRET"),
+        "{p:?}"
+    );
+    let p = problems(&format!("[reconcile]\nwait = \"1s\"\n{GOOD}"));
+    assert!(has(&p, "wait"), "unknown keys are refused: {p:?}");
+}
