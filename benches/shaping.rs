@@ -47,8 +47,8 @@
 //!    (every entry once, in order, `last_id`); a light tenant's queue wait
 //!    while an export holds the budget. `--orders N` changes N.
 //! 10. `adapt`: adaptation at default settings against a lower real limit
-//!    (7/s), 30 % random 503s and a 20 s outage, and without 503s; see
-//!    `shaping/adapt.rs`.
+//!     (7/s), 30 % random 503s and a 20 s outage, and without 503s; see
+//!     `shaping/adapt.rs`.
 //!
 //! Everything runs in one process on one tokio runtime, like the
 //! integration tests: the callers, the gateway and the simulator share the
