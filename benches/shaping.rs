@@ -51,12 +51,17 @@
 //!     (1), a write then a read (sees it), and a cache hit's req/s and p99
 //!     side by side with nginx `proxy_cache` (skipped loudly without nginx
 //!     or wrk).
+//! 11. `adapt`: adaptation at default settings against a lower real limit
+//!     (7/s), 30 % random 503s and a 20 s outage, and without 503s; see
+//!     `shaping/adapt.rs`.
 //!
 //! Everything runs in one process on one tokio runtime, like the
 //! integration tests: the callers, the gateway and the simulator share the
 //! machine's cores. The report ends with one JSON line for tooling.
 //! See docs/performance.md for how to read the numbers.
 
+#[path = "shaping/adapt.rs"]
+mod adapt;
 #[path = "shaping/cache.rs"]
 mod cache;
 #[path = "shaping/end_to_end.rs"]
@@ -82,7 +87,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "utilisation",
     "jitter",
     "fairness",
@@ -93,6 +98,7 @@ const SCENARIOS: [&str; 10] = [
     "holding",
     "export",
     "cache",
+    "adapt",
 ];
 
 /// Targets, as agreed for the gateway.
@@ -123,7 +129,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: cargo bench --bench shaping -- [--quick] [--seconds N] \
-[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding,export,cache] [--callers N] [--jitter-ms N] \
+[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding,export,cache,adapt] [--callers N] [--jitter-ms N] \
 [--hold N] [--gate-bin PATH] [--orders N]";
 
 fn parse_args() -> Args {
@@ -803,6 +809,12 @@ fn main() {
             "cache".into(),
             cache::scenario(&rt, args.quick, args.seconds),
         );
+    }
+
+    if wants("adapt") {
+        let (runs, clean) = rt.block_on(adapt::run(args.callers, args.quick, loadavg));
+        adapt::print(&runs, &clean, verdict);
+        json.insert("adapt".into(), json!({ "faults": runs, "clean": clean }));
     }
 
     let elapsed = started.elapsed().as_secs_f64();

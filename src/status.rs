@@ -55,6 +55,9 @@ pub struct BudgetRow {
     pub configured_rate: u32,
     /// Current adaptive rate.
     pub effective_rate: f64,
+    /// Adaptation's phase: `free`, `observing`, `testing` or `limited`
+    /// (docs/architecture.md, "Adaptation"). The local budget's.
+    pub adaptation: &'static str,
     /// Sends within the last window.
     pub sent_last_window: usize,
     /// Time until the next slot (0 = free now).
@@ -103,6 +106,7 @@ impl Status {
                         tenant: lane.tenant.clone(),
                         configured_rate: b.configured_rate,
                         effective_rate: b.effective_rate,
+                        adaptation: b.adaptation,
                         sent_last_window: b.sent_last_window,
                         next_free_in_ms: b.next_free_in_ms,
                         queued: lane.queued,
@@ -204,6 +208,7 @@ mod tests {
         assert_eq!(
             keys(&budgets[0]),
             [
+                "adaptation",
                 "class",
                 "configured_rate",
                 "effective_rate",

@@ -147,9 +147,11 @@ async fn admin_endpoints_answer_json_and_never_show_a_key() {
         "queued",
         "oldest_wait_ms",
         "next_free_in_ms",
+        "adaptation",
     ] {
         assert!(!b[field].is_null(), "budget has no {field}: {b}");
     }
+    assert_eq!(b["adaptation"], "free");
     assert_eq!(b["configured_rate"], 10);
     assert_eq!(b["effective_rate"].as_f64(), Some(10.0));
     assert_eq!(b["queued"], 0);

@@ -584,12 +584,10 @@ async fn retry_after_is_honoured() {
 }
 
 #[tokio::test]
-async fn a_503_lowers_the_rate_until_it_recovers() {
-    let (sim, gate) = setup(
-        "[limits.adaptive]\ndecrease_factor = 0.5\nrecovery_per_second = 2.0\n\
-         [retry]\ninitial_backoff = \"20ms\"",
-    )
-    .await;
+async fn a_lone_503_is_retried_and_counted_but_keeps_the_rate() {
+    // Lowering the rate takes evidence that the rate caused the 503s
+    // (tests/adapt.rs); one 503 is none.
+    let (sim, gate) = setup("[retry]\ninitial_backoff = \"20ms\"").await;
     let c = client();
     let get = Call::get("/api/v5/orders", Some(ACME_CLIENT));
     assert_eq!(get.send(&c, &gate.url, "warm").await.status, 200);
@@ -601,26 +599,14 @@ async fn a_503_lowers_the_rate_until_it_recovers() {
     let retried_before = metric_now(&gate.admin, "crmgate_retries_total", &retried).await;
 
     sim.faults().fail_next(1, None);
-    let o = get.send(&c, &gate.url, "cut").await;
+    let o = get.send(&c, &gate.url, "lone").await;
     assert_eq!((o.status, o.attempts), (200, Some(2)), "{o:?}");
-    let (cut, configured) = general_budget(&gate).await;
-    println!("adaptive: effective rate {cut} of {configured} just after a 503");
-    // Halved to 5, regaining 2/s: below 10 for 2.5 s after the 503.
-    assert!(cut < configured, "effective rate {cut} after a 503");
+    assert_eq!(general_budget(&gate).await, (10.0, 10.0));
     let throttled_after =
         metric_now(&gate.admin, "crmgate_upstream_throttled_total", &throttled).await;
     let retried_after = metric_now(&gate.admin, "crmgate_retries_total", &retried).await;
     assert_eq!(throttled_after - throttled_before, 1.0);
     assert_eq!(retried_after - retried_before, 1.0);
-
-    // The same document as `/status`, read in-process: cheap to poll.
-    let recovered = poll_until(Duration::from_secs(10), || {
-        let (rate, _) = general_rates(&status_now(&gate));
-        std::future::ready((rate == configured).then_some(()))
-    })
-    .await;
-    assert!(recovered.is_some(), "the rate did not recover in 10 s");
-    assert_eq!(general_budget(&gate).await, (configured, configured));
 }
 
 #[tokio::test]

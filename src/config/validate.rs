@@ -175,7 +175,7 @@ pub(super) fn validate(
     let adaptive = AdaptiveConfig {
         enabled: a.enabled.unwrap_or(true),
         decrease_factor: a.decrease_factor.unwrap_or(0.7),
-        recovery_per_second: a.recovery_per_second.unwrap_or(0.2),
+        recovery_per_second: a.recovery_per_second.unwrap_or(1.0),
         min_rate: a.min_rate.unwrap_or(1.0),
     };
     if !(adaptive.decrease_factor > 0.0 && adaptive.decrease_factor < 1.0) {
@@ -272,7 +272,7 @@ pub(super) fn validate(
 
     let r = &raw.retry;
     let retry = RetryConfig {
-        max_attempts: p.positive_u32("retry.max_attempts", r.max_attempts, 4),
+        max_attempts: p.positive_u32("retry.max_attempts", r.max_attempts, 8),
         initial_backoff: p.duration(
             "retry.initial_backoff",
             r.initial_backoff.as_deref(),

@@ -10,8 +10,9 @@
 //!
 //! A log of the last `limit` sends backs this up: when the rate changes
 //! (reload, adaptation) the gaps before and after differ, and the log keeps
-//! the window bound across the change. The effective rate drops on 503s and
-//! recovers linearly (see [`Budget::throttled`]). governor's GCRA does the
+//! the window bound across the change. The effective rate follows
+//! [`super::adapt`]: it drops on 503s only when a test shows the rate was
+//! their cause (see [`Budget::throttled`]). governor's GCRA does the
 //! pacing half well but cannot change rate in place or hand a slot back, so
 //! this small state machine is kept here, with time always passed in: the
 //! guarantee is unit-tested with made-up instants instead of sleeps.
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::adapt::{Adapt, Params};
 use crate::config::AdaptiveConfig;
 
 /// The shape of a budget: limit, window and adaptation rules.
@@ -40,8 +42,8 @@ pub struct Budget {
     shape: BudgetShape,
     /// Send times, oldest first; at most `shape.limit` entries.
     log: VecDeque<Instant>,
-    /// Effective rate right after the last decrease, and when that was.
-    cut: Option<(f64, Instant)>,
+    /// Adaptation to the CRM's 503s.
+    adapt: Adapt,
     /// No sends before this (an honoured `Retry-After`).
     paused_until: Option<Instant>,
     /// Start times of connections to the CRM being opened through this
@@ -62,8 +64,8 @@ impl Budget {
     pub fn new(shape: BudgetShape) -> Self {
         Budget {
             log: VecDeque::with_capacity((shape.limit as usize).min(1024)),
+            adapt: Adapt::new(Instant::now()),
             shape,
-            cut: None,
             paused_until: None,
             connecting: Vec::new(),
         }
@@ -87,23 +89,34 @@ impl Budget {
             self.log.pop_front();
         }
         if !shape.adaptive.enabled {
-            self.cut = None;
+            self.adapt = Adapt::new(Instant::now());
         }
         self.shape = shape;
     }
 
-    /// Sends per second allowed now: the configured limit, or less while
-    /// recovering from a 503. Recovery is linear and never exceeds the limit.
-    pub fn effective_rate(&self, now: Instant) -> f64 {
-        let limit = f64::from(self.shape.limit);
-        match self.cut {
-            Some((rate, at)) if self.shape.adaptive.enabled => {
-                let regained = self.shape.adaptive.recovery_per_second
-                    * now.saturating_duration_since(at).as_secs_f64();
-                (rate + regained).min(limit)
-            }
-            _ => limit,
+    fn params(&self) -> Params<'_> {
+        Params {
+            limit: f64::from(self.shape.limit),
+            window: self.shape.window,
+            config: &self.shape.adaptive,
         }
+    }
+
+    /// Sends per window allowed now: the configured limit, or less while
+    /// adaptation holds it lower. Never above the limit.
+    pub fn effective_rate(&self, now: Instant) -> f64 {
+        if !self.shape.adaptive.enabled {
+            return f64::from(self.shape.limit);
+        }
+        self.adapt.rate(now, &self.params())
+    }
+
+    /// Adaptation's state as of `now`, for status and tests.
+    pub fn adaptation(&self, now: Instant) -> Adapt {
+        if !self.shape.adaptive.enabled {
+            return Adapt::new(now);
+        }
+        self.adapt.at(now, &self.params())
     }
 
     /// The earliest instant when a send is allowed, as of `now`. It may lie
@@ -169,6 +182,14 @@ impl Budget {
             None
         };
         self.log.push_back(now);
+        if self.shape.adaptive.enabled {
+            let params = Params {
+                limit: f64::from(self.shape.limit),
+                window: self.shape.window,
+                config: &self.shape.adaptive,
+            };
+            self.adapt.sent(now, &params);
+        }
         dropped
     }
 
@@ -182,13 +203,22 @@ impl Budget {
             if let Some(d) = dropped {
                 self.log.push_front(d);
             }
+            if self.shape.adaptive.enabled {
+                let params = Params {
+                    limit: f64::from(self.shape.limit),
+                    window: self.shape.window,
+                    config: &self.shape.adaptive,
+                };
+                self.adapt.unsent(at, &params);
+            }
         }
     }
 
-    /// The CRM answered 503/429 through this budget: slow down, and pause
-    /// until `retry_after` if the CRM named a time. Several 503s within one
-    /// window count as one event: they are the same overload.
-    pub fn throttled(&mut self, now: Instant, retry_after: Option<Duration>) {
+    /// The CRM answered 503/429 at `now` to the send made at `sent_at`
+    /// through this budget: pause until `retry_after` if the CRM named a
+    /// time, and let adaptation weigh the refusal (it lowers the rate only
+    /// when a test shows the rate was the cause, see [`super::adapt`]).
+    pub fn throttled(&mut self, now: Instant, sent_at: Instant, retry_after: Option<Duration>) {
         if let Some(d) = retry_after {
             let until = now + d;
             self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
@@ -196,15 +226,15 @@ impl Budget {
         if !self.shape.adaptive.enabled {
             return;
         }
-        if let Some((_, at)) = self.cut {
-            if now.saturating_duration_since(at) < self.shape.window {
-                return;
-            }
-        }
-        let a = &self.shape.adaptive;
-        let lowered = (self.effective_rate(now) * a.decrease_factor)
-            .max(a.min_rate.min(f64::from(self.shape.limit)));
-        self.cut = Some((lowered, now));
+        let params = Params {
+            limit: f64::from(self.shape.limit),
+            window: self.shape.window,
+            config: &self.shape.adaptive,
+        };
+        let log = &self.log;
+        self.adapt.refused(now, sent_at, &params, |t| {
+            log.iter().filter(|s| **s > t).count() as u32
+        });
     }
 
     /// No sends before `until` (e.g. while slots granted elsewhere may still
@@ -300,39 +330,28 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn a_503_halves_the_rate_and_it_recovers_linearly() {
+    fn a_lone_503_does_not_lower_the_rate() {
+        // The evidence rules live in `adapt` (and its tests); here only that
+        // the budget feeds them: one refusal in a window proves nothing.
         let start = Instant::now();
         let mut b = Budget::new(shape(10, 0));
-        b.throttled(start, None);
-        assert_eq!(b.effective_rate(start), 5.0);
-        // A second 503 in the same window is the same event.
-        b.throttled(start + Duration::from_millis(500), None);
-        assert_eq!(b.effective_rate(start + Duration::from_millis(500)), 5.5);
-        assert_eq!(b.effective_rate(start + Duration::from_secs(3)), 8.0);
-        assert_eq!(b.effective_rate(start + Duration::from_secs(60)), 10.0);
-        // While cut, a saturating sender gets the lower rate.
-        let mut b = Budget::new(shape(10, 0));
-        b.throttled(start, None);
-        let sent = saturate(&mut b, start, Duration::from_secs(2));
-        assert!(sent.len() <= 13, "sent {} in 2 s at ~5-7/s", sent.len());
-        assert!(max_in_window(&sent, Duration::from_secs(1)) <= 7);
-    }
-
-    #[test]
-    fn rate_never_drops_below_the_floor() {
-        let start = Instant::now();
-        let mut b = Budget::new(shape(10, 0));
-        for i in 0..20 {
-            b.throttled(start + Duration::from_secs(2 * i), None);
-        }
-        assert!(b.effective_rate(start + Duration::from_secs(38)) >= 1.0);
+        let sent = saturate(&mut b, start, Duration::from_secs(1));
+        b.throttled(start + Duration::from_millis(150), sent[1], None);
+        assert_eq!(b.effective_rate(start + Duration::from_millis(200)), 10.0);
+        let more = saturate(
+            &mut b,
+            start + Duration::from_secs(1),
+            Duration::from_secs(2),
+        );
+        assert_eq!(more.len(), 20);
+        assert_eq!(b.effective_rate(start + Duration::from_secs(3)), 10.0);
     }
 
     #[test]
     fn retry_after_pauses_the_budget() {
         let start = Instant::now();
         let mut b = Budget::new(shape(10, 0));
-        b.throttled(start, Some(Duration::from_secs(2)));
+        b.throttled(start, start, Some(Duration::from_secs(2)));
         assert_eq!(b.next_free(start), start + Duration::from_secs(2));
         assert!(b.next_free(start + Duration::from_secs(3)) <= start + Duration::from_secs(3));
     }

@@ -57,12 +57,20 @@ impl LaneState {
             .expect("a lane has at least one budget")
     }
 
-    pub(super) fn push(&mut self, e: Entry) {
+    /// Queues `e` last in its client's line, or first with `first` (a
+    /// retry: it arrived before everything queued behind it).
+    pub(super) fn push(&mut self, e: Entry, first: bool) {
         let (tenant, weight, priority, client) =
             (e.tenant.clone(), e.weight, e.priority, e.client.clone());
         self.queue.push_with(tenant, weight, |t| {
             t.push_with(priority, priority.weight(), |b| {
-                b.push_with(client, 1, |c| c.push_back(e))
+                b.push_with(client, 1, |c| {
+                    if first {
+                        c.push_front(e)
+                    } else {
+                        c.push_back(e)
+                    }
+                })
             })
         });
     }
@@ -77,7 +85,7 @@ impl LaneState {
             }
         }
         for e in live {
-            self.push(e);
+            self.push(e, false);
         }
         self.garbage = 0;
     }
@@ -163,15 +171,18 @@ pub(super) fn requeue(guard: &mut Withdraw, ticket: &Ticket) -> Option<oneshot::
     let (tx, rx) = oneshot::channel();
     let state = Arc::new(AtomicU8::new(QUEUED));
     st.waiting.insert(id, (enqueued, ticket.tenant.clone()));
-    st.push(Entry {
-        id,
-        state: state.clone(),
-        tx,
-        tenant: ticket.tenant.clone(),
-        weight: ticket.weight,
-        priority: ticket.priority,
-        client: ticket.client.clone(),
-    });
+    st.push(
+        Entry {
+            id,
+            state: state.clone(),
+            tx,
+            tenant: ticket.tenant.clone(),
+            weight: ticket.weight,
+            priority: ticket.priority,
+            client: ticket.client.clone(),
+        },
+        false,
+    );
     drop(st);
     guard.id = id;
     guard.state = state;

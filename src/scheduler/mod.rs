@@ -18,9 +18,11 @@
 //!
 //! Over 500 lines on purpose: the public types (`Ticket`, `Permit`,
 //! `Scheduler`) and the enqueue path, fast path included, share the lane's
-//! invariants and read best together; budgets, the fair queue, lanes, the
-//! dispatcher and the Redis budget each have their own file.
+//! invariants and read best together; budgets, adaptation to the CRM's
+//! 503s (`adapt`), the fair queue, lanes, the dispatcher and the Redis
+//! budget each have their own file.
 
+pub mod adapt;
 mod budget;
 mod dispatch;
 mod fair;
@@ -138,6 +140,8 @@ pub struct Permit {
     pub class: Class,
     /// Time spent queued for this slot.
     pub waited: Duration,
+    /// When the slot was granted (the send's time, for adaptation).
+    at: Instant,
     lane: Arc<Lane>,
 }
 
@@ -155,14 +159,16 @@ impl Permit {
     /// Reports that the CRM answered 503/429 to the request sent with this
     /// permit: the budget slows down and honours `retry_after`.
     pub fn throttled(&self, retry_after: Option<Duration>) {
-        self.lane.lock().budgets[self.egress].throttled(Instant::now(), retry_after);
+        let now = Instant::now();
+        self.lane.lock().budgets[self.egress].throttled(now, self.at, retry_after);
         if let Some(shared) = self.lane.shared.clone() {
             // Every replica slows down through the shared state; best effort,
-            // off the request path.
+            // off the request path. Only the send's age crosses the wire.
             let (egress, class, tenant) = (self.egress, self.class, self.lane.tenant.clone());
+            let age = now.saturating_duration_since(self.at);
             tokio::spawn(async move {
                 shared
-                    .throttled(egress, class, tenant.as_deref(), retry_after)
+                    .throttled(egress, class, tenant.as_deref(), age, retry_after)
                     .await
             });
         }
@@ -322,7 +328,7 @@ impl Scheduler {
         if self.inner.closing.is_cancelled() {
             return Err(QueueError::ShuttingDown);
         }
-        self.enqueue(ticket, None).await
+        self.enqueue(ticket, None, false).await
     }
 
     /// Like [`Scheduler::acquire`], for a request several callers share
@@ -333,7 +339,7 @@ impl Scheduler {
         if self.inner.closing.is_cancelled() {
             return Err(QueueError::ShuttingDown);
         }
-        let granted = self.enqueue(ticket, Some(lift)).await;
+        let granted = self.enqueue(ticket, Some(lift), false).await;
         // Closed whatever the outcome: a request that stopped waiting can
         // no longer be joined.
         lift.close();
@@ -354,12 +360,20 @@ impl Scheduler {
     }
 
     /// Like [`Scheduler::acquire`], for a request already admitted (a retry):
-    /// it may still queue while the gateway drains, until the cut-off.
+    /// it may still queue while the gateway drains, until the cut-off, and
+    /// it goes first in its client's line (it arrived before everything
+    /// queued behind it), so a request the CRM refused several times does
+    /// not wait a whole queue per attempt.
     pub async fn reacquire(&self, ticket: Ticket) -> Result<Permit, QueueError> {
-        self.enqueue(ticket, None).await
+        self.enqueue(ticket, None, true).await
     }
 
-    async fn enqueue(&self, mut ticket: Ticket, lift: Option<&Lift>) -> Result<Permit, QueueError> {
+    async fn enqueue(
+        &self,
+        mut ticket: Ticket,
+        lift: Option<&Lift>,
+        retry: bool,
+    ) -> Result<Permit, QueueError> {
         let inner = &self.inner;
         if inner.cut_off.is_cancelled() {
             return Err(QueueError::ShuttingDown);
@@ -395,15 +409,18 @@ impl Scheduler {
             st.next_id += 1;
             let id = st.next_id;
             st.waiting.insert(id, (enqueued, ticket.tenant.clone()));
-            st.push(Entry {
-                id,
-                state: state.clone(),
-                tx,
-                tenant: ticket.tenant.clone(),
-                weight: ticket.weight,
-                priority: ticket.priority,
-                client: ticket.client.clone(),
-            });
+            st.push(
+                Entry {
+                    id,
+                    state: state.clone(),
+                    tx,
+                    tenant: ticket.tenant.clone(),
+                    weight: ticket.weight,
+                    priority: ticket.priority,
+                    client: ticket.client.clone(),
+                },
+                retry,
+            );
             if st.garbage > st.waiting.len().max(1024) {
                 st.compact();
             }
@@ -424,6 +441,7 @@ impl Scheduler {
             egress,
             class,
             waited: enqueued.elapsed(),
+            at: Instant::now(),
             lane: lane.clone(),
         };
         let outcome = loop {
@@ -569,6 +587,7 @@ impl Scheduler {
                             configured_rate: b.shape().limit,
                             effective_rate: (b.effective_rate(now) * 100.0).round() / 100.0,
                             sent_last_window: b.recent(now),
+                            adaptation: b.adaptation(now).label(),
                             next_free_in_ms: b
                                 .next_free(now)
                                 .saturating_duration_since(now)
@@ -617,6 +636,8 @@ pub struct BudgetStatus {
     pub sent_last_window: usize,
     /// Time until the next slot (0 = free now).
     pub next_free_in_ms: u64,
+    /// Where adaptation stands (see [`adapt::Adapt::label`]).
+    pub adaptation: &'static str,
 }
 
 /// The fast path: a request that finds the lane's queue empty and a budget
@@ -658,6 +679,7 @@ fn grant_now(lane: &Arc<Lane>, ticket: &Ticket) -> Option<Permit> {
         egress,
         class: ticket.class,
         waited: Duration::ZERO,
+        at: now,
         lane: lane.clone(),
     })
 }

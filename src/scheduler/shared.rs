@@ -40,6 +40,8 @@ const CLOCK_REDIS: &str = include_str!("lua/clock_redis.lua");
 const CLOCK_ARGV: &str = include_str!("lua/clock_argv.lua");
 const RESERVE: &str = include_str!("lua/reserve.lua");
 const THROTTLE: &str = include_str!("lua/throttle.lua");
+/// Adaptation's functions, prepended to the scripts that use them.
+const ADAPT: &str = include_str!("lua/adapt.lua");
 const CONNECTED: &str = include_str!("lua/connected.lua");
 
 /// The widened window in µs, as the scripts take it.
@@ -124,8 +126,8 @@ impl Shared {
             fallback: AtomicBool::new(false),
             rejoined: Mutex::new(None),
             calls: AtomicU64::new(0),
-            reserve: Script::new(&format!("{prelude}{RESERVE}")),
-            throttle: Script::new(&format!("{prelude}{THROTTLE}")),
+            reserve: Script::new(&format!("{prelude}{ADAPT}{RESERVE}")),
+            throttle: Script::new(&format!("{prelude}{ADAPT}{THROTTLE}")),
             connected: Script::new(&format!("{prelude}{CONNECTED}")),
             clock,
         }
@@ -239,10 +241,11 @@ impl Shared {
             return None;
         }
         let limit = self.limits[super::class_index(class)].load(Ordering::Relaxed);
-        let (recovery, adaptive) = {
-            let a = self.adaptive.lock().unwrap_or_else(|p| p.into_inner());
-            (a.recovery_per_second, a.enabled)
-        };
+        let a = self
+            .adaptive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut invocation = self.reserve.prepare_invoke();
         for egress in 0..self.ids.len() {
             let (key, log) = self.keys(egress, class, tenant);
@@ -260,10 +263,12 @@ impl Shared {
         invocation
             .arg(limit)
             .arg(self.window_us.load(Ordering::Relaxed))
-            .arg(recovery)
+            .arg(a.recovery_per_second)
             .arg(self.ttl_ms())
             .arg(mask)
-            .arg(if adaptive { "1" } else { "0" });
+            .arg(if a.enabled { "1" } else { "0" })
+            .arg(a.decrease_factor)
+            .arg(a.min_rate.min(f64::from(limit)));
         let (egress, wait_us): (usize, i64) = self.run(invocation).await?;
         Some((
             egress.min(self.ids.len() - 1),
@@ -357,12 +362,14 @@ impl Shared {
     }
 
     /// Tells every replica, through the shared state, that the CRM refused a
-    /// request on this budget. Best effort: errors only switch to fallback.
+    /// request on this budget, sent `age` ago. Best effort: errors only
+    /// switch to fallback.
     pub async fn throttled(
         &self,
         egress: usize,
         class: Class,
         tenant: Option<&str>,
+        age: Duration,
         retry_after: Option<Duration>,
     ) {
         if self.in_fallback() {
@@ -375,17 +382,19 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let factor = if a.enabled { a.decrease_factor } else { 0.0 };
-        let (key, _) = self.keys(egress, class, tenant);
+        let (key, log) = self.keys(egress, class, tenant);
         let mut invocation = self.throttle.prepare_invoke();
         invocation
             .key(key)
+            .key(log)
             .arg(limit)
             .arg(factor)
             .arg(a.min_rate.min(f64::from(limit)))
             .arg(a.recovery_per_second)
             .arg(self.window_us.load(Ordering::Relaxed))
             .arg(retry_after.map_or(0, |d| d.as_micros() as u64))
-            .arg(self.ttl_ms());
+            .arg(self.ttl_ms())
+            .arg(age.as_micros() as u64);
         let _: Option<i64> = self.run(invocation).await;
     }
 }

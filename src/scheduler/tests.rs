@@ -284,7 +284,8 @@ async fn throttling_slows_the_lane() {
     let p = s.acquire(ticket("a", "x", Class::General)).await.unwrap();
     p.throttled(Some(Duration::from_secs(2)));
     let snap = s.snapshot();
-    assert_eq!(snap[0].budgets[0].effective_rate, 5.0);
+    // A lone 503 pauses the budget but is no evidence against the rate.
+    assert_eq!(snap[0].budgets[0].effective_rate, 10.0);
     assert!(snap[0].budgets[0].next_free_in_ms >= 1999);
     let (at, _) = spawn(&s, ticket("a", "x", Class::General))
         .await

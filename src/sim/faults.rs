@@ -41,6 +41,9 @@ pub struct Faults {
     fail: Mutex<(u32, Option<String>)>,
     /// `f64` bits of the random-503 probability.
     random_503: AtomicU64,
+    /// `a` of every `b` requests answered 503, evenly spread; and how many
+    /// requests that rule has seen.
+    share_503: Mutex<(u64, u64, u64)>,
     reset_before: AtomicU32,
     reset_after: AtomicU32,
     stall: Mutex<(u32, Duration)>,
@@ -72,6 +75,14 @@ impl Faults {
         self.reset_after.store(n, Ordering::Relaxed);
     }
 
+    /// Exactly `a` of every `b` requests get 503 HTML, evenly spread (for
+    /// `3, 10`: the 4th, 7th and 10th of each ten), whatever the rate: noise
+    /// without chance, for tests that must not depend on luck. `b = 0` or
+    /// `a = 0` turns it off.
+    pub fn set_share_503(&self, a: u64, b: u64) {
+        *lock(&self.share_503) = (a.min(b), b, 0);
+    }
+
     /// The next `n` requests have their connection reset without processing.
     pub fn reset_before_processing_next(&self, n: u32) {
         self.reset_before.store(n, Ordering::Relaxed);
@@ -92,6 +103,7 @@ impl Faults {
     pub fn clear(&self) {
         self.fail_next(0, None);
         self.set_random_503(0.0);
+        self.set_share_503(0, 0);
         self.reset_after_processing_next(0);
         self.reset_before_processing_next(0);
         self.stall_next(0, Duration::ZERO);
@@ -113,6 +125,17 @@ impl Faults {
         let ratio = f64::from_bits(self.random_503.load(Ordering::Relaxed));
         if ratio > 0.0 && rand::thread_rng().gen_bool(ratio) {
             return Before::Fail(None);
+        }
+        {
+            let mut share = lock(&self.share_503);
+            let (a, b, i) = *share;
+            if b > 0 && a > 0 {
+                share.2 = i + 1;
+                // Bresenham: the count of refusals reaches ⌊(i+1)·a/b⌋.
+                if (i + 1) * a / b > i * a / b {
+                    return Before::Fail(None);
+                }
+            }
         }
         Before::Process
     }
@@ -169,6 +192,17 @@ mod tests {
         f.stall_next(1, Duration::from_millis(5));
         assert_eq!(f.stall(), Some(Duration::from_millis(5)));
         assert_eq!(f.stall(), None);
+    }
+
+    #[test]
+    fn a_share_of_503s_is_exact_and_evenly_spread() {
+        let f = Faults::default();
+        f.set_share_503(3, 10);
+        let pattern: Vec<bool> = (0..20).map(|_| f.before() == Before::Fail(None)).collect();
+        let at: Vec<usize> = (0..20).filter(|i| pattern[*i]).collect();
+        assert_eq!(at, [3, 6, 9, 13, 16, 19]);
+        f.clear();
+        assert!((0..20).all(|_| f.before() == Before::Process));
     }
 
     #[test]

@@ -46,7 +46,8 @@
 //! 1. Record the arrival and count it in its window (always, even if rejected).
 //! 2. Read the whole body and attach it to the record.
 //! 3. Over the limit → nginx-style 503 HTML. Faults are not consumed.
-//! 4. Faults before processing: reset, then `fail_next`, then random 503, then stall.
+//! 4. Faults before processing: reset, then `fail_next`, then random 503,
+//!    then the exact share of 503s, then stall.
 //! 5. Auth for `/api/...`: 403 JSON when the key is missing or unknown.
 //! 6. Route and process.
 //! 7. Faults after processing: reset, then garbage body.

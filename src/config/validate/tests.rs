@@ -42,7 +42,8 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.limits.telephony_per_second.get(), 40);
     assert_eq!(c.limits.jitter_allowance, Duration::from_millis(20));
     assert_eq!(c.limits.scope, Scope::EgressIp);
-    assert_eq!(c.retry.max_attempts.get(), 4);
+    assert_eq!(c.retry.max_attempts.get(), 8);
+    assert_eq!(c.limits.adaptive.recovery_per_second, 1.0);
     let t = &c.tenants[0];
     assert_eq!(t.base_url.as_str(), "https://acme.retailcrm.ru/");
     assert_eq!(t.api_key.expose(), "real-acme");

@@ -1,0 +1,408 @@
+//! Adaptation: whether the CRM's 503s say that *our rate* is the cause, and
+//! the effective rate that follows from the answer.
+//!
+//! A 503 (or 429) means one of two things. Either the CRM's real limit is
+//! lower than configured (another sender behind the same IP, a stricter
+//! account), and then 503s come when our windows are full and stop when we
+//! send less; or the CRM is failing a share of requests whatever the rate
+//! (an incident, an outage), and then sending less only loses throughput.
+//! Cutting the rate on every 503 mistakes the second for the first and
+//! sinks to the floor. So the rate is lowered only on evidence, by a test:
+//!
+//! 1. **Observe.** The first 503 (the *onset*) changes nothing yet: for one
+//!    window from the refused send, the sends after it and their refusals
+//!    are counted at the rate in force (`before`). No other refusal in that
+//!    window: nothing to test, back to normal.
+//! 2. **Test.** Otherwise the rate drops to `before × decrease_factor` (at
+//!    least `min_rate`). The first window after the cut is ignored (the
+//!    CRM's window still holds the old rate's arrivals); sends and refusals
+//!    in the two windows after it are the test sample.
+//!    If even a sample with no refusal could not prove the rate guilty (too
+//!    few refusals observed), it is noise at once, without a cut.
+//! 3. **Verdict** (half a window later, when the sample's answers are in): a
+//!    one-sided two-proportion test, `p_before − p_test > 2.5·σ`; or as soon
+//!    as the sample's refusals make that impossible (noise). If the
+//!    refusal share fell, the rate was the cause: the test rate is kept
+//!    (*limited*). If not, it is noise: the rate goes straight back to
+//!    `before`, and further 503s are ignored for a hold-off (10 s, doubling
+//!    per consecutive noise verdict, at most 30 s). Fewer than 3 sends in
+//!    the sample prove nothing: back to `before`.
+//! 4. **Limited.** The good rate is held for 5 s, then it rises by
+//!    `recovery_per_second` towards the limit. A 503 on a send made above
+//!    the good rate is a failed probe: one window at `good × decrease_factor`
+//!    (with a strict CRM the refused probe would otherwise keep the window
+//!    over its limit), then the good rate again and the hold doubles (at
+//!    most 5 min). A 503 at the good rate itself starts a new onset from it.
+//!    Reaching the limit ends it.
+//!
+//! Refusals are attributed to the moment their request was *sent* (a 503
+//! answers a send made one latency earlier, possibly at another rate), and
+//! those of an already judged period are ignored.
+//!
+//! Everything here is a pure function of the state and the instants passed
+//! in: no clock, no I/O. The Redis scripts (`lua/adapt.lua`) implement the
+//! same machine; this file is their reference.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::AdaptiveConfig;
+
+/// How long a good rate is held after a verdict that the rate was the cause,
+/// before probing above it.
+pub const LIMIT_HOLD: Duration = Duration::from_secs(5);
+/// The longest hold after repeated failed probes.
+pub const LIMIT_HOLD_MAX: Duration = Duration::from_secs(300);
+/// How long 503s are ignored after a verdict of noise (doubling per
+/// consecutive noise verdict).
+pub const NOISE_HOLD: Duration = Duration::from_secs(10);
+/// The longest hold-off after noise: also the longest a real limit that
+/// appears during a hold-off goes unnoticed.
+pub const NOISE_HOLD_MAX: Duration = Duration::from_secs(30);
+/// Fewest test sends that can prove anything.
+pub const MIN_TEST_SENDS: u32 = 3;
+/// Standard deviations by which the refusal share must fall.
+pub const Z: f64 = 2.5;
+
+/// Where a budget's adaptation stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Phase {
+    /// No evidence against the rate: `rate` at `since`, rising by the
+    /// recovery per second up to the limit.
+    Free {
+        /// Sends per window at `since` (infinite: the limit).
+        rate: f64,
+        /// When that rate was set.
+        since: Instant,
+    },
+    /// Counting sends and refusals for one window from the refused send
+    /// `from`, at `before`; the test starts at `from + window`.
+    Observe(Sample),
+    /// At the test rate since `from + window`; the test sample is the two
+    /// windows from `from + 2 windows`, the verdict at `from + 4.5 windows`.
+    Test(Sample),
+    /// The rate was the cause: `good` is held (after a dip below it until
+    /// `dip_until`) until `hold_until`, then rises.
+    Limited {
+        /// The rate the test showed free of the rate's 503s.
+        good: f64,
+        /// A failed probe's dip ends here.
+        dip_until: Instant,
+        /// The rise starts here.
+        hold_until: Instant,
+    },
+}
+
+/// The evidence gathered since an onset.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// The rate in force at the onset.
+    pub before: f64,
+    /// When the first refused send was sent.
+    pub from: Instant,
+    /// Sends in the observed window after the refused one (which is left
+    /// out: it chose the window, so counting it would bias the sample).
+    pub sent: u32,
+    /// Refusals among them.
+    pub refused: u32,
+    /// Sends in the test sample.
+    pub test_sent: u32,
+    /// Refusals among them.
+    pub test_refused: u32,
+}
+
+/// The budget's fixed parameters, as adaptation needs them.
+#[derive(Debug, Clone, Copy)]
+pub struct Params<'a> {
+    /// Configured sends per window.
+    pub limit: f64,
+    /// The widened window.
+    pub window: Duration,
+    /// `[limits.adaptive]`.
+    pub config: &'a AdaptiveConfig,
+}
+
+impl Params<'_> {
+    fn floor(&self) -> f64 {
+        self.config.min_rate.min(self.limit)
+    }
+
+    /// The test rate after an onset at `before`.
+    pub fn lowered(&self, before: f64) -> f64 {
+        (before * self.config.decrease_factor).max(self.floor())
+    }
+
+    fn windows(&self, n: f64) -> Duration {
+        self.window.mul_f64(n)
+    }
+}
+
+/// One budget's adaptation state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adapt {
+    phase: Phase,
+    /// 503s are ignored (noise hold-off) until then.
+    quiet_until: Option<Instant>,
+    /// Refusals of sends made before this belong to a judged period.
+    ignore_before: Option<Instant>,
+    /// The next hold at a good rate.
+    limit_hold: Duration,
+    /// The next noise hold-off.
+    noise_hold: Duration,
+}
+
+/// Whether the test could still show the rate was the cause, were every
+/// remaining sample send accepted: at most `2 × test rate` sends fit in the
+/// sample's two windows. If not, testing on is pointless.
+pub fn could_prove(s: &Sample, p: &Params) -> bool {
+    let most = (2.0 * p.lowered(s.before)).ceil() as u32;
+    rate_was_the_cause(&Sample {
+        test_sent: s.test_sent.max(most),
+        ..*s
+    })
+}
+
+/// What a test sample says: the rate was the cause, or it was not.
+pub fn rate_was_the_cause(s: &Sample) -> bool {
+    let (n1, k1, n2, k2) = (
+        f64::from(s.sent.max(1)),
+        f64::from(s.refused),
+        f64::from(s.test_sent.max(1)),
+        f64::from(s.test_refused),
+    );
+    let (p1, p2) = ((k1 / n1).min(1.0), (k2 / n2).min(1.0));
+    let p = ((k1 + k2) / (n1 + n2)).min(1.0);
+    let sigma = (p * (1.0 - p) * (1.0 / n1 + 1.0 / n2)).sqrt();
+    p1 - p2 > Z * sigma
+}
+
+impl Adapt {
+    /// Nothing known: the limit, from `now`.
+    pub fn new(now: Instant) -> Adapt {
+        Adapt {
+            // Infinite: at the limit, whatever the limit becomes on reload.
+            phase: Phase::Free {
+                rate: f64::INFINITY,
+                since: now,
+            },
+            quiet_until: None,
+            ignore_before: None,
+            limit_hold: LIMIT_HOLD,
+            noise_hold: NOISE_HOLD,
+        }
+    }
+
+    /// The phase's name for `/status`: `free`, `observing`, `testing` or
+    /// `limited`.
+    pub fn label(&self) -> &'static str {
+        match self.phase {
+            Phase::Free { .. } => "free",
+            Phase::Observe(_) => "observing",
+            Phase::Test(_) => "testing",
+            Phase::Limited { .. } => "limited",
+        }
+    }
+
+    /// The phase as of the last event (see [`Adapt::at`] for a given time).
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// The state at `now`: timed transitions (end of observation, verdict,
+    /// end of the rise) applied. Pure.
+    pub fn at(&self, now: Instant, p: &Params) -> Adapt {
+        let mut a = self.clone();
+        a.advance(now, p);
+        a
+    }
+
+    fn advance(&mut self, now: Instant, p: &Params) {
+        loop {
+            match self.phase {
+                Phase::Observe(s) if now >= s.from + p.window => {
+                    if s.refused >= 1 && could_prove(&s, p) {
+                        self.phase = Phase::Test(s);
+                    } else if s.refused >= 1 {
+                        // Too few refusals for any test to prove the rate
+                        // guilty: noise, without lowering the rate at all.
+                        self.noise(s.before, s.from + p.window);
+                    } else {
+                        // A lone 503 in a window: nothing to test, and the
+                        // noise that caused earlier hold-offs has thinned.
+                        self.noise_hold = NOISE_HOLD;
+                        self.phase = Phase::Free {
+                            rate: s.before,
+                            since: s.from + p.window,
+                        };
+                    }
+                }
+                Phase::Test(s) if now >= s.from + p.windows(4.5) => {
+                    let at = s.from + p.windows(4.5);
+                    self.ignore_before = Some(at);
+                    if s.test_sent < MIN_TEST_SENDS {
+                        self.phase = Phase::Free {
+                            rate: s.before,
+                            since: at,
+                        };
+                    } else if rate_was_the_cause(&s) {
+                        self.noise_hold = NOISE_HOLD;
+                        self.phase = Phase::Limited {
+                            good: p.lowered(s.before),
+                            dip_until: at,
+                            hold_until: at + self.limit_hold,
+                        };
+                    } else {
+                        self.noise(s.before, at);
+                    }
+                }
+                Phase::Limited {
+                    good, hold_until, ..
+                } => {
+                    let rec = p.config.recovery_per_second;
+                    let reached =
+                        hold_until + Duration::from_secs_f64((p.limit - good).max(0.0) / rec);
+                    if now < reached {
+                        return;
+                    }
+                    self.limit_hold = LIMIT_HOLD;
+                    self.phase = Phase::Free {
+                        rate: f64::INFINITY,
+                        since: reached,
+                    };
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// The verdict "noise" at `at`: back to `before`, 503s ignored for the
+    /// hold-off, which doubles for the next time.
+    fn noise(&mut self, before: f64, at: Instant) {
+        self.ignore_before = Some(at);
+        self.quiet_until = Some(at + self.noise_hold);
+        self.noise_hold = (self.noise_hold * 2).min(NOISE_HOLD_MAX);
+        self.phase = Phase::Free {
+            rate: before,
+            since: at,
+        };
+    }
+
+    /// Sends per window allowed at `now`, at most the limit.
+    pub fn rate(&self, now: Instant, p: &Params) -> f64 {
+        let a = self.at(now, p);
+        let rec = p.config.recovery_per_second;
+        let rate = match a.phase {
+            Phase::Free { rate, since } => {
+                rate + rec * now.saturating_duration_since(since).as_secs_f64()
+            }
+            Phase::Observe(s) => s.before,
+            Phase::Test(s) => p.lowered(s.before),
+            Phase::Limited {
+                good,
+                dip_until,
+                hold_until,
+            } => {
+                if now < dip_until {
+                    p.lowered(good)
+                } else {
+                    good + rec * now.saturating_duration_since(hold_until).as_secs_f64()
+                }
+            }
+        };
+        rate.min(p.limit)
+    }
+
+    /// A send at `at` (counted in the sample whose window holds it).
+    pub fn sent(&mut self, at: Instant, p: &Params) {
+        self.count(at, p, 1);
+    }
+
+    /// A send at `at` was taken back.
+    pub fn unsent(&mut self, at: Instant, p: &Params) {
+        self.count(at, p, -1);
+    }
+
+    fn count(&mut self, at: Instant, p: &Params, by: i32) {
+        self.advance(at, p);
+        if let Phase::Observe(s) | Phase::Test(s) = &mut self.phase {
+            if at > s.from && at < s.from + p.window {
+                s.sent = s.sent.saturating_add_signed(by);
+            } else if at >= s.from + p.windows(2.0) && at < s.from + p.windows(4.0) {
+                s.test_sent = s.test_sent.saturating_add_signed(by);
+            }
+        }
+    }
+
+    /// The CRM refused, answered at `now`, the send made at `sent_at`.
+    /// `sends_since(t)` counts this budget's recorded sends after `t` (an
+    /// onset counts the sends already made since the refused one).
+    pub fn refused(
+        &mut self,
+        now: Instant,
+        sent_at: Instant,
+        p: &Params,
+        sends_since: impl Fn(Instant) -> u32,
+    ) {
+        self.advance(now, p);
+        if self.ignore_before.is_some_and(|t| sent_at < t) {
+            return;
+        }
+        match self.phase {
+            Phase::Free { .. } => {
+                if self.quiet_until.is_some_and(|q| now < q) {
+                    return;
+                }
+                let before = self.rate(now, p);
+                self.onset(before, sent_at, sends_since);
+            }
+            Phase::Observe(ref mut s) | Phase::Test(ref mut s) => {
+                if sent_at > s.from && sent_at < s.from + p.window {
+                    s.refused += 1;
+                } else if sent_at >= s.from + p.windows(2.0) && sent_at < s.from + p.windows(4.0) {
+                    s.test_refused += 1;
+                    let s = *s;
+                    if !could_prove(&s, p) {
+                        // The refusals go on at the lower rate: noise, now.
+                        self.noise(s.before, now);
+                    }
+                }
+            }
+            Phase::Limited {
+                good,
+                dip_until,
+                hold_until,
+            } => {
+                if sent_at >= hold_until {
+                    // A failed probe: dip below the good rate for a window
+                    // so the CRM's window sheds the refused arrivals, then
+                    // hold longer.
+                    self.limit_hold = (self.limit_hold * 2).min(LIMIT_HOLD_MAX);
+                    let dip_until = now + p.window;
+                    self.phase = Phase::Limited {
+                        good,
+                        dip_until,
+                        hold_until: dip_until + self.limit_hold,
+                    };
+                    self.ignore_before = Some(dip_until);
+                } else if sent_at >= dip_until {
+                    self.onset(good, sent_at, sends_since);
+                }
+            }
+        }
+    }
+
+    fn onset(&mut self, before: f64, from: Instant, sends_since: impl Fn(Instant) -> u32) {
+        self.phase = Phase::Observe(Sample {
+            before,
+            from,
+            sent: sends_since(from),
+            refused: 0,
+            test_sent: 0,
+            test_refused: 0,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;
