@@ -57,6 +57,35 @@ impl LaneState {
             .expect("a lane has at least one budget")
     }
 
+    /// Queues a new entry for `ticket`, waiting since `enqueued` (see
+    /// [`Self::push`] for `first`): returns its id, its state and the
+    /// receiver of its grant.
+    pub(super) fn enqueue(
+        &mut self,
+        ticket: &Ticket,
+        enqueued: Instant,
+        first: bool,
+    ) -> (u64, Arc<AtomicU8>, oneshot::Receiver<usize>) {
+        self.next_id += 1;
+        let id = self.next_id;
+        let (tx, rx) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        self.waiting.insert(id, (enqueued, ticket.tenant.clone()));
+        self.push(
+            Entry {
+                id,
+                state: state.clone(),
+                tx,
+                tenant: ticket.tenant.clone(),
+                weight: ticket.weight,
+                priority: ticket.priority,
+                client: ticket.client.clone(),
+            },
+            first,
+        );
+        (id, state, rx)
+    }
+
     /// Queues `e` last in its client's line, or first with `first` (a
     /// retry: it arrived before everything queued behind it).
     pub(super) fn push(&mut self, e: Entry, first: bool) {
@@ -166,23 +195,7 @@ pub(super) fn requeue(guard: &mut Withdraw, ticket: &Ticket) -> Option<oneshot::
         .remove(&guard.id)
         .map_or_else(Instant::now, |(at, _)| at);
     st.garbage += 1;
-    st.next_id += 1;
-    let id = st.next_id;
-    let (tx, rx) = oneshot::channel();
-    let state = Arc::new(AtomicU8::new(QUEUED));
-    st.waiting.insert(id, (enqueued, ticket.tenant.clone()));
-    st.push(
-        Entry {
-            id,
-            state: state.clone(),
-            tx,
-            tenant: ticket.tenant.clone(),
-            weight: ticket.weight,
-            priority: ticket.priority,
-            client: ticket.client.clone(),
-        },
-        false,
-    );
+    let (id, state, rx) = st.enqueue(ticket, enqueued, false);
     drop(st);
     guard.id = id;
     guard.state = state;

@@ -31,13 +31,13 @@ mod lift;
 mod shared;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use serde::Serialize;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +47,7 @@ pub use lift::Lift;
 pub use shared::Shared;
 
 use dispatch::dispatch;
-use lane::{Entry, Lane, LaneState, Queue, Withdraw, QUEUED};
+use lane::{Lane, LaneState, Queue, Withdraw};
 
 use crate::classify::Class;
 use crate::config::{Backend, Config, Scope};
@@ -402,29 +402,13 @@ impl Scheduler {
         }
 
         let enqueued = Instant::now();
-        let (tx, mut rx) = oneshot::channel();
-        let state = Arc::new(AtomicU8::new(QUEUED));
-        let id = {
+        let (id, state, mut rx) = {
             let mut st = lane.lock();
-            st.next_id += 1;
-            let id = st.next_id;
-            st.waiting.insert(id, (enqueued, ticket.tenant.clone()));
-            st.push(
-                Entry {
-                    id,
-                    state: state.clone(),
-                    tx,
-                    tenant: ticket.tenant.clone(),
-                    weight: ticket.weight,
-                    priority: ticket.priority,
-                    client: ticket.client.clone(),
-                },
-                retry,
-            );
+            let queued = st.enqueue(&ticket, enqueued, retry);
             if st.garbage > st.waiting.len().max(1024) {
                 st.compact();
             }
-            id
+            queued
         };
         lane.work.notify_one();
         let mut guard = Withdraw {
