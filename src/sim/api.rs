@@ -229,7 +229,7 @@ pub(super) fn seed_order(id: u64, sites: &[String]) -> Value {
     json!({"id": id, "number": format!("{id}A"), "externalId": seed_external_id(id), "site": site})
 }
 
-fn seed_external_id(id: u64) -> String {
+pub(crate) fn seed_external_id(id: u64) -> String {
     format!("seed-{id}")
 }
 
@@ -240,7 +240,7 @@ async fn create_order(
     let Some(raw) = caller.field("order") else {
         return error(StatusCode::BAD_REQUEST, "Parameter 'order' is missing");
     };
-    let Ok(Value::Object(mut order)) = serde_json::from_str::<Value>(raw) else {
+    let Ok(Value::Object(order)) = serde_json::from_str::<Value>(raw) else {
         return error(StatusCode::BAD_REQUEST, "Errors in the entity format");
     };
     let external_id = match order.get("externalId") {
@@ -248,16 +248,11 @@ async fn create_order(
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
     };
-    let account = &sim.accounts[caller.account];
     let seeded = u64::from(sim.total_orders);
     // One lock for check and insert, so concurrent duplicates cannot both win.
     let mut created = sim.store.account(caller.account);
     if let Some(ext) = &external_id {
-        let is_seed = ext
-            .strip_prefix("seed-")
-            .and_then(|n| n.parse::<u64>().ok())
-            .is_some_and(|id| (1..=seeded).contains(&id) && *ext == seed_external_id(id));
-        if is_seed || created.external_ids.contains(ext) {
+        if created.taken(ext, seeded) {
             let body = json!({
                 "success": false,
                 "errorMsg": "Errors in the entity format",
@@ -266,23 +261,8 @@ async fn create_order(
             return json(StatusCode::BAD_REQUEST, &body);
         }
     }
-    let id = seeded + created.orders.len() as u64 + 1;
-    let site = caller
-        .field("site")
-        .map(str::to_owned)
-        .or_else(|| order.get("site").and_then(Value::as_str).map(str::to_owned))
-        .or_else(|| account.sites.first().cloned())
-        .unwrap_or_else(|| "main".into());
-    order.insert("id".into(), id.into());
-    order.insert("site".into(), site.into());
-    order
-        .entry("number")
-        .or_insert_with(|| format!("{id}A").into());
-    let order = Value::Object(order);
-    created.orders.push(order.clone());
-    if let Some(ext) = external_id {
-        created.external_ids.insert(ext);
-    }
+    let site = super::entities::site_of(&sim, &caller, &order);
+    let (id, order) = created.insert(seeded, order, site, external_id);
     drop(created);
     json(
         StatusCode::CREATED,

@@ -53,34 +53,17 @@ fn items(caller: &Caller, field: &str, limit: usize) -> Result<Vec<Value>, Box<R
 /// Stores one order as `orders/create` does; `None` when its `externalId`
 /// is taken (or it is not an object).
 fn store_order(sim: &Shared, caller: &Caller, item: Value) -> Option<Value> {
-    let Value::Object(mut order) = item else {
+    let Value::Object(order) = item else {
         return None;
     };
     let seeded = u64::from(sim.total_orders);
     let ext = external_id(&order);
     let site = site_of(sim, caller, &order);
     let mut created = sim.store.account(caller.account);
-    if let Some(ext) = &ext {
-        let is_seed = ext
-            .strip_prefix("seed-")
-            .and_then(|n| n.parse::<u64>().ok())
-            .is_some_and(|id| (1..=seeded).contains(&id));
-        if is_seed || created.external_ids.contains(ext) {
-            return None;
-        }
+    if ext.as_deref().is_some_and(|ext| created.taken(ext, seeded)) {
+        return None;
     }
-    let id = seeded + created.orders.len() as u64 + 1;
-    order.insert("id".into(), id.into());
-    order.insert("site".into(), site.into());
-    order
-        .entry("number")
-        .or_insert_with(|| format!("{id}A").into());
-    let order = Value::Object(order);
-    created.orders.push(order.clone());
-    if let Some(ext) = ext {
-        created.external_ids.insert(ext);
-    }
-    Some(order)
+    Some(created.insert(seeded, order, site, ext).1)
 }
 
 fn store_customer(sim: &Shared, caller: &Caller, kind: Kind, item: Value) -> Option<Value> {
