@@ -9,20 +9,8 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
-use crmgate::sim::{Received, SimConfig, Simulator};
+use crmgate::sim::{Received, Simulator};
 use serde_json::Value;
-
-/// A simulator holding `orders` orders (and as many customers and history
-/// entries), a gateway in front of it with `extra` config.
-async fn with_orders(orders: u32, extra: &str) -> (Simulator, Gate) {
-    let sim = spawn_sim(SimConfig {
-        total_orders: orders,
-        ..sim_config()
-    })
-    .await;
-    let gate = Gate::start(config(&config_text(&sim, extra))).await;
-    (sim, gate)
-}
 
 fn export_get(gate: &Gate, path: &str) -> reqwest::RequestBuilder {
     client()
@@ -49,6 +37,27 @@ fn ids(items: &[Value]) -> Vec<u64> {
     items.iter().map(|i| i["id"].as_u64().unwrap()).collect()
 }
 
+/// The whole stream of `resp`, with `between` run once the first chunk
+/// (the first page) has arrived; what `between` returned.
+async fn read_with<T>(mut resp: reqwest::Response, between: impl FnOnce() -> T) -> (String, T) {
+    let mut text = String::from_utf8(resp.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+    let done = between();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    (text, done)
+}
+
+/// `crmgate_exports_total{outcome}` now.
+async fn exports_total(gate: &Gate, outcome: &str) -> f64 {
+    metric_now(
+        &gate.admin,
+        "crmgate_exports_total",
+        &[("outcome", outcome)],
+    )
+    .await
+}
+
 /// List requests the simulator received for `path` (any query).
 fn requests_to(sim: &Simulator, path: &str) -> Vec<Received> {
     sim.records()
@@ -59,7 +68,7 @@ fn requests_to(sim: &Simulator, path: &str) -> Vec<Received> {
 
 #[tokio::test]
 async fn a_list_is_exported_whole_one_item_per_line() {
-    let (sim, gate) = with_orders(450, "").await;
+    let (sim, gate) = setup_with_orders(450, "").await;
     let resp = export_get(&gate, "/api/v5/orders?limit=20&filter%5Bstatus%5D=new")
         .send()
         .await
@@ -105,7 +114,7 @@ async fn a_list_is_exported_whole_one_item_per_line() {
 
 #[tokio::test]
 async fn history_is_walked_by_since_id_until_a_short_page() {
-    let (sim, gate) = with_orders(250, "").await;
+    let (sim, gate) = setup_with_orders(250, "").await;
     let resp = export_get(
         &gate,
         "/api/v5/orders/history?filter%5BsinceId%5D=30&page=4",
@@ -157,7 +166,7 @@ async fn history_is_walked_by_since_id_until_a_short_page() {
 
 #[tokio::test]
 async fn items_a_create_shifted_onto_the_next_page_are_written_once() {
-    let (sim, gate) = with_orders(250, "").await;
+    let (sim, gate) = setup_with_orders(250, "").await;
     // The customers list is newest first: three customers created after
     // the first page push its last three onto the second page.
     sim.add_customers(250);
@@ -181,15 +190,11 @@ async fn items_a_create_shifted_onto_the_next_page_are_written_once() {
 #[tokio::test]
 async fn a_page_that_fails_for_good_ends_with_a_resume_point_that_works() {
     let retry = "[retry]\nmax_attempts = 2\ninitial_backoff = \"10ms\"\nmax_backoff = \"20ms\"\n";
-    let (sim, gate) = with_orders(3000, retry).await;
-    let mut resp = export_get(&gate, "/api/v5/orders").send().await.unwrap();
+    let (sim, gate) = setup_with_orders(3000, retry).await;
+    let resp = export_get(&gate, "/api/v5/orders").send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let mut text = String::from_utf8(resp.chunk().await.unwrap().unwrap().to_vec()).unwrap();
     // The CRM starts refusing everything: some later page fails for good.
-    sim.faults().fail_next(100_000, None);
-    while let Some(chunk) = resp.chunk().await.unwrap() {
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let (text, _) = read_with(resp, || sim.faults().fail_next(100_000, None)).await;
     sim.faults().clear();
     let (items, summary) = split(&text);
     assert_eq!(summary["complete"], false, "{summary}");
@@ -213,28 +218,18 @@ async fn a_page_that_fails_for_good_ends_with_a_resume_point_that_works() {
     let mut all = ids(&items);
     all.extend(ids(&rest));
     assert_eq!(all, (1..=3000).collect::<Vec<u64>>());
-    let failed = metric_now(
-        &gate.admin,
-        "crmgate_exports_total",
-        &[("outcome", "failed")],
-    )
-    .await;
-    assert_eq!(failed, 1.0);
+    assert_eq!(exports_total(&gate, "failed").await, 1.0);
 }
 
 #[tokio::test]
 async fn history_that_fails_resumes_after_the_last_entry_written() {
     let retry = "[retry]\nmax_attempts = 1\n";
-    let (sim, gate) = with_orders(3000, retry).await;
-    let mut resp = export_get(&gate, "/api/v5/orders/history?filter%5BsinceId%5D=0")
+    let (sim, gate) = setup_with_orders(3000, retry).await;
+    let resp = export_get(&gate, "/api/v5/orders/history?filter%5BsinceId%5D=0")
         .send()
         .await
         .unwrap();
-    let mut text = String::from_utf8(resp.chunk().await.unwrap().unwrap().to_vec()).unwrap();
-    sim.faults().fail_next(100_000, None);
-    while let Some(chunk) = resp.chunk().await.unwrap() {
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let (text, _) = read_with(resp, || sim.faults().fail_next(100_000, None)).await;
     sim.faults().clear();
     let (items, summary) = split(&text);
     let last = *ids(&items).last().unwrap();
@@ -246,7 +241,7 @@ async fn history_that_fails_resumes_after_the_last_entry_written() {
 #[tokio::test]
 async fn the_callers_max_wait_applies_to_each_page_not_to_the_export() {
     // 30 pages at 10/s take about 3 s, three times the caller's wait.
-    let (sim, gate) = with_orders(3000, "").await;
+    let (sim, gate) = setup_with_orders(3000, "").await;
     let resp = export_get(&gate, "/api/v5/orders")
         .header("X-Crmgate-Max-Wait", "1s")
         .send()
@@ -265,18 +260,14 @@ async fn the_callers_max_wait_applies_to_each_page_not_to_the_export() {
 
 #[tokio::test]
 async fn a_drain_ends_an_export_with_a_resume_point_not_a_cut() {
-    let (_sim, mut gate) = with_orders(
+    let (_sim, mut gate) = setup_with_orders(
         5000,
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
          shutdown_grace = \"20s\"\ndrain_accept = \"0s\"\n",
     )
     .await;
-    let mut resp = export_get(&gate, "/api/v5/orders").send().await.unwrap();
-    let mut text = String::from_utf8(resp.chunk().await.unwrap().unwrap().to_vec()).unwrap();
-    let drain = gate.begin_shutdown();
-    while let Some(chunk) = resp.chunk().await.unwrap() {
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let resp = export_get(&gate, "/api/v5/orders").send().await.unwrap();
+    let (text, drain) = read_with(resp, || gate.begin_shutdown()).await;
     let (items, summary) = split(&text);
     assert_eq!(summary["complete"], false, "{summary}");
     let pages = summary["pages"].as_u64().unwrap();
@@ -291,7 +282,7 @@ async fn a_drain_ends_an_export_with_a_resume_point_not_a_cut() {
 
 #[tokio::test]
 async fn a_caller_that_hangs_up_stops_the_walk() {
-    let (sim, gate) = with_orders(5000, "").await;
+    let (sim, gate) = setup_with_orders(5000, "").await;
     let mut resp = export_get(&gate, "/api/v5/orders").send().await.unwrap();
     assert_eq!(resp.headers()["x-crmgate-export-pages"], "50");
     resp.chunk().await.unwrap().expect("the first page");
@@ -306,18 +297,12 @@ async fn a_caller_that_hangs_up_stops_the_walk() {
     // still waiting for its slot and is never sent (1 request in all).
     let asked = requests_to(&sim, "/api/v5/orders").len();
     assert!(asked <= 5, "{asked} of 50 pages requested after a hang-up");
-    let hung = metric_now(
-        &gate.admin,
-        "crmgate_exports_total",
-        &[("outcome", "hung_up")],
-    )
-    .await;
-    assert_eq!(hung, 1.0);
+    assert_eq!(exports_total(&gate, "hung_up").await, 1.0);
 }
 
 #[tokio::test]
 async fn what_cannot_be_exported_gets_400_json_and_a_crm_error_is_the_answer() {
-    let (sim, gate) = with_orders(50, "").await;
+    let (sim, gate) = setup_with_orders(50, "").await;
     for (path, why) in [
         ("/api/v5/reference/sites", "no \\\"pagination\\\" object"),
         ("/api/credentials", "no \\\"pagination\\\" object"),

@@ -10,18 +10,7 @@ use std::collections::HashSet;
 use std::process::Output;
 
 use common::*;
-use crmgate::sim::{SimConfig, Simulator};
 use tokio::process::Command;
-
-async fn with_orders(orders: u32, extra: &str) -> (Simulator, Gate) {
-    let sim = spawn_sim(SimConfig {
-        total_orders: orders,
-        ..sim_config()
-    })
-    .await;
-    let gate = Gate::start(config(&config_text(&sim, extra))).await;
-    (sim, gate)
-}
 
 /// `crmgate export ARGS` with the client key in `CRMGATE_KEY`.
 fn export_cmd(key: Option<&str>, args: &[&str]) -> Command {
@@ -38,6 +27,15 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The `id` of each NDJSON line of `ndjson`.
+fn item_ids(ndjson: &str) -> impl Iterator<Item = u64> + '_ {
+    ndjson.lines().map(|l| {
+        serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+            .as_u64()
+            .unwrap()
+    })
+}
+
 fn assert_no_key(out: &Output, key: &str) {
     for stream in [&out.stdout, &out.stderr] {
         assert!(!text(stream).contains(key), "the key was printed");
@@ -46,7 +44,7 @@ fn assert_no_key(out: &Output, key: &str) {
 
 #[tokio::test]
 async fn a_complete_export_writes_every_item_and_exits_0() {
-    let (_sim, gate) = with_orders(450, "").await;
+    let (_sim, gate) = setup_with_orders(450, "").await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("orders.ndjson");
     let out = export_cmd(
@@ -68,14 +66,7 @@ async fn a_complete_export_writes_every_item_and_exits_0() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(out.stdout.is_empty(), "items went to the file");
     let written = std::fs::read_to_string(&file).unwrap();
-    let ids: Vec<u64> = written
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let ids: Vec<u64> = item_ids(&written).collect();
     assert_eq!(
         ids,
         (1..=450).collect::<Vec<u64>>(),
@@ -99,7 +90,7 @@ async fn a_complete_export_writes_every_item_and_exits_0() {
 
 #[tokio::test]
 async fn the_bar_draws_pages_items_and_history_goes_to_stdout_with_its_last_id() {
-    let (_sim, gate) = with_orders(120, "").await;
+    let (_sim, gate) = setup_with_orders(120, "").await;
     let out = export_cmd(
         None,
         &[
@@ -119,14 +110,7 @@ async fn the_bar_draws_pages_items_and_history_goes_to_stdout_with_its_last_id()
     .unwrap();
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    let ids: HashSet<u64> = text(&out.stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let ids: HashSet<u64> = item_ids(&text(&out.stdout)).collect();
     assert_eq!(ids, (11..=120).collect());
     assert!(stderr.contains("110/110 items"), "{stderr:?}");
     assert!(stderr.contains("page 2 of 2"), "{stderr:?}");
@@ -136,7 +120,7 @@ async fn the_bar_draws_pages_items_and_history_goes_to_stdout_with_its_last_id()
 #[tokio::test]
 async fn an_incomplete_export_exits_1_with_the_resume_point() {
     let retry = "[retry]\nmax_attempts = 1\n";
-    let (sim, gate) = with_orders(3000, retry).await;
+    let (sim, gate) = setup_with_orders(3000, retry).await;
     let child = export_cmd(
         Some(ACME_CLIENT),
         &["--gateway", &gate.url, "/api/v5/orders"],
@@ -166,7 +150,7 @@ async fn an_incomplete_export_exits_1_with_the_resume_point() {
 
 #[tokio::test]
 async fn bad_arguments_an_unreachable_gateway_and_a_wrong_key_are_told_precisely() {
-    let (_sim, gate) = with_orders(10, "").await;
+    let (_sim, gate) = setup_with_orders(10, "").await;
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())

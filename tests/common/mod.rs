@@ -211,6 +211,18 @@ pub async fn setup(extra: &str) -> (Simulator, Gate) {
     (sim, gate)
 }
 
+/// Like [`setup`], with a simulator holding `orders` orders (and as many
+/// customers and history entries).
+pub async fn setup_with_orders(orders: u32, extra: &str) -> (Simulator, Gate) {
+    let sim = spawn_sim(SimConfig {
+        total_orders: orders,
+        ..sim_config()
+    })
+    .await;
+    let gate = Gate::start(config(&config_text(&sim, extra))).await;
+    (sim, gate)
+}
+
 /// A plain HTTP client (no pooling surprises: one per test is fine).
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
