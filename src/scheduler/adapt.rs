@@ -260,8 +260,15 @@ impl Adapt {
                     good, hold_until, ..
                 } => {
                     let rec = p.config.recovery_per_second;
-                    let reached =
-                        hold_until + Duration::from_secs_f64((p.limit - good).max(0.0) / rec);
+                    // A rise too slow for a `Duration` (a tiny recovery
+                    // rate passes validation) never reaches the limit.
+                    let Some(reached) =
+                        Duration::try_from_secs_f64((p.limit - good).max(0.0) / rec)
+                            .ok()
+                            .and_then(|rise| hold_until.checked_add(rise))
+                    else {
+                        return;
+                    };
                     if now < reached {
                         return;
                     }

@@ -258,3 +258,31 @@ fn the_rate_never_falls_below_the_floor_nor_rises_above_the_limit() {
         assert!(w[1].0 - w[0].0 <= Duration::from_millis(1020 + 41));
     }
 }
+
+/// `recovery_per_second` passes validation at any positive value, so the
+/// rise from a good rate back to the limit may take longer than a
+/// `Duration` holds: the rate then just keeps rising, nothing panics.
+#[test]
+fn a_tiny_recovery_rate_never_overflows_the_rise() {
+    let config = AdaptiveConfig {
+        recovery_per_second: 1e-300,
+        ..defaults()
+    };
+    let p = Params {
+        limit: 10.0,
+        window: Duration::from_millis(1020),
+        config: &config,
+    };
+    let t0 = Instant::now();
+    let a = Adapt {
+        phase: Phase::Limited {
+            good: 7.0,
+            dip_until: t0,
+            hold_until: t0 + LIMIT_HOLD,
+        },
+        ..Adapt::new(t0)
+    };
+    let later = t0 + Duration::from_secs(3600);
+    assert_eq!(a.at(later, &p).label(), "limited");
+    assert_eq!(a.rate(later, &p), 7.0 + 1e-300 * 3595.0);
+}
