@@ -8,6 +8,7 @@
 //! their relative order, because the CRM reads them as a list. The key holds
 //! no client key, ever; it is never logged (queries hold customer data).
 
+use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -35,7 +36,7 @@ impl Key {
         if let Some(q) = query.filter(|q| !q.is_empty()) {
             let mut params: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
             // A stable sort by name only: equal names keep their order.
-            params.sort_by(|a, b| name(a).cmp(name(b)));
+            params.sort_by_cached_key(|p| name(p));
             canonical.push('?');
             for (i, p) in params.iter().enumerate() {
                 if i > 0 {
@@ -61,9 +62,13 @@ impl Key {
     }
 }
 
-/// A parameter's name as sent (still encoded): the text before `=`.
-fn name(param: &str) -> &str {
-    param.split_once('=').map_or(param, |(n, _)| n)
+/// A parameter's name as the CRM reads it (decoded): `ids%5B%5D=1` and
+/// `ids[]=2` are one name, whose values keep their order.
+fn name(param: &str) -> Cow<'_, str> {
+    let raw = param.split_once('=').map_or(param, |(n, _)| n);
+    form_urlencoded::parse(raw.as_bytes())
+        .next()
+        .map_or(Cow::Borrowed(""), |(n, _)| n)
 }
 
 /// The dictionary a path reads or writes: `statuses` for
@@ -127,5 +132,24 @@ mod tests {
         );
         assert_eq!(dictionary("/api/v5/orders"), None);
         assert_eq!(dictionary("/api/credentials"), None);
+    }
+
+    /// The CRM decodes names, so `lim%69t` is `limit`, and of two values of
+    /// one name the last wins: reads that send them in another order ask
+    /// for different things and must not share an answer.
+    #[test]
+    fn one_name_spelled_two_ways_keeps_its_order() {
+        assert_ne!(
+            key("a", "/api/v5/orders", Some("lim%69t=20&limit=100")),
+            key("a", "/api/v5/orders", Some("limit=100&lim%69t=20"))
+        );
+        assert_ne!(
+            key("a", "/api/v5/orders", Some("ids[]=1&ids%5B%5D=2")),
+            key("a", "/api/v5/orders", Some("ids%5B%5D=2&ids[]=1"))
+        );
+        assert_eq!(
+            key("a", "/api/v5/orders", Some("ids%5B%5D=1&page=1&ids[]=2")),
+            key("a", "/api/v5/orders", Some("page=1&ids%5B%5D=1&ids[]=2"))
+        );
     }
 }
