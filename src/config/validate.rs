@@ -95,6 +95,9 @@ fn is_plain_name(s: &str) -> bool {
 }
 
 /// Validates a parsed file. `env` looks up environment variables.
+/// The lowest `limits.adaptive.min_rate` accepted.
+const MIN_RATE_FLOOR: f64 = 0.01;
+
 pub(super) fn validate(
     raw: RawConfig,
     env: &dyn Fn(&str) -> Option<String>,
@@ -187,8 +190,12 @@ pub(super) fn validate(
     if !(adaptive.recovery_per_second.is_finite() && adaptive.recovery_per_second > 0.0) {
         p.push("limits.adaptive.recovery_per_second", "must be positive");
     }
-    if !(adaptive.min_rate.is_finite() && adaptive.min_rate > 0.0) {
-        p.push("limits.adaptive.min_rate", "must be positive");
+    // The pace is window / rate: a rate near zero would overflow it.
+    if !(adaptive.min_rate.is_finite() && adaptive.min_rate >= MIN_RATE_FLOOR) {
+        p.push(
+            "limits.adaptive.min_rate",
+            "must be at least 0.01 (one request per 100 windows)",
+        );
     }
     let scope = match l.scope.as_deref().unwrap_or("egress_ip") {
         "egress_ip" => Scope::EgressIp,

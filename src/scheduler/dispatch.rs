@@ -61,7 +61,9 @@ pub(super) async fn dispatch(
                 // A lane that sat idle through an outage rejoins with the
                 // rest of the replica, not when it last reserved.
                 let steady = match mode {
-                    Mode::Shared { since } => now >= since.max(shared.rejoined_at()) + TRANSITION,
+                    Mode::Shared { since } => {
+                        now >= shared.rejoined_at().map_or(since, |r| since.max(r)) + TRANSITION
+                    }
                     Mode::Fallback => false,
                 };
                 // In transition only egresses whose local budget is free may

@@ -214,14 +214,11 @@ impl Shared {
         }
     }
 
-    /// When this replica last came back from fallback (lanes stay careful
-    /// for a while after it, even those that were idle meanwhile).
-    pub fn rejoined_at(&self) -> tokio::time::Instant {
-        let never = tokio::time::Instant::now() - Duration::from_secs(3600);
-        self.rejoined
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .unwrap_or(never)
+    /// When this replica last came back from fallback, if it ever did
+    /// (lanes stay careful for a while after it, even those that were idle
+    /// meanwhile).
+    pub fn rejoined_at(&self) -> Option<tokio::time::Instant> {
+        *self.rejoined.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reserves the next shared slot for a lane: which egress, and how long

@@ -258,7 +258,7 @@ fn every_problem_is_reported_not_just_the_first() {
 fn other_value_rules() {
     let text = format!(
         "[server]\nlisten = \"nowhere\"\nmax_body_bytes = 0\n[limits]\njitter_allowance = \"2s\"\n\
-         [limits.adaptive]\ndecrease_factor = 1.5\n[retry]\ninitial_backoff = \"2s\"\nmax_backoff = \"1s\"\n\
+         [limits.adaptive]\ndecrease_factor = 1.5\nmin_rate = 1e-300\n[retry]\ninitial_backoff = \"2s\"\nmax_backoff = \"1s\"\n\
          [redis]\nurl = \"http://x\"\n{GOOD}"
     );
     let p = problems(&text);
@@ -267,6 +267,7 @@ fn other_value_rules() {
         "server.max_body_bytes: must be positive",
         "limits.jitter_allowance: must be shorter than 1s",
         "limits.adaptive.decrease_factor",
+        "limits.adaptive.min_rate: must be at least 0.01",
         "retry.max_backoff",
         "redis.url",
     ] {
