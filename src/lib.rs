@@ -63,6 +63,7 @@ pub mod gateway;
 pub mod guard;
 pub mod history;
 pub mod inbound;
+pub mod log_writer;
 pub mod metrics;
 pub mod page;
 pub mod proxy;
