@@ -49,6 +49,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod access_line;
 pub mod admin;
 pub mod batch;
 pub mod cache;

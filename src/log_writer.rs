@@ -98,6 +98,18 @@ pub fn buffered(out: impl Write + Send + 'static) -> (BufferedLog, FlushGuard) {
     (BufferedLog(shared), guard)
 }
 
+impl BufferedLog {
+    /// Appends a finished access line (buffered like the access lines
+    /// `tracing` writes through [`MakeWriter`]).
+    pub fn write_access(&self, line: &[u8]) {
+        let mut writer = Line {
+            shared: &self.0,
+            at_once: false,
+        };
+        let _ = writer.write(line);
+    }
+}
+
 impl FlushGuard {
     /// Writes every buffered line now.
     pub fn flush(&self) {

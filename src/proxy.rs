@@ -91,10 +91,7 @@ async fn handle(
     }
     if trace.attempts > 0 || trace.class.is_some() {
         h.insert(ATTEMPTS, HeaderValue::from(trace.attempts));
-        h.insert(
-            QUEUE_MS,
-            HeaderValue::from(trace.queue.as_millis() as u64),
-        );
+        h.insert(QUEUE_MS, HeaderValue::from(trace.queue.as_millis() as u64));
     }
     if let (Some(tenant), Some(class)) = (&trace.tenant, trace.class) {
         gw.metrics

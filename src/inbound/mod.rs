@@ -203,7 +203,8 @@ fn is_dot_segment(s: &str) -> bool {
     while i < b.len() {
         if b[i] == b'.' {
             i += 1;
-        } else if b[i..].len() >= 3 && b[i] == b'%' && b[i + 1] == b'2' && (b[i + 2] | 0x20) == b'e' {
+        } else if b[i..].len() >= 3 && b[i] == b'%' && b[i + 1] == b'2' && (b[i + 2] | 0x20) == b'e'
+        {
             i += 3;
         } else {
             return false;

@@ -248,7 +248,9 @@ fn dot_segments_are_found_in_place_as_by_lowercase_and_replace() {
                 "." | ".."
             )
     };
-    let parts = ["", ".", "%2e", "%2E", "%2", "%", "2e", "e", "a", "..", "%%2e"];
+    let parts = [
+        "", ".", "%2e", "%2E", "%2", "%", "2e", "e", "a", "..", "%%2e",
+    ];
     let mut checked = 0;
     for a in parts {
         for b in parts {
