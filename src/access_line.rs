@@ -82,11 +82,11 @@ pub fn format_line(format: Format, f: &Fields<'_>) -> Vec<u8> {
         Format::Pretty => {
             // `name=value` for Display fields, `name="value"` (Debug) for
             // plain strings, as tracing's default visitor records them.
-            let _ = write!(
+            let _ = writeln!(
                 out,
                 "{time}  INFO crmgate::access: request_id={} tenant={:?} class={:?} \
                  method={} path={} status={} attempts={} queue_ms={} upstream_ms={} \
-                 total_ms={} egress={:?} reconciled={:?}\n",
+                 total_ms={} egress={:?} reconciled={:?}",
                 f.request_id,
                 f.tenant,
                 f.class,
