@@ -13,6 +13,7 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use tokio::time::Instant;
 
+use crate::access_line::Fields;
 use crate::classify::Class;
 use crate::config::LogQuery;
 use crate::rewrite::is_key_name;
@@ -81,20 +82,43 @@ pub fn log(
     trace: &Trace,
     started: Instant,
 ) {
+    let path = logged_path(target, query);
+    let fields = Fields {
+        request_id,
+        tenant: trace.tenant.as_deref().unwrap_or("-"),
+        class: trace.class.map_or("-", Class::as_str),
+        method: method.as_str(),
+        path: &path,
+        status: status.as_u16(),
+        attempts: trace.attempts,
+        queue_ms: trace.queue.as_millis() as u64,
+        upstream_ms: trace.upstream.as_millis() as u64,
+        total_ms: started.elapsed().as_millis() as u64,
+        egress: trace.egress.as_deref().unwrap_or("-"),
+        reconciled: trace.reconciled.unwrap_or("-"),
+    };
+    if !crate::access_line::write(&fields) {
+        log_by_tracing(&fields);
+    }
+}
+
+/// The access line through `tracing` (when [`crate::access_line`] is not
+/// installed). [`crate::access_line`] writes the same bytes.
+pub(crate) fn log_by_tracing(f: &Fields<'_>) {
     tracing::info!(
         target: "crmgate::access",
-        request_id = %request_id,
-        tenant = trace.tenant.as_deref().unwrap_or("-"),
-        class = trace.class.map_or("-", Class::as_str),
-        method = %method,
-        path = %logged_path(target, query),
-        status = status.as_u16(),
-        attempts = trace.attempts,
-        queue_ms = trace.queue.as_millis() as u64,
-        upstream_ms = trace.upstream.as_millis() as u64,
-        total_ms = started.elapsed().as_millis() as u64,
-        egress = trace.egress.as_deref().unwrap_or("-"),
-        reconciled = trace.reconciled.unwrap_or("-"),
+        request_id = %f.request_id,
+        tenant = f.tenant,
+        class = f.class,
+        method = %f.method,
+        path = %f.path,
+        status = f.status,
+        attempts = f.attempts,
+        queue_ms = f.queue_ms,
+        upstream_ms = f.upstream_ms,
+        total_ms = f.total_ms,
+        egress = f.egress,
+        reconciled = f.reconciled,
     );
 }
 

@@ -49,6 +49,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod access_line;
 pub mod admin;
 pub mod batch;
 pub mod cache;
@@ -63,6 +64,7 @@ pub mod gateway;
 pub mod guard;
 pub mod history;
 pub mod inbound;
+pub mod log_writer;
 pub mod metrics;
 pub mod page;
 pub mod proxy;

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crmgate::config::{self, Config};
 use crmgate::server::Server;
 use crmgate::sim::{SimConfig, SimTls, Simulator};
+use crmgate::{access_line, log_writer};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// jemalloc, with its background purging thread: after a burst of waiting
@@ -99,19 +100,50 @@ struct SimArgs {
     handshake: Duration,
 }
 
-fn init_logging(format: LogFormat) {
+/// Logging to stderr through [`log_writer`]: access lines are written in
+/// blocks, not one system call each. Keep the guard until the process ends.
+fn init_logging(format: LogFormat) -> log_writer::FlushGuard {
+    let (writer, guard) = log_writer::buffered(std::io::stderr());
+    let ansi = std::io::stderr().is_terminal();
+    if !ansi {
+        // Access lines written directly: the same bytes, far cheaper.
+        let format = match format {
+            LogFormat::Json => access_line::Format::Json,
+            LogFormat::Pretty => access_line::Format::Pretty,
+        };
+        access_line::install(format, writer.clone());
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colour codes only for a person at a terminal: in a file or a log
         // collector they are noise, and cost time on every line.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Pretty => builder.init(),
     }
+    guard
+}
+
+/// The runtime: `server.worker_threads` threads for `serve` when set, else
+/// one per core.
+fn runtime(config: Option<&Config>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.and_then(|c| c.server.worker_threads) {
+        builder.worker_threads(n.get());
+    }
+    builder.enable_all().build()
+}
+
+/// The config `serve` will use (read before the runtime, which it sizes).
+fn serve_config(path: Option<PathBuf>) -> anyhow::Result<(PathBuf, Config)> {
+    let path = config::resolve_path(path.as_deref())?;
+    let config =
+        Config::load(&path).with_context(|| format!("invalid config {}", path.display()))?;
+    Ok((path, config))
 }
 
 fn main() -> ExitCode {
@@ -125,8 +157,18 @@ fn main() -> ExitCode {
         Command::Export(args) => return export(args),
         command => Cli { command, ..cli },
     };
-    init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let log = init_logging(cli.log_format);
+    let (serving, command) = match cli.command {
+        Command::Serve { config } => match serve_config(config) {
+            Ok(loaded) => (Some(loaded), None),
+            Err(e) => {
+                eprintln!("crmgate: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        command => (None, Some(command)),
+    };
+    let runtime = match runtime(serving.as_ref().map(|(_, c)| c)) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("crmgate: cannot start the async runtime: {e}");
@@ -134,8 +176,11 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve { config } => serve(config).await,
+        if let Some((path, config)) = serving {
+            return serve(path, config).await;
+        }
+        match command.expect("serve returned above") {
+            Command::Serve { .. } => unreachable!("loaded above"),
             Command::Sim(args) => sim(args).await,
             Command::Demo {
                 listen,
@@ -144,6 +189,8 @@ fn main() -> ExitCode {
             Command::Check { .. } | Command::Export(_) => unreachable!("handled above"),
         }
     });
+    // Buffered lines first, so the error is the last thing said.
+    log.flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -202,10 +249,7 @@ async fn terminated() {
     }
 }
 
-async fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let path = config::resolve_path(path.as_deref())?;
-    let config =
-        Config::load(&path).with_context(|| format!("invalid config {}", path.display()))?;
+async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, Method};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::time::Instant;
@@ -38,6 +38,12 @@ use crate::scheduler::QueueError;
 pub const ATTEMPTS_HEADER: &str = "x-crmgate-attempts";
 /// Response header: total milliseconds spent waiting for slots.
 pub const QUEUE_MS_HEADER: &str = "x-crmgate-queue-ms";
+
+// The same names as constants: inserting by `&str` parses the name on
+// every answer.
+const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+const ATTEMPTS: HeaderName = HeaderName::from_static(ATTEMPTS_HEADER);
+const QUEUE_MS: HeaderName = HeaderName::from_static(QUEUE_MS_HEADER);
 
 /// The API router: every path goes to the proxy handler.
 pub fn router(gateway: Arc<Gateway>) -> Router {
@@ -81,14 +87,11 @@ async fn handle(
     let status = response.status();
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        h.insert(REQUEST_ID_HEADER, v);
+        h.insert(REQUEST_ID, v);
     }
     if trace.attempts > 0 || trace.class.is_some() {
-        h.insert(ATTEMPTS_HEADER, HeaderValue::from(trace.attempts));
-        h.insert(
-            QUEUE_MS_HEADER,
-            HeaderValue::from(trace.queue.as_millis() as u64),
-        );
+        h.insert(ATTEMPTS, HeaderValue::from(trace.attempts));
+        h.insert(QUEUE_MS, HeaderValue::from(trace.queue.as_millis() as u64));
     }
     if let (Some(tenant), Some(class)) = (&trace.tenant, trace.class) {
         gw.metrics
@@ -142,9 +145,16 @@ async fn run(
 /// The caller's `X-Request-Id` when it is sane, else a new one.
 fn request_id(req: &Request) -> String {
     req.headers()
-        .get(REQUEST_ID_HEADER)
+        .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .unwrap_or_else(|| {
+            // Encoded directly, not through `Display`'s formatting machinery.
+            let mut buf = uuid::Uuid::encode_buffer();
+            uuid::Uuid::new_v4()
+                .hyphenated()
+                .encode_lower(&mut buf)
+                .to_owned()
+        })
 }

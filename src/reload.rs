@@ -161,6 +161,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
     }
     keep!("server.listen", server.listen);
     keep!("server.admin_listen", server.admin_listen);
+    keep!("server.worker_threads", server.worker_threads);
     keep!("upstream.egress_ips", upstream.egress_ips);
     keep!("upstream.egress_id", upstream.egress_id);
     keep!("limits.scope", limits.scope);
@@ -196,17 +197,20 @@ mod tests {
              [redis]\nkey_prefix = \"other:\"\n",
         );
         new.server.listen = "127.0.0.1:8081".parse().unwrap();
+        new.server.worker_threads = std::num::NonZeroUsize::new(3);
         let kept = keep_restart_only(&old, &mut new);
         assert_eq!(
             kept,
             [
                 "server.listen",
+                "server.worker_threads",
                 "upstream.egress_ips",
                 "limits.scope",
                 "redis.key_prefix"
             ]
         );
         assert_eq!(new.server.listen, old.server.listen);
+        assert_eq!(new.server.worker_threads, None);
         assert_eq!(new.upstream.egress_ips, old.upstream.egress_ips);
         assert_eq!(new.limits.scope, old.limits.scope);
         assert_eq!(new.redis.key_prefix, old.redis.key_prefix);

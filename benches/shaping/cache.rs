@@ -12,7 +12,9 @@
 //! against Debian's nginx with `proxy_cache` serving a cached
 //! `reference/statuses`, and against the release `crmgate` binary serving
 //! the same hit, both in front of the same fixed-JSON nginx upstream.
-//! Skipped loudly without nginx or wrk. Every child process is killed when
+//! Skipped loudly without nginx or wrk. Both run at the same worker count:
+//! crmgate with `server.worker_threads = N`, nginx with `worker_processes
+//! N` (N = 1, and 2 unless `--quick`). Every child process is stopped when
 //! its guard drops; nothing leaves loopback.
 
 use std::collections::HashSet;
@@ -54,6 +56,8 @@ pub struct Spared {
 /// The hit cost, side by side.
 #[derive(Debug, Clone, Serialize)]
 pub struct HitCost {
+    /// crmgate's `server.worker_threads` and nginx's `worker_processes`.
+    pub workers: usize,
     pub seconds: f64,
     /// [`ROUNDS`] runs of each, alternating, nginx first.
     pub runs: Vec<Run>,
@@ -193,9 +197,19 @@ pub async fn spared(run: Duration) -> Spared {
     }
 }
 
-/// nginx with `proxy_cache` in front of `upstream`: the anchor for a hit.
-fn proxy_cache_conf(dir: &Path, port: u16, upstream: u16) -> String {
+/// nginx with `proxy_cache` in front of `upstream`: the anchor for a hit,
+/// with `workers` worker processes (more than one needs nginx's master).
+fn proxy_cache_conf(dir: &Path, port: u16, upstream: u16, workers: usize) -> String {
     let d = dir.display();
+    let common = pt::nginx_common(dir, "cache");
+    let common = if workers > 1 {
+        common.replace(
+            "master_process off;\nworker_processes 1;",
+            &format!("master_process on;\nworker_processes {workers};"),
+        )
+    } else {
+        common
+    };
     format!(
         r#"{}    access_log {d}/cache-access.log combined buffer=64k flush=1s;
     proxy_cache_path {d}/cache keys_zone=crm:10m max_size=32m inactive=10m use_temp_path=off;
@@ -220,7 +234,7 @@ fn proxy_cache_conf(dir: &Path, port: u16, upstream: u16) -> String {
     }}
 }}
 "#,
-        pt::nginx_common(dir, "cache"),
+        common,
         pt::REAL_KEY
     )
 }
@@ -241,8 +255,22 @@ fn fetch(port: u16, path: &str) -> Result<String, String> {
     Ok(answer)
 }
 
-/// The hit cost, or why it cannot be measured.
-pub fn hit_cost(secs: u64) -> Result<HitCost, String> {
+/// Stops an nginx master with its workers (SIGQUIT lets the master end
+/// them; the guard's SIGKILL would leave them running).
+struct Master(u32);
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-QUIT", &self.0.to_string()])
+            .status();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The hit cost at `workers` threads/processes each, or why it cannot be
+/// measured.
+pub fn hit_cost(secs: u64, workers: usize) -> Result<HitCost, String> {
     let nginx = pt::nginx_binary().ok_or("nginx is not installed (apt-get install nginx)")?;
     if !pt::has_wrk() {
         return Err("wrk is not on PATH (apt-get install wrk)".into());
@@ -271,8 +299,13 @@ pub fn hit_cost(secs: u64) -> Result<HitCost, String> {
         c
     };
     let up_conf = write("upstream.conf", pt::upstream_conf(d, up))?;
-    let cache_conf = write("cache.conf", proxy_cache_conf(d, anchor, up))?;
-    let gate_conf = write("crmgate.toml", pt::crmgate_conf(gate, admin, up))?;
+    let cache_conf = write("cache.conf", proxy_cache_conf(d, anchor, up, workers))?;
+    let gate_conf = pt::crmgate_conf(gate, admin, up).replacen(
+        "[server]\n",
+        &format!("[server]\nworker_threads = {workers}\n"),
+        1,
+    );
+    let gate_conf = write("crmgate.toml", gate_conf)?;
     let upstream = pt::start(
         "nginx upstream",
         nginx_cmd(&up_conf, "upstream"),
@@ -285,6 +318,12 @@ pub fn hit_cost(secs: u64) -> Result<HitCost, String> {
         anchor,
         &d.join("cache.stderr"),
     )?;
+    // With a master, the workers do the work: no per-process CPU figure.
+    let (anchor_pid, master) = if workers > 1 {
+        (None, Some(Master(anchor_proc.pid())))
+    } else {
+        (Some(anchor_proc.pid()), None)
+    };
     let mut gate_cmd = Command::new(env!("CARGO_BIN_EXE_crmgate"));
     gate_cmd.arg("serve").arg("--config").arg(&gate_conf);
     if std::env::var_os("RUST_LOG").is_none() {
@@ -312,7 +351,7 @@ pub fn hit_cost(secs: u64) -> Result<HitCost, String> {
         runs.push(pt::measure_at(
             "nginx proxy_cache",
             anchor,
-            Some(anchor_proc.pid()),
+            anchor_pid,
             secs,
             STATUSES,
         )?);
@@ -344,8 +383,10 @@ pub fn hit_cost(secs: u64) -> Result<HitCost, String> {
         median("crmgate cache", |r| r.p99_ms),
     );
     let ratio = gate_rps / nginx_rps;
+    drop(master);
     drop((crmgate, anchor_proc, upstream));
     Ok(HitCost {
+        workers,
         seconds: secs as f64,
         runs,
         nginx_median_rps: nginx_rps,
@@ -394,11 +435,14 @@ pub fn scenario(
         .unwrap_or(if quick { 3.0 } else { 5.0 })
         .round()
         .max(1.0) as u64;
-    let hit = match hit_cost(secs) {
-        Ok(h) => {
-            println!("   hit cost, wrk -t1 -c8 for {secs} s each, {ROUNDS} alternating rounds:");
-            for r in &h.runs {
-                println!(
+    let workers: &[usize] = if quick { &[1] } else { &[1, 2] };
+    let mut hits = Vec::new();
+    for &n in workers {
+        let hit = match hit_cost(secs, n) {
+            Ok(h) => {
+                println!("   hit cost at {n} worker(s) each (crmgate worker_threads, nginx worker_processes), wrk -t1 -c8 for {secs} s each, {ROUNDS} alternating rounds:");
+                for r in &h.runs {
+                    println!(
                     "     {:<18} {:>9.0} req/s  p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  non-2xx {}  errors {}  cpu {:.1}+{:.1} µs/req  load {}",
                     r.target,
                     r.requests_per_s,
@@ -411,16 +455,16 @@ pub fn scenario(
                     r.cpu_kernel_us.unwrap_or(0.0),
                     r.loadavg
                 );
-            }
-            let p99_ok = h.crmgate_median_p99_ms <= h.nginx_median_p99_ms;
-            println!(
+                }
+                let p99_ok = h.crmgate_median_p99_ms <= h.nginx_median_p99_ms;
+                println!(
                 "     medians: nginx {:.0} req/s p99 {:.3} ms, crmgate {:.0} req/s p99 {:.3} ms",
                 h.nginx_median_rps,
                 h.nginx_median_p99_ms,
                 h.crmgate_median_rps,
                 h.crmgate_median_p99_ms
             );
-            println!(
+                println!(
                 "     crmgate ÷ nginx proxy_cache: {:.2}× req/s (target ≥ 1.0: {}), p99 {} nginx's (target ≤: {}); crmgate misses {}",
                 h.ratio,
                 verdict(h.ratio >= 1.0),
@@ -428,13 +472,15 @@ pub fn scenario(
                 verdict(p99_ok),
                 h.crmgate_misses
             );
-            serde_json::to_value(&h).unwrap()
-        }
-        Err(why) => {
-            println!("\n   !!!!! hit cost SKIPPED: {why} !!!!!\n");
-            eprintln!("!!!!! cache hit-cost scenario SKIPPED: {why} !!!!!");
-            serde_json::json!({ "skipped": why })
-        }
-    };
-    serde_json::json!({ "spared": s, "hit": hit })
+                serde_json::to_value(&h).unwrap()
+            }
+            Err(why) => {
+                println!("\n   !!!!! hit cost at {n} worker(s) SKIPPED: {why} !!!!!\n");
+                eprintln!("!!!!! cache hit-cost scenario SKIPPED: {why} !!!!!");
+                serde_json::json!({ "skipped": why })
+            }
+        };
+        hits.push(hit);
+    }
+    serde_json::json!({ "spared": s, "hit": hits })
 }

@@ -9,7 +9,7 @@
 //! never logs and never keeps the caller's key.
 
 use axum::extract::Request;
-use axum::http::{header, Method};
+use axum::http::{header, HeaderName, Method};
 use axum::response::Response;
 use tokio::time::Instant;
 
@@ -20,6 +20,9 @@ use crate::classify::classify;
 use crate::gateway::Gateway;
 use crate::inbound::split_path;
 use crate::rewrite::{append_param, strip_api_key};
+
+/// The caller's key header (a constant: no name parsing per request).
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// The cached answer to `req`, when there is a fresh one and the full path
 /// would give it too; records tenant and class in `trace`.
@@ -34,12 +37,12 @@ pub fn lookup(gw: &Gateway, req: &Request, trace: &mut Trace) -> Option<Response
         return None;
     }
     let judged = [
-        header::CACHE_CONTROL.as_str(),
-        header::CONTENT_LENGTH.as_str(),
-        header::TRANSFER_ENCODING.as_str(),
-        header::CONTENT_TYPE.as_str(),
+        header::CACHE_CONTROL,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_TYPE,
     ];
-    if judged.iter().any(|h| headers.contains_key(*h)) {
+    if judged.iter().any(|h| headers.contains_key(h)) {
         return None;
     }
     let rt = gw.runtime();
@@ -51,7 +54,7 @@ pub fn lookup(gw: &Gateway, req: &Request, trace: &mut Trace) -> Option<Response
     cfg.ttl_for(api_path)?;
     let query = strip_api_key(req.uri().query().unwrap_or("").as_bytes());
     // As inbound: the header's key first, an empty key is no key.
-    let header_key = match headers.get("x-api-key") {
+    let header_key = match headers.get(X_API_KEY) {
         Some(v) => Some(v.to_str().ok()?),
         None => None,
     };

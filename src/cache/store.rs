@@ -32,13 +32,17 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+/// `X-Crmgate-Cache` as a constant name: no parsing per answer.
+const CACHE_HEADER_NAME: axum::http::HeaderName =
+    axum::http::HeaderName::from_static(super::CACHE_HEADER);
+
 impl Answer {
     /// The answer as a response, with `X-Crmgate-Cache: {result}`.
     pub fn response(&self, result: HeaderValue) -> Response {
         let mut resp = Response::new(Body::from(self.body.clone()));
         *resp.status_mut() = self.status;
         *resp.headers_mut() = self.headers.clone();
-        resp.headers_mut().insert(super::CACHE_HEADER, result);
+        resp.headers_mut().insert(CACHE_HEADER_NAME, result);
         resp
     }
 

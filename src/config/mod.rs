@@ -141,6 +141,9 @@ pub struct ServerConfig {
     pub body_timeout: Duration,
     /// Open API connections at most; more are accepted and closed at once.
     pub max_connections: NonZeroUsize,
+    /// The async runtime's worker threads; `None`: one per core. Read once
+    /// at start-up (a restart-only setting).
+    pub worker_threads: Option<NonZeroUsize>,
     /// Browser origins (`scheme://host[:port]`, normalised) allowed to call.
     pub allowed_origins: Vec<String>,
     /// Host names (lowercase, no port) accepted besides loopback ones on a

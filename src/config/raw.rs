@@ -87,6 +87,7 @@ pub struct RawServer {
     pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
     pub max_connections: Option<i64>,
+    pub worker_threads: Option<i64>,
     pub allowed_origins: Option<Vec<String>>,
     pub allowed_hosts: Option<Vec<String>>,
     pub admin_token: Option<String>,

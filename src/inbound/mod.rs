@@ -176,16 +176,7 @@ pub fn split_path(path: &str) -> Result<(Option<&str>, &str), GatewayError> {
     // The outgoing client's URL parser resolves `.` and `..` (also as
     // `%2e`, and `\` as `/`), so such a path would reach another method than
     // the one checked and classified here, or leave `/api/` with the real key.
-    // Only a segment of at most six bytes (`%2e%2e`) can read as `..`: the
-    // others are not copied to be checked.
-    let dots = |s: &str| {
-        s.len() <= 6
-            && matches!(
-                s.to_ascii_lowercase().replace("%2e", ".").as_str(),
-                "." | ".."
-            )
-    };
-    if path.split(['/', '\\']).any(dots) {
+    if path.split(['/', '\\']).any(is_dot_segment) {
         return Err(GatewayError::NotFound);
     }
     if path.starts_with("/api/") {
@@ -198,6 +189,29 @@ pub fn split_path(path: &str) -> Result<(Option<&str>, &str), GatewayError> {
         return Err(GatewayError::NotFound);
     }
     Ok((Some(prefix), api))
+}
+
+/// Whether a path segment reads as `.` or `..`: one or two of `.` and
+/// `%2e` (any case). Checked in place, without copying the segment: this
+/// runs for every request.
+fn is_dot_segment(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.is_empty() || b.len() > 6 {
+        return false;
+    }
+    let (mut i, mut units) = (0, 0);
+    while i < b.len() {
+        if b[i] == b'.' {
+            i += 1;
+        } else if b[i..].len() >= 3 && b[i] == b'%' && b[i + 1] == b'2' && (b[i + 2] | 0x20) == b'e'
+        {
+            i += 3;
+        } else {
+            return false;
+        }
+        units += 1;
+    }
+    units <= 2
 }
 
 /// The `X-Crmgate-Priority` header (normal when absent).

@@ -237,3 +237,30 @@ async fn an_oversized_body_is_refused() {
         Err(GatewayError::BodyTooLarge { limit: 16 })
     ));
 }
+
+#[test]
+fn dot_segments_are_found_in_place_as_by_lowercase_and_replace() {
+    // The former check, which copied every short segment.
+    let copied = |s: &str| {
+        s.len() <= 6
+            && matches!(
+                s.to_ascii_lowercase().replace("%2e", ".").as_str(),
+                "." | ".."
+            )
+    };
+    let parts = [
+        "", ".", "%2e", "%2E", "%2", "%", "2e", "e", "a", "..", "%%2e",
+    ];
+    let mut checked = 0;
+    for a in parts {
+        for b in parts {
+            for c in parts {
+                let s = format!("{a}{b}{c}");
+                assert_eq!(super::is_dot_segment(&s), copied(&s), "{s:?}");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, parts.len().pow(3));
+    assert!(super::is_dot_segment("%2E%2e") && !super::is_dot_segment("..."));
+}

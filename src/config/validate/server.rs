@@ -37,6 +37,9 @@ pub(super) fn server(
         header_timeout: p.duration("server.header_timeout", s.header_timeout.as_deref(), "10s"),
         body_timeout: p.duration("server.body_timeout", s.body_timeout.as_deref(), "30s"),
         max_connections: p.positive_usize("server.max_connections", s.max_connections, 10_000),
+        worker_threads: s
+            .worker_threads
+            .map(|n| p.positive_usize("server.worker_threads", Some(n), 1)),
         allowed_origins: allowed_origins(p, s.allowed_origins.as_deref().unwrap_or_default()),
         allowed_hosts: allowed_hosts(p, s.allowed_hosts.as_deref().unwrap_or_default()),
         admin_token,

@@ -635,15 +635,26 @@ fn edge_limits_have_documented_defaults() {
     assert_eq!(s.header_timeout, Duration::from_secs(10));
     assert_eq!(s.body_timeout, Duration::from_secs(30));
     assert_eq!(s.max_connections.get(), 10_000);
+    assert_eq!(s.worker_threads, None, "one worker per core");
     assert!(s.allowed_origins.is_empty() && s.allowed_hosts.is_empty());
     assert!(s.admin_token.is_none() && s.admin_open());
 }
 
 #[test]
+fn worker_threads_pin_the_runtime() {
+    let s = load(&with_server("worker_threads = 2")).unwrap().server;
+    assert_eq!(s.worker_threads.map(|n| n.get()), Some(2));
+}
+
+#[test]
 fn edge_limits_must_be_positive() {
     let p = problems(&with_server(
-        "header_timeout = \"0s\"\nbody_timeout = \"soon\"\nmax_connections = 0",
+        "header_timeout = \"0s\"\nbody_timeout = \"soon\"\nmax_connections = 0\nworker_threads = 0",
     ));
+    assert!(
+        has(&p, "server.worker_threads: must be a positive"),
+        "{p:?}"
+    );
     assert!(
         has(&p, "server.header_timeout: must be longer than zero"),
         "{p:?}"
