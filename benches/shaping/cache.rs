@@ -271,33 +271,16 @@ impl Drop for Master {
 /// The hit cost at `workers` threads/processes each, or why it cannot be
 /// measured.
 pub fn hit_cost(secs: u64, workers: usize) -> Result<HitCost, String> {
-    let nginx = pt::nginx_binary().ok_or("nginx is not installed (apt-get install nginx)")?;
-    if !pt::has_wrk() {
-        return Err("wrk is not on PATH (apt-get install wrk)".into());
-    }
-    let dir = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
-    let d = dir.path();
+    let work = pt::Workdir::new()?;
+    let d = work.path();
     let (up, anchor, gate, admin) = (
         pt::free_port()?,
         pt::free_port()?,
         pt::free_port()?,
         pt::free_port()?,
     );
-    let write = |name: &str, text: String| -> Result<std::path::PathBuf, String> {
-        let path = d.join(name);
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(path)
-    };
-    let nginx_cmd = |conf: &Path, name: &str| {
-        let mut c = Command::new(&nginx);
-        c.arg("-p")
-            .arg(d)
-            .arg("-e")
-            .arg(d.join(format!("{name}-error.log")))
-            .arg("-c")
-            .arg(conf);
-        c
-    };
+    let write = |name: &str, text: String| work.write(name, text);
+    let nginx_cmd = |conf: &Path, name: &str| work.nginx(conf, name);
     let up_conf = write("upstream.conf", pt::upstream_conf(d, up))?;
     let cache_conf = write("cache.conf", proxy_cache_conf(d, anchor, up, workers))?;
     let gate_conf = pt::crmgate_conf(gate, admin, up).replacen(

@@ -109,6 +109,51 @@ pub(crate) fn nginx_binary() -> Option<PathBuf> {
     })
 }
 
+/// The working directory of one side-by-side run with nginx: nginx and
+/// wrk checked first, config files written into it, nginx commands rooted
+/// in it. Removed when dropped.
+pub(crate) struct Workdir {
+    dir: tempfile::TempDir,
+    nginx: PathBuf,
+}
+
+impl Workdir {
+    /// Checks that nginx and wrk are installed, and makes the directory.
+    pub(crate) fn new() -> Result<Workdir, String> {
+        let nginx = nginx_binary().ok_or("nginx is not installed (apt-get install nginx)")?;
+        if !has_wrk() {
+            return Err("wrk is not on PATH (apt-get install wrk)".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
+        Ok(Workdir { dir, nginx })
+    }
+
+    /// The directory.
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `text` to the file `name` in the directory.
+    pub(crate) fn write(&self, name: &str, text: String) -> Result<PathBuf, String> {
+        let path = self.path().join(name);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(path)
+    }
+
+    /// nginx with `conf`, its prefix here and its error log `{name}-error.log`.
+    pub(crate) fn nginx(&self, conf: &Path, name: &str) -> Command {
+        let d = self.path();
+        let mut c = Command::new(&self.nginx);
+        c.arg("-p")
+            .arg(d)
+            .arg("-e")
+            .arg(d.join(format!("{name}-error.log")))
+            .arg("-c")
+            .arg(conf);
+        c
+    }
+}
+
 pub(crate) fn has_wrk() -> bool {
     Command::new("wrk")
         .arg("--version")
@@ -422,29 +467,11 @@ pub(crate) fn measure_at(
 /// Runs the scenario, or says why it cannot (nginx or wrk missing, a
 /// process that would not start).
 pub fn passthrough(secs: u64) -> Result<Passthrough, String> {
-    let nginx = nginx_binary().ok_or("nginx is not installed (apt-get install nginx)")?;
-    if !has_wrk() {
-        return Err("wrk is not on PATH (apt-get install wrk)".into());
-    }
-    let dir = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
-    let d = dir.path();
+    let work = Workdir::new()?;
+    let d = work.path();
     let (up, anchor, gate, admin) = (free_port()?, free_port()?, free_port()?, free_port()?);
-
-    let write = |name: &str, text: String| -> Result<PathBuf, String> {
-        let path = d.join(name);
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(path)
-    };
-    let nginx_cmd = |conf: &Path, name: &str| {
-        let mut c = Command::new(&nginx);
-        c.arg("-p")
-            .arg(d)
-            .arg("-e")
-            .arg(d.join(format!("{name}-error.log")))
-            .arg("-c")
-            .arg(conf);
-        c
-    };
+    let write = |name: &str, text: String| work.write(name, text);
+    let nginx_cmd = |conf: &Path, name: &str| work.nginx(conf, name);
     let up_conf = write("upstream.conf", upstream_conf(d, up))?;
     let anchor_conf = write("anchor.conf", anchor_conf(d, anchor, up))?;
     let gate_conf = write("crmgate.toml", crmgate_conf(gate, admin, up))?;
