@@ -379,7 +379,7 @@ fn measure(
 
 /// Prints the report lines of scenario 10.
 pub fn print(runs: &[Scenario], clean: &end_to_end::Saturation, verdict: fn(bool) -> &'static str) {
-    println!("\n== 10. Adaptation: a lower real limit versus noise (default settings)");
+    println!("\n== 11. Adaptation: a lower real limit versus noise (default settings)");
     for s in runs {
         let c = &s.callers_saw;
         println!(

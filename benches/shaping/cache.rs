@@ -388,7 +388,7 @@ pub fn scenario(
     quick: bool,
     seconds: Option<f64>,
 ) -> serde_json::Value {
-    println!("\n== 9. Cache and coalescing");
+    println!("\n== 10. Cache and coalescing");
     let run = Duration::from_secs_f64(seconds.unwrap_or(if quick { 5.0 } else { 20.0 }));
     let s = rt.block_on(spared(run));
     let verdict = |ok: bool| if ok { "MET" } else { "MISSED" };
