@@ -17,7 +17,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crmgate::sim::{Class, Received};
+use crmgate::sim::{Class, Received, Simulator};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -214,7 +214,7 @@ pub async fn run(
 }
 
 struct Rig {
-    sim: crmgate::sim::Simulator,
+    sim: Simulator,
     gate: Gate,
     client: reqwest::Client,
 }
@@ -245,46 +245,34 @@ fn first_arrival(records: &[Received]) -> Instant {
         .unwrap_or_else(Instant::now)
 }
 
-async fn limited(n: usize, secs: f64, max: u32, load: &impl Fn() -> String) -> Scenario {
+/// A fault that holds for the whole run (`fault` sets it on the fresh
+/// simulator): `n` callers flood for `secs`, measured from `from` seconds.
+async fn steady(
+    name: &'static str,
+    fault: impl FnOnce(&Simulator),
+    from: f64,
+    (n, secs, max): (usize, f64, u32),
+    load: &impl Fn() -> String,
+) -> Scenario {
     let rig = rig().await;
-    rig.sim.set_limits(7, 40);
+    fault(&rig.sim);
     let callers = Callers::start(&rig.client, &rig.gate.url, n, None);
     sleep_secs(secs).await;
     let records = rig.sim.records();
     let seen = callers.finish(Duration::from_secs(40)).await;
     rig.stop().await;
-    measure(
-        "a) real limit 7/s",
-        n,
-        secs,
-        &records,
-        10.0,
-        secs,
-        &seen,
-        max,
-        load,
-    )
+    measure(name, n, secs, &records, from, secs, &seen, max, load)
+}
+
+async fn limited(n: usize, secs: f64, max: u32, load: &impl Fn() -> String) -> Scenario {
+    // Another sender takes 3 of the IP's 10/s.
+    let fault = |sim: &Simulator| sim.set_limits(7, 40);
+    steady("a) real limit 7/s", fault, 10.0, (n, secs, max), load).await
 }
 
 async fn noise(n: usize, secs: f64, max: u32, load: &impl Fn() -> String) -> Scenario {
-    let rig = rig().await;
-    rig.sim.faults().set_random_503(0.3);
-    let callers = Callers::start(&rig.client, &rig.gate.url, n, None);
-    sleep_secs(secs).await;
-    let records = rig.sim.records();
-    let seen = callers.finish(Duration::from_secs(40)).await;
-    rig.stop().await;
-    measure(
-        "b) 30% random 503",
-        n,
-        secs,
-        &records,
-        0.0,
-        secs,
-        &seen,
-        max,
-        load,
-    )
+    let fault = |sim: &Simulator| sim.faults().set_random_503(0.3);
+    steady("b) 30% random 503", fault, 0.0, (n, secs, max), load).await
 }
 
 async fn outage_run(
