@@ -20,10 +20,10 @@ use tokio::signal::unix::{signal, SignalKind};
 
 /// jemalloc, with its background purging thread: after a burst of waiting
 /// requests ends, it hands the freed pages back to the OS within seconds
-/// (10,000 waiting GETs: 245 MiB → under 64 MiB 8 s after the queue
-/// emptied), where glibc malloc kept all 233 MiB, also with its trim and
+/// (10,000 waiting GETs: 156 MiB → under 64 MiB 7 s after the queue
+/// emptied), where glibc malloc kept every page, also with its trim and
 /// arena tunables. mimalloc held 380 MiB and kept it. See docs/performance.md,
-/// "Holding 10,000 waiting requests".
+/// "Where the gaps to nginx are".
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
