@@ -13,6 +13,7 @@
 pub mod keys;
 pub mod load;
 pub mod metrics;
+pub mod require;
 pub mod tls;
 pub mod wait;
 
@@ -23,6 +24,8 @@ pub use keys::*;
 pub use load::*;
 #[allow(unused_imports)]
 pub use metrics::*;
+#[allow(unused_imports)]
+pub use require::*;
 #[allow(unused_imports)]
 pub use tls::*;
 #[allow(unused_imports)]
@@ -289,9 +292,8 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts one. Without `redis-server` on PATH this prints a loud skip
-    /// message and returns `None`, unless `CRMGATE_REQUIRE_REDIS=1`, in which
-    /// case the test fails.
+    /// Starts one. Without `redis-server` on PATH, [`require::missing`]
+    /// decides: a loud skip (`None`), or a failure when required.
     pub async fn start() -> Option<RedisServer> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -302,11 +304,7 @@ impl RedisServer {
         match server.spawn().await {
             Ok(()) => Some(server),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                assert!(
-                    std::env::var("CRMGATE_REQUIRE_REDIS").as_deref() != Ok("1"),
-                    "CRMGATE_REQUIRE_REDIS=1 but redis-server is not on PATH"
-                );
-                eprintln!("\n!!!!! SKIPPED: redis-server is not on PATH (apt-get install redis-server) !!!!!\n");
+                require::missing(Program::Redis, &test_name());
                 None
             }
             Err(e) => panic!("cannot start redis-server: {e}"),
