@@ -87,7 +87,7 @@ impl TenantReport {
 
 /// Checks every tenant in the config in force, one after another.
 pub async fn check_all(gw: &Gateway) -> Vec<TenantReport> {
-    let rt = gw.runtime();
+    let rt = gw.snapshot();
     let mut reports = Vec::new();
     for tenant in rt.tenants.iter() {
         reports.push(check_tenant(gw, tenant).await);
@@ -152,7 +152,7 @@ async fn call(
     path: &str,
     egress_label: &mut String,
 ) -> Result<Answer, String> {
-    let rt = gw.runtime();
+    let rt = gw.snapshot();
     let key = tenant.config.api_key.expose();
     let ticket = Ticket {
         tenant: tenant.name.clone(),
@@ -171,7 +171,7 @@ async fn call(
             gw.scheduler.reacquire(ticket.clone()).await
         }
         .map_err(|e| format!("no slot in the budget: {e}"))?;
-        let egress = gw.egress(permit.egress);
+        let egress = gw.clients.get(permit.egress);
         *egress_label = egress.label.clone();
         let send = egress
             .client
