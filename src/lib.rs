@@ -34,6 +34,8 @@
 //! Around it:
 //! - [`config`]: the TOML file, validated into types that cannot be wrong;
 //! - [`gateway`]: shared state (config snapshot, scheduler, egress clients);
+//! - [`redis_link`]: the one connection to Redis (server, Sentinel or
+//!   Cluster; TLS, auth) and the truth about its state;
 //! - [`reload`]: hot reload, atomic, restart-only settings kept;
 //! - [`drain`]: readiness and the drain's counts;
 //! - [`status`]: the `/status` document, typed;
@@ -69,6 +71,7 @@ pub mod metrics;
 pub mod page;
 pub mod proxy;
 pub mod reconcile;
+pub mod redis_link;
 pub mod reload;
 pub mod rewrite;
 pub mod scheduler;
