@@ -201,6 +201,6 @@ impl Gateway {
                 || self
                     .scheduler
                     .redis_state()
-                    .map_or(true, |s| s == LinkState::Up))
+                    .is_none_or(|s| s == LinkState::Up))
     }
 }

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod load;
 pub mod metrics;
 pub mod redis_procs;
+pub mod require;
 pub mod tls;
 pub mod wait;
 
@@ -27,6 +28,8 @@ pub use load::*;
 pub use metrics::*;
 #[allow(unused_imports)]
 pub use redis_procs::*;
+#[allow(unused_imports)]
+pub use require::*;
 #[allow(unused_imports)]
 pub use tls::*;
 #[allow(unused_imports)]
@@ -293,9 +296,8 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts one. Without `redis-server` on PATH this prints a loud skip
-    /// message and returns `None`, unless `CRMGATE_REQUIRE_REDIS=1`, in which
-    /// case the test fails.
+    /// Starts one. Without `redis-server` on PATH, [`require::missing`]
+    /// decides: a loud skip (`None`), or a failure when required.
     pub async fn start() -> Option<RedisServer> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -306,11 +308,7 @@ impl RedisServer {
         match server.spawn().await {
             Ok(()) => Some(server),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                assert!(
-                    std::env::var("CRMGATE_REQUIRE_REDIS").as_deref() != Ok("1"),
-                    "CRMGATE_REQUIRE_REDIS=1 but redis-server is not on PATH"
-                );
-                eprintln!("\n!!!!! SKIPPED: redis-server is not on PATH (apt-get install redis-server) !!!!!\n");
+                require::missing(Program::Redis, &test_name());
                 None
             }
             Err(e) => panic!("cannot start redis-server: {e}"),

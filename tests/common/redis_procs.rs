@@ -3,9 +3,9 @@
 //! and a CA made here, a Sentinel set (master, replica, Sentinel), and a
 //! three-master Cluster made with `redis-cli --cluster create`.
 //!
-//! Without `redis-server` on PATH each start prints a loud skip and returns
-//! `None` (CRMGATE_REQUIRE_REDIS=1 makes that a failure, as for
-//! [`super::RedisServer`]). Processes are killed by their own handles only.
+//! Without `redis-server` on PATH each start returns `None` after
+//! [`super::require`] decided (a loud skip, or a failure when required), as
+//! for [`super::RedisServer`]. Processes are killed by their own handles only.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -28,23 +28,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Whether `redis-server` can run here; prints the skip notice if not.
+/// Whether `redis-server` can run here; when it cannot,
+/// [`super::require::missing`] decides (a loud skip, or a failure in CI).
 pub fn redis_available() -> bool {
-    let found = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var("CRMGATE_REQUIRE_REDIS").as_deref() != Ok("1"),
-            "CRMGATE_REQUIRE_REDIS=1 but redis-server is not on PATH"
-        );
-        eprintln!(
-            "\n!!!!! SKIPPED: redis-server is not on PATH (apt-get install redis-server) !!!!!\n"
-        );
-    }
-    found
+    super::require::runs(
+        super::require::Program::Redis,
+        "redis-server",
+        &["--version"],
+        &super::require::test_name(),
+    )
 }
 
 /// One redis-server (or Sentinel) process, killed when dropped.

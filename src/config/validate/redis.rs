@@ -37,7 +37,7 @@ fn url(p: &mut Problems, path: &str, text: &str, seen: &mut Seen, cluster: bool)
         }
     };
     let tls = u.scheme() == "rediss";
-    if u.host_str().map_or(true, str::is_empty) {
+    if u.host_str().is_none_or(str::is_empty) {
         p.push(path, "has no host");
         return None;
     }
