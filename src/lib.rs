@@ -33,10 +33,12 @@
 //!
 //! Around it:
 //! - [`config`]: the TOML file, validated into types that cannot be wrong;
+//! - [`live`]: the config in force, one [`live::Snapshot`] per request;
+//! - [`bodies`]: the pool of buffered bytes every stage holds bodies in;
 //! - [`gateway`]: shared state (config snapshot, scheduler, egress clients);
+//!   [`gateway::reload`]: hot reload, atomic, restart-only settings kept;
 //! - [`redis_link`]: the one connection to Redis (server, Sentinel or
 //!   Cluster; TLS, auth) and the truth about its state;
-//! - [`reload`]: hot reload, atomic, restart-only settings kept;
 //! - [`drain`]: readiness and the drain's counts;
 //! - [`status`]: the `/status` document, typed;
 //! - [`history`], [`page`]: the status page on the admin port (`GET /`),
@@ -54,6 +56,7 @@ pub mod access;
 pub mod access_line;
 pub mod admin;
 pub mod batch;
+pub mod bodies;
 pub mod cache;
 pub mod classify;
 pub mod config;
@@ -66,13 +69,13 @@ pub mod gateway;
 pub mod guard;
 pub mod history;
 pub mod inbound;
+pub mod live;
 pub mod log_writer;
 pub mod metrics;
 pub mod page;
 pub mod proxy;
 pub mod reconcile;
 pub mod redis_link;
-pub mod reload;
 pub mod rewrite;
 pub mod scheduler;
 pub mod server;
