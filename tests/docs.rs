@@ -1,7 +1,8 @@
 //! The docs say what the code does: README's test section names every
 //! external program a test may need (its Debian packages and its
 //! `CRMGATE_REQUIRE_*` switch), `.ci/run` installs each of them, and
-//! operations.md's Troubleshooting has a row for every error crmgate answers
+//! operations.md names every rejection reason and its Troubleshooting has a
+//! row for every error crmgate answers
 //! (each variant of `GatewayError` and `QueueError`, read from the source,
 //! with its message). Reads files only; starts nothing.
 mod common;
@@ -155,4 +156,19 @@ fn troubleshooting_covers_every_error() {
         "docs/operations.md, Troubleshooting, lacks:\n{}",
         missing.join("\n")
     );
+}
+
+#[test]
+fn the_metrics_list_names_every_rejection_reason() {
+    let ops = read("docs/operations.md");
+    let row = ops
+        .lines()
+        .find(|l| l.starts_with("| `crmgate_rejections_total{reason}`"))
+        .expect("operations.md lists crmgate_rejections_total");
+    for reason in crmgate::metrics::REJECTION_REASONS {
+        assert!(
+            row.contains(&format!("`{reason}`")),
+            "operations.md's crmgate_rejections_total row lacks `{reason}`"
+        );
+    }
 }
