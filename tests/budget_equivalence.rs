@@ -7,6 +7,9 @@
 //! real redis-server whose scripts read "now" from the test's clock instead
 //! of `TIME`, so both run on one time base and nothing here sleeps.
 //!
+//! The comparison runs on one redis-server and on a three-master Redis
+//! Cluster (where every script's keys must share a slot).
+//!
 //! The Redis test starts its own redis-server on a free port; without one on
 //! PATH it skips loudly (CRMGATE_REQUIRE_ALL=1 or CRMGATE_REQUIRE_REDIS=1 makes that a failure). The
 //! check that the sequence exercises every rule needs no Redis.
@@ -20,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::RedisServer;
+use common::{Cluster, RedisServer};
 use crmgate::classify::Class;
 use crmgate::config::Config;
 use crmgate::scheduler::{Budget, BudgetShape, Shared};
@@ -234,7 +237,9 @@ enum Perturbation {
     NoReload,
 }
 
-fn config(redis_url: &str, prefix: &str, adaptive: bool) -> Config {
+/// The test's config on the Redis that `topology` names (a `[redis]` line:
+/// `url = ...` or `cluster_nodes = [...]`).
+fn config(topology: &str, prefix: &str, adaptive: bool) -> Config {
     let text = format!(
         r#"
 [upstream]
@@ -249,7 +254,7 @@ decrease_factor = 0.5
 recovery_per_second = 1.0
 min_rate = 1.0
 [redis]
-url = "{redis_url}"
+{topology}
 key_prefix = "{prefix}"
 # Generous: a loaded machine must not push the test into fallback.
 timeout = "5s"
@@ -372,18 +377,10 @@ fn reference(
 
 /// The slots the Redis scripts give for `events`, through [`Shared`]'s own
 /// calls, on the test's clock.
-async fn redis_slots(redis: &RedisServer, events: &[(u64, Event)]) -> Vec<Slot> {
-    redis_slots_with(redis, &config(&redis.url(), "equivalence", true), events).await
-}
-
-/// [`redis_slots`] with a given config (its own key prefix).
-async fn redis_slots_with(
-    redis: &RedisServer,
-    config: &Config,
-    events: &[(u64, Event)],
-) -> Vec<Slot> {
+async fn redis_slots(topology: &str, prefix: &str, events: &[(u64, Event)]) -> Vec<Slot> {
+    let config = config(topology, prefix, true);
     let clock = Arc::new(AtomicU64::new(BASE_US));
-    let shared = Shared::with_clock(config, clock.clone());
+    let shared = Shared::with_clock(&config, clock.clone());
     let class = Class::General;
     let mut slots = Vec::new();
     for &(at_ms, event) in events {
@@ -420,7 +417,7 @@ async fn redis_slots_with(
             }
             Event::Late { egress, by } => shared.delayed(egress, class, None, by).await,
             Event::Reload { adaptive } => {
-                shared.reconfigure(&self::config(&redis.url(), "equivalence", adaptive))
+                shared.reconfigure(&self::config(topology, prefix, adaptive))
             }
         }
         // `throttled` and `delayed` are best effort: a failure only shows as
@@ -484,24 +481,40 @@ fn table(
     out
 }
 
-#[tokio::test]
-async fn the_redis_scripts_give_the_slots_of_the_rust_budget() {
-    let Some(redis) = RedisServer::start().await else {
-        return;
-    };
+/// The sequence through Redis at `topology` against the reference.
+async fn compare(topology: &str) {
     let events = sequence();
     let (expected, decided) = reference(
-        &config(&redis.url(), "equivalence", true),
+        &config(topology, "equivalence", true),
         &events,
         Perturbation::None,
     );
-    let got = redis_slots(&redis, &events).await;
+    let got = redis_slots(topology, "equivalence", &events).await;
     if let Some(diff) = first_difference(&expected, &got, TOLERANCE_US) {
         panic!(
             "the Redis scripts diverge from the Rust budget: {diff}\n{}",
             table(&events, &expected, &decided, &got)
         );
     }
+}
+
+#[tokio::test]
+async fn the_redis_scripts_give_the_slots_of_the_rust_budget() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    compare(&format!("url = \"{}\"", redis.url())).await;
+}
+
+/// The same on a three-master Redis Cluster: every script's keys carry one
+/// hash tag, so each call runs on one node (a key in another slot would
+/// fail the script with CROSSSLOT).
+#[tokio::test]
+async fn the_redis_scripts_give_the_slots_of_the_rust_budget_on_a_cluster() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    compare(&cluster.config_line()).await;
 }
 
 /// A sequence made by a model CRM: both egresses saturated for `secs`,
@@ -577,7 +590,9 @@ async fn the_redis_scripts_adapt_as_the_rust_budget_against_model_crms() {
     .into_iter()
     .enumerate()
     {
-        let config = config(&redis.url(), &format!("generated{i}"), true);
+        let topology = format!("url = \"{}\"", redis.url());
+        let prefix = format!("generated{i}");
+        let config = config(&topology, &prefix, true);
         let events = generated(&config, kind, limit, 90);
         let (expected, decided) = reference(&config, &events, Perturbation::None);
         let refused = events
@@ -589,7 +604,7 @@ async fn the_redis_scripts_adapt_as_the_rust_budget_against_model_crms() {
             decided.contains(&Decided::PacedCut),
             "{kind}: adaptation never cut the rate"
         );
-        let got = redis_slots_with(&redis, &config, &events).await;
+        let got = redis_slots(&topology, &prefix, &events).await;
         // Redis rounds each pacing gap up by at most 1 µs per slot.
         let tolerance = 50.0 + expected.len() as f64;
         if let Some(diff) = first_difference(&expected, &got, tolerance) {
@@ -616,7 +631,7 @@ async fn the_redis_scripts_adapt_as_the_rust_budget_against_model_crms() {
 /// failed probe and its dip, an onset at the kept rate.
 #[test]
 fn the_sequence_exercises_every_rule() {
-    let config = config("redis://127.0.0.1:1", "unused", true);
+    let config = config("url = \"redis://127.0.0.1:1\"", "unused", true);
     let events = sequence();
     let (expected, decided) = reference(&config, &events, Perturbation::None);
     let shown = table(&events, &expected, &decided, &[]);
