@@ -15,6 +15,8 @@
 //! - [`class`]: the CRM's own rules for [`Class`] ([`classify`]) and form
 //!   bodies, written from RetailCRM's documentation. Never the gateway's
 //!   code, so the simulator can catch the gateway's mistakes.
+//! - `multipart`: PHP's reading of `multipart/form-data` bodies (the
+//!   fields of `$_POST`), quirks included.
 //! - `config`: [`SimConfig`] and [`SimAccount`].
 //! - `request`: per-request types: [`Received`], the connection context,
 //!   the authenticated caller.
@@ -67,6 +69,7 @@ mod gate;
 mod history;
 mod listing;
 mod lock;
+mod multipart;
 mod record;
 mod reference;
 mod reply;

@@ -6,7 +6,8 @@
 //! sleep to order events); [`metrics`] the one Prometheus text parser;
 //! [`load`] the request and flood helpers and the CRM-side checks; [`keys`]
 //! client keys in every place and the check that none reached the CRM;
-//! [`tls`] the HTTPS simulator. All of it is re-exported, so
+//! [`tls`] the HTTPS simulator; [`tools`] curl and php, found or skipped
+//! loudly. All of it is re-exported, so
 //! `use common::*;` is enough.
 #![allow(dead_code)]
 
@@ -14,6 +15,7 @@ pub mod keys;
 pub mod load;
 pub mod metrics;
 pub mod tls;
+pub mod tools;
 pub mod wait;
 
 // Not every test binary uses every helper.
@@ -25,6 +27,8 @@ pub use load::*;
 pub use metrics::*;
 #[allow(unused_imports)]
 pub use tls::*;
+#[allow(unused_imports)]
+pub use tools::*;
 #[allow(unused_imports)]
 pub use wait::*;
 
