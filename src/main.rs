@@ -14,16 +14,16 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use crmgate::config::{self, Config};
 use crmgate::server::Server;
-use crmgate::sim::{SimConfig, SimTls, Simulator};
+use crmgate::sim::{LimiterKind, SimConfig, SimTls, Simulator};
 use crmgate::{access_line, log_writer};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// jemalloc, with its background purging thread: after a burst of waiting
 /// requests ends, it hands the freed pages back to the OS within seconds
-/// (10,000 waiting GETs: 245 MiB → under 64 MiB 8 s after the queue
-/// emptied), where glibc malloc kept all 233 MiB, also with its trim and
+/// (10,000 waiting GETs: 156 MiB → under 64 MiB 7 s after the queue
+/// emptied), where glibc malloc kept every page, also with its trim and
 /// arena tunables. mimalloc held 380 MiB and kept it. See docs/performance.md,
-/// "Holding 10,000 waiting requests".
+/// "Where the gaps to nginx are".
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -98,6 +98,18 @@ struct SimArgs {
     /// Added before every TLS handshake, e.g. "30ms".
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s", requires = "tls")]
     handshake: Duration,
+    /// How arrivals over the limit are refused: strict (sliding window,
+    /// refused arrivals count), lenient (sliding window of accepted ones),
+    /// leaky (nginx limit_req, with --burst) or fixed (fixed windows). See
+    /// docs/architecture.md, "Limiter models".
+    #[arg(long, default_value = "leaky", value_parser = ["strict", "lenient", "leaky", "fixed"])]
+    limiter: String,
+    /// With --limiter leaky: nginx's `burst=N nodelay` (default 0: no burst).
+    #[arg(long)]
+    burst: Option<u32>,
+    /// Allowed general requests per second per source IP.
+    #[arg(long, default_value_t = 10)]
+    general_limit: u32,
 }
 
 /// Logging to stderr through [`log_writer`]: access lines are written in
@@ -273,7 +285,10 @@ async fn sim(args: SimArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let limiter = LimiterKind::parse(&args.limiter, args.burst).map_err(anyhow::Error::msg)?;
     let simulator = Simulator::new(SimConfig {
+        limiter,
+        general_per_second: args.general_limit,
         tls: args.tls.then_some(SimTls {
             http2: !args.http1_only,
         }),
@@ -298,6 +313,8 @@ async fn sim(args: SimArgs) -> anyhow::Result<()> {
         rtt = ?args.rtt,
         handshake = ?args.handshake,
         http2 = args.tls && !args.http1_only,
+        limiter = %limiter,
+        general_limit = args.general_limit,
         "RetailCRM simulator listening"
     );
     simulator.serve(listener, terminated()).await?;

@@ -545,7 +545,7 @@ impl Env<'_> {
             if (200..300).contains(&s) && v["success"] != true {
                 return Err(format!("not a success: {v}"));
             }
-            if r.header("x-crmgate-attempts").map_or(true, |a| a == "0") {
+            if r.header("x-crmgate-attempts").is_none_or(|a| a == "0") {
                 return Err("the CRM's answer without a send".into());
             }
         }

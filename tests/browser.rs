@@ -7,7 +7,7 @@
 //! step waits for what the page shows, never for a fixed time.
 //!
 //! Without `chromium` on PATH the test skips loudly, unless
-//! `CRMGATE_REQUIRE_BROWSER=1` (CI), where it fails. With
+//! `CRMGATE_REQUIRE_ALL=1` or `CRMGATE_REQUIRE_BROWSER=1` (CI), where it fails. With
 //! `CRMGATE_SCREENSHOT_DIR=docs` it also runs a minute of mixed traffic and
 //! saves `status-page.png` (1280×800), `status-page-phone.png` and
 //! `status-page-stopped.png` there (how the pictures in the docs are made).
@@ -81,13 +81,7 @@ impl Chromium {
         let child = match cmd.spawn() {
             Ok(child) => child,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                assert!(
-                    std::env::var("CRMGATE_REQUIRE_BROWSER").as_deref() != Ok("1"),
-                    "CRMGATE_REQUIRE_BROWSER=1 but chromium is not on PATH"
-                );
-                eprintln!(
-                    "\n!!!!! SKIPPED: chromium is not on PATH (apt-get install chromium) !!!!!\n"
-                );
+                missing(Program::Chromium, &test_name());
                 return None;
             }
             Err(e) => panic!("cannot start chromium: {e}"),

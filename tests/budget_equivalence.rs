@@ -8,7 +8,7 @@
 //! of `TIME`, so both run on one time base and nothing here sleeps.
 //!
 //! The Redis test starts its own redis-server on a free port; without one on
-//! PATH it skips loudly (CRMGATE_REQUIRE_REDIS=1 makes that a failure). The
+//! PATH it skips loudly (CRMGATE_REQUIRE_ALL=1 or CRMGATE_REQUIRE_REDIS=1 makes that a failure). The
 //! check that the sequence exercises every rule needs no Redis.
 //!
 //! Over 500 lines on purpose: the sequence is one table whose comments are
@@ -317,7 +317,7 @@ fn reference(
                     } else {
                         Decided::PacedFull
                     }
-                } else if latest.map_or(true, |l| at > l + margin) {
+                } else if latest.is_none_or(|l| at > l + margin) {
                     Decided::Paused
                 } else {
                     Decided::Other

@@ -3,7 +3,7 @@
 //! which reads them as PHP does: key parts in any spelling are removed and
 //! find the tenant, everything else arrives byte-exact, and
 //! `Expect: 100-continue` is answered only when the body is wanted.
-//! Skips loudly without curl, unless CRMGATE_REQUIRE_CURL=1.
+//! Skips loudly without curl, unless required (tests/common/require.rs).
 mod common;
 
 use common::*;
@@ -51,7 +51,7 @@ fn text_part(b: &str, name: &str, value: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_curl_form_with_a_file_part_arrives_byte_exact_without_its_key() {
-    if !curl_available() {
+    if !runs(Program::Curl, "curl", &["--version"], &test_name()) {
         return;
     }
     let (sim, gate) = setup("").await;
@@ -103,7 +103,7 @@ async fn a_curl_form_with_a_file_part_arrives_byte_exact_without_its_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_in_every_spelling_are_removed_and_a_header_key_serves_a_keyless_body() {
-    if !curl_available() {
+    if !runs(Program::Curl, "curl", &["--version"], &test_name()) {
         return;
     }
     let (sim, gate) = setup("").await;
@@ -164,7 +164,7 @@ async fn keys_in_every_spelling_are_removed_and_a_header_key_serves_a_keyless_bo
 /// needs the body, so the upload continues and the key is checked then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_is_answered_only_when_the_body_is_wanted() {
-    if !curl_available() {
+    if !runs(Program::Curl, "curl", &["--version"], &test_name()) {
         return;
     }
     let (sim, gate) = setup("").await;

@@ -1,31 +1,16 @@
 //! The official RetailCRM Python client (`pip install retailcrm`) works
 //! through crmgate unchanged, with the gateway URL as its base URL, and with
-//! the tenant prefix in it. Skips loudly when the package is missing, unless
-//! CRMGATE_REQUIRE_PYCLIENT=1 (CI installs it and sets that).
+//! the tenant prefix in it. Runs the interpreter in `CRMGATE_PYTHON` (a
+//! virtualenv's, in CI), else `python3`; skips loudly when it cannot import
+//! `retailcrm`, and fails instead under CRMGATE_REQUIRE_ALL=1 or
+//! CRMGATE_REQUIRE_PYCLIENT=1 (tests/common/require.rs).
 mod common;
-
-use std::process::Command;
 
 use common::*;
 
-fn python_client_available() -> bool {
-    let found = Command::new("python3")
-        .args(["-c", "import retailcrm"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CRMGATE_REQUIRE_PYCLIENT").as_deref() != Ok("1"),
-            "CRMGATE_REQUIRE_PYCLIENT=1 but the retailcrm Python package is not installed"
-        );
-        eprintln!("\n!!!!! SKIPPED: the retailcrm Python package is not installed (pip install retailcrm) !!!!!\n");
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_client_works_unchanged() {
-    if !python_client_available() {
+    if !python_client("official_clients::the_python_client_works_unchanged") {
         return;
     }
     let (sim, gate) = setup("").await;
@@ -34,11 +19,11 @@ async fn the_python_client_works_unchanged() {
         "/tests/clients/python_retailcrm.py"
     );
     for base in [gate.url.clone(), format!("{}/acme", gate.url)] {
-        let out = tokio::process::Command::new("python3")
+        let out = tokio::process::Command::new(python())
             .args([script, &base, ACME_CLIENT])
             .output()
             .await
-            .expect("python3 runs");
+            .expect("the Python interpreter runs");
         assert!(
             out.status.success(),
             "{base}: {}{}",

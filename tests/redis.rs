@@ -3,7 +3,7 @@
 //! fallback share, and return to the shared budget when Redis is back.
 //!
 //! Each test starts its own redis-server on a free port; without one on PATH
-//! the tests skip loudly (CI sets CRMGATE_REQUIRE_REDIS=1 and installs it).
+//! the tests skip loudly (CI installs it and sets CRMGATE_REQUIRE_ALL=1, which makes a skip fail).
 //! They wait for what they can observe (each replica's backend state, the
 //! CRM's arrivals); what remains timed is the windows they measure and the
 //! scheduler's transition, which nothing outside it shows.

@@ -128,7 +128,7 @@ pub async fn spared(run: Duration) -> Spared {
         sim.records()
             .iter()
             .filter(|r| r.path == path)
-            .filter(|r| query.map_or(true, |q| r.query.as_deref().unwrap_or("").contains(q)))
+            .filter(|r| query.is_none_or(|q| r.query.as_deref().unwrap_or("").contains(q)))
             .filter(|r| r.headers.iter().any(|(n, v)| n == "x-api-key" && v == key))
             .count()
     };

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use super::limiter::LimiterKind;
+
 /// How a simulator behaves: its accounts, limits, data and latency.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -14,8 +16,13 @@ pub struct SimConfig {
     pub general_per_second: u32,
     /// Allowed telephony requests per source IP per window (RetailCRM: 40).
     pub telephony_per_second: u32,
-    /// Length of the sliding window (RetailCRM: one second).
+    /// Length of the limiter's window (RetailCRM: one second).
     pub window: Duration,
+    /// How arrivals over the limit are judged (see [`LimiterKind`]). The
+    /// default here is `Strict`, the worst case, which the gateway's own
+    /// window-bound tests are written against; `crmgate sim` defaults to
+    /// `leaky`, the most likely real one.
+    pub limiter: LimiterKind,
     /// Orders pre-seeded in every account for `GET /api/v5/orders`.
     pub total_orders: u32,
     /// Uniform random latency `[min, max]` added before every answer.
@@ -49,6 +56,7 @@ impl Default for SimConfig {
             general_per_second: 10,
             telephony_per_second: 40,
             window: Duration::from_secs(1),
+            limiter: LimiterKind::Strict,
             total_orders: 237,
             latency: (Duration::ZERO, Duration::ZERO),
             tls: None,

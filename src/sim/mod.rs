@@ -1,9 +1,10 @@
 //! A RetailCRM imitation for tests, benchmarks and `crmgate demo`/`crmgate sim`.
 //!
 //! The simulator answers the handful of API methods crmgate's tests need, with
-//! RetailCRM's error shapes, and it enforces the documented limits as strictly
-//! as the real server could: a sliding window per (source IP, class) that
-//! counts *every* arrival, rejected or not. It records everything it receives
+//! RetailCRM's error shapes, and it enforces the documented limits per
+//! (source IP, class) with one of four limiter models ([`limiter`]: strict,
+//! lenient, leaky as nginx `limit_req`, fixed windows); the default is the
+//! strictest, a sliding window that counts *every* arrival, rejected or not. It records everything it receives
 //! so tests can prove what the gateway sent, and it can inject faults
 //! (503s, resets before or after processing, stalls, garbage bodies).
 //!
@@ -21,8 +22,10 @@
 //! - `request`: per-request types: [`Received`], the connection context,
 //!   the authenticated caller.
 //! - `reply`: RetailCRM's JSON answers and nginx's 503 page.
-//! - [`window`]: the strict sliding-window counter and [`max_in_window`].
-//! - `record`: the ledger of arrivals, which owns the windows.
+//! - [`limiter`]: the limiter models ([`LimiterKind`]), pure logic over
+//!   instants passed in.
+//! - [`window`]: [`max_in_window`] over recorded arrivals.
+//! - `record`: the ledger of arrivals, which owns the limiter.
 //! - [`faults`]: [`Faults`], settable while the server runs.
 //! - `store`: the orders created in each account; `reference`: the
 //!   statuses dictionary and its two handlers.
@@ -45,7 +48,8 @@
 //! # Order of checks for one request
 //! 0. (A new connection first waits `rtt`, then `handshake` and the TLS
 //!    handshake.) Half of `rtt`: the request's trip.
-//! 1. Record the arrival and count it in its window (always, even if rejected).
+//! 1. Record the arrival and let the limiter judge it (the strict one counts
+//!    it even if rejected).
 //! 2. Read the whole body and attach it to the record.
 //! 3. Over the limit → nginx-style 503 HTML. Faults are not consumed.
 //! 4. Faults before processing: reset, then `fail_next`, then random 503,
@@ -67,6 +71,7 @@ mod entities;
 pub mod faults;
 mod gate;
 mod history;
+pub mod limiter;
 mod listing;
 mod lock;
 mod multipart;
@@ -94,6 +99,7 @@ use tokio_util::sync::CancellationToken;
 pub use class::{classify, Class};
 pub use config::{SimAccount, SimConfig, SimTls};
 pub use faults::Faults;
+pub use limiter::LimiterKind;
 pub use request::Received;
 pub use window::max_in_window;
 
@@ -234,6 +240,16 @@ impl Simulator {
     /// Changes the per-window limits; takes effect for the next arrival.
     pub fn set_limits(&self, general: u32, telephony: u32) {
         self.shared.set_limits(general, telephony);
+    }
+
+    /// The limiter model in force.
+    pub fn limiter(&self) -> LimiterKind {
+        lock(&self.shared.ledger).limiter()
+    }
+
+    /// Changes the limiter model; every key's count starts afresh.
+    pub fn set_limiter(&self, kind: LimiterKind) {
+        lock(&self.shared.ledger).set_limiter(kind);
     }
 
     /// Changes the uniform random latency added before every answer.

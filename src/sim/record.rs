@@ -1,33 +1,54 @@
 //! The ledger of what the simulator received: one [`Received`] per request,
-//! kept in arrival order, together with the rate-limit windows.
+//! kept in arrival order, together with the rate limiter that judges them.
 //!
 //! The record and the window count are made under one lock with one
 //! timestamp, so the order of records, their `at` and the simulator's 503
-//! decisions always agree; [`super::window::max_in_window`] over the records
-//! reproduces exactly what the server counted.
+//! decisions always agree; with the strict limiter,
+//! [`super::window::max_in_window`] over the records reproduces exactly
+//! what the server counted.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::class::Class;
+use super::limiter::{Limiter, LimiterKind};
 use super::request::Received;
-use super::window::SlidingWindow;
 
 /// Identifies a record across `clear_records` calls: a cleared record's
 /// later updates are dropped instead of landing on a newer one.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RecordId(u64);
 
-/// The records plus the windows they were counted in.
-#[derive(Debug, Default)]
+/// The records plus the limiter they were judged by.
+#[derive(Debug)]
 pub(crate) struct Ledger {
     /// Sequence number of `records[0]`.
     base: u64,
     records: Vec<Received>,
-    windows: SlidingWindow,
+    limiter: Limiter<(std::net::IpAddr, Class)>,
 }
 
 impl Ledger {
+    /// An empty ledger judging arrivals by `kind`.
+    pub(crate) fn new(kind: LimiterKind) -> Self {
+        Ledger {
+            base: 0,
+            records: Vec::new(),
+            limiter: Limiter::new(kind, Instant::now()),
+        }
+    }
+
+    /// The limiter model in force.
+    pub(crate) fn limiter(&self) -> LimiterKind {
+        self.limiter.kind()
+    }
+
+    /// Changes the limiter model; its counts start afresh.
+    pub(crate) fn set_limiter(&mut self, kind: LimiterKind) {
+        self.limiter = Limiter::new(kind, Instant::now());
+    }
+
     /// Stamps `rec.at` with the current time, counts it and stores it.
     /// Returns its id and whether it is over `limit`.
     pub(crate) fn arrive(
@@ -39,8 +60,8 @@ impl Ledger {
         // Taken under the lock so arrival order and timestamps agree.
         rec.at = Instant::now();
         let over = self
-            .windows
-            .arrive((rec.source_ip, rec.class), rec.at, window, limit);
+            .limiter
+            .refuses((rec.source_ip, rec.class), rec.at, window, limit);
         let id = RecordId(self.base + self.records.len() as u64);
         self.records.push(rec);
         (id, over)
@@ -68,7 +89,6 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::class::Class;
     use bytes::Bytes;
     use std::net::{IpAddr, Ipv4Addr};
 
@@ -91,7 +111,7 @@ mod tests {
 
     #[test]
     fn updates_after_clear_do_not_hit_newer_records() {
-        let mut ledger = Ledger::default();
+        let mut ledger = Ledger::new(LimiterKind::Strict);
         let w = Duration::from_secs(1);
         let (old, _) = ledger.arrive(rec("/a"), w, 10);
         ledger.clear_records();

@@ -50,7 +50,7 @@ impl Shared {
             latency: Mutex::new(cfg.latency),
             rtt: cfg.rtt,
             faults: Faults::default(),
-            ledger: Mutex::new(Ledger::default()),
+            ledger: Mutex::new(Ledger::new(cfg.limiter)),
             listing: super::listing::Listing::default(),
         }
     }

@@ -1,12 +1,9 @@
-//! The strict sliding window the simulator enforces, and the same arithmetic
-//! over recorded arrivals ([`max_in_window`]) for tests to check a gateway.
-//!
-//! "Strict" means the worst reading of RetailCRM's undocumented algorithm:
-//! any half-open interval `[t, t + window)` may hold at most `limit`
-//! arrivals, and rejected arrivals count too, so a client that keeps
-//! hammering never gets through.
+//! The strict sliding window's arithmetic over recorded arrivals
+//! ([`max_in_window`]), for tests to check a gateway: any half-open interval
+//! `[t, t + window)` may hold at most `limit` arrivals, refused ones too.
+//! Which limiter the simulator itself enforces is [`super::limiter`]'s.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -14,37 +11,6 @@ use tokio::time::Instant;
 
 use super::class::Class;
 use super::request::Received;
-
-/// Arrival times per (source IP, class) within the last window.
-#[derive(Debug, Default)]
-pub(crate) struct SlidingWindow {
-    arrivals: HashMap<(IpAddr, Class), VecDeque<Instant>>,
-}
-
-impl SlidingWindow {
-    /// Counts an arrival at `now` and tells whether it is over `limit`: whether
-    /// the arrivals in `(now - window, now]`, this one included, are more than
-    /// `limit`. `now` must not go backwards for one key.
-    pub(crate) fn arrive(
-        &mut self,
-        key: (IpAddr, Class),
-        now: Instant,
-        window: Duration,
-        limit: u32,
-    ) -> bool {
-        let times = self.arrivals.entry(key).or_default();
-        // An arrival exactly `window` ago is outside the half-open interval
-        // that starts at it and ends at `now`.
-        while times
-            .front()
-            .is_some_and(|&t| now.duration_since(t) >= window)
-        {
-            times.pop_front();
-        }
-        times.push_back(now);
-        times.len() > limit as usize
-    }
-}
 
 /// Largest number of requests from one source IP in one class that arrived
 /// within any half-open window `[t, t + window)`, over `records`. Every
@@ -101,34 +67,6 @@ mod tests {
             status: 200,
             api_key: None,
         }
-    }
-
-    #[test]
-    fn window_rejects_the_arrival_that_exceeds_the_limit() {
-        let t0 = Instant::now();
-        let mut w = SlidingWindow::default();
-        let key = (A, Class::General);
-        for i in 0..3 {
-            assert!(!w.arrive(key, t0 + ms(i), ms(1000), 3));
-        }
-        assert!(w.arrive(key, t0 + ms(10), ms(1000), 3));
-        // The rejected arrival counted: at 1000 ms the first one left, but
-        // the window still holds arrivals 2, 3 and the rejected fourth.
-        assert!(w.arrive(key, t0 + ms(1000), ms(1000), 3));
-        // Other IPs and classes have their own windows.
-        assert!(!w.arrive((B, Class::General), t0 + ms(10), ms(1000), 3));
-        assert!(!w.arrive((A, Class::Telephony), t0 + ms(10), ms(1000), 3));
-    }
-
-    #[test]
-    fn window_is_half_open() {
-        let t0 = Instant::now();
-        let mut w = SlidingWindow::default();
-        let key = (A, Class::General);
-        assert!(!w.arrive(key, t0, ms(1000), 1));
-        assert!(w.arrive(key, t0 + ms(999), ms(1000), 1));
-        // Exactly one window after the last arrival is a fresh window.
-        assert!(!w.arrive(key, t0 + ms(1999), ms(1000), 1));
     }
 
     #[test]

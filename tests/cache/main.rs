@@ -70,7 +70,7 @@ pub(crate) fn seen(sim: &Simulator, path: &str, query: Option<&str>) -> usize {
     sim.records()
         .iter()
         .filter(|r| r.method == "GET" && r.path == path)
-        .filter(|r| query.map_or(true, |q| r.query.as_deref().unwrap_or("").contains(q)))
+        .filter(|r| query.is_none_or(|q| r.query.as_deref().unwrap_or("").contains(q)))
         .count()
 }
 

@@ -6,16 +6,15 @@
 //! sleep to order events); [`metrics`] the one Prometheus text parser;
 //! [`load`] the request and flood helpers and the CRM-side checks; [`keys`]
 //! client keys in every place and the check that none reached the CRM;
-//! [`tls`] the HTTPS simulator; [`tools`] curl and php, found or skipped
-//! loudly. All of it is re-exported, so
+//! [`tls`] the HTTPS simulator. All of it is re-exported, so
 //! `use common::*;` is enough.
 #![allow(dead_code)]
 
 pub mod keys;
 pub mod load;
 pub mod metrics;
+pub mod require;
 pub mod tls;
-pub mod tools;
 pub mod wait;
 
 // Not every test binary uses every helper.
@@ -26,9 +25,9 @@ pub use load::*;
 #[allow(unused_imports)]
 pub use metrics::*;
 #[allow(unused_imports)]
-pub use tls::*;
+pub use require::*;
 #[allow(unused_imports)]
-pub use tools::*;
+pub use tls::*;
 #[allow(unused_imports)]
 pub use wait::*;
 
@@ -293,9 +292,8 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts one. Without `redis-server` on PATH this prints a loud skip
-    /// message and returns `None`, unless `CRMGATE_REQUIRE_REDIS=1`, in which
-    /// case the test fails.
+    /// Starts one. Without `redis-server` on PATH, [`require::missing`]
+    /// decides: a loud skip (`None`), or a failure when required.
     pub async fn start() -> Option<RedisServer> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -306,11 +304,7 @@ impl RedisServer {
         match server.spawn().await {
             Ok(()) => Some(server),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                assert!(
-                    std::env::var("CRMGATE_REQUIRE_REDIS").as_deref() != Ok("1"),
-                    "CRMGATE_REQUIRE_REDIS=1 but redis-server is not on PATH"
-                );
-                eprintln!("\n!!!!! SKIPPED: redis-server is not on PATH (apt-get install redis-server) !!!!!\n");
+                require::missing(Program::Redis, &test_name());
                 None
             }
             Err(e) => panic!("cannot start redis-server: {e}"),
