@@ -22,11 +22,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::ServerConfig;
-use crate::error::{json_error, GatewayError};
+use crate::error::{json_error, reject, GatewayError};
+use crate::gateway::reload::ReloadError;
 use crate::gateway::Gateway;
 use crate::guard::is_browser;
-use crate::metrics::refresh_gauges;
-use crate::reload::ReloadError;
+use crate::status::refresh_gauges;
 use crate::status::Status;
 
 /// The admin router.
@@ -113,20 +113,17 @@ pub fn authorize(server: &ServerConfig, headers: &HeaderMap) -> Result<(), Gatew
 }
 
 async fn reload(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&gw.runtime().config.server, &headers) {
-        if let Some(reason) = e.rejection() {
-            gw.metrics.rejections.with_label_values(&[reason]).inc();
-        }
+    if let Err(e) = authorize(&gw.snapshot().config.server, &headers) {
         tracing::warn!(
             status = e.status().as_u16(),
             "POST /reload refused: no valid token, or sent by a browser"
         );
-        return e.into_response();
+        return reject(e, &gw.metrics);
     }
     // Reading and validating the file is blocking work: keep it off the
     // async workers.
     let result = tokio::task::spawn_blocking(move || {
-        gw.reload().map(|()| gw.runtime().config.checksum.clone())
+        gw.reload().map(|()| gw.snapshot().config.checksum.clone())
     })
     .await;
     match result {

@@ -22,9 +22,11 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use prometheus::IntCounter;
 use tokio::time::Instant;
 
@@ -44,6 +46,39 @@ pub struct Egress {
     pub label: String,
     /// Pooled client bound to `ip`.
     pub client: reqwest::Client,
+}
+
+/// The egress clients in force, indexed like the scheduler's budgets.
+/// Replaced as a whole when a reload changes client settings (timeouts,
+/// trusted roots); a client in use is never mutated.
+pub struct Clients {
+    current: ArcSwap<Vec<Egress>>,
+}
+
+impl Clients {
+    /// `clients` in force.
+    pub fn new(clients: Vec<Egress>) -> Clients {
+        Clients {
+            current: ArcSwap::from_pointee(clients),
+        }
+    }
+
+    /// Egress `i` as it is now (the scheduler's permit names `i`). Take it
+    /// per send: a request keeps the client it sent on until its answer is
+    /// streamed, even if a reload replaces the clients meanwhile.
+    pub fn get(&self, i: usize) -> Egress {
+        self.current.load()[i].clone()
+    }
+
+    /// Every egress as it is now, in budget order.
+    pub fn all(&self) -> Arc<Vec<Egress>> {
+        self.current.load_full()
+    }
+
+    /// Puts new clients in force. Only a reload calls this, under its lock.
+    pub(crate) fn replace(&self, clients: Vec<Egress>) {
+        self.current.store(Arc::new(clients));
+    }
 }
 
 /// Reports connection set-up on one egress to the scheduler (a tower layer

@@ -11,6 +11,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::metrics::Metrics;
 use crate::scheduler::QueueError;
 
 /// A request crmgate answers itself instead of forwarding it (or its answer).
@@ -138,24 +139,15 @@ pub enum GatewayError {
     },
 }
 
-/// Every value of the `reason` label of `crmgate_rejections_total`.
-pub const REJECTION_REASONS: [&str; 15] = [
-    "unknown_tenant",
-    "bad_key",
-    "body_too_large",
-    "bad_request",
-    "queue_full",
-    "buffers_full",
-    "deadline",
-    "shutdown",
-    "client_gone",
-    "browser",
-    "host",
-    "headers_too_large",
-    "body_timeout",
-    "unauthorized",
-    "batch_too_large",
-];
+/// The one way crmgate refuses a request: counts `e` in
+/// `crmgate_rejections_total` when it is a rejection (not a CRM failure),
+/// then answers it.
+pub fn reject(e: GatewayError, metrics: &Metrics) -> Response {
+    if let Some(reason) = e.rejection() {
+        metrics.rejections.with_label_values(&[reason]).inc();
+    }
+    e.into_response()
+}
 
 impl GatewayError {
     /// The HTTP status of this error.
@@ -323,7 +315,7 @@ mod tests {
         for e in errors {
             let reason = e.rejection().expect("a rejection");
             assert!(
-                REJECTION_REASONS.contains(&reason),
+                crate::metrics::REJECTION_REASONS.contains(&reason),
                 "{reason} missing from REJECTION_REASONS"
             );
         }

@@ -26,12 +26,13 @@ use axum::extract::{Request, State};
 use axum::http::uri::Authority;
 use axum::http::{header, HeaderMap, Uri};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Router;
 
 use crate::config::{normalize_origin, ServerConfig};
-use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::error::{reject, GatewayError};
+use crate::live::Live;
+use crate::metrics::Metrics;
 
 /// Most header fields a request may carry (each repeated field counts).
 /// RetailCRM clients send about ten; browsers about twenty.
@@ -42,36 +43,38 @@ pub const MAX_HEADER_FIELDS: usize = 64;
 /// 100 fields, without a body: see [`crate::server`].
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// The guard's state: the gateway (for the config in force and metrics) and
-/// whether the listener it guards is a loopback one.
+/// The guard's state: the config in force, where refusals are counted,
+/// and whether the listener it guards is a loopback one.
 #[derive(Clone)]
 struct Guard {
-    gw: Arc<Gateway>,
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
     loopback: bool,
 }
 
-/// Puts the guard in front of `router`. `loopback` says whether the
-/// listener serving it is bound to a loopback address (then the Host rule
-/// applies).
-pub fn guard(router: Router, gw: Arc<Gateway>, loopback: bool) -> Router {
-    router.layer(middleware::from_fn_with_state(Guard { gw, loopback }, run))
+/// Puts the guard in front of `router`: its rules read the server settings
+/// in `live`, and refusals are counted in `metrics`. `loopback` says whether
+/// the listener serving it is bound to a loopback address (then the Host
+/// rule applies).
+pub fn guard(router: Router, live: Arc<Live>, metrics: Arc<Metrics>, loopback: bool) -> Router {
+    let state = Guard {
+        live,
+        metrics,
+        loopback,
+    };
+    router.layer(middleware::from_fn_with_state(state, run))
 }
 
 async fn run(State(g): State<Guard>, req: Request, next: Next) -> Response {
     let verdict = check(
-        &g.gw.runtime().config.server,
+        &g.live.snapshot().config.server,
         g.loopback,
         req.headers(),
         req.uri(),
     );
     match verdict {
         Ok(()) => next.run(req).await,
-        Err(e) => {
-            if let Some(reason) = e.rejection() {
-                g.gw.metrics.rejections.with_label_values(&[reason]).inc();
-            }
-            e.into_response()
-        }
+        Err(e) => reject(e, &g.metrics),
     }
 }
 

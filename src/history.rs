@@ -1,14 +1,12 @@
 //! What the status page remembers: a fixed ring of per-second samples (the
-//! last five minutes) and, per tenant, a one-minute window of queue waits
-//! (in `history/wait.rs`).
+//! last five minutes). Per-tenant queue-wait windows are metrics'
+//! ([`crate::metrics::WaitWindows`]).
 //!
 //! Memory is bounded whatever the uptime: the ring holds [`CAPACITY`]
-//! samples, each one row per budget and per configured tenant, and a wait
-//! window is [`WAIT_WINDOW_SECS`] fixed histograms per tenant. Rows hold
+//! samples, each one row per budget and per configured tenant. Rows hold
 //! names (from config), rates and counts: never a key, a path or a body.
-//! Recording a wait is one short lock on one tenant's window; this module
-//! never blocks the request path on anything else, and the sampler only
-//! reads the gateway's counters.
+//! This module never blocks the request path, and the sampler only reads
+//! the gateway's counters.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -20,9 +18,6 @@ use serde::Serialize;
 
 use crate::classify::Class;
 use crate::gateway::Gateway;
-
-mod wait;
-pub use wait::{WaitQuantiles, WaitWindows, WAIT_WINDOW_SECS};
 
 /// Samples kept: one per second for five minutes.
 pub const CAPACITY: usize = 300;
@@ -155,8 +150,8 @@ impl History {
     /// stays empty.
     pub fn start(gateway: &Arc<Gateway>) -> Arc<History> {
         let history = Arc::new(History::new());
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(sample_every_second(
+        if let Ok(snap) = tokio::runtime::Handle::try_current() {
+            snap.spawn(sample_every_second(
                 Arc::downgrade(gateway),
                 Arc::downgrade(&history),
             ));
@@ -274,7 +269,7 @@ impl Sampler {
     fn read(&mut self, gw: &Gateway) -> (Sample, Reloads) {
         let uptime_seconds = gw.uptime().as_secs();
         let m = &gw.metrics;
-        let rt = gw.runtime();
+        let snap = gw.snapshot();
 
         let mut sends_now: HashMap<(String, Class), u64> = HashMap::new();
         for family in m.upstream_attempts.collect() {
@@ -333,7 +328,7 @@ impl Sampler {
         }
 
         let mut tenants = Vec::new();
-        for t in rt.tenants.iter() {
+        for t in snap.tenants.iter() {
             let stats = gw.stats(&t.name);
             let mut totals = [0u64; 5];
             for (code, n) in stats

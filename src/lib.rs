@@ -33,8 +33,10 @@
 //!
 //! Around it:
 //! - [`config`]: the TOML file, validated into types that cannot be wrong;
+//! - [`live`]: the config in force, one [`live::Snapshot`] per request;
+//! - [`bodies`]: the pool of buffered bytes every stage holds bodies in;
 //! - [`gateway`]: shared state (config snapshot, scheduler, egress clients);
-//! - [`reload`]: hot reload, atomic, restart-only settings kept;
+//!   [`gateway::reload`]: hot reload, atomic, restart-only settings kept;
 //! - [`drain`]: readiness and the drain's counts;
 //! - [`status`]: the `/status` document, typed;
 //! - [`history`], [`page`]: the status page on the admin port (`GET /`),
@@ -52,6 +54,7 @@ pub mod access;
 pub mod access_line;
 pub mod admin;
 pub mod batch;
+pub mod bodies;
 pub mod cache;
 pub mod classify;
 pub mod config;
@@ -64,12 +67,12 @@ pub mod gateway;
 pub mod guard;
 pub mod history;
 pub mod inbound;
+pub mod live;
 pub mod log_writer;
 pub mod metrics;
 pub mod page;
 pub mod proxy;
 pub mod reconcile;
-pub mod reload;
 pub mod rewrite;
 pub mod scheduler;
 pub mod server;

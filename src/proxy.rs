@@ -24,12 +24,12 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Router;
 use tokio::time::Instant;
 
 use crate::access::{self, Trace};
-use crate::error::GatewayError;
+use crate::error::{reject, GatewayError};
 use crate::gateway::Gateway;
 use crate::inbound::{self, REQUEST_ID_HEADER};
 use crate::scheduler::QueueError;
@@ -75,13 +75,10 @@ async fn handle(
     let mut response = match answer {
         Ok(r) => r,
         Err(e) => {
-            if let Some(reason) = e.rejection() {
-                gw.metrics.rejections.with_label_values(&[reason]).inc();
-            }
             if matches!(e, GatewayError::Queue(QueueError::ShuttingDown)) {
                 gw.drain.cut_off();
             }
-            e.into_response()
+            reject(e, &gw.metrics)
         }
     };
     let status = response.status();
@@ -107,7 +104,7 @@ async fn handle(
             .or_default() += 1;
     }
     gw.drain.request_finished();
-    let query = gw.runtime().config.log.query;
+    let query = gw.snapshot().config.log.query;
     access::log(
         &request_id,
         &method,
@@ -129,7 +126,7 @@ async fn run(
     trace: &mut Trace,
 ) -> Result<Response, GatewayError> {
     let export = crate::export::wanted(req.headers())?;
-    let request = inbound::read(&gw.runtime(), &gw.bodies, peer, req, request_id, trace).await?;
+    let request = inbound::read(&gw.snapshot(), &gw.bodies, peer, req, request_id, trace).await?;
     let _inflight = gw.stats(&request.tenant.name).inflight();
     crate::batch::check(&request.out)?;
     if let Some(wanted) = export {

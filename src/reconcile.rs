@@ -31,9 +31,9 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::access::Trace;
+use crate::bodies::BodyLease;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::inbound::body::BodyLease;
 use crate::inbound::{Inbound, Outgoing, REQUEST_ID_HEADER};
 use crate::rewrite::is_form;
 use crate::scheduler::Ticket;
@@ -294,7 +294,7 @@ impl Stage<'_> {
                     Err(GatewayError::Ambiguous(failure)),
                 );
             };
-            let delay = self.gw.runtime().config.reconcile.delay;
+            let delay = self.gw.snapshot().config.reconcile.delay;
             if Instant::now() + delay >= self.ticket.deadline {
                 let cause = "the caller's deadline comes before the lookup could be made";
                 return self.lookup_failed(&external_id, cause.into());
@@ -307,7 +307,7 @@ impl Stage<'_> {
                 }
                 Lookup::Failed(cause) => return self.lookup_failed(&external_id, cause),
                 Lookup::Missing => {
-                    let max = self.gw.runtime().config.retry.max_attempts.get();
+                    let max = self.gw.snapshot().config.retry.max_attempts.get();
                     if trace.attempts >= max {
                         let error = self.unreconciled(
                             &external_id,

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Router;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
@@ -55,9 +55,10 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
 use crate::config::Config;
-use crate::error::GatewayError;
+use crate::error::{reject, GatewayError};
 use crate::gateway::Gateway;
 use crate::guard::guard;
+use crate::inbound::body::BodyStalled;
 use crate::{admin, proxy};
 
 pub use crate::drain::DrainReport;
@@ -153,8 +154,16 @@ impl Server {
         // Each router behind the guard, which knows whether its listener is
         // loopback (then the Host rule applies).
         let loopback = |l: &TcpListener| l.local_addr().is_ok_and(|a| a.ip().is_loopback());
-        let api_app = guard(proxy::router(gw.clone()), gw.clone(), loopback(&api));
-        let admin_app = guard(admin::router(gw.clone()), gw.clone(), loopback(&admin));
+        let guarded = |router, listener: &_| {
+            guard(
+                router,
+                gw.live.clone(),
+                gw.metrics.clone(),
+                loopback(listener),
+            )
+        };
+        let api_app = guarded(proxy::router(gw.clone()), &api);
+        let admin_app = guarded(admin::router(gw.clone()), &admin);
         let api_task = tokio::spawn(serve(
             gw.clone(),
             api,
@@ -175,10 +184,10 @@ impl Server {
         shutdown.await;
         let signalled = Instant::now();
         let (grace, accept) = {
-            let rt = gw.runtime();
+            let snap = gw.snapshot();
             (
-                rt.config.server.shutdown_grace,
-                rt.config.server.drain_accept,
+                snap.config.server.shutdown_grace,
+                snap.config.server.drain_accept,
             )
         };
         gw.drain.begin();
@@ -260,7 +269,7 @@ impl Side {
     /// Open connections allowed now (the API cap follows reloads).
     fn cap(self, gw: &Gateway) -> usize {
         match self {
-            Side::Api => gw.runtime().config.server.max_connections.get(),
+            Side::Api => gw.snapshot().config.server.max_connections.get(),
             Side::Admin => ADMIN_MAX_CONNECTIONS,
         }
     }
@@ -314,7 +323,7 @@ async fn serve(
         // Answers are small JSON writes: send them now, not after Nagle's delay.
         let _ = stream.set_nodelay(true);
         let counted = Counted::new(open.clone());
-        let header_timeout = gw.runtime().config.server.header_timeout;
+        let header_timeout = gw.snapshot().config.server.header_timeout;
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
@@ -359,7 +368,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
 
     fn call(&self, req: hyper::Request<Incoming>) -> Answer {
         // Read per request, so a reload reaches open connections too.
-        let timeout = self.gw.runtime().config.server.body_timeout;
+        let timeout = self.gw.snapshot().config.server.body_timeout;
         let stalled = Arc::new(AtomicBool::new(false));
         let mut req = req.map(|body| Body::new(IdleBody::new(body, timeout, stalled.clone())));
         req.extensions_mut().insert(ConnectInfo(self.peer));
@@ -385,11 +394,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
             }
             // Whatever the handler made of the failed read, the client
             // stalled: say so, and close (the rest of the body is unread).
-            let e = GatewayError::BodyTimeout { timeout };
-            if let Some(reason) = e.rejection() {
-                gw.metrics.rejections.with_label_values(&[reason]).inc();
-            }
-            Ok(e.into_response())
+            Ok(reject(GatewayError::BodyTimeout { timeout }, &gw.metrics))
         })
     }
 }
@@ -409,11 +414,6 @@ impl Drop for Counted {
         self.0.dec();
     }
 }
-
-/// The body stalled for `server.body_timeout`.
-#[derive(Debug, thiserror::Error)]
-#[error("no request body bytes for {0:?}")]
-pub struct BodyStalled(pub Duration);
 
 /// A request body that fails with [`BodyStalled`] when no frame arrives for
 /// `timeout` while it is being read, and marks `stalled` so the answer can

@@ -1,4 +1,5 @@
-//! The `/status` document: its shape, and its assembly from the gateway.
+//! The `/status` document: its shape, and its assembly from the gateway;
+//! and the scrape-time gauges ([`refresh_gauges`]), read from the same state.
 //!
 //! The types here are the JSON operators and tests read, field for field;
 //! renaming a field changes the admin API. They hold names, rates, counts and
@@ -12,7 +13,7 @@ use serde::Serialize;
 
 use crate::classify::Class;
 use crate::gateway::Gateway;
-use crate::history::WaitQuantiles;
+use crate::metrics::WaitQuantiles;
 
 /// The whole `/status` document.
 #[derive(Debug, Clone, Serialize)]
@@ -91,7 +92,7 @@ pub struct TenantRow {
 impl Status {
     /// Reads the gateway's state now.
     pub fn collect(gw: &Gateway) -> Status {
-        let rt = gw.runtime();
+        let snap = gw.snapshot();
         let egress = gw.egress_all();
         let lanes = gw.scheduler.snapshot();
         let budgets = lanes
@@ -114,7 +115,7 @@ impl Status {
                     })
             })
             .collect();
-        let mut tenants: Vec<TenantRow> = rt
+        let mut tenants: Vec<TenantRow> = snap
             .tenants
             .iter()
             .map(|t| {
@@ -141,15 +142,67 @@ impl Status {
         Status {
             version: env!("CARGO_PKG_VERSION"),
             uptime_seconds: gw.uptime().as_secs(),
-            config_checksum: rt.config.checksum.clone(),
+            config_checksum: snap.config.checksum.clone(),
             ready: gw.drain.is_ready(),
             budget_backend: gw.backend_state(),
             redis_calls: gw.scheduler.shared_state().map(|(_, calls)| calls),
             queued_total: gw.scheduler.queued(),
-            queue_capacity: rt.config.limits.queue_capacity.get(),
+            queue_capacity: snap.config.limits.queue_capacity.get(),
             exports_in_progress: gw.metrics.exports_in_progress.get().max(0) as u64,
             budgets,
             tenants,
+        }
+    }
+}
+
+/// Sets the gauges that describe queues and budgets from the gateway's
+/// state now (called per scrape), and catches `client_gone` rejections up
+/// with the scheduler's count of withdrawn waiters.
+pub fn refresh_gauges(gw: &Gateway) {
+    let m = &gw.metrics;
+    let snap = gw.snapshot();
+    m.uptime.set(gw.uptime().as_secs_f64());
+    let fallback = gw.scheduler.shared_state().is_some_and(|(f, _)| f);
+    m.redis_fallback.set(i64::from(fallback));
+    let gone = m.rejections.with_label_values(&["client_gone"]);
+    gone.inc_by(gw.scheduler.withdrawn().saturating_sub(gone.get()));
+    m.queue_capacity
+        .set(snap.config.limits.queue_capacity.get() as i64);
+    let (bytes, entries) = gw.cache.usage();
+    m.cache_bytes.set(bytes as i64);
+    m.cache_entries.set(entries as i64);
+    for t in snap.tenants.iter() {
+        for class in Class::ALL {
+            m.queue_depth
+                .with_label_values(&[&t.name, class.as_str()])
+                .set(0);
+        }
+        m.inflight
+            .with_label_values(&[&t.name])
+            .set(gw.stats(&t.name).inflight.load(Ordering::Relaxed) as i64);
+    }
+    // With per-account budgets a class has several lanes; the effective
+    // rate shown is the most reduced one.
+    let lanes = gw.scheduler.snapshot();
+    for lane in &lanes {
+        for (tenant, n) in &lane.queued_by_tenant {
+            m.queue_depth
+                .with_label_values(&[tenant, lane.class.as_str()])
+                .add(*n as i64);
+        }
+    }
+    for (i, egress) in gw.egress_all().iter().enumerate() {
+        for class in Class::ALL {
+            let labels = [egress.label.as_str(), class.as_str()];
+            let configured = f64::from(snap.config.rate(class).get());
+            let effective = lanes
+                .iter()
+                .filter(|l| l.class == class)
+                .filter_map(|l| l.budgets.get(i))
+                .map(|b| b.effective_rate)
+                .fold(configured, f64::min);
+            m.rate_limit.with_label_values(&labels).set(configured);
+            m.effective_rate.with_label_values(&labels).set(effective);
         }
     }
 }

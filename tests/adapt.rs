@@ -157,7 +157,7 @@ async fn a_constant_share_of_503s_does_not_lower_the_rate() {
 async fn an_outage_is_weathered_within_max_attempts_and_deadlines() {
     let _load = LOAD.lock().await;
     let (sim, gate, _sim_thread) = isolated_setup("").await;
-    let max_attempts = gate.gateway.runtime().config.retry.max_attempts.get();
+    let max_attempts = gate.gateway.snapshot().config.retry.max_attempts.get();
     // Half the callers give up after 3 s: during the outage their deadline
     // passes before their attempts run out.
     let get = Call::get("/api/v5/orders", Some(ACME_CLIENT));

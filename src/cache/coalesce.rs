@@ -36,7 +36,7 @@ pub struct Shared {
     /// Egress of the last send.
     pub egress: Option<String>,
     /// The answer's bytes in the pool of buffered bodies, while shared.
-    pub lease: Option<crate::inbound::body::BodyLease>,
+    pub lease: Option<crate::bodies::BodyLease>,
 }
 
 /// One shared request.

@@ -45,8 +45,8 @@ pub fn lookup(gw: &Gateway, req: &Request, trace: &mut Trace) -> Option<Response
     if judged.iter().any(|h| headers.contains_key(h)) {
         return None;
     }
-    let rt = gw.runtime();
-    let cfg = &rt.config.cache;
+    let snap = gw.snapshot();
+    let cfg = &snap.config.cache;
     if !cfg.enabled {
         return None;
     }
@@ -61,7 +61,7 @@ pub fn lookup(gw: &Gateway, req: &Request, trace: &mut Trace) -> Option<Response
     let presented = header_key
         .filter(|k| !k.is_empty())
         .or(query.api_key.as_deref().filter(|k| !k.is_empty()));
-    let tenant = rt.tenants.resolve(prefix, presented).ok()?;
+    let tenant = snap.tenants.resolve(prefix, presented).ok()?;
     let mut rest = query.rest;
     if let Some(site) = tenant.config.site.as_deref().filter(|_| !query.has_site) {
         append_param(&mut rest, "site", site);

@@ -35,11 +35,11 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::access::Trace;
+use crate::bodies::{BodyLease, BodyPool};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::forward::{forward, forward_lifted};
 use crate::gateway::Gateway;
-use crate::inbound::body::{BodyLease, BodyPool};
 use crate::inbound::Inbound;
 use coalesce::{Flight, Flights, Role, Shared};
 use key::Key;
@@ -136,8 +136,8 @@ pub async fn serve(
     req: Inbound,
     trace: &mut Trace,
 ) -> Result<Response, GatewayError> {
-    let rt = gw.runtime();
-    let cfg = &rt.config.cache;
+    let snap = gw.snapshot();
+    let cfg = &snap.config.cache;
     if !cfg.enabled {
         return forward(gw, req, trace).await;
     }
@@ -315,7 +315,7 @@ async fn fly(
     // Should this task end without an answer (a panic), the seats still
     // get one instead of waiting forever.
     let _unfinished = Unfinished(flight.clone(), tenant.clone());
-    let limit = gw.runtime().config.limits.max_buffered_bytes.get();
+    let limit = gw.snapshot().config.limits.max_buffered_bytes.get();
     let mut trace = Trace::default();
     let result = match forward_lifted(&gw, req, &mut trace, Some(&flight.lift)).await {
         Ok(resp) => buffer(resp, &gw.bodies, limit, tenant).await,

@@ -41,9 +41,6 @@ pub const TOTAL_HEADER: &str = "x-crmgate-export-total";
 /// Response header: the CRM's `totalPageCount` on the first page.
 pub const PAGES_HEADER: &str = "x-crmgate-export-pages";
 
-/// Every value of the `outcome` label of `crmgate_exports_total`.
-pub const OUTCOMES: [&str; 4] = ["complete", "failed", "hung_up", "refused"];
-
 /// An export asked for: what the request head said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Wanted {
@@ -112,8 +109,8 @@ pub async fn export(
         ));
     }
     let in_progress = InProgress::new(&gw.metrics.exports_in_progress);
-    let rt = gw.runtime();
-    let settings = rt.config.export.clone();
+    let snap = gw.snapshot();
+    let settings = snap.config.export.clone();
     let Inbound {
         tenant,
         mut ticket,
@@ -256,7 +253,7 @@ impl PageSource {
             tenant: self.tenant.clone(),
             ticket,
             out,
-            lease: body::BodyLease::new(&gw.bodies),
+            lease: crate::bodies::BodyLease::new(&gw.bodies),
         };
         let answer = crate::forward::forward(gw, inbound, trace).await?;
         if !answer.status().is_success() {
@@ -270,7 +267,7 @@ impl PageSource {
             return Ok(Err(Response::from_parts(parts, Body::from(bytes))));
         }
         let (parts, stream) = answer.into_parts();
-        let limit = gw.runtime().config.limits.max_buffered_bytes.get();
+        let limit = gw.snapshot().config.limits.max_buffered_bytes.get();
         let read = body::read(
             &parts.headers,
             stream,

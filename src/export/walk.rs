@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::ndjson::{self, ItemId, Lines, Page, Resume, Seen, Summary};
-use crate::inbound::body::BodyLease;
+use crate::bodies::BodyLease;
 use crate::rewrite::append_param;
 
 /// The request parameter that carries the history cursor.

@@ -77,15 +77,15 @@ pub async fn forward_lifted(
             .tenant_queue_wait
             .observe(&tenant.name, permit.waited);
         trace.attempts += 1;
-        let egress = gw.egress(permit.egress);
+        let egress = gw.clients.get(permit.egress);
         trace.egress = Some(egress.label.clone());
 
         // URL and key from one snapshot, taken at send time: a request queued
         // across a reload goes to the host that goes with the key. A tenant
         // the reload removed is served as it arrived.
-        let rt = gw.runtime();
-        let target: &Tenant = rt.tenants.get(&tenant.name).unwrap_or(&tenant);
-        let timeout = rt.config.upstream.request_timeout;
+        let snap = gw.snapshot();
+        let target: &Tenant = snap.tenants.get(&tenant.name).unwrap_or(&tenant);
+        let timeout = snap.config.upstream.request_timeout;
         let mut headers = out.headers.clone();
         headers.insert("x-api-key", key_header(&target.config.api_key));
         let send = egress
@@ -162,12 +162,12 @@ pub async fn forward_lifted(
         let attempt = Attempt {
             idempotent,
             made: trace.attempts,
-            max: rt.config.retry.max_attempts.get(),
+            max: snap.config.retry.max_attempts.get(),
             time_left: ticket.deadline.saturating_duration_since(Instant::now()),
         };
         let backoff = Backoff {
-            initial: rt.config.retry.initial_backoff,
-            max: rt.config.retry.max_backoff,
+            initial: snap.config.retry.initial_backoff,
+            max: snap.config.retry.max_backoff,
         };
         let jitter = rand::thread_rng().gen_range(0.5..=1.0);
         match retry::decide(outcome, attempt, backoff, jitter) {

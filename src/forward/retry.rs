@@ -204,6 +204,12 @@ mod tests {
     use Failure::*;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn every_retry_reason_has_its_own_series() {
+        let labels = RetryReason::ALL.map(RetryReason::as_str);
+        assert_eq!(labels, crate::metrics::RETRY_REASONS);
+    }
     const S: fn(u64) -> Duration = Duration::from_secs;
 
     const BACKOFF: Backoff = Backoff {

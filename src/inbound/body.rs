@@ -8,70 +8,23 @@
 //! queue of large bodies cannot exhaust memory. Bytes are counted as they
 //! arrive, before they are kept. This module never logs a body.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap};
 use bytes::BytesMut;
 use http_body_util::BodyExt;
 
+use crate::bodies::{BodyLease, BodyPool};
 use crate::error::GatewayError;
 use crate::rewrite::is_key_name;
 
-/// Bytes of request bodies held right now, across all requests.
-#[derive(Debug, Default)]
-pub struct BodyPool {
-    held: AtomicUsize,
-}
-
-impl BodyPool {
-    /// Bytes held now.
-    pub fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
-    }
-}
-
-/// The bytes one request holds in the pool; given back when dropped.
-#[derive(Debug)]
-pub struct BodyLease {
-    pool: Arc<BodyPool>,
-    bytes: usize,
-}
-
-impl BodyLease {
-    /// An empty lease.
-    pub fn new(pool: &Arc<BodyPool>) -> BodyLease {
-        BodyLease {
-            pool: pool.clone(),
-            bytes: 0,
-        }
-    }
-
-    /// Holds `more` bytes, unless that would pass `limit` in total.
-    pub fn grow(&mut self, more: usize, limit: usize) -> bool {
-        let pool = &self.pool.held;
-        let mut held = pool.load(Ordering::Relaxed);
-        loop {
-            let Some(next) = held.checked_add(more).filter(|n| *n <= limit) else {
-                return false;
-            };
-            match pool.compare_exchange_weak(held, next, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => {
-                    self.bytes += more;
-                    return true;
-                }
-                Err(now) => held = now,
-            }
-        }
-    }
-}
-
-impl Drop for BodyLease {
-    fn drop(&mut self) {
-        self.pool.held.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}
+/// The client sent no body bytes for `server.body_timeout`: the error the
+/// server's body timer ends a stalled body with (answered as 408).
+#[derive(Debug, thiserror::Error)]
+#[error("no request body bytes for {0:?}")]
+pub struct BodyStalled(pub Duration);
 
 /// Reads the whole body: at most `limit` bytes (by its declared length
 /// before reading, or while reading), held in `pool` within `pool_limit`.
@@ -105,7 +58,7 @@ pub async fn read(
         if len > limit {
             return Err(GatewayError::BodyTooLarge { limit });
         }
-        if len > lease.bytes && !lease.grow(len - lease.bytes, pool_limit) {
+        if len > lease.bytes() && !lease.grow(len - lease.bytes(), pool_limit) {
             return Err(GatewayError::BuffersFull);
         }
         // One chunk (the usual case) is kept as it came, without a copy.
@@ -127,7 +80,7 @@ pub async fn read(
 fn read_error(e: axum::Error) -> GatewayError {
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
-        if let Some(stalled) = s.downcast_ref::<crate::server::BodyStalled>() {
+        if let Some(stalled) = s.downcast_ref::<BodyStalled>() {
             return GatewayError::BodyTimeout { timeout: stalled.0 };
         }
         source = s.source();

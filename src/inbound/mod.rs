@@ -24,9 +24,10 @@ pub mod body;
 pub mod multipart;
 
 use crate::access::Trace;
+use crate::bodies::{BodyLease, BodyPool};
 use crate::classify::{classify, Class};
 use crate::error::GatewayError;
-use crate::gateway::Runtime;
+use crate::live::Snapshot;
 use crate::rewrite::{
     append_param, is_form, is_multipart, strip_api_key, upstream_headers, Stripped,
 };
@@ -52,7 +53,7 @@ pub struct Inbound {
     /// What goes to the CRM, minus the real key and the base URL.
     pub out: Outgoing,
     /// The body's bytes in the pool of held bodies, until the request ends.
-    pub lease: body::BodyLease,
+    pub lease: BodyLease,
 }
 
 impl Inbound {
@@ -85,8 +86,8 @@ pub struct Outgoing {
 /// Reads and checks one request into an [`Inbound`]; records the tenant and
 /// class in `trace` as soon as they are known.
 pub async fn read(
-    rt: &Runtime,
-    pool: &Arc<body::BodyPool>,
+    snap: &Snapshot,
+    pool: &Arc<BodyPool>,
     peer: SocketAddr,
     req: Request,
     request_id: &str,
@@ -112,11 +113,11 @@ pub async fn read(
     // when the body is first read).
     let multipart = is_multipart(&parts.headers);
     let early = match &early_key {
-        Some(key) => Some(rt.tenants.resolve(prefix, Some(key))?),
-        None if !is_form(&parts.headers) && !multipart => Some(rt.tenants.resolve(prefix, None)?),
+        Some(key) => Some(snap.tenants.resolve(prefix, Some(key))?),
+        None if !is_form(&parts.headers) && !multipart => Some(snap.tenants.resolve(prefix, None)?),
         None => {
             if let Some(name) = prefix {
-                if rt.tenants.get(name).is_none() {
+                if snap.tenants.get(name).is_none() {
                     return Err(GatewayError::UnknownTenant(name.to_string()));
                 }
             }
@@ -143,9 +144,9 @@ pub async fn read(
     let (body, lease) = body::read(
         &parts.headers,
         body,
-        rt.config.server.max_body_bytes,
+        snap.config.server.max_body_bytes,
         pool,
-        rt.config.limits.max_buffered_bytes.get(),
+        snap.config.limits.max_buffered_bytes.get(),
     )
     .await?;
     if body::has_key_field(&parts.headers, &body) {
@@ -165,13 +166,13 @@ pub async fn read(
     let presented = early_key.or_else(|| form.as_ref().and_then(|f| given(&f.api_key())));
     let tenant = match early {
         Some(t) => t,
-        None => rt.tenants.resolve(prefix, presented.as_deref())?,
+        None => snap.tenants.resolve(prefix, presented.as_deref())?,
     };
     trace.tenant = Some(tenant.name.clone());
     trace.class = Some(class);
 
     let priority = priority(&parts.headers)?;
-    let max_wait = max_wait(&parts.headers, rt.config.limits.max_queue_wait)?;
+    let max_wait = max_wait(&parts.headers, snap.config.limits.max_queue_wait)?;
     let out = outgoing(
         &tenant, &parts, api_path, query, form, body, peer, request_id,
     );

@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::config::Config;
-use crate::tenant::Tenants;
 use axum::body::Body;
 
 const CONFIG: &str = r#"
@@ -20,21 +19,20 @@ base_url = "https://open.retailcrm.ru"
 api_key = "real-open-key-0002"
 "#;
 
-fn runtime(extra: &str) -> Runtime {
+fn snapshot(extra: &str) -> Snapshot {
     let config = Config::from_toml(&format!("{extra}\n{CONFIG}"), "test.toml", &|_| None)
         .expect("valid config");
-    let tenants = Tenants::new(&config.tenants);
-    Runtime { config, tenants }
+    Snapshot::new(config)
 }
 
 fn peer() -> SocketAddr {
     "127.0.0.9:5555".parse().unwrap()
 }
 
-async fn read_one(rt: &Runtime, req: Request) -> Result<(Inbound, Trace), GatewayError> {
+async fn read_one(snap: &Snapshot, req: Request) -> Result<(Inbound, Trace), GatewayError> {
     let mut trace = Trace::default();
-    let pool = Arc::new(body::BodyPool::default());
-    let r = read(rt, &pool, peer(), req, "rid-1", &mut trace).await?;
+    let pool = Arc::new(BodyPool::default());
+    let r = read(snap, &pool, peer(), req, "rid-1", &mut trace).await?;
     Ok((r, trace))
 }
 
@@ -92,13 +90,13 @@ fn control_headers_are_checked() {
 
 #[tokio::test]
 async fn a_get_is_stripped_of_its_key_and_given_the_site() {
-    let rt = runtime("");
+    let snap = snapshot("");
     let req = Request::get("/api/v5/orders?apiKey=ck-acme-1&filter%5Bids%5D%5B%5D=7")
         .header("x-forwarded-for", "10.1.1.1")
         .header("x-crmgate-priority", "low")
         .body(Body::empty())
         .unwrap();
-    let (r, trace) = read_one(&rt, req).await.unwrap();
+    let (r, trace) = read_one(&snap, req).await.unwrap();
     assert_eq!(&*r.tenant.name, "acme");
     assert_eq!(trace.tenant.as_deref(), Some("acme"));
     assert_eq!(r.class(), Class::General);
@@ -117,12 +115,12 @@ async fn a_get_is_stripped_of_its_key_and_given_the_site() {
 
 #[tokio::test]
 async fn a_form_post_keeps_its_site_and_loses_its_key() {
-    let rt = runtime("");
+    let snap = snapshot("");
     let req = Request::post("/api/v5/orders/create")
         .header("content-type", "application/x-www-form-urlencoded")
         .body(Body::from("site=other&apiKey=ck-acme-1&order=%7B%7D"))
         .unwrap();
-    let (r, _) = read_one(&rt, req).await.unwrap();
+    let (r, _) = read_one(&snap, req).await.unwrap();
     assert_eq!(r.out.body, Bytes::from_static(b"site=other&order=%7B%7D"));
     assert_eq!(r.out.path, "/api/v5/orders/create");
     assert_eq!(r.out.query, None);
@@ -131,11 +129,11 @@ async fn a_form_post_keeps_its_site_and_loses_its_key() {
 
 #[tokio::test]
 async fn the_tenant_comes_from_the_prefix_for_an_open_tenant() {
-    let rt = runtime("");
+    let snap = snapshot("");
     let req = Request::get("/open/api/v5/telephony/call/event")
         .body(Body::empty())
         .unwrap();
-    let (r, _) = read_one(&rt, req).await.unwrap();
+    let (r, _) = read_one(&snap, req).await.unwrap();
     assert_eq!(&*r.tenant.name, "open");
     assert_eq!(r.class(), Class::Telephony);
     // Fairness by source address when there is no client key.
@@ -152,20 +150,20 @@ fn unreadable() -> Body {
 
 #[tokio::test]
 async fn a_wrong_or_unknown_caller_is_refused_before_the_body_is_read() {
-    let rt = runtime("");
+    let snap = snapshot("");
     let wrong = Request::post("/api/v5/orders/create")
         .header("x-api-key", "not-a-key")
         .body(unreadable())
         .unwrap();
     assert!(matches!(
-        read_one(&rt, wrong).await,
+        read_one(&snap, wrong).await,
         Err(GatewayError::WrongKey)
     ));
     let unknown = Request::post("/nobody/api/v5/orders/create")
         .body(unreadable())
         .unwrap();
     assert!(matches!(
-        read_one(&rt, unknown).await,
+        read_one(&snap, unknown).await,
         Err(GatewayError::UnknownTenant(_))
     ));
     // Without a key outside the body, and a body that cannot hold one (not
@@ -175,7 +173,7 @@ async fn a_wrong_or_unknown_caller_is_refused_before_the_body_is_read() {
         .body(unreadable())
         .unwrap();
     assert!(matches!(
-        read_one(&rt, missing).await,
+        read_one(&snap, missing).await,
         Err(GatewayError::MissingKey)
     ));
     // A form body may carry the key: it must be read to find it.
@@ -184,21 +182,21 @@ async fn a_wrong_or_unknown_caller_is_refused_before_the_body_is_read() {
         .body(unreadable())
         .unwrap();
     assert!(matches!(
-        read_one(&rt, in_body).await,
+        read_one(&snap, in_body).await,
         Err(GatewayError::BadRequest(_))
     ));
 }
 
 #[tokio::test]
 async fn only_get_head_and_post_are_forwarded() {
-    let rt = runtime("");
+    let snap = snapshot("");
     for method in ["TRACE", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT"] {
         let req = Request::builder()
             .method(method)
             .uri("/api/v5/orders?apiKey=ck-acme-1")
             .body(unreadable())
             .unwrap();
-        match read_one(&rt, req).await {
+        match read_one(&snap, req).await {
             Err(GatewayError::MethodNotAllowed(m)) => assert_eq!(m, method),
             other => panic!("{method}: {other:?}"),
         }
@@ -209,20 +207,20 @@ async fn only_get_head_and_post_are_forwarded() {
             .uri("/api/v5/orders?apiKey=ck-acme-1")
             .body(Body::empty())
             .unwrap();
-        assert!(read_one(&rt, req).await.is_ok(), "{method}");
+        assert!(read_one(&snap, req).await.is_ok(), "{method}");
     }
 }
 
 #[tokio::test]
 async fn an_oversized_body_is_refused() {
-    let rt = runtime("[server]\nmax_body_bytes = 16");
+    let snap = snapshot("[server]\nmax_body_bytes = 16");
     let declared = Request::post("/api/v5/orders/create")
         .header("x-api-key", "ck-acme-1")
         .header("content-length", "17")
         .body(Body::from("x".repeat(17)))
         .unwrap();
     assert!(matches!(
-        read_one(&rt, declared).await,
+        read_one(&snap, declared).await,
         Err(GatewayError::BodyTooLarge { limit: 16 })
     ));
     let streamed = Request::post("/api/v5/orders/create")
@@ -233,7 +231,7 @@ async fn an_oversized_body_is_refused() {
         ])))
         .unwrap();
     assert!(matches!(
-        read_one(&rt, streamed).await,
+        read_one(&snap, streamed).await,
         Err(GatewayError::BodyTooLarge { limit: 16 })
     ));
 }
@@ -273,7 +271,7 @@ fn part(name: &str, value: &str) -> String {
 
 #[tokio::test]
 async fn a_multipart_post_loses_its_key_parts_and_gains_the_site() {
-    let rt = runtime("");
+    let snap = snapshot("");
     let order = part("order", "{\"externalId\":\"m1\"}");
     let sent = format!(
         "{}{order}{}--------------------------9f2c--\r\n",
@@ -284,7 +282,7 @@ async fn a_multipart_post_loses_its_key_parts_and_gains_the_site() {
         .header("content-type", MULTIPART)
         .body(Body::from(sent))
         .unwrap();
-    let (r, _) = read_one(&rt, req).await.unwrap();
+    let (r, _) = read_one(&snap, req).await.unwrap();
     assert_eq!(&*r.tenant.name, "acme");
     assert_eq!(&*r.ticket.client, "ck-acme-1");
     assert_eq!(
@@ -300,7 +298,7 @@ async fn a_multipart_post_loses_its_key_parts_and_gains_the_site() {
 
 #[tokio::test]
 async fn a_multipart_post_without_a_key_part_uses_the_header_key() {
-    let rt = runtime("");
+    let snap = snapshot("");
     let sent = format!(
         "{}{}--------------------------9f2c--",
         part("site", "other"),
@@ -311,7 +309,7 @@ async fn a_multipart_post_without_a_key_part_uses_the_header_key() {
         .header("x-api-key", "ck-acme-1")
         .body(Body::from(sent.clone()))
         .unwrap();
-    let (r, _) = read_one(&rt, req).await.unwrap();
+    let (r, _) = read_one(&snap, req).await.unwrap();
     assert_eq!(r.out.body, sent.as_bytes(), "byte-exact, site kept");
     // Without any key: missing, once the body showed none.
     let req = Request::post("/api/v5/orders/create")
@@ -319,14 +317,14 @@ async fn a_multipart_post_without_a_key_part_uses_the_header_key() {
         .body(Body::from(sent))
         .unwrap();
     assert!(matches!(
-        read_one(&rt, req).await,
+        read_one(&snap, req).await,
         Err(GatewayError::MissingKey)
     ));
 }
 
 #[tokio::test]
 async fn a_malformed_multipart_body_is_refused_even_with_a_header_key() {
-    let rt = runtime("");
+    let snap = snapshot("");
     for (ct, sent) in [
         ("multipart/form-data", part("order", "{}")),
         (MULTIPART, part("order", "{}")),
@@ -340,7 +338,7 @@ async fn a_malformed_multipart_body_is_refused_even_with_a_header_key() {
             .header("x-api-key", "ck-acme-1")
             .body(Body::from(sent.clone()))
             .unwrap();
-        match read_one(&rt, req).await {
+        match read_one(&snap, req).await {
             Err(GatewayError::BadRequest(m)) => assert!(m.contains("multipart"), "{m}"),
             other => panic!("{sent:?}: {other:?}"),
         }
@@ -352,7 +350,7 @@ async fn a_malformed_multipart_body_is_refused_even_with_a_header_key() {
         .body(unreadable())
         .unwrap();
     assert!(matches!(
-        read_one(&rt, req).await,
+        read_one(&snap, req).await,
         Err(GatewayError::WrongKey)
     ));
 }

@@ -54,7 +54,7 @@ async fn the_page_holds_the_numbers_and_no_key() {
     assert!(html.contains("data-field=\"5xx\">1<"));
     assert!(html.contains("data-field=\"configured\" data-value=\"10\">10/s<"));
     assert!(html.contains("data-field=\"configured\" data-value=\"40\">40/s<"));
-    assert!(html.contains(&gw.runtime().config.checksum));
+    assert!(html.contains(&gw.snapshot().config.checksum));
     // Not ready until the server runs.
     assert!(html.contains("id=\"f-state\" data-value=\"false\""));
     // Self-contained: nothing loaded from elsewhere.

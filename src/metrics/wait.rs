@@ -35,7 +35,7 @@ struct WaitSlot {
 /// `/status`. A tenant's window is a ring of per-second histograms, so old
 /// seconds fall out without any sweeping task.
 pub struct WaitWindows {
-    pub(super) origin: Instant,
+    origin: Instant,
     tenants: DashMap<Arc<str>, Mutex<Box<[WaitSlot]>>>,
 }
 
@@ -79,7 +79,7 @@ impl WaitWindows {
         now.saturating_duration_since(self.origin).as_secs()
     }
 
-    pub(super) fn observe_at(&self, tenant: &Arc<str>, waited: Duration, now: Instant) {
+    fn observe_at(&self, tenant: &Arc<str>, waited: Duration, now: Instant) {
         let second = self.second(now);
         let ms = waited.as_secs_f64() * 1000.0;
         let bucket = WAIT_BOUNDS_MS.partition_point(|b| *b < ms);
@@ -108,7 +108,7 @@ impl WaitWindows {
         slot.counts[bucket] = slot.counts[bucket].saturating_add(1);
     }
 
-    pub(super) fn quantiles_at(&self, tenant: &str, now: Instant) -> Option<WaitQuantiles> {
+    fn quantiles_at(&self, tenant: &str, now: Instant) -> Option<WaitQuantiles> {
         let window = self.tenants.get(tenant)?;
         let second = self.second(now);
         let mut counts = [0u64; WAIT_BUCKETS];
@@ -147,4 +147,65 @@ fn quantile(counts: &[u64; WAIT_BUCKETS], total: u64, q: f64) -> f64 {
         below += n;
     }
     WAIT_BOUNDS_MS[WAIT_BOUNDS_MS.len() - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn quantiles_interpolate_inside_a_bucket() {
+        let w = WaitWindows::new();
+        let t: Arc<str> = Arc::from("acme");
+        let at = w.origin;
+        // All in (7, 10] ms: the median sits half way, p95 near the top.
+        for _ in 0..100 {
+            w.observe_at(&t, ms(9), at);
+        }
+        let q = w.quantiles_at("acme", at).unwrap();
+        assert_eq!(q.count, 100);
+        assert_eq!(q.p50_ms, 8.5);
+        assert_eq!(q.p95_ms, 9.9);
+        assert_eq!(w.quantiles_at("nobody", at), None);
+    }
+
+    #[test]
+    fn quantiles_separate_fast_and_slow_waits() {
+        let w = WaitWindows::new();
+        let t: Arc<str> = Arc::from("acme");
+        let at = w.origin;
+        for _ in 0..90 {
+            w.observe_at(&t, Duration::ZERO, at);
+        }
+        for _ in 0..10 {
+            w.observe_at(&t, ms(2500), at);
+        }
+        let q = w.quantiles_at("acme", at).unwrap();
+        assert!(q.p50_ms <= 1.0, "{q:?}");
+        assert!((2000.0..=3000.0).contains(&q.p95_ms), "{q:?}");
+        // Above the last bound, the last bound (the queue deadline caps waits).
+        w.observe_at(&t, Duration::from_secs(120), at);
+        let q = w.quantiles_at("acme", at).unwrap();
+        assert!(q.p95_ms <= 30_000.0, "{q:?}");
+    }
+
+    #[test]
+    fn waits_older_than_a_minute_fall_out() {
+        let w = WaitWindows::new();
+        let t: Arc<str> = Arc::from("acme");
+        let start = w.origin;
+        w.observe_at(&t, ms(500), start);
+        let s = |n: u64| start + Duration::from_secs(n);
+        assert_eq!(w.quantiles_at("acme", s(59)).unwrap().count, 1);
+        assert_eq!(w.quantiles_at("acme", s(60)), None, "a minute later");
+        // Second 60 reuses second 0's slot: only the new wait counts.
+        w.observe_at(&t, ms(5), s(60));
+        let q = w.quantiles_at("acme", s(60)).unwrap();
+        assert_eq!(q.count, 1);
+        assert!(q.p95_ms <= 5.0, "{q:?}");
+    }
 }

@@ -2,11 +2,14 @@
 //!
 //! Labels are bounded and come from config only: tenant name, class, egress
 //! label (IP from config, or "default"), status code, reason. Never a path,
-//! a client key or a request id. Gauges that describe queues and budgets are
-//! refreshed from the gateway at scrape time ([`refresh_gauges`]) rather
-//! than on every change.
+//! a client key or a request id. Every label value crmgate defines itself is
+//! listed here, so the series exist at 0 from the start. Gauges that
+//! describe queues and budgets are refreshed at scrape time
+//! (`crate::status::refresh_gauges`) rather than on every change.
+//!
+//! A leaf: the stages write into it, and it imports none of them.
 
-use std::sync::atomic::Ordering;
+mod wait;
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -15,8 +18,7 @@ use prometheus::{
 
 use crate::classify::Class;
 use crate::config::Config;
-use crate::forward::retry::RetryReason;
-use crate::gateway::Gateway;
+pub use wait::{WaitQuantiles, WaitWindows, WAIT_WINDOW_SECS};
 
 /// Every metric crmgate exports.
 pub struct Metrics {
@@ -55,21 +57,21 @@ pub struct Metrics {
     pub uptime: prometheus::Gauge,
     /// Queue waits per tenant over the last minute, for `/status` and the
     /// status page (not exported: quantiles per tenant belong to the page).
-    pub tenant_queue_wait: crate::history::WaitWindows,
+    pub tenant_queue_wait: WaitWindows,
     /// Open client connections, by listener (`api`, `admin`).
     pub connections_open: IntGaugeVec,
     /// Connections closed at once because the listener was full, by listener.
     pub connections_refused: IntCounterVec,
     /// Exports streaming now.
     pub exports_in_progress: IntGauge,
-    /// Exports by how they ended (`crate::export::OUTCOMES`).
+    /// Exports by how they ended ([`EXPORT_OUTCOMES`]).
     pub exports: IntCounterVec,
     /// Export pages fetched, by tenant.
     pub export_pages: IntCounterVec,
     /// Export items written, by tenant.
     pub export_items: IntCounterVec,
     /// Creates that failed after sending, by tenant and how they ended
-    /// ([`crate::reconcile::Outcome`]).
+    /// ([`RECONCILE_OUTCOMES`]).
     pub reconciled: IntCounterVec,
     /// GETs through the cache stage, by tenant and result (hit, miss,
     /// coalesced, stale, bypass).
@@ -92,6 +94,43 @@ pub const UPSTREAM_STATUSES: [&str; 4] = ["200", "503", "429", "error"];
 
 /// Every value of the `listener` label.
 pub const LISTENERS: [&str; 2] = ["api", "admin"];
+
+/// Every value of the `reason` label of `crmgate_rejections_total`
+/// (`GatewayError::rejection`).
+pub const REJECTION_REASONS: [&str; 15] = [
+    "unknown_tenant",
+    "bad_key",
+    "body_too_large",
+    "bad_request",
+    "queue_full",
+    "buffers_full",
+    "deadline",
+    "shutdown",
+    "client_gone",
+    "browser",
+    "host",
+    "headers_too_large",
+    "body_timeout",
+    "unauthorized",
+    "batch_too_large",
+];
+
+/// Every value of the `reason` label of `crmgate_retries_total`
+/// (`forward::retry::RetryReason`).
+pub const RETRY_REASONS: [&str; 4] = ["throttled", "connect", "reset", "timeout"];
+
+/// Every value of the `outcome` label of `crmgate_exports_total`.
+pub const EXPORT_OUTCOMES: [&str; 4] = ["complete", "failed", "hung_up", "refused"];
+
+/// Every value of the `outcome` label of `crmgate_reconciled_total`
+/// (`reconcile::Outcome`).
+pub const RECONCILE_OUTCOMES: [&str; 5] = [
+    "found",
+    "resent",
+    "lookup_failed",
+    "exhausted",
+    "no_external_id",
+];
 
 const WAIT_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0,
@@ -176,7 +215,7 @@ impl Metrics {
             "Exports (X-Crmgate-Export) by how they ended: complete, failed, hung_up, refused.",
             &["outcome"],
         );
-        for outcome in crate::export::OUTCOMES {
+        for outcome in EXPORT_OUTCOMES {
             exports.with_label_values(&[outcome]);
         }
         let export_pages = counter(
@@ -326,7 +365,7 @@ impl Metrics {
             config_reloads,
             redis_fallback,
             uptime,
-            tenant_queue_wait: crate::history::WaitWindows::new(),
+            tenant_queue_wait: WaitWindows::new(),
             connections_open,
             connections_refused,
             exports_in_progress,
@@ -349,7 +388,7 @@ impl Metrics {
     /// when the gateway is built and after every reload (a tenant may be
     /// new). Series of a tenant a reload removed stay, frozen.
     pub fn init_series(&self, config: &Config, egress_labels: &[&str]) {
-        for reason in crate::error::REJECTION_REASONS {
+        for reason in REJECTION_REASONS {
             self.rejections.with_label_values(&[reason]);
         }
         for outcome in ["success", "failure"] {
@@ -358,8 +397,8 @@ impl Metrics {
         for class in Class::ALL {
             let class = class.as_str();
             self.queue_wait.with_label_values(&[class]);
-            for reason in RetryReason::ALL {
-                self.retries.with_label_values(&[class, reason.as_str()]);
+            for reason in RETRY_REASONS {
+                self.retries.with_label_values(&[class, reason]);
             }
             for egress in egress_labels {
                 self.upstream_latency.with_label_values(&[egress, class]);
@@ -380,9 +419,8 @@ impl Metrics {
             }
         }
         for tenant in &config.tenants {
-            for outcome in crate::reconcile::Outcome::ALL {
-                self.reconciled
-                    .with_label_values(&[&tenant.name, outcome.as_str()]);
+            for outcome in RECONCILE_OUTCOMES {
+                self.reconciled.with_label_values(&[&tenant.name, outcome]);
             }
             self.export_pages.with_label_values(&[&tenant.name]);
             self.export_items.with_label_values(&[&tenant.name]);
@@ -402,57 +440,5 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
-    }
-}
-
-/// Sets the gauges that describe queues and budgets from the gateway's
-/// state now (called per scrape), and catches `client_gone` rejections up
-/// with the scheduler's count of withdrawn waiters.
-pub fn refresh_gauges(gw: &Gateway) {
-    let m = &gw.metrics;
-    let rt = gw.runtime();
-    m.uptime.set(gw.uptime().as_secs_f64());
-    let fallback = gw.scheduler.shared_state().is_some_and(|(f, _)| f);
-    m.redis_fallback.set(i64::from(fallback));
-    let gone = m.rejections.with_label_values(&["client_gone"]);
-    gone.inc_by(gw.scheduler.withdrawn().saturating_sub(gone.get()));
-    m.queue_capacity
-        .set(rt.config.limits.queue_capacity.get() as i64);
-    let (bytes, entries) = gw.cache.usage();
-    m.cache_bytes.set(bytes as i64);
-    m.cache_entries.set(entries as i64);
-    for t in rt.tenants.iter() {
-        for class in Class::ALL {
-            m.queue_depth
-                .with_label_values(&[&t.name, class.as_str()])
-                .set(0);
-        }
-        m.inflight
-            .with_label_values(&[&t.name])
-            .set(gw.stats(&t.name).inflight.load(Ordering::Relaxed) as i64);
-    }
-    // With per-account budgets a class has several lanes; the effective
-    // rate shown is the most reduced one.
-    let lanes = gw.scheduler.snapshot();
-    for lane in &lanes {
-        for (tenant, n) in &lane.queued_by_tenant {
-            m.queue_depth
-                .with_label_values(&[tenant, lane.class.as_str()])
-                .add(*n as i64);
-        }
-    }
-    for (i, egress) in gw.egress_all().iter().enumerate() {
-        for class in Class::ALL {
-            let labels = [egress.label.as_str(), class.as_str()];
-            let configured = f64::from(rt.config.rate(class).get());
-            let effective = lanes
-                .iter()
-                .filter(|l| l.class == class)
-                .filter_map(|l| l.budgets.get(i))
-                .map(|b| b.effective_rate)
-                .fold(configured, f64::min);
-            m.rate_limit.with_label_values(&labels).set(configured);
-            m.effective_rate.with_label_values(&labels).set(effective);
-        }
     }
 }

@@ -11,10 +11,10 @@
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
+use super::Gateway;
 use crate::config::{Config, ConfigError};
 use crate::egress;
-use crate::gateway::{Gateway, Runtime};
-use crate::tenant::Tenants;
+use crate::live::Snapshot;
 
 /// A reload that was refused; the old config stays in force.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +69,9 @@ impl Gateway {
             .with_label_values(&[outcome])
             .inc();
         match &result {
-            Ok(()) => tracing::info!(checksum = %self.runtime().config.checksum, "config reloaded"),
+            Ok(()) => {
+                tracing::info!(checksum = %self.snapshot().config.checksum, "config reloaded")
+            }
             Err(e) => {
                 for line in e.to_string().lines() {
                     tracing::error!(
@@ -88,7 +90,7 @@ impl Gateway {
     /// the config.
     pub fn apply(&self, mut new: Config) -> Result<(), ReloadError> {
         let _one_at_a_time = self.reloader.lock();
-        let old = self.runtime();
+        let old = self.snapshot();
         for setting in keep_restart_only(&old.config, &mut new) {
             tracing::warn!(
                 setting,
@@ -123,14 +125,7 @@ impl Gateway {
         let labels: Vec<&str> = egress.iter().map(|e| e.label.as_str()).collect();
         self.metrics.init_series(&new, &labels);
         self.cache.reconfigure(&new);
-        let tenants = Tenants::new(&new.tenants);
-        self.put_in_force(
-            Runtime {
-                config: new,
-                tenants,
-            },
-            clients,
-        );
+        self.put_in_force(Snapshot::new(new), clients);
         Ok(())
     }
 }

@@ -1,13 +1,13 @@
 //! The gateway's shared state: the config in force, the scheduler, the
 //! egress clients, metrics, per-tenant counters and drain bookkeeping.
 //!
-//! The config and tenant index sit behind one `ArcSwap`, and the egress
-//! clients behind another, so a reload ([`crate::reload`]) swaps each in one
+//! The config and tenant index sit behind one `ArcSwap` ([`Live`]), and the
+//! egress clients behind another ([`Clients`]), so a reload ([`reload`]) swaps each in one
 //! step: a request sees either the old config or the new one, never a mix,
 //! and a send uses whole clients, old or new. Queued requests keep their
 //! places across a reload (the scheduler is reshaped, not replaced). The
-//! `/status` document is assembled in [`crate::status`], the scrape-time
-//! gauges in [`crate::metrics`]. Nothing here logs a key.
+//! `/status` document and the scrape-time gauges are assembled in
+//! [`crate::status`]. Nothing here logs a key.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,26 +15,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
-use crate::classify::Class;
+use crate::bodies::BodyPool;
 use crate::config::Config;
 use crate::drain::Drain;
-use crate::egress::{self, Egress};
-use crate::inbound::body::BodyPool;
+use crate::egress::{self, Clients, Egress};
+use crate::live::{Live, Snapshot};
 use crate::metrics::Metrics;
-use crate::reload::Reloader;
 use crate::scheduler::Scheduler;
-use crate::tenant::Tenants;
+use reload::Reloader;
 
-/// The config in force and what is derived from it.
-pub struct Runtime {
-    /// The validated config.
-    pub config: Config,
-    /// Tenants indexed by name and client key.
-    pub tenants: Tenants,
-}
+pub mod reload;
 
 /// Per-tenant counters for `/status`.
 #[derive(Default)]
@@ -65,14 +57,14 @@ impl Drop for InFlight {
 
 /// Everything a request handler needs.
 pub struct Gateway {
-    runtime: ArcSwap<Runtime>,
+    /// The config in force.
+    pub live: Arc<Live>,
     /// The scheduler all requests wait in.
     pub scheduler: Scheduler,
-    /// Outbound clients, indexed like the scheduler's budgets. Replaced as a
-    /// whole when a reload changes client settings (timeouts).
-    egress: ArcSwap<Vec<Egress>>,
+    /// Outbound clients, indexed like the scheduler's budgets.
+    pub clients: Arc<Clients>,
     /// Prometheus metrics.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Readiness and the counts a graceful shutdown reports.
     pub drain: Drain,
     /// Request bodies held now (bounded by `limits.max_buffered_bytes`).
@@ -93,33 +85,18 @@ impl Gateway {
         config_path: Option<PathBuf>,
     ) -> Result<Arc<Gateway>, reqwest::Error> {
         let scheduler = Scheduler::new(&config);
-        let metrics = Metrics::new();
+        let metrics = Arc::new(Metrics::new());
         let egress = egress::build(&config, &scheduler, &metrics.upstream_connections)?;
-        let tenants = Tenants::new(&config.tenants);
         // Counters exist from the start at 0, so `increase()` in alerts sees
         // the very first 503 or rejection.
-        for e in &egress {
-            for class in Class::ALL {
-                for status in ["503", "429"] {
-                    metrics.upstream_throttled.with_label_values(&[
-                        &e.label,
-                        class.as_str(),
-                        status,
-                    ]);
-                }
-            }
-        }
-        for reason in crate::error::REJECTION_REASONS {
-            metrics.rejections.with_label_values(&[reason]);
-        }
         let labels: Vec<&str> = egress.iter().map(|e| e.label.as_str()).collect();
         metrics.init_series(&config, &labels);
         let cache = crate::cache::Cache::new(&config, &metrics);
         let gw = Gateway {
             cache,
-            runtime: ArcSwap::from_pointee(Runtime { config, tenants }),
+            live: Arc::new(Live::new(config)),
             scheduler,
-            egress: ArcSwap::from_pointee(egress),
+            clients: Arc::new(Clients::new(egress)),
             metrics,
             drain: Drain::new(),
             bodies: Arc::default(),
@@ -130,31 +107,24 @@ impl Gateway {
         Ok(Arc::new(gw))
     }
 
-    /// The config in force (a snapshot: keep it for one request).
-    pub fn runtime(&self) -> Arc<Runtime> {
-        self.runtime.load_full()
-    }
-
-    /// Egress `i` as it is now (the scheduler's permit names `i`). Take it
-    /// per send: a request keeps the client it sent on until its answer is
-    /// streamed, even if a reload replaces the clients meanwhile.
-    pub fn egress(&self, i: usize) -> Egress {
-        self.egress.load()[i].clone()
+    /// The config in force (keep it for one request).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.snapshot()
     }
 
     /// Every egress as it is now, in budget order.
     pub fn egress_all(&self) -> Arc<Vec<Egress>> {
-        self.egress.load_full()
+        self.clients.all()
     }
 
     /// Puts a new config in force, and new egress clients first if given, so
     /// a request that reads the new config also finds the new clients.
-    /// Only [`crate::reload`] calls this, under its lock.
-    pub(crate) fn put_in_force(&self, runtime: Runtime, egress: Option<Vec<Egress>>) {
+    /// Only [`reload`] calls this, under its lock.
+    fn put_in_force(&self, snapshot: Snapshot, egress: Option<Vec<Egress>>) {
         if let Some(egress) = egress {
-            self.egress.store(Arc::new(egress));
+            self.clients.replace(egress);
         }
-        self.runtime.store(Arc::new(runtime));
+        self.live.put(snapshot);
     }
 
     /// Counters of one tenant.
