@@ -7,6 +7,9 @@
 //! real redis-server whose scripts read "now" from the test's clock instead
 //! of `TIME`, so both run on one time base and nothing here sleeps.
 //!
+//! The comparison runs on one redis-server and on a three-master Redis
+//! Cluster (where every script's keys must share a slot).
+//!
 //! The Redis test starts its own redis-server on a free port; without one on
 //! PATH it skips loudly (CRMGATE_REQUIRE_ALL=1 or CRMGATE_REQUIRE_REDIS=1 makes that a failure). The
 //! check that the sequence exercises every rule needs no Redis.
@@ -20,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::RedisServer;
+use common::{Cluster, RedisServer};
 use crmgate::classify::Class;
 use crmgate::config::Config;
 use crmgate::scheduler::{Budget, BudgetShape, Shared};
@@ -225,7 +228,9 @@ enum Perturbation {
     NoReload,
 }
 
-fn config(redis_url: &str, prefix: &str, adaptive: bool) -> Config {
+/// The test's config on the Redis that `topology` names (a `[redis]` line:
+/// `url = ...` or `cluster_nodes = [...]`).
+fn config(topology: &str, prefix: &str, adaptive: bool) -> Config {
     let text = format!(
         r#"
 [upstream]
@@ -240,7 +245,7 @@ decrease_factor = 0.5
 recovery_per_second = 1.0
 min_rate = 1.0
 [redis]
-url = "{redis_url}"
+{topology}
 key_prefix = "{prefix}"
 # Generous: a loaded machine must not push the test into fallback.
 timeout = "5s"
@@ -363,8 +368,8 @@ fn reference(
 
 /// The slots the Redis scripts give for `events`, through [`Shared`]'s own
 /// calls, on the test's clock.
-async fn redis_slots(redis: &RedisServer, events: &[(u64, Event)]) -> Vec<Slot> {
-    let config = config(&redis.url(), "equivalence", true);
+async fn redis_slots(topology: &str, events: &[(u64, Event)]) -> Vec<Slot> {
+    let config = config(topology, "equivalence", true);
     let clock = Arc::new(AtomicU64::new(BASE_US));
     let shared = Shared::with_clock(&config, clock.clone());
     let class = Class::General;
@@ -403,7 +408,7 @@ async fn redis_slots(redis: &RedisServer, events: &[(u64, Event)]) -> Vec<Slot> 
             }
             Event::Late { egress, by } => shared.delayed(egress, class, None, by).await,
             Event::Reload { adaptive } => {
-                shared.reconfigure(&self::config(&redis.url(), "equivalence", adaptive))
+                shared.reconfigure(&self::config(topology, "equivalence", adaptive))
             }
         }
         // `throttled` and `delayed` are best effort: a failure only shows as
@@ -467,24 +472,40 @@ fn table(
     out
 }
 
-#[tokio::test]
-async fn the_redis_scripts_give_the_slots_of_the_rust_budget() {
-    let Some(redis) = RedisServer::start().await else {
-        return;
-    };
+/// The sequence through Redis at `topology` against the reference.
+async fn compare(topology: &str) {
     let events = sequence();
     let (expected, decided) = reference(
-        &config(&redis.url(), "equivalence", true),
+        &config(topology, "equivalence", true),
         &events,
         Perturbation::None,
     );
-    let got = redis_slots(&redis, &events).await;
+    let got = redis_slots(topology, &events).await;
     if let Some(diff) = first_difference(&expected, &got, TOLERANCE_US) {
         panic!(
             "the Redis scripts diverge from the Rust budget: {diff}\n{}",
             table(&events, &expected, &decided, &got)
         );
     }
+}
+
+#[tokio::test]
+async fn the_redis_scripts_give_the_slots_of_the_rust_budget() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    compare(&format!("url = \"{}\"", redis.url())).await;
+}
+
+/// The same on a three-master Redis Cluster: every script's keys carry one
+/// hash tag, so each call runs on one node (a key in another slot would
+/// fail the script with CROSSSLOT).
+#[tokio::test]
+async fn the_redis_scripts_give_the_slots_of_the_rust_budget_on_a_cluster() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    compare(&cluster.config_line()).await;
 }
 
 /// The comparison above can fail: the sequence reaches every rule (the
@@ -502,7 +523,7 @@ async fn the_redis_scripts_give_the_slots_of_the_rust_budget() {
 /// failed probe and its dip, an onset at the kept rate.
 #[test]
 fn the_sequence_exercises_every_rule() {
-    let config = config("redis://127.0.0.1:1", "unused", true);
+    let config = config("url = \"redis://127.0.0.1:1\"", "unused", true);
     let events = sequence();
     let (expected, decided) = reference(&config, &events, Perturbation::None);
     let shown = table(&events, &expected, &decided, &[]);
