@@ -25,6 +25,7 @@ pub mod store;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
@@ -36,10 +37,9 @@ use tokio::time::Instant;
 
 use crate::access::Trace;
 use crate::bodies::{BodyLease, BodyPool};
-use crate::config::Config;
+use crate::config::{CacheConfig, Config};
 use crate::error::GatewayError;
-use crate::forward::{forward, forward_lifted};
-use crate::gateway::Gateway;
+use crate::forward::{Forward, Forwarder};
 use crate::inbound::Inbound;
 use coalesce::{Flight, Flights, Role, Shared};
 use key::Key;
@@ -129,122 +129,161 @@ fn outcome_header(o: Outcome) -> HeaderValue {
     HeaderValue::from_static(o.as_str())
 }
 
+/// How one read is served, decided before anything is sent.
+enum Way {
+    /// Straight to forward, streamed back unbuffered, with the result to
+    /// tell in [`CACHE_HEADER`] (none when the stage is off or not a GET).
+    Forward(Option<Outcome>),
+    /// Answered from a fresh entry, counted.
+    Answered(Response),
+    /// Through a shared request, started or joined: kept for `ttl` when
+    /// set; `stale` is the expired entry served should it fail.
+    Shared {
+        key: Key,
+        ttl: Option<Duration>,
+        stale: Option<Arc<Entry>>,
+    },
+}
+
 /// The stage for reads: serves a GET from the cache, a shared request, or
-/// forwards it (writes go through [`DictionaryWrite`] instead).
+/// forwards it (writes go through [`DictionaryWrite`] instead). It decides
+/// once how the read is served ([`Cache::way`]), then makes one call.
 pub async fn serve(
-    gw: &Arc<Gateway>,
+    cache: &Cache,
+    forward: &Forwarder,
     req: Inbound,
     trace: &mut Trace,
 ) -> Result<Response, GatewayError> {
-    let snap = gw.snapshot();
+    let snap = forward.snapshot();
     let cfg = &snap.config.cache;
-    if !cfg.enabled {
-        return forward(gw, req, trace).await;
-    }
-    if req.out.method != Method::GET {
-        return forward(gw, req, trace).await;
-    }
-    let tenant = req.tenant.name.clone();
-    let stats = gw.cache.stats.tenant(&tenant);
-    let asked = directive(&req.out.headers);
-    if asked == Directive::NoStore {
-        stats.count(Outcome::Bypass);
-        return with_outcome(forward(gw, req, trace).await, Outcome::Bypass);
-    }
-    let ttl = cfg.ttl_for(&req.out.path);
-    if ttl.is_none() && gw.scheduler.free_now(req.ticket.class, &tenant) {
-        // It goes at once, so nobody could join it, and the answer is not
-        // kept: it streams back as it comes, unbuffered. (Should another
-        // request take the slot first, this one waits unjoinable: rare, and
-        // only a missed saving.)
-        stats.count(Outcome::Miss);
-        return with_outcome(forward(gw, req, trace).await, Outcome::Miss);
-    }
-    let key = Key::new(&tenant, &req.out.path, req.out.query.as_deref());
-    let store = gw.cache.store.load_full();
-    let mut stale = None;
-    if ttl.is_some() {
-        // A fill already sent for this key: wait for it and look again (an
-        // entry it stores is as good as any hit; one a write made dead is
-        // not found, and this caller goes on to a request of its own).
-        if asked == Directive::Normal && gw.cache.flights.wait_for_sent(&key).await {
-            let now = Instant::now();
-            if let Some(e) = store.get(&key).filter(|e| e.fresh(now)) {
-                stats.count(Outcome::Hit);
-                return Ok(from_entry(&e, Outcome::Hit, now));
-            }
-        }
-        if let Some(e) = store.get(&key) {
-            let now = Instant::now();
-            if asked != Directive::NoCache && e.fresh(now) {
-                stats.count(Outcome::Hit);
-                return Ok(from_entry(&e, Outcome::Hit, now));
-            }
-            if e.usable_stale(now, cfg.stale_if_error) {
-                stale = Some(e);
-            }
-        }
-    }
-
-    let deadline = req.ticket.deadline;
-    let (seat, role) = gw
-        .cache
-        .flights
-        .take_seat(&key, req.ticket.priority, deadline);
-    let outcome = match role {
-        Role::Started => {
-            let plan = ttl.map(|ttl| Plan {
-                ttl,
-                grace: cfg.stale_if_error,
-                generation: store.generation(),
-                store: store.clone(),
-            });
-            let task = tokio::spawn(fly(gw.clone(), req, seat.flight.clone(), key.clone(), plan));
-            seat.attach(task.abort_handle());
-            Outcome::Miss
-        }
-        Role::Joined => {
-            // The joiner's own request is never sent.
-            drop(req);
-            Outcome::Coalesced
-        }
-    };
-    let shared = seat.wait(deadline).await;
-    if let Ok(s) = &shared {
-        trace.attempts = s.attempts;
-        trace.queue = s.queue;
-        trace.upstream = s.upstream;
-        trace.egress = s.egress.clone();
-    }
-    // The CRM failed, or this caller's deadline passed: an expired entry
-    // within stale_if_error is better than an error.
-    let failed = match &shared {
-        Ok(s) => match &s.answer {
-            Ok(a) => a.status.is_server_error(),
-            Err(_) => true,
-        },
-        Err(_) => true,
-    };
-    if let (true, Some(e)) = (failed, &stale) {
-        stats.count(Outcome::Stale);
-        return Ok(from_entry(e, Outcome::Stale, Instant::now()));
-    }
-    let shared = shared?;
-    match &shared.answer {
-        Ok(a) => {
-            stats.count(outcome);
-            Ok(a.response(outcome_header(outcome)))
-        }
-        Err(e) => {
-            stats.count(outcome);
-            Err(e.clone())
+    match cache.way(cfg, forward, &req).await {
+        Way::Forward(None) => forward.send(req, trace).await,
+        Way::Forward(Some(o)) => with_outcome(forward.send(req, trace).await, o),
+        Way::Answered(resp) => Ok(resp),
+        Way::Shared { key, ttl, stale } => {
+            let plan = ttl.map(|ttl| (ttl, cfg.stale_if_error));
+            cache.share(forward, req, key, plan, stale, trace).await
         }
     }
 }
 
-/// A POST: a write to a dictionary drops the tenant's entries of it, before
-/// it is sent (no new read is served the old data while it is under way) and
-/// after its answer (a read that raced it is not kept).
+impl Cache {
+    /// Decides how `req` is served; a hit, a bypass or a straight miss is
+    /// counted here.
+    async fn way(&self, cfg: &CacheConfig, forward: &Forwarder, req: &Inbound) -> Way {
+        if !cfg.enabled || req.out.method != Method::GET {
+            return Way::Forward(None);
+        }
+        let tenant = &req.tenant.name;
+        let stats = self.stats.tenant(tenant);
+        let asked = directive(&req.out.headers);
+        if asked == Directive::NoStore {
+            stats.count(Outcome::Bypass);
+            return Way::Forward(Some(Outcome::Bypass));
+        }
+        let ttl = cfg.ttl_for(&req.out.path);
+        if ttl.is_none() && forward.free_now(req.ticket.class, tenant) {
+            // It goes at once, so nobody could join it, and the answer is
+            // not kept: it streams back as it comes, unbuffered. (Should
+            // another request take the slot first, this one waits
+            // unjoinable: rare, and only a missed saving.)
+            stats.count(Outcome::Miss);
+            return Way::Forward(Some(Outcome::Miss));
+        }
+        let key = Key::new(tenant, &req.out.path, req.out.query.as_deref());
+        let mut stale = None;
+        if ttl.is_some() {
+            let store = self.store.load_full();
+            // A fill already sent for this key: wait for it and look again
+            // (an entry it stores is as good as any hit; one a write made
+            // dead is not found, and this caller goes on to a request of
+            // its own).
+            if asked == Directive::Normal && self.flights.wait_for_sent(&key).await {
+                let now = Instant::now();
+                if let Some(e) = store.get(&key).filter(|e| e.fresh(now)) {
+                    stats.count(Outcome::Hit);
+                    return Way::Answered(from_entry(&e, Outcome::Hit, now));
+                }
+            }
+            if let Some(e) = store.get(&key) {
+                let now = Instant::now();
+                if asked != Directive::NoCache && e.fresh(now) {
+                    stats.count(Outcome::Hit);
+                    return Way::Answered(from_entry(&e, Outcome::Hit, now));
+                }
+                if e.usable_stale(now, cfg.stale_if_error) {
+                    stale = Some(e);
+                }
+            }
+        }
+        Way::Shared { key, ttl, stale }
+    }
+
+    /// Serves `req` through the shared request for `key`: starts it (kept
+    /// per `plan`, its TTL and grace, when set) or joins it, and waits for
+    /// its answer; `stale` answers instead should it fail.
+    async fn share(
+        &self,
+        forward: &Forwarder,
+        req: Inbound,
+        key: Key,
+        plan: Option<(Duration, Duration)>,
+        stale: Option<Arc<Entry>>,
+        trace: &mut Trace,
+    ) -> Result<Response, GatewayError> {
+        let stats = self.stats.tenant(&req.tenant.name);
+        let deadline = req.ticket.deadline;
+        let store = self.store.load_full();
+        let (seat, role) = self.flights.take_seat(&key, req.ticket.priority, deadline);
+        let outcome = match role {
+            Role::Started => {
+                let plan = plan.map(|(ttl, grace)| Plan {
+                    ttl,
+                    grace,
+                    generation: store.generation(),
+                    store: store.clone(),
+                });
+                let flight = seat.flight.clone();
+                let (forward, flights) = (forward.clone(), self.flights.clone());
+                let task = tokio::spawn(fly(forward, flights, req, flight, key.clone(), plan));
+                seat.attach(task.abort_handle());
+                Outcome::Miss
+            }
+            Role::Joined => {
+                // The joiner's own request is never sent.
+                drop(req);
+                Outcome::Coalesced
+            }
+        };
+        let shared = seat.wait(deadline).await;
+        if let Ok(s) = &shared {
+            trace.attempts = s.attempts;
+            trace.queue = s.queue;
+            trace.upstream = s.upstream;
+            trace.egress = s.egress.clone();
+        }
+        // The CRM failed, or this caller's deadline passed: an expired entry
+        // within stale_if_error is better than an error.
+        let failed = match &shared {
+            Ok(s) => match &s.answer {
+                Ok(a) => a.status.is_server_error(),
+                Err(_) => true,
+            },
+            Err(_) => true,
+        };
+        if let (true, Some(e)) = (failed, &stale) {
+            stats.count(Outcome::Stale);
+            return Ok(from_entry(e, Outcome::Stale, Instant::now()));
+        }
+        let shared = shared?;
+        stats.count(outcome);
+        match &shared.answer {
+            Ok(a) => Ok(a.response(outcome_header(outcome))),
+            Err(e) => Err(e.clone()),
+        }
+    }
+}
+
 /// A write to a dictionary, in flight: that tenant's entries of that
 /// dictionary are dropped when it starts and again when its answer is in
 /// (on drop), so a read racing the write never keeps the old data.
@@ -256,13 +295,13 @@ pub struct DictionaryWrite {
 
 impl DictionaryWrite {
     /// Starts the write of `req` when it is a `POST` to a dictionary.
-    pub fn begin(gw: &Gateway, req: &Inbound) -> Option<DictionaryWrite> {
+    pub fn begin(cache: &Cache, req: &Inbound) -> Option<DictionaryWrite> {
         if req.out.method != Method::POST {
             return None;
         }
         let dict = key::dictionary(&req.out.path)?.to_owned();
         let w = DictionaryWrite {
-            store: gw.cache.store.load_full(),
+            store: cache.store.load_full(),
             tenant: req.tenant.name.clone(),
             dict,
         };
@@ -293,8 +332,8 @@ fn from_entry(e: &Entry, o: Outcome, now: Instant) -> Response {
 
 /// Where a shared request's answer is kept, if it is cacheable.
 struct Plan {
-    ttl: std::time::Duration,
-    grace: std::time::Duration,
+    ttl: Duration,
+    grace: Duration,
     generation: u64,
     store: Arc<Store>,
 }
@@ -302,7 +341,8 @@ struct Plan {
 /// The shared request: sent once, answer buffered, kept when cacheable,
 /// handed to every seat.
 async fn fly(
-    gw: Arc<Gateway>,
+    forward: Forwarder,
+    flights: Arc<Flights>,
     mut req: Inbound,
     flight: Arc<Flight>,
     key: Key,
@@ -315,10 +355,14 @@ async fn fly(
     // Should this task end without an answer (a panic), the seats still
     // get one instead of waiting forever.
     let _unfinished = Unfinished(flight.clone(), tenant.clone());
-    let limit = gw.snapshot().config.limits.max_buffered_bytes.get();
+    let limit = forward.snapshot().config.limits.max_buffered_bytes.get();
+    let bodies = req.lease.pool().clone();
     let mut trace = Trace::default();
-    let result = match forward_lifted(&gw, req, &mut trace, Some(&flight.lift)).await {
-        Ok(resp) => buffer(resp, &gw.bodies, limit, tenant).await,
+    let result = match forward
+        .send_lifted(req, &mut trace, Some(&flight.lift))
+        .await
+    {
+        Ok(resp) => buffer(resp, &bodies, limit, tenant).await,
         Err(e) => Err(e),
     };
     let (answer, lease) = match result {
@@ -344,7 +388,7 @@ async fn fly(
         egress: trace.egress,
         lease,
     });
-    gw.cache.flights.done(&key, &flight);
+    flights.done(&key, &flight);
 }
 
 /// Publishes an error to the seats of a flight whose task ended without
@@ -359,8 +403,8 @@ impl Drop for Unfinished {
                 cause: "the shared request ended without an answer".into(),
             }),
             attempts: 0,
-            queue: std::time::Duration::ZERO,
-            upstream: std::time::Duration::ZERO,
+            queue: Duration::ZERO,
+            upstream: Duration::ZERO,
             egress: None,
             lease: None,
         });
