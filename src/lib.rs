@@ -44,6 +44,8 @@
 //!   per-tenant queue-wait windows;
 //! - [`error`]: every error crmgate answers itself, and its JSON;
 //! - [`metrics`], [`admin`]: Prometheus, health, readiness, status, reload;
+//! - [`online`]: `crmgate check --online`, each tenant's key asked about
+//!   at the CRM (accepted, v5, sites, scopes), through the budget;
 //! - [`server`]: listeners, connection limits and timeouts, graceful drain;
 //! - [`guard`]: who may call at all, from the request head alone;
 //! - [`sim`]: a RetailCRM simulator for tests, benchmarks and `crmgate demo`.
@@ -70,6 +72,7 @@ pub mod inbound;
 pub mod live;
 pub mod log_writer;
 pub mod metrics;
+pub mod online;
 pub mod page;
 pub mod proxy;
 pub mod reconcile;

@@ -58,6 +58,11 @@ enum Command {
         /// Config file [default: config/crmgate.toml, then /etc/crmgate/crmgate.toml]
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Also ask the CRM, per tenant, whether the key works (GET
+        /// /api/credentials and /api/api-versions through the tenant's
+        /// egress, within the budget); exit 1 if any key is refused.
+        #[arg(long)]
+        online: bool,
     },
     /// Export every page of a list (or history since a cursor) through a
     /// running gateway, as NDJSON.
@@ -161,8 +166,8 @@ fn serve_config(path: Option<PathBuf>) -> anyhow::Result<(PathBuf, Config)> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `check` prints to stdout and needs no runtime or logging.
-    if let Command::Check { config } = &cli.command {
-        return check(config.as_deref());
+    if let Command::Check { config, online } = &cli.command {
+        return check(config.as_deref(), *online);
     }
     // `export` writes items to stdout and its own progress to stderr.
     let cli = match cli.command {
@@ -212,13 +217,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: Option<&std::path::Path>) -> ExitCode {
+fn check(path: Option<&std::path::Path>, online: bool) -> ExitCode {
     let loaded = config::resolve_path(path).and_then(|p| Config::load(&p).map(|c| (p, c)));
     match loaded {
         Ok((path, config)) => {
             println!("{}: OK", path.display());
             print!("{}", config.summary());
-            ExitCode::SUCCESS
+            if online {
+                check_online(config)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             for problem in &e.problems {
@@ -227,6 +236,50 @@ fn check(path: Option<&std::path::Path>) -> ExitCode {
             eprintln!("crmgate check: {} problem(s) found", e.problems.len());
             ExitCode::from(2)
         }
+    }
+}
+
+/// `check --online`: each tenant's key asked about at the CRM. Exit 1 when
+/// any key was refused or could not be checked.
+fn check_online(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("crmgate check: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let reports = runtime.block_on(async {
+        let gw = crmgate::gateway::Gateway::new(config, None)
+            .map_err(|e| format!("cannot build the CRM clients: {e}"))?;
+        let reports = crmgate::online::check_all(&gw).await;
+        gw.scheduler.close();
+        Ok::<_, String>(reports)
+    });
+    let reports = match reports {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("crmgate check: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("\nonline:");
+    for report in &reports {
+        print!("{report}");
+    }
+    let failed = reports.iter().filter(|r| r.failed()).count();
+    let warned: usize = reports.iter().map(|r| r.warnings.len()).sum();
+    println!(
+        "crmgate check --online: {} tenant(s), {failed} key(s) refused or unchecked, {warned} warning(s)",
+        reports.len()
+    );
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

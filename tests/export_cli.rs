@@ -114,6 +114,11 @@ async fn the_bar_draws_pages_items_and_history_goes_to_stdout_with_its_last_id()
     assert_eq!(ids, (11..=120).collect());
     assert!(stderr.contains("110/110 items"), "{stderr:?}");
     assert!(stderr.contains("page 2 of 2"), "{stderr:?}");
+    // Each drawing says "page" once and gives the rate once.
+    for drawn in stderr.split("\r\x1b[2K").filter(|d| d.contains("items ·")) {
+        assert!(!drawn.contains("page page"), "{drawn:?}");
+        assert_eq!(drawn.matches("/s").count(), 1, "{drawn:?}");
+    }
     assert!(stderr.contains("--since-id 120"), "{stderr}");
 }
 

@@ -53,11 +53,7 @@ impl Totals {
 
 /// `export: 1200 of 5000 items, page 12 of 50, 240 items/s, about 16 s left`
 pub fn plain_line(items: u64, totals: Totals, elapsed: Duration) -> String {
-    let rate = if elapsed.as_secs_f64() > 0.0 {
-        items as f64 / elapsed.as_secs_f64()
-    } else {
-        0.0
-    };
+    let rate = rate(items, elapsed);
     let mut line = match totals.items {
         Some(total) => format!("export: {items} of {total} items"),
         None => format!("export: {items} items"),
@@ -73,6 +69,29 @@ pub fn plain_line(items: u64, totals: Totals, elapsed: Duration) -> String {
         }
     }
     line
+}
+
+/// The bar: spinner, bar, items, then [`bar_message`] (pages and the rate,
+/// once), then the time left.
+const BAR_TEMPLATE: &str = "{spinner} [{bar:30}] {pos}/{len} items · {msg} · ETA {eta}";
+
+/// The bar's message: `page 12 of 50 · 240 items/s` (`page ?` while the
+/// totals are unknown).
+pub fn bar_message(items: u64, totals: Totals, elapsed: Duration) -> String {
+    let page = match (totals.pages_done(items), totals.pages) {
+        (Some(d), Some(p)) => format!("page {d} of {p}"),
+        _ => "page ?".into(),
+    };
+    format!("{page} · {:.0} items/s", rate(items, elapsed))
+}
+
+fn rate(items: u64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        items as f64 / secs
+    } else {
+        0.0
+    }
 }
 
 fn human(secs: f64) -> String {
@@ -109,9 +128,7 @@ impl Progress {
                 Some(total) => ProgressBar::with_draw_target(Some(total), target),
                 None => ProgressBar::with_draw_target(None, target),
             };
-            let template =
-                "{spinner} [{bar:30}] {pos}/{len} items · page {msg} · {per_sec} · ETA {eta}";
-            if let Ok(style) = ProgressStyle::with_template(template) {
+            if let Ok(style) = ProgressStyle::with_template(BAR_TEMPLATE) {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar
@@ -130,13 +147,7 @@ impl Progress {
 
     fn draw_pages(&self, items: u64) {
         if let Some(bar) = &self.bar {
-            let page = match (self.totals.pages_done(items), self.totals.pages) {
-                (Some(d), Some(p)) => format!("page {d} of {p}"),
-                _ => "page ?".into(),
-            };
-            let secs = self.started.elapsed().as_secs_f64();
-            let rate = if secs > 0.0 { items as f64 / secs } else { 0.0 };
-            bar.set_message(format!("{page} · {rate:.0} items/s"));
+            bar.set_message(bar_message(items, self.totals, self.started.elapsed()));
         }
     }
 
@@ -250,6 +261,25 @@ mod tests {
             plain_line(100, totals, Duration::from_secs(100)),
             "export: 100 of 5000 items, page 1 of 50, 1 items/s, about 1h21m left"
         );
+    }
+
+    #[test]
+    fn the_bar_says_page_once_and_the_rate_once() {
+        let totals = Totals {
+            items: Some(237),
+            pages: Some(3),
+        };
+        assert_eq!(
+            bar_message(237, totals, Duration::from_millis(200)),
+            "page 3 of 3 · 1185 items/s"
+        );
+        assert_eq!(
+            bar_message(5, Totals::default(), Duration::ZERO),
+            "page ? · 0 items/s"
+        );
+        // The template adds neither a word "page" nor a second rate.
+        assert!(!BAR_TEMPLATE.contains("page"), "{BAR_TEMPLATE}");
+        assert!(!BAR_TEMPLATE.contains("per_sec"), "{BAR_TEMPLATE}");
     }
 
     #[test]

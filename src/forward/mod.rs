@@ -331,7 +331,7 @@ fn failed(
 /// The CRM URL of one send: the tenant's (already parsed) base URL, with
 /// the API path appended to its path, and the rewritten query. Starting
 /// from the parsed base saves parsing scheme and host again for every send.
-fn target_url(tenant: &Tenant, path: &str, query: Option<&str>) -> Url {
+pub(crate) fn target_url(tenant: &Tenant, path: &str, query: Option<&str>) -> Url {
     let mut url = tenant.config.base_url.clone();
     let base = url.path().trim_end_matches('/');
     if base.is_empty() {
@@ -345,7 +345,7 @@ fn target_url(tenant: &Tenant, path: &str, query: Option<&str>) -> Url {
 }
 
 /// The real key as a header value, marked sensitive so it is never printed.
-fn key_header(key: &crate::config::Secret) -> HeaderValue {
+pub(crate) fn key_header(key: &crate::config::Secret) -> HeaderValue {
     // Validation guarantees a non-empty key; one with bytes a header cannot
     // hold would be refused by the CRM anyway.
     let mut value =

@@ -29,8 +29,8 @@ const PAGE_SIZES: [u64; 3] = [20, 50, 100];
 /// The simulator's whole HTTP application, gate included.
 pub(crate) fn router(sim: Arc<Shared>) -> Router {
     let mut router = Router::new()
-        .route("/api/api-versions", get(api_versions))
-        .route("/api/credentials", get(credentials));
+        .route("/api/api-versions", get(super::credentials::api_versions))
+        .route("/api/credentials", get(super::credentials::credentials));
     for v in VERSIONS {
         router = router
             .route(&format!("/api/{v}/orders"), get(list_orders))
@@ -107,36 +107,6 @@ pub(crate) fn router(sim: Arc<Shared>) -> Router {
         // Added after the fallbacks so the gate wraps them too.
         .layer(from_fn_with_state(sim.clone(), gate::gate))
         .with_state(sim)
-}
-
-async fn api_versions() -> Response {
-    json(
-        StatusCode::OK,
-        &json!({"success": true, "versions": ["3.0", "4.0", "5.0"]}),
-    )
-}
-
-async fn credentials(
-    State(sim): State<Arc<Shared>>,
-    Extension(caller): Extension<Caller>,
-) -> Response {
-    let sites = &sim.accounts[caller.account].sites;
-    json(
-        StatusCode::OK,
-        &json!({
-            "success": true,
-            "credentials": [
-                "/api/credentials",
-                "/api/orders",
-                "/api/orders/create",
-                "/api/reference/sites",
-                "/api/telephony/call/event",
-            ],
-            "scopes": ["order_read", "order_write", "reference_read", "telephony_write"],
-            "siteAccess": "access_full",
-            "sitesAvailable": sites,
-        }),
-    )
 }
 
 async fn sites(State(sim): State<Arc<Shared>>, Extension(caller): Extension<Caller>) -> Response {

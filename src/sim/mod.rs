@@ -35,6 +35,8 @@
 //!   shared page parameters, and a switch that creates customers between
 //!   two list requests.
 //! - `history`: `orders/history` and `customers/history` by `sinceId`.
+//! - `credentials`: `api-versions` and `credentials`, and what each
+//!   account's key may do ([`KeyAccess`]: scopes, sites).
 //! - `api`: the routes and their handlers.
 //! - `upload`: batch methods with RetailCRM's item limits (460 on a
 //!   partial upload).
@@ -65,6 +67,7 @@
 mod api;
 pub mod class;
 mod config;
+mod credentials;
 mod entities;
 pub mod faults;
 mod gate;
@@ -95,6 +98,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use class::{classify, Class};
 pub use config::{SimAccount, SimConfig, SimTls};
+pub use credentials::KeyAccess;
 pub use faults::Faults;
 pub use limiter::LimiterKind;
 pub use request::Received;
@@ -237,6 +241,18 @@ impl Simulator {
     /// Changes the per-window limits; takes effect for the next arrival.
     pub fn set_limits(&self, general: u32, telephony: u32) {
         self.shared.set_limits(general, telephony);
+    }
+
+    /// Sets what the named account's key may do (scopes, sites), as
+    /// `GET /api/credentials` reports it. Returns false for an unknown name.
+    pub fn set_key_access(&self, account: &str, access: KeyAccess) -> bool {
+        match self.shared.accounts.iter().position(|a| a.name == account) {
+            Some(idx) => {
+                self.shared.access.set(idx, access);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The limiter model in force.

@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     /// Customers and corporate customers created through the API.
     pub(crate) entities: Entities,
     pub(crate) reference: super::reference::Reference,
+    /// What each account's key may do (`GET /api/credentials`).
+    pub(crate) access: super::credentials::Access,
 }
 
 impl Shared {
@@ -52,6 +54,7 @@ impl Shared {
             faults: Faults::default(),
             ledger: Mutex::new(Ledger::new(cfg.limiter)),
             listing: super::listing::Listing::default(),
+            access: super::credentials::Access::default(),
         }
     }
 
