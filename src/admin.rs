@@ -52,11 +52,20 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 }
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
-    if gw.drain.is_ready() {
-        // A Redis outage does not make crmgate unready: the fallback budget
-        // keeps traffic flowing; the body says which budget is in use.
+    if gw.is_ready() {
+        // A Redis outage does not make crmgate unready (unless
+        // `redis.required`): the fallback budget keeps traffic flowing; the
+        // body says which budget is in use.
         Json(json!({"success": true, "status": "ready", "budget_backend": gw.backend_state()}))
             .into_response()
+    } else if gw.drain.is_ready() {
+        json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "not ready: redis.required is set and Redis is not in use (budget_backend {})",
+                gw.backend_state()
+            ),
+        )
     } else {
         json_error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -37,6 +37,8 @@
 //! - [`bodies`]: the pool of buffered bytes every stage holds bodies in;
 //! - [`gateway`]: shared state (config snapshot, scheduler, egress clients);
 //!   [`gateway::reload`]: hot reload, atomic, restart-only settings kept;
+//! - [`redis_link`]: the one connection to Redis (server, Sentinel or
+//!   Cluster; TLS, auth) and the truth about its state;
 //! - [`drain`]: readiness and the drain's counts;
 //! - [`status`]: the `/status` document, typed;
 //! - [`history`], [`page`]: the status page on the admin port (`GET /`),
@@ -76,6 +78,7 @@ pub mod online;
 pub mod page;
 pub mod proxy;
 pub mod reconcile;
+pub mod redis_link;
 pub mod rewrite;
 pub mod scheduler;
 pub mod server;

@@ -26,8 +26,11 @@ pub struct Status {
     pub config_checksum: String,
     /// What `/readyz` says.
     pub ready: bool,
-    /// `local`, `shared` or `fallback` (see [`Gateway::backend_state`]).
+    /// `local`, `connecting`, `shared` or `fallback` (see
+    /// [`Gateway::backend_state`]).
     pub budget_backend: &'static str,
+    /// Why Redis is not in use, while `fallback` (redacted); else `null`.
+    pub budget_backend_cause: Option<String>,
     /// Calls made to Redis so far; `null` without a shared budget.
     pub redis_calls: Option<u64>,
     /// Requests waiting, in all lanes.
@@ -143,8 +146,9 @@ impl Status {
             version: env!("CARGO_PKG_VERSION"),
             uptime_seconds: gw.uptime().as_secs(),
             config_checksum: snap.config.checksum.clone(),
-            ready: gw.drain.is_ready(),
+            ready: gw.is_ready(),
             budget_backend: gw.backend_state(),
+            budget_backend_cause: gw.backend_cause(),
             redis_calls: gw.scheduler.shared_state().map(|(_, calls)| calls),
             queued_total: gw.scheduler.queued(),
             queue_capacity: snap.config.limits.queue_capacity.get(),
@@ -240,6 +244,7 @@ mod tests {
             keys(&doc),
             [
                 "budget_backend",
+                "budget_backend_cause",
                 "budgets",
                 "config_checksum",
                 "exports_in_progress",

@@ -1,6 +1,7 @@
 //! Shared budgets through a real `redis-server`: several gateways leaving
 //! through one IP stay within one budget, survive a Redis outage on their
-//! fallback share, and return to the shared budget when Redis is back.
+//! fallback share, and return to the shared budget when Redis is back; the
+//! same through Sentinel (with a failover under load) and a Redis Cluster.
 //!
 //! Each test starts its own redis-server on a free port; without one on PATH
 //! the tests skip loudly (CI installs it and sets CRMGATE_REQUIRE_ALL=1, which makes a skip fail).
@@ -24,9 +25,14 @@ const TRANSITION: Duration = Duration::from_millis(2500);
 
 /// Three replicas in front of `sim`, sharing budgets through `redis`.
 async fn replicas(sim: &Simulator, redis: &RedisServer, prefix: &str) -> Vec<Gate> {
+    replicas_on(sim, &format!("url = \"{}\"", redis.url()), prefix).await
+}
+
+/// Three replicas in front of `sim`, sharing budgets through the Redis that
+/// `topology` (`[redis]` lines: url, sentinels or cluster_nodes) names.
+async fn replicas_on(sim: &Simulator, topology: &str, prefix: &str) -> Vec<Gate> {
     let extra = format!(
-        "[limits]\nbackend = \"redis\"\n[redis]\nurl = \"{}\"\nexpected_replicas = 3\nkey_prefix = \"{prefix}\"\ntimeout = \"100ms\"\n",
-        redis.url()
+        "[limits]\nbackend = \"redis\"\n[redis]\n{topology}\nexpected_replicas = 3\nkey_prefix = \"{prefix}\"\ntimeout = \"100ms\"\n"
     );
     let mut gates = Vec::new();
     for _ in 0..3 {
@@ -307,4 +313,97 @@ async fn a_slow_connect_moves_the_shared_window() {
         "third slot in {third:?}"
     );
     assert!(!shared.in_fallback());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_under_load_stays_within_the_limit() {
+    // Three replicas and their floods: never beside another load test on
+    // the two cores, or the window counts measure the machine.
+    let _load = LOAD.lock().await;
+    let Some(mut set) = SentinelSet::start().await else {
+        return;
+    };
+    let sim = sim().await;
+    let topology = format!(
+        "sentinels = [\"{}\"]\nsentinel_master = \"{}\"",
+        set.sentinel_url(),
+        set.name
+    );
+    let gates = replicas_on(&sim, &topology, "sentinel").await;
+    let floods = flood_replicas(&gates, 6);
+    let reached = wait_until_all_reached_redis(&gates).await;
+    let steady = reached + TRANSITION + Duration::from_millis(500);
+    wait_for_arrival_after(&sim, steady, "steady shared traffic").await;
+
+    // The master dies mid-load; the Sentinel promotes the replica.
+    let (old, new) = (set.master.port, set.replica.port);
+    set.master.kill();
+    wait_for_backend(&gates, "fallback").await;
+    wait_until("the Sentinel to promote the replica", || {
+        set.master_port() == Some(new)
+    })
+    .await;
+    assert_ne!(old, new);
+    wait_for_backend(&gates, "shared").await;
+    let rejoined = Instant::now();
+    wait_for_arrival_after(
+        &sim,
+        rejoined + TRANSITION + Duration::from_millis(500),
+        "traffic past the rejoin",
+    )
+    .await;
+    let answers = finish(floods).await;
+
+    assert!(
+        not_ok(&answers, 200).is_empty(),
+        "every caller got 200: {:?}",
+        not_ok(&answers, 200)
+    );
+    assert_within_the_limit(&sim);
+    for gate in &gates {
+        let s = status_doc(gate).await;
+        assert_eq!(s["budget_backend"], "shared", "on the new master: {s}");
+    }
+    // The budget lives on the new master now.
+    let keys = cli(new, &["KEYS", "sentinel:budget:*"]);
+    assert!(keys.contains("sentinel:budget:{general}:"), "{keys}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_budget_through_a_cluster() {
+    let _load = LOAD.lock().await;
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let sim = sim().await;
+    let gates = replicas_on(&sim, &cluster.config_line(), "cluster").await;
+    let floods = flood_replicas(&gates, 6);
+    let reached = wait_until_all_reached_redis(&gates).await;
+    let until = reached + TRANSITION + Duration::from_secs(3);
+    wait_for_arrival_after(&sim, until, "shared traffic through the cluster").await;
+    let answers = finish(floods).await;
+
+    assert!(
+        not_ok(&answers, 200).is_empty(),
+        "not all 200: {:?}",
+        not_ok(&answers, 200)
+    );
+    assert_within_the_limit(&sim);
+    for gate in &gates {
+        let s = status_doc(gate).await;
+        assert_eq!(s["budget_backend"], "shared", "{s}");
+    }
+    // Both keys of the budget sit in one slot, on one node.
+    let slot = |key: &str| cli(cluster.nodes[0].port, &["CLUSTER", "KEYSLOT", key]);
+    let holders: Vec<u16> = cluster
+        .nodes
+        .iter()
+        .filter(|n| cli(n.port, &["KEYS", "cluster:budget:*"]).contains("{general}"))
+        .map(|n| n.port)
+        .collect();
+    assert_eq!(holders.len(), 1, "one node holds the general budget");
+    assert_eq!(
+        slot("cluster:budget:{general}:default"),
+        slot("cluster:budget:{general}:default:log")
+    );
 }

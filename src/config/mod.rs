@@ -12,11 +12,13 @@
 mod cache;
 mod parse;
 mod raw;
+mod redis;
 mod secrets;
 mod trust;
 mod validate;
 
 pub use cache::{glob, CacheConfig, CacheRule, CACHED_BY_DEFAULT};
+pub use redis::{PasswordSource, RedisConfig, RedisTopology};
 pub use trust::CaBundle;
 pub use validate::normalize_origin;
 
@@ -273,19 +275,6 @@ pub struct RetryConfig {
     pub max_backoff: Duration,
 }
 
-/// `[redis]`
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    /// Connection URL (may carry a password: never logged).
-    pub url: Secret,
-    /// Prefix of every key crmgate writes.
-    pub key_prefix: String,
-    /// Replicas sharing one budget; the fallback budget is `limit / expected_replicas`.
-    pub expected_replicas: NonZeroU32,
-    /// Longest one Redis call may take before the local fallback is used.
-    pub timeout: Duration,
-}
-
 /// Where a tenant's real key came from (shown by `check`, never the key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
@@ -408,7 +397,7 @@ impl Config {
         };
         let mut out = format!(
             "listen {}, admin {} ({})\nlimits: general {}/s, telephony {}/s per {}, jitter allowance {}, \
-             queue {} (max wait {}), backend {}\nretry: {} attempts, backoff {}..{}\negress: {}\ntrusted roots: {}\ntenants ({}):\n",
+             queue {} (max wait {}), backend {}\nretry: {} attempts, backoff {}..{}\negress: {}\ntrusted roots: {}\n{}tenants ({}):\n",
             self.server.listen,
             self.server.admin_listen,
             match &self.server.admin_token_source {
@@ -439,6 +428,10 @@ impl Config {
                     ca.certs.len(),
                     ca.path.display()
                 ),
+            },
+            match l.backend {
+                Backend::Local => String::new(),
+                Backend::Redis => format!("redis: {}\n", self.redis.summary()),
             },
             self.tenants.len(),
         );

@@ -148,9 +148,16 @@ pub struct RawRetry {
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
     pub url: Option<String>,
+    pub sentinels: Option<Vec<String>>,
+    pub sentinel_master: Option<String>,
+    pub cluster_nodes: Option<Vec<String>>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+    pub ca_file: Option<String>,
     pub key_prefix: Option<String>,
     pub expected_replicas: Option<i64>,
     pub timeout: Option<String>,
+    pub required: Option<bool>,
 }
 
 /// One `[[tenants]]` entry.

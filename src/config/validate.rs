@@ -20,6 +20,7 @@ use super::*;
 mod cache;
 mod export;
 mod reconcile;
+mod redis;
 mod server;
 mod tenant;
 
@@ -294,21 +295,7 @@ pub(super) fn validate(
         );
     }
 
-    let rd = &raw.redis;
-    let redis_url = rd
-        .url
-        .clone()
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-    match Url::parse(&redis_url) {
-        Ok(u) if matches!(u.scheme(), "redis" | "rediss") => {}
-        _ => p.push("redis.url", "must be a redis:// or rediss:// URL"),
-    }
-    let redis = RedisConfig {
-        url: Secret::new(redis_url),
-        key_prefix: rd.key_prefix.clone().unwrap_or_else(|| "crmgate".into()),
-        expected_replicas: p.positive_u32("redis.expected_replicas", rd.expected_replicas, 1),
-        timeout: p.duration("redis.timeout", rd.timeout.as_deref(), "250ms"),
-    };
+    let redis = redis::redis(&mut p, &mut warnings, &raw.redis, env);
 
     if raw.tenants.is_empty() {
         p.push("tenants", "no tenants: add at least one [[tenants]] entry");

@@ -28,6 +28,7 @@ use crate::egress::{self, Clients, Egress};
 use crate::forward::Forwarder;
 use crate::live::{Live, Snapshot};
 use crate::metrics::Metrics;
+use crate::redis_link::LinkState;
 use crate::scheduler::Scheduler;
 use reload::Reloader;
 
@@ -156,13 +157,36 @@ impl Gateway {
         self.started.elapsed()
     }
 
-    /// Where budgets are kept right now: `local`, `shared` (Redis) or
-    /// `fallback` (Redis configured but unreachable).
+    /// Where budgets are kept right now: `local`, `connecting` (Redis
+    /// configured, no call answered yet), `shared` (the last Redis call
+    /// succeeded) or `fallback` (it failed: local shares meanwhile).
     pub fn backend_state(&self) -> &'static str {
-        match self.scheduler.shared_state() {
+        match self.scheduler.redis_state() {
             None => "local",
-            Some((false, _)) => "shared",
-            Some((true, _)) => "fallback",
+            Some(LinkState::Connecting) => "connecting",
+            Some(LinkState::Up) => "shared",
+            Some(LinkState::Down(_)) => "fallback",
         }
+    }
+
+    /// Why Redis is not in use, while `fallback` (redacted: no URL, no
+    /// password).
+    pub fn backend_cause(&self) -> Option<String> {
+        match self.scheduler.redis_state() {
+            Some(LinkState::Down(why)) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// What `/readyz` says: listeners up and not draining, and, with
+    /// `redis.required = true`, Redis in use (the fallback budget is safe,
+    /// so without it a Redis outage keeps crmgate ready).
+    pub fn is_ready(&self) -> bool {
+        self.drain.is_ready()
+            && (!self.snapshot().config.redis.required
+                || self
+                    .scheduler
+                    .redis_state()
+                    .is_none_or(|s| s == LinkState::Up))
     }
 }

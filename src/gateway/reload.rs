@@ -161,7 +161,9 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!("upstream.egress_id", upstream.egress_id);
     keep!("limits.scope", limits.scope);
     keep!("limits.backend", limits.backend);
-    keep!("redis.url", redis.url);
+    keep!("redis.url / sentinels / cluster_nodes", redis.topology);
+    keep!("redis.password_env / password_file", redis.password);
+    keep!("redis.ca_file", redis.ca);
     keep!("redis.key_prefix", redis.key_prefix);
     keep!("redis.timeout", redis.timeout);
     keep!("redis.expected_replicas", redis.expected_replicas);

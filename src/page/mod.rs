@@ -182,7 +182,11 @@ fn facts(s: &Status, h: &HistoryDoc) -> String {
     let backend = match s.budget_backend {
         "local" => "Local".to_string(),
         "shared" => "Redis (shared)".to_string(),
-        "fallback" => "<span class=\"pill warn\">Fallback: Redis unreachable</span>".to_string(),
+        "connecting" => "<span class=\"pill warn\">Connecting to Redis</span>".to_string(),
+        "fallback" => format!(
+            "<span class=\"pill warn\">Fallback: Redis unreachable</span> {}",
+            esc(s.budget_backend_cause.as_deref().unwrap_or_default())
+        ),
         other => esc(other),
     };
     fact(

@@ -48,7 +48,9 @@
       : "<span class=\"pill bad\">Not ready: starting or draining</span>";
     out += fact("State", "f-state", String(s.ready), state);
     var backend = { local: "Local", shared: "Redis (shared)",
-      fallback: "<span class=\"pill warn\">Fallback: Redis unreachable</span>" }[s.budget_backend];
+      connecting: "<span class=\"pill warn\">Connecting to Redis</span>",
+      fallback: "<span class=\"pill warn\">Fallback: Redis unreachable</span> "
+        + esc(s.budget_backend_cause || "") }[s.budget_backend];
     out += fact("Budget backend", "f-backend", s.budget_backend,
       backend === undefined ? esc(s.budget_backend) : backend);
     out += fact("Uptime", "f-uptime", String(s.uptime_seconds), duration(s.uptime_seconds));

@@ -9,31 +9,37 @@
 //! Cutting the rate on every 503 mistakes the second for the first and
 //! sinks to the floor. So the rate is lowered only on evidence, by a test:
 //!
-//! 1. **Observe.** The first 503 (the *onset*) changes nothing yet: for one
-//!    window from the refused send, the sends after it and their refusals
-//!    are counted at the rate in force (`before`). No other refusal in that
-//!    window: nothing to test, back to normal.
-//! 2. **Test.** Otherwise the rate drops to `before × decrease_factor` (at
-//!    least `min_rate`). The first window after the cut is ignored (the
-//!    CRM's window still holds the old rate's arrivals); sends and refusals
-//!    in the two windows after it are the test sample.
-//!    If even a sample with no refusal could not prove the rate guilty (too
-//!    few refusals observed), it is noise at once, without a cut.
-//! 3. **Verdict** (half a window later, when the sample's answers are in): a
-//!    one-sided two-proportion test, `p_before − p_test > 2.5·σ`; or as soon
-//!    as the sample's refusals make that impossible (noise). If the
-//!    refusal share fell, the rate was the cause: the test rate is kept
-//!    (*limited*). If not, it is noise: the rate goes straight back to
+//! 1. **Observe.** The first 503 (the *onset*) changes nothing yet: for
+//!    [`OBSERVE_WINDOWS`] windows from the refused send, the sends after it
+//!    and their refusals are counted at the rate in force (`before`). No
+//!    other refusal: nothing to test, back to where it came from. Any other
+//!    refusal is tested: a CRM that does not count refused arrivals refuses
+//!    only a share of them, which is not evidence of noise.
+//! 2. **Test.** The rate drops to `before × decrease_factor` (at least
+//!    `min_rate`). The first window after the cut is ignored (the CRM's
+//!    window still holds the old rate's arrivals); then the sample runs in
+//!    rounds of two windows.
+//! 3. **Verdict** (half a window after each round): a one-sided
+//!    two-proportion test, `p_before − p_test > Z·σ`. If the refusal share
+//!    fell, the rate was the cause (*limited*). A sample with no refusal
+//!    that is still too small to prove it gets another round (at most
+//!    [`MAX_ROUNDS`]). Otherwise it is noise: the rate goes straight back to
 //!    `before`, and further 503s are ignored for a hold-off (10 s, doubling
-//!    per consecutive noise verdict, at most 30 s). Fewer than 3 sends in
-//!    the sample prove nothing: back to `before`.
-//! 4. **Limited.** The good rate is held for 5 s, then it rises by
-//!    `recovery_per_second` towards the limit. A 503 on a send made above
-//!    the good rate is a failed probe: one window at `good × decrease_factor`
-//!    (with a strict CRM the refused probe would otherwise keep the window
-//!    over its limit), then the good rate again and the hold doubles (at
-//!    most 5 min). A 503 at the good rate itself starts a new onset from it.
-//!    Reaching the limit ends it.
+//!    per consecutive noise verdict, at most 30 s); also as soon as a
+//!    refusal makes a pass impossible. Fewer than 3 sends in the sample
+//!    prove nothing.
+//! 4. **Limited.** The tested rate is held for 5 s from the cut, then a
+//!    probe rises by `recovery_per_second` to its target
+//!    ([`Params::probe_target`]: the limit, or half way to the lowest rate
+//!    known to be refused) and holds it for [`PLATEAU`]; then it is the
+//!    good rate and the next probe starts. A 503 on a send above the good
+//!    rate is a failed probe: its rate is the new ceiling, one window at
+//!    `good × decrease_factor` (with a strict CRM the refused probe would
+//!    otherwise keep the window over its limit), then the good rate again
+//!    and the hold doubles (at most 5 min). A 503 at a good rate above the
+//!    tested one goes back to the tested one (a burst hid the excess); at
+//!    the tested rate itself it starts a new onset from it. A probe held
+//!    at the limit ends it.
 //!
 //! Refusals are attributed to the moment their request was *sent* (a 503
 //! answers a send made one latency earlier, possibly at another rate), and
@@ -63,7 +69,17 @@ pub const NOISE_HOLD_MAX: Duration = Duration::from_secs(30);
 /// Fewest test sends that can prove anything.
 pub const MIN_TEST_SENDS: u32 = 3;
 /// Standard deviations by which the refusal share must fall.
-pub const Z: f64 = 2.5;
+pub const Z: f64 = 2.0;
+/// Windows observed at the rate in force after an onset.
+pub const OBSERVE_WINDOWS: u32 = 2;
+/// Most rounds (two windows each) of a test sample: a test whose sample
+/// has too few refusals to decide goes on for another round.
+pub const MAX_ROUNDS: u32 = 4;
+/// How long a probe's rate is held before it counts as good.
+pub const PLATEAU: Duration = Duration::from_secs(5);
+/// A probe closer than this to the rate that failed is not worth its cost:
+/// the next probe aims at the limit instead, after the (doubled) hold.
+pub const MIN_GAP: f64 = 0.5;
 
 /// Where a budget's adaptation stands.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -76,20 +92,27 @@ pub enum Phase {
         /// When that rate was set.
         since: Instant,
     },
-    /// Counting sends and refusals for one window from the refused send
-    /// `from`, at `before`; the test starts at `from + window`.
+    /// Counting sends and refusals for [`OBSERVE_WINDOWS`] windows from the
+    /// refused send `from`, at `before`; the test starts when they end.
     Observe(Sample),
-    /// At the test rate since `from + window`; the test sample is the two
-    /// windows from `from + 2 windows`, the verdict at `from + 4.5 windows`.
+    /// At the test rate since the observation ended; one window is skipped,
+    /// then the sample runs in rounds of two windows, each judged half a
+    /// window after it ends.
     Test(Sample),
     /// The rate was the cause: `good` is held (after a dip below it until
-    /// `dip_until`) until `hold_until`, then rises.
+    /// `dip_until`) until `hold_until`, then a probe rises towards
+    /// [`probe_target`] and, held there for [`PLATEAU`], becomes the good
+    /// rate.
     Limited {
-        /// The rate the test showed free of the rate's 503s.
+        /// The highest rate known free of the rate's 503s.
         good: f64,
+        /// The rate the test proved (never gone below by a failed good rate).
+        base: f64,
+        /// The lowest rate known to be refused (infinite: none).
+        ceil: f64,
         /// A failed probe's dip ends here.
         dip_until: Instant,
-        /// The rise starts here.
+        /// The probe starts here.
         hold_until: Instant,
     },
 }
@@ -110,6 +133,11 @@ pub struct Sample {
     pub test_sent: u32,
     /// Refusals among them.
     pub test_refused: u32,
+    /// Rounds of the test sample judged so far.
+    pub rounds: u32,
+    /// The onset came from a limited rate: its base and ceiling, to return
+    /// to when the 503s prove nothing.
+    pub limited: Option<(f64, f64)>,
 }
 
 /// The budget's fixed parameters, as adaptation needs them.
@@ -136,6 +164,36 @@ impl Params<'_> {
     fn windows(&self, n: f64) -> Duration {
         self.window.mul_f64(n)
     }
+
+    /// When the observation of an onset at `from` ends.
+    fn observed(&self, from: Instant) -> Instant {
+        from + self.windows(f64::from(OBSERVE_WINDOWS))
+    }
+
+    /// Where the test sample starts (a window after the cut).
+    fn sample_start(&self, from: Instant) -> Instant {
+        from + self.windows(f64::from(OBSERVE_WINDOWS + 1))
+    }
+
+    /// Where the test sample ends after `rounds` rounds.
+    fn sample_end(&self, from: Instant, rounds: u32) -> Instant {
+        self.sample_start(from) + self.windows(f64::from(2 * rounds))
+    }
+
+    /// When round `round` (from 1) is judged.
+    fn verdict(&self, from: Instant, round: u32) -> Instant {
+        self.sample_end(from, round) + self.windows(0.5)
+    }
+
+    /// The rate a probe from `good` aims at: half way to the lowest rate
+    /// known to be refused, or the limit when that is within [`MIN_GAP`].
+    pub fn probe_target(&self, good: f64, ceil: f64) -> f64 {
+        if ceil - good >= MIN_GAP {
+            ((good + ceil) / 2.0).min(self.limit)
+        } else {
+            self.limit
+        }
+    }
 }
 
 /// One budget's adaptation state.
@@ -153,10 +211,16 @@ pub struct Adapt {
 }
 
 /// Whether the test could still show the rate was the cause, were every
-/// remaining sample send accepted: at most `2 × test rate` sends fit in the
-/// sample's two windows. If not, testing on is pointless.
+/// remaining sample send accepted: at most `2 × test rate` sends fit in
+/// each round, and only a sample without refusals goes on to another round
+/// (up to [`MAX_ROUNDS`]). If not, testing on is pointless.
 pub fn could_prove(s: &Sample, p: &Params) -> bool {
-    let most = (2.0 * p.lowered(s.before)).ceil() as u32;
+    let rounds = if s.test_refused == 0 {
+        MAX_ROUNDS
+    } else {
+        s.rounds + 1
+    };
+    let most = (f64::from(2 * rounds) * p.lowered(s.before)).ceil() as u32;
     rate_was_the_cause(&Sample {
         test_sent: s.test_sent.max(most),
         ..*s
@@ -220,62 +284,84 @@ impl Adapt {
     fn advance(&mut self, now: Instant, p: &Params) {
         loop {
             match self.phase {
-                Phase::Observe(s) if now >= s.from + p.window => {
-                    if s.refused >= 1 && could_prove(&s, p) {
+                Phase::Observe(s) if now >= p.observed(s.from) => {
+                    let at = p.observed(s.from);
+                    if s.refused >= 1 {
+                        // Any refusal besides the onset is worth a test: a
+                        // test costs a few sends, and a CRM that does not
+                        // count refused arrivals refuses only a share.
                         self.phase = Phase::Test(s);
-                    } else if s.refused >= 1 {
-                        // Too few refusals for any test to prove the rate
-                        // guilty: noise, without lowering the rate at all.
-                        self.noise(s.before, s.from + p.window);
                     } else {
-                        // A lone 503 in a window: nothing to test, and the
+                        // A lone 503 in its windows: nothing to test, and the
                         // noise that caused earlier hold-offs has thinned.
                         self.noise_hold = NOISE_HOLD;
-                        self.phase = Phase::Free {
-                            rate: s.before,
-                            since: s.from + p.window,
-                        };
+                        self.back(s, at);
                     }
                 }
-                Phase::Test(s) if now >= s.from + p.windows(4.5) => {
-                    let at = s.from + p.windows(4.5);
-                    self.ignore_before = Some(at);
-                    if s.test_sent < MIN_TEST_SENDS {
-                        self.phase = Phase::Free {
-                            rate: s.before,
-                            since: at,
-                        };
-                    } else if rate_was_the_cause(&s) {
+                Phase::Test(s) if now >= p.verdict(s.from, s.rounds + 1) => {
+                    let at = p.verdict(s.from, s.rounds + 1);
+                    let rounds = s.rounds + 1;
+                    if rate_was_the_cause(&s) && s.test_sent >= MIN_TEST_SENDS {
+                        self.ignore_before = Some(at);
                         self.noise_hold = NOISE_HOLD;
+                        let good = p.lowered(s.before);
                         self.phase = Phase::Limited {
-                            good: p.lowered(s.before),
+                            good,
+                            base: good,
+                            // The first probe aims at the limit.
+                            ceil: f64::INFINITY,
                             dip_until: at,
-                            hold_until: at + self.limit_hold,
+                            // The test rate has been held since the cut.
+                            hold_until: at.max(p.observed(s.from) + self.limit_hold),
                         };
+                    } else if rounds < MAX_ROUNDS && s.test_refused == 0 && could_prove(&s, p) {
+                        // Not proven yet, and not one refusal at the test
+                        // rate: one more round.
+                        self.phase = Phase::Test(Sample { rounds, ..s });
+                    } else if s.test_sent < MIN_TEST_SENDS {
+                        self.ignore_before = Some(at);
+                        self.back(s, at);
                     } else {
-                        self.noise(s.before, at);
+                        self.noise(s, at);
                     }
                 }
                 Phase::Limited {
-                    good, hold_until, ..
+                    good,
+                    base,
+                    ceil,
+                    hold_until,
+                    ..
                 } => {
+                    let target = p.probe_target(good, ceil);
                     let rec = p.config.recovery_per_second;
                     // A rise too slow for a `Duration` (a tiny recovery
-                    // rate passes validation) never reaches the limit.
-                    let Some(reached) =
-                        Duration::try_from_secs_f64((p.limit - good).max(0.0) / rec)
-                            .ok()
-                            .and_then(|rise| hold_until.checked_add(rise))
+                    // rate passes validation) never reaches its target.
+                    let Some(reached) = Duration::try_from_secs_f64((target - good).max(0.0) / rec)
+                        .ok()
+                        .and_then(|rise| hold_until.checked_add(rise))
                     else {
                         return;
                     };
-                    if now < reached {
+                    let passed = reached + PLATEAU;
+                    if now < passed {
                         return;
                     }
                     self.limit_hold = LIMIT_HOLD;
-                    self.phase = Phase::Free {
-                        rate: f64::INFINITY,
-                        since: reached,
+                    if target >= p.limit {
+                        // Held at the limit: free again.
+                        self.phase = Phase::Free {
+                            rate: f64::INFINITY,
+                            since: passed,
+                        };
+                        continue;
+                    }
+                    // The probe held: its rate is good, the next one starts.
+                    self.phase = Phase::Limited {
+                        good: target,
+                        base,
+                        ceil,
+                        dip_until: passed,
+                        hold_until: passed,
                     };
                 }
                 _ => return,
@@ -283,14 +369,34 @@ impl Adapt {
         }
     }
 
+    /// Where an observation or test that found nothing returns to: the rate
+    /// before the onset, limited again if it was.
+    fn back(&mut self, s: Sample, at: Instant) {
+        self.phase = match s.limited {
+            Some((base, ceil)) => Phase::Limited {
+                good: s.before,
+                base,
+                ceil,
+                dip_until: at,
+                hold_until: at + self.limit_hold,
+            },
+            None => Phase::Free {
+                rate: s.before,
+                since: at,
+            },
+        };
+    }
+
     /// The verdict "noise" at `at`: back to `before`, 503s ignored for the
     /// hold-off, which doubles for the next time.
-    fn noise(&mut self, before: f64, at: Instant) {
+    fn noise(&mut self, s: Sample, at: Instant) {
         self.ignore_before = Some(at);
         self.quiet_until = Some(at + self.noise_hold);
         self.noise_hold = (self.noise_hold * 2).min(NOISE_HOLD_MAX);
+        // Even from a limited rate: the refusals went on below it, so they
+        // say nothing about it.
         self.phase = Phase::Free {
-            rate: before,
+            rate: s.before,
             since: at,
         };
     }
@@ -307,13 +413,16 @@ impl Adapt {
             Phase::Test(s) => p.lowered(s.before),
             Phase::Limited {
                 good,
+                ceil,
                 dip_until,
                 hold_until,
+                ..
             } => {
                 if now < dip_until {
                     p.lowered(good)
                 } else {
-                    good + rec * now.saturating_duration_since(hold_until).as_secs_f64()
+                    let rise = rec * now.saturating_duration_since(hold_until).as_secs_f64();
+                    (good + rise).min(p.probe_target(good, ceil))
                 }
             }
         };
@@ -333,9 +442,9 @@ impl Adapt {
     fn count(&mut self, at: Instant, p: &Params, by: i32) {
         self.advance(at, p);
         if let Phase::Observe(s) | Phase::Test(s) = &mut self.phase {
-            if at > s.from && at < s.from + p.window {
+            if at > s.from && at < p.observed(s.from) {
                 s.sent = s.sent.saturating_add_signed(by);
-            } else if at >= s.from + p.windows(2.0) && at < s.from + p.windows(4.0) {
+            } else if at >= p.sample_start(s.from) && at < p.sample_end(s.from, MAX_ROUNDS) {
                 s.test_sent = s.test_sent.saturating_add_signed(by);
             }
         }
@@ -361,45 +470,72 @@ impl Adapt {
                     return;
                 }
                 let before = self.rate(now, p);
-                self.onset(before, sent_at, sends_since);
+                self.onset(before, None, sent_at, sends_since);
             }
             Phase::Observe(ref mut s) | Phase::Test(ref mut s) => {
-                if sent_at > s.from && sent_at < s.from + p.window {
+                if sent_at > s.from && sent_at < p.observed(s.from) {
                     s.refused += 1;
-                } else if sent_at >= s.from + p.windows(2.0) && sent_at < s.from + p.windows(4.0) {
+                } else if sent_at >= p.sample_start(s.from)
+                    && sent_at < p.sample_end(s.from, MAX_ROUNDS)
+                {
                     s.test_refused += 1;
                     let s = *s;
                     if !could_prove(&s, p) {
                         // The refusals go on at the lower rate: noise, now.
-                        self.noise(s.before, now);
+                        self.noise(s, now);
                     }
                 }
             }
             Phase::Limited {
                 good,
+                base,
+                ceil,
                 dip_until,
                 hold_until,
             } => {
                 if sent_at >= hold_until {
-                    // A failed probe: dip below the good rate for a window
-                    // so the CRM's window sheds the refused arrivals, then
-                    // hold longer.
+                    // A failed probe: its rate at the send is too high. Dip
+                    // below the good rate for a window so the CRM's window
+                    // sheds the refused arrivals, then hold longer.
+                    let failed = self.rate(sent_at, p).min(ceil);
                     self.limit_hold = (self.limit_hold * 2).min(LIMIT_HOLD_MAX);
                     let dip_until = now + p.window;
                     self.phase = Phase::Limited {
                         good,
+                        base,
+                        ceil: failed,
+                        dip_until,
+                        hold_until: dip_until + self.limit_hold,
+                    };
+                    self.ignore_before = Some(dip_until);
+                } else if sent_at >= dip_until && good > base {
+                    // A probe that held is refused after all (a burst that
+                    // hid a small excess): back to the tested rate, and this
+                    // one is the ceiling.
+                    self.limit_hold = (self.limit_hold * 2).min(LIMIT_HOLD_MAX);
+                    let dip_until = now + p.window;
+                    self.phase = Phase::Limited {
+                        good: base,
+                        base,
+                        ceil: good,
                         dip_until,
                         hold_until: dip_until + self.limit_hold,
                     };
                     self.ignore_before = Some(dip_until);
                 } else if sent_at >= dip_until {
-                    self.onset(good, sent_at, sends_since);
+                    self.onset(good, Some((base, ceil)), sent_at, sends_since);
                 }
             }
         }
     }
 
-    fn onset(&mut self, before: f64, from: Instant, sends_since: impl Fn(Instant) -> u32) {
+    fn onset(
+        &mut self,
+        before: f64,
+        limited: Option<(f64, f64)>,
+        from: Instant,
+        sends_since: impl Fn(Instant) -> u32,
+    ) {
         self.phase = Phase::Observe(Sample {
             before,
             from,
@@ -407,6 +543,8 @@ impl Adapt {
             refused: 0,
             test_sent: 0,
             test_refused: 0,
+            rounds: 0,
+            limited,
         });
     }
 }

@@ -478,6 +478,11 @@ impl Scheduler {
             .map(|s| (s.in_fallback(), s.calls()))
     }
 
+    /// With the Redis backend: what is known about Redis now.
+    pub fn redis_state(&self) -> Option<crate::redis_link::LinkState> {
+        self.inner.shared.as_ref().map(|s| s.state())
+    }
+
     /// Requests withdrawn while queued because their caller went away.
     pub fn withdrawn(&self) -> u64 {
         self.inner.withdrawn.load(Ordering::Relaxed)

@@ -14,24 +14,26 @@
 //!
 //! When Redis is unreachable or slower than `redis.timeout`, the lane uses
 //! its local budget, shaped at `limit / redis.expected_replicas`, without
-//! waiting on Redis again; a background prober pings it every second and
-//! ends the fallback when it answers. The switch is logged once each way,
-//! with the Redis error that caused it. Never a key or password in logs: the
-//! URL is not printed, and error texts are scrubbed of it.
+//! waiting on Redis again; the [`RedisLink`]'s prober pings it every second
+//! and ends the fallback when it answers. The link owns the connection (one
+//! server, Sentinel or Cluster), its state and the redaction of causes; this
+//! module owns the scripts and their keys. Every key of one script call
+//! carries the lane's hash tag (`{general}`, `{general:acme}`), so a Redis
+//! Cluster keeps them in one slot.
 //!
 //! The scripts live in `lua/`, one file each, with their KEYS, ARGV and
 //! reply in the header. Their rules are [`super::Budget`]'s, which is the
 //! reference; tests/budget_equivalence.rs feeds both the same events.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use crate::classify::Class;
 use crate::config::{AdaptiveConfig, Config};
+use crate::redis_link::{LinkState, RedisLink};
 
 // Each script is a clock prelude (defining `now`) followed by its body.
 /// Defines `now` from Redis's `TIME` (production).
@@ -49,24 +51,15 @@ fn window_us(config: &Config) -> u64 {
     (Duration::from_secs(1) + config.limits.jitter_allowance).as_micros() as u64
 }
 
-/// How long to use the local fallback before trying Redis again.
-const PROBE_EVERY: Duration = Duration::from_secs(1);
-
 /// The Redis side of shared budgets.
 pub struct Shared {
-    url: crate::config::Secret,
-    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
-    timeout: Duration,
+    link: Arc<RedisLink>,
     prefix: String,
     /// Budget name of each egress, in config order.
     ids: Vec<String>,
     limits: [AtomicU32; 2],
     window_us: AtomicU64,
     adaptive: Mutex<AdaptiveConfig>,
-    fallback: AtomicBool,
-    /// When this replica last came back from fallback.
-    rejoined: Mutex<Option<tokio::time::Instant>>,
-    calls: AtomicU64,
     reserve: Script,
     throttle: Script,
     connected: Script,
@@ -79,7 +72,12 @@ impl Shared {
     /// Prepares the client; nothing is connected until the first slot (a
     /// Redis that cannot be reached, or a URL it rejects, means fallback).
     pub fn new(config: &Config) -> Shared {
-        Shared::build(config, None)
+        Shared::build(config, Arc::new(RedisLink::new(&config.redis)), None)
+    }
+
+    /// Like [`Shared::new`], on a link other users share (the fleet cache).
+    pub fn with_link(config: &Config, link: Arc<RedisLink>) -> Shared {
+        Shared::build(config, link, None)
     }
 
     /// For tests only: like [`Shared::new`], but the scripts take "now" (µs
@@ -87,10 +85,10 @@ impl Shared {
     /// drive Redis and a local [`super::Budget`] on one time base.
     #[doc(hidden)]
     pub fn with_clock(config: &Config, clock: Arc<AtomicU64>) -> Shared {
-        Shared::build(config, Some(clock))
+        Shared::build(config, Arc::new(RedisLink::new(&config.redis)), Some(clock))
     }
 
-    fn build(config: &Config, clock: Option<Arc<AtomicU64>>) -> Shared {
+    fn build(config: &Config, link: Arc<RedisLink>, clock: Option<Arc<AtomicU64>>) -> Shared {
         let r = &config.redis;
         let ids = if config.upstream.egress_ips.is_empty() {
             vec![config
@@ -115,17 +113,12 @@ impl Shared {
             CLOCK_REDIS
         };
         Shared {
-            url: r.url.clone(),
-            conn: tokio::sync::Mutex::new(None),
-            timeout: r.timeout,
+            link,
             prefix: r.key_prefix.clone(),
             ids,
             limits: Class::ALL.map(|c| AtomicU32::new(config.rate(c).get())),
             window_us: AtomicU64::new(window_us(config)),
             adaptive: Mutex::new(config.limits.adaptive.clone()),
-            fallback: AtomicBool::new(false),
-            rejoined: Mutex::new(None),
-            calls: AtomicU64::new(0),
             reserve: Script::new(&format!("{prelude}{ADAPT}{RESERVE}")),
             throttle: Script::new(&format!("{prelude}{ADAPT}{THROTTLE}")),
             connected: Script::new(&format!("{prelude}{CONNECTED}")),
@@ -142,27 +135,36 @@ impl Shared {
         *self.adaptive.lock().unwrap_or_else(|p| p.into_inner()) = config.limits.adaptive.clone();
     }
 
-    /// True while the local fallback budget is in use.
+    /// True while the local fallback budget is in use (Redis failed).
     pub fn in_fallback(&self) -> bool {
-        self.fallback.load(Ordering::Relaxed)
+        self.link.is_down()
+    }
+
+    /// What is known about Redis now.
+    pub fn state(&self) -> LinkState {
+        self.link.state()
+    }
+
+    /// The link to Redis.
+    pub fn link(&self) -> &Arc<RedisLink> {
+        &self.link
     }
 
     /// Redis round trips made so far.
     pub fn calls(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
+        self.link.calls()
     }
 
+    /// The state hash and send log of one budget:
+    /// `PREFIX:budget:{CLASS[:TENANT]}:EGRESS` and `…:log`. The braces are a
+    /// Redis Cluster hash tag: the keys of every egress of one lane, which a
+    /// reservation reads together, share one slot.
     fn keys(&self, egress: usize, class: Class, tenant: Option<&str>) -> (String, String) {
-        let mut key = format!(
-            "{}:budget:{}:{}",
-            self.prefix,
-            self.ids[egress],
-            class.as_str()
-        );
-        if let Some(t) = tenant {
-            key.push(':');
-            key.push_str(t);
-        }
+        let tag = match tenant {
+            Some(t) => format!("{}:{t}", class.as_str()),
+            None => class.as_str().to_string(),
+        };
+        let key = format!("{}:budget:{{{tag}}}:{}", self.prefix, self.ids[egress]);
         let log = format!("{key}:log");
         (key, log)
     }
@@ -173,52 +175,11 @@ impl Shared {
         600_000
     }
 
-    /// A connection, connecting first if needed (bounded by the timeout).
-    /// The error is the cause, fit for a log line (see [`cause`]).
-    async fn connection(&self) -> Result<ConnectionManager, String> {
-        let mut guard = self.conn.lock().await;
-        if let Some(conn) = &*guard {
-            return Ok(conn.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1);
-        let client = redis::Client::open(self.url.expose())
-            .map_err(|e| format!("invalid redis.url: {}", cause(&e, &self.url)))?;
-        let connect = ConnectionManager::new_with_config(client, config);
-        let conn = tokio::time::timeout(self.timeout, connect)
-            .await
-            .map_err(|_| "connecting timed out".to_string())?
-            .map_err(|e| format!("cannot connect: {}", cause(&e, &self.url)))?;
-        *guard = Some(conn.clone());
-        Ok(conn)
-    }
-
-    /// Marks Redis as down (logging the transition once, with its cause)
-    /// until the next probe.
-    async fn failed(&self, why: &str) {
-        *self.conn.lock().await = None;
-        if !self.fallback.swap(true, Ordering::Relaxed) {
-            tracing::warn!(cause = why, "Redis budget unavailable: using the local fallback budget (limit / expected_replicas)");
-        } else {
-            tracing::debug!(cause = why, "Redis budget still unavailable");
-        }
-    }
-
-    fn succeeded(&self) {
-        if self.fallback.swap(false, Ordering::Relaxed) {
-            *self.rejoined.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(tokio::time::Instant::now());
-            tracing::info!("Redis budget reachable again: back to the shared budget");
-        }
-    }
-
     /// When this replica last came back from fallback, if it ever did
     /// (lanes stay careful for a while after it, even those that were idle
     /// meanwhile).
     pub fn rejoined_at(&self) -> Option<tokio::time::Instant> {
-        *self.rejoined.lock().unwrap_or_else(|p| p.into_inner())
+        self.link.rejoined_at()
     }
 
     /// Reserves the next shared slot for a lane: which egress, and how long
@@ -273,36 +234,10 @@ impl Shared {
         ))
     }
 
-    /// While in fallback, pings Redis every second (off the dispatchers'
-    /// path) and ends the fallback when it answers. Runs until `stop`.
+    /// Pings Redis at once and whenever it is not known to answer, off the
+    /// dispatchers' path (see [`RedisLink::probe`]). Runs until `stop`.
     pub async fn probe(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(PROBE_EVERY) => {}
-                _ = stop.cancelled() => return,
-            }
-            if !self.in_fallback() {
-                continue;
-            }
-            let ping = async {
-                let mut conn = self.connection().await?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .map_err(|e| format!("PING failed: {}", cause(&e, &self.url)))
-            };
-            match tokio::time::timeout(self.timeout, ping).await {
-                Ok(Ok(_)) => self.succeeded(),
-                failure => {
-                    let why = match failure {
-                        Ok(Err(why)) => why,
-                        _ => "PING timed out".to_string(),
-                    };
-                    tracing::debug!(cause = %why, "Redis budget probe failed");
-                    *self.conn.lock().await = None;
-                }
-            }
-        }
+        self.link.clone().probe(stop).await
     }
 
     /// Runs one script call within `redis.timeout`. A failure or timeout
@@ -316,28 +251,9 @@ impl Shared {
             // The ARGV clock reads "now" from the last argument.
             invocation.arg(clock.load(Ordering::Relaxed));
         }
-        let call = async {
-            let mut conn = self.connection().await?;
-            self.calls.fetch_add(1, Ordering::Relaxed);
-            invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| format!("script failed: {}", cause(&e, &self.url)))
-        };
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => {
-                self.succeeded();
-                Some(value)
-            }
-            Ok(Err(why)) => {
-                self.failed(&why).await;
-                None
-            }
-            Err(_) => {
-                self.failed("timed out").await;
-                None
-            }
-        }
+        self.link
+            .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await
     }
 
     /// Reports that sends through `egress` that were due within the last
@@ -393,52 +309,5 @@ impl Shared {
             .arg(self.ttl_ms())
             .arg(age.as_micros() as u64);
         let _: Option<i64> = self.run(invocation).await;
-    }
-}
-
-/// A Redis error's text for a log line. The URL (and so its password) is
-/// never part of it: redis-rs does not quote it today, and this makes sure a
-/// future version that does cannot leak it.
-fn cause(err: &redis::RedisError, url: &crate::config::Secret) -> String {
-    let mut text = err.to_string();
-    let url = url.expose();
-    if !url.is_empty() {
-        text = text.replace(url, "<redis.url>");
-    }
-    if let Some(password) = url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.password().map(str::to_owned))
-    {
-        for form in [
-            password.clone(),
-            percent_encoding::percent_decode_str(&password)
-                .decode_utf8_lossy()
-                .into_owned(),
-        ] {
-            if !form.is_empty() {
-                text = text.replace(&form, "***");
-            }
-        }
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_logged_cause_keeps_the_error_but_never_the_url_or_password() {
-        let url = crate::config::Secret::new("redis://gate:s3cr%21t@10.0.0.7:6379/0");
-        let err = redis::RedisError::from((
-            redis::ErrorKind::AuthenticationFailed,
-            "Password authentication failed",
-            "WRONGPASS for redis://gate:s3cr%21t@10.0.0.7:6379/0 (s3cr!t)".to_string(),
-        ));
-        let text = cause(&err, &url);
-        assert!(text.contains("Password authentication failed"), "{text}");
-        assert!(text.contains("WRONGPASS"), "{text}");
-        assert!(!text.contains("s3cr"), "{text}");
-        assert!(!text.contains("10.0.0.7"), "{text}");
     }
 }

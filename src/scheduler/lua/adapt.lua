@@ -1,13 +1,17 @@
 -- Adaptation, by the rules of `scheduler::adapt` (src/scheduler/adapt.rs is
 -- the reference; docs/architecture.md, "Adaptation"): a 503 lowers the rate
--- only when a test shows the rate was its cause. Prepended (after the clock)
--- to reserve.lua and throttle.lua; defines functions, runs nothing.
+-- only when a test shows the rate was its cause, and a limited rate probes
+-- upwards, half way to the lowest rate known to be refused. Prepended (after
+-- the clock) to reserve.lua and throttle.lua; defines functions, runs nothing.
 --
 -- The state lives in the budget's hash, beside `last` and `paused`:
 --   ph      phase: 'O' observe, 'T' test, 'L' limited, absent/'F' free
 --   r since            free: rate at `since` (absent or -1: the limit)
---   before from n1 k1 n2 k2   observe/test: the sample since the onset
---   good dip hold      limited: good rate, end of a dip, start of the rise
+--   before from n1 k1 n2 k2 rd sb sc   observe/test: the sample since the
+--                      onset, its rounds judged, and the limited state it
+--                      came from (sb base, sc ceiling; sb -1: from free)
+--   good base ceil dip hold   limited: good rate, tested rate, lowest
+--                      refused rate (-1: none), end of a dip, probe start
 --   quiet ignore lhold nhold   hold-off end, judged-before time, next holds
 -- Times in µs on the scripts' clock, rates in sends per window.
 -- `c` is {limit, window, factor, recovery (per s), floor}.
@@ -17,9 +21,14 @@ local LIMIT_HOLD_MAX = 300000000
 local NOISE_HOLD = 10000000
 local NOISE_HOLD_MAX = 30000000
 local MIN_TEST_SENDS = 3
-local Z = 2.5
+local Z = 2.0
+local OBSERVE_WINDOWS = 2
+local MAX_ROUNDS = 4
+local PLATEAU = 5000000
+local MIN_GAP = 0.5
 local FIELDS = {'ph', 'r', 'since', 'before', 'from', 'n1', 'k1', 'n2', 'k2',
-  'good', 'dip', 'hold', 'quiet', 'ignore', 'lhold', 'nhold'}
+  'rd', 'sb', 'sc', 'good', 'base', 'ceil', 'dip', 'hold', 'quiet', 'ignore',
+  'lhold', 'nhold'}
 
 local function adapt_load(key)
   local raw = redis.call('HMGET', key, unpack(FIELDS))
@@ -50,6 +59,19 @@ local function lowered(c, before)
   return math.max(before * c.factor, c.floor)
 end
 
+-- Times of the test's timeline for an onset at `from`.
+local function observed(c, from) return from + OBSERVE_WINDOWS * c.window end
+local function sample_start(c, from) return from + (OBSERVE_WINDOWS + 1) * c.window end
+local function sample_end(c, from, rounds) return sample_start(c, from) + 2 * rounds * c.window end
+local function verdict(c, from, round) return sample_end(c, from, round) + 0.5 * c.window end
+
+-- The rate a probe from `good` aims at (ceil -1: none known).
+local function probe_target(c, good, ceil)
+  if ceil < 0 then return c.limit end
+  if ceil - good >= MIN_GAP then return math.min((good + ceil) / 2, c.limit) end
+  return c.limit
+end
+
 local function cause(a)
   local n1, k1 = math.max(a.n1, 1), a.k1
   local n2, k2 = math.max(a.n2, 1), a.k2
@@ -60,14 +82,26 @@ local function cause(a)
 end
 
 -- Whether the test could still prove the cause were every remaining sample
--- send accepted (at most 2 x the test rate fit in its two windows).
+-- send accepted (2 x the test rate per round; only a sample without
+-- refusals goes on to another round).
 local function could_prove(a, c)
-  local most = math.ceil(2 * lowered(c, a.before))
+  local rounds = a.rd + 1
+  if a.k2 == 0 then rounds = MAX_ROUNDS end
+  local most = math.ceil(2 * rounds * lowered(c, a.before))
   local b = {n1 = a.n1, k1 = a.k1, n2 = math.max(a.n2, most), k2 = a.k2}
   return cause(b)
 end
 
--- The verdict "noise" at `at`: back to `before`, hold-off (doubling).
+-- Back to where the onset came from: free at `before`, or limited again.
+local function back(a, at)
+  if a.sb and a.sb >= 0 then
+    a.ph, a.good, a.base, a.ceil, a.dip, a.hold = 'L', a.before, a.sb, a.sc, at, at + a.lhold
+  else
+    a.ph, a.r, a.since = 'F', a.before, at
+  end
+end
+
+-- The verdict "noise" at `at`: back to `before` (free), hold-off (doubling).
 local function noise(a, at)
   a.ignore = at
   a.quiet = at + a.nhold
@@ -75,34 +109,44 @@ local function noise(a, at)
   a.ph, a.r, a.since = 'F', a.before, at
 end
 
--- Timed transitions up to `now`: end of observation, verdict, end of rise.
+-- Timed transitions up to `now`: end of observation, verdicts, probes.
 local function advance(a, now, c)
   while true do
-    if a.ph == 'O' and now >= a.from + c.window then
-      if a.k1 >= 1 and could_prove(a, c) then
+    if a.ph == 'O' and now >= observed(c, a.from) then
+      local at = observed(c, a.from)
+      if a.k1 >= 1 then
         a.ph = 'T'
-      elseif a.k1 >= 1 then
-        noise(a, a.from + c.window)
       else
         a.nhold = NOISE_HOLD
-        a.ph, a.r, a.since = 'F', a.before, a.from + c.window
+        back(a, at)
       end
-    elseif a.ph == 'T' and now >= a.from + 4.5 * c.window then
-      local at = a.from + 4.5 * c.window
-      a.ignore = at
-      if a.n2 < MIN_TEST_SENDS then
-        a.ph, a.r, a.since = 'F', a.before, at
-      elseif cause(a) then
+    elseif a.ph == 'T' and now >= verdict(c, a.from, a.rd + 1) then
+      local at = verdict(c, a.from, a.rd + 1)
+      local rounds = a.rd + 1
+      if cause(a) and a.n2 >= MIN_TEST_SENDS then
+        a.ignore = at
         a.nhold = NOISE_HOLD
-        a.ph, a.good, a.dip, a.hold = 'L', lowered(c, a.before), at, at + a.lhold
+        local good = lowered(c, a.before)
+        a.ph, a.good, a.base, a.ceil, a.dip = 'L', good, good, -1, at
+        a.hold = math.max(at, observed(c, a.from) + a.lhold)
+      elseif rounds < MAX_ROUNDS and a.k2 == 0 and could_prove(a, c) then
+        a.rd = rounds
+      elseif a.n2 < MIN_TEST_SENDS then
+        a.ignore = at
+        back(a, at)
       else
         noise(a, at)
       end
     elseif a.ph == 'L' then
-      local reached = a.hold + math.max(c.limit - a.good, 0) / c.recovery * 1000000
-      if now < reached then return end
+      local target = probe_target(c, a.good, a.ceil)
+      local passed = a.hold + math.max(target - a.good, 0) / c.recovery * 1000000 + PLATEAU
+      if now < passed then return end
       a.lhold = LIMIT_HOLD
-      a.ph, a.r, a.since = 'F', -1, reached
+      if target >= c.limit then
+        a.ph, a.r, a.since = 'F', -1, passed
+      else
+        a.good, a.dip, a.hold = target, passed, passed
+      end
     else
       return
     end
@@ -128,7 +172,8 @@ local function adapt_rate(a, now, c)
     if now < b.dip then
       rate = lowered(c, b.good)
     else
-      rate = b.good + c.recovery * math.max(now - b.hold, 0) / 1000000
+      rate = math.min(b.good + c.recovery * math.max(now - b.hold, 0) / 1000000,
+        probe_target(c, b.good, b.ceil))
     end
   else
     if b.r == nil or b.r < 0 then return c.limit end
@@ -141,21 +186,21 @@ end
 local function adapt_sent(a, at, c)
   advance(a, at, c)
   if a.ph == 'O' or a.ph == 'T' then
-    if at > a.from and at < a.from + c.window then
+    if at > a.from and at < observed(c, a.from) then
       a.n1 = a.n1 + 1
-    elseif at >= a.from + 2 * c.window and at < a.from + 4 * c.window then
+    elseif at >= sample_start(c, a.from) and at < sample_end(c, a.from, MAX_ROUNDS) then
       a.n2 = a.n2 + 1
     end
   end
 end
 
-local function onset(a, before, from, log)
+local function onset(a, before, sb, sc, from, log)
   local n = 0
   for _, v in ipairs(redis.call('LRANGE', log, 0, -1)) do
     if tonumber(v) > from then n = n + 1 end
   end
-  a.ph, a.before, a.from = 'O', before, from
-  a.n1, a.k1, a.n2, a.k2 = n, 0, 0, 0
+  a.ph, a.before, a.from, a.sb, a.sc = 'O', before, from, sb, sc
+  a.n1, a.k1, a.n2, a.k2, a.rd = n, 0, 0, 0, 0
 end
 
 -- The CRM refused, answered at `now`, the send made at `sent`; `log` is the
@@ -164,23 +209,35 @@ local function adapt_refused(a, now, sent, c, log)
   advance(a, now, c)
   if a.ignore and sent < a.ignore then return end
   if a.ph == 'O' or a.ph == 'T' then
-    if sent > a.from and sent < a.from + c.window then
+    if sent > a.from and sent < observed(c, a.from) then
       a.k1 = a.k1 + 1
-    elseif sent >= a.from + 2 * c.window and sent < a.from + 4 * c.window then
+    elseif sent >= sample_start(c, a.from) and sent < sample_end(c, a.from, MAX_ROUNDS) then
       a.k2 = a.k2 + 1
       if not could_prove(a, c) then noise(a, now) end
     end
   elseif a.ph == 'L' then
     if sent >= a.hold then
+      -- A failed probe: its rate at the send is the new ceiling.
+      local failed = adapt_rate(a, sent, c)
+      if a.ceil >= 0 then failed = math.min(failed, a.ceil) end
       a.lhold = math.min(a.lhold * 2, LIMIT_HOLD_MAX)
+      a.ceil = failed
+      a.dip = now + c.window
+      a.hold = a.dip + a.lhold
+      a.ignore = a.dip
+    elseif sent >= a.dip and a.good > a.base then
+      -- A probe that held is refused after all: back to the tested rate.
+      a.lhold = math.min(a.lhold * 2, LIMIT_HOLD_MAX)
+      a.ceil = a.good
+      a.good = a.base
       a.dip = now + c.window
       a.hold = a.dip + a.lhold
       a.ignore = a.dip
     elseif sent >= a.dip then
-      onset(a, a.good, sent, log)
+      onset(a, a.good, a.base, a.ceil, sent, log)
     end
   else
     if a.quiet and now < a.quiet then return end
-    onset(a, adapt_rate(a, now, c), sent, log)
+    onset(a, adapt_rate(a, now, c), -1, -1, sent, log)
   end
 end
