@@ -456,4 +456,6 @@ fn is_duplicate(body: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+mod machine;
+#[cfg(test)]
 mod tests;
