@@ -89,18 +89,27 @@ pub fn append_param(params: &mut Vec<u8>, name: &str, value: &str) {
     params.extend_from_slice(encoded.as_bytes());
 }
 
-/// True if the content type is `application/x-www-form-urlencoded`, read
-/// as PHP (the CRM) reads it: the media type ends at `;`, `,` or a space,
-/// so `application/x-www-form-urlencoded, text/plain` is a form too.
-pub fn is_form(headers: &HeaderMap) -> bool {
+/// The media type of the content type, read as PHP (the CRM) reads it: it
+/// ends at `;`, `,` or a space, so `application/x-www-form-urlencoded,
+/// text/plain` is a form too. Compare it without case.
+fn media_type(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim_start().split([';', ',', ' ']).next())
-        .is_some_and(|v| {
-            v.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        })
+        .map(str::trim)
+}
+
+/// True if the content type is `application/x-www-form-urlencoded`, read
+/// as PHP reads it ([`media_type`]).
+pub fn is_form(headers: &HeaderMap) -> bool {
+    media_type(headers).is_some_and(|v| v.eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+}
+
+/// True if the content type is `multipart/form-data`, read as PHP reads it
+/// ([`media_type`]): PHP fills `$_POST` from its parts as from a form.
+pub fn is_multipart(headers: &HeaderMap) -> bool {
+    media_type(headers).is_some_and(|v| v.eq_ignore_ascii_case("multipart/form-data"))
 }
 
 /// Headers that belong to one connection and must not be forwarded.
@@ -138,14 +147,15 @@ pub fn drop_hop_by_hop(headers: &mut HeaderMap) {
 
 /// True for a request header that must not go upstream as the caller sent
 /// it: hop-by-hop, recomputed by the client, the caller's key, or replaced
-/// (`X-Forwarded-For`, `X-Request-Id`), or crmgate's own control headers.
+/// (`X-Forwarded-For`, `X-Request-Id`), crmgate's own control headers, or
+/// `Expect` (met here: the whole body is read before it is sent on).
 fn not_forwarded(name: &HeaderName) -> bool {
     *name == header::HOST
         || *name == header::CONTENT_LENGTH
         || HOP_BY_HOP.contains(&name.as_str())
         || matches!(
             name.as_str(),
-            "x-api-key" | "x-forwarded-for" | "x-request-id"
+            "x-api-key" | "x-forwarded-for" | "x-request-id" | "expect"
         )
         || name.as_str().starts_with("x-crmgate-")
 }
@@ -269,6 +279,7 @@ mod tests {
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
         h.insert("x-request-id", "r1".parse().unwrap());
         h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("expect", "100-continue".parse().unwrap());
         let out = upstream_headers(&h);
         assert_eq!(out.len(), 3, "{out:?}");
         assert!(out.contains_key("accept"));
@@ -293,6 +304,11 @@ mod tests {
         assert!(is_form(&h), "media types are case-insensitive");
         h.insert("content-type", "application/json".parse().unwrap());
         assert!(!is_form(&h));
+        h.insert(
+            "content-type",
+            "Multipart/Form-Data, x; boundary=b".parse().unwrap(),
+        );
+        assert!(is_multipart(&h) && !is_form(&h));
         for php_reads_a_form in [
             "application/x-www-form-urlencoded, text/plain",
             "application/x-www-form-urlencoded charset=UTF-8",

@@ -2,7 +2,7 @@
 //!
 //! Two ways in: a path prefix `/{tenant}/api/...` names the tenant, or the
 //! client key the caller presents (header `X-API-KEY`, or `apiKey` in the
-//! query or form body) belongs to exactly one tenant. A tenant with client
+//! query, a form body or a multipart part) belongs to exactly one tenant. A tenant with client
 //! keys always requires one of them; a tenant without any is reachable by
 //! prefix alone, trusting everything that can reach the port. This module
 //! compares keys but never logs or returns them.

@@ -189,6 +189,7 @@ fn cat(a: &str, b: &[u8]) -> Vec<u8> {
 /// The cases that hold today.
 #[rustfmt::skip]
 fn cases() -> Vec<Case> {
+    const MP: &str = "multipart/form-data; boundary=XyZ";
     const MULTIPART: &str = "--XyZ\r\nContent-Disposition: form-data; name=\"apiKey\"\r\n\r\n{ck}\r\n--XyZ\r\nContent-Disposition: form-data; name=\"order\"\r\n\r\n{\"externalId\":\"{id}\"}\r\n--XyZ--\r\n";
     let keyed_form = format!("apiKey={{ck}}&{ORDER}");
     let long_uri = format!("/api/v5/orders?filter[name]={}", "n".repeat(70 * 1024));
@@ -308,10 +309,25 @@ fn cases() -> Vec<Case> {
         case("key-high-bytes", &b"GET /api/v5/orders HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: {id}\r\nX-API-KEY: {ck}\xe9\r\nConnection: close\r\n\r\n"[..], Answers(&[Own(403)])),
         case("two-hosts", "GET /api/v5/orders HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\nX-Request-Id: {id}\r\nX-API-KEY: {ck}\r\nConnection: close\r\n\r\n", Answers(&[Own(421)])),
         case("two-keys", "GET /api/v5/orders HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: {id}\r\nX-API-KEY: svc-nobody\r\nX-API-KEY: {ck}\r\nConnection: close\r\n\r\n", Answers(&[Own(403)])),
-        // A key inside a multipart or JSON body (which crmgate does not
-        // rewrite, and the CRM reads multipart) is refused.
-        case("multipart-apiKey", post("/api/v5/orders/create", "multipart/form-data; boundary=XyZ", K, MULTIPART), Answers(&[Own(400)])),
-        case("multipart-apiKey-open-tenant", post("/open/api/v5/orders/create", "multipart/form-data; boundary=XyZ", "", MULTIPART), Answers(&[Own(400)])),
+        // Multipart bodies (every POST of PHP's clients): key parts in every
+        // spelling are stripped, the rest forwarded; a malformed body is
+        // refused and never forwarded.
+        case("multipart-apiKey", post("/api/v5/orders/create", MP, K, MULTIPART), Answers(&[Crm(201)])),
+        case("multipart-apiKey-only-key", post("/api/v5/orders/create", MP, "", MULTIPART), Answers(&[Crm(201)])),
+        case("multipart-apiKey-open-tenant", post("/open/api/v5/orders/create", MP, "", MULTIPART), Answers(&[Crm(201)])),
+        case("multipart-spellings", post("/api/v5/orders/create", MP, K, &MULTIPART.replace("\"apiKey\"", "\"api_key\"").replace("{ck}\r\n--XyZ\r\n", "{ck}\r\n--XyZ\r\nContent-Disposition: form-data; name=\"APIKEY[]\"\r\n\r\n{ck}\r\n--XyZ\r\n")), Answers(&[Crm(201)])),
+        case("multipart-wrong-key", post("/api/v5/orders/create", MP, "", &MULTIPART.replace("{ck}", "svc-nobody")), Answers(&[Own(403)])),
+        case("multipart-no-boundary", post("/api/v5/orders/create", "multipart/form-data", K, MULTIPART), Answers(&[Own(400)])),
+        case("multipart-two-boundaries", post("/api/v5/orders/create", "multipart/form-data; boundary=XyZ; boundary=Q", K, MULTIPART), Answers(&[Own(400)])),
+        case("multipart-unterminated", post("/api/v5/orders/create", MP, K, MULTIPART.trim_end_matches("--XyZ--\r\n")), Answers(&[Own(400)])),
+        case("multipart-unterminated-key", post("/api/v5/orders/create", MP, "", "--XyZ\r\nContent-Disposition: form-data; name=\"apiKey\"\r\n\r\n{ck}"), Answers(&[Own(400)])),
+        case("multipart-nameless-part", post("/api/v5/orders/create", MP, K, &MULTIPART.replace("; name=\"order\"", "")), Answers(&[Own(400)])),
+        case("multipart-padded-boundary", post("/api/v5/orders/create", MP, K, &MULTIPART.replacen("--XyZ\r\n", "--XyZ \r\n", 1)), Answers(&[Own(400)])),
+        case("multipart-part-after-close", post("/api/v5/orders/create", MP, K, &format!("--XyZ--\r\n{MULTIPART}")), Answers(&[Own(400)])),
+        case("multipart-nul-in-name", post("/api/v5/orders/create", MP, K, &MULTIPART.replace("\"apiKey\"", "\"apiKey\0x\"")), Answers(&[Own(400)])),
+        case("multipart-empty", post("/api/v5/orders/create", MP, K, ""), Answers(&[Own(400)])),
+        // A key inside a JSON body (which crmgate does not rewrite) is
+        // refused.
         case("json-apiKey", post("/api/v5/orders/create", "application/json", K, "{\"apiKey\":\"{ck}\",\"order\":{\"externalId\":\"{id}\"}}"), Answers(&[Own(400)])),
         // Content types PHP reads as a form are rewritten as forms.
         case("form-type-comma", post("/api/v5/orders/create", "application/x-www-form-urlencoded, text/plain", K, &keyed_form), Answers(&[Crm(201)])),

@@ -565,16 +565,17 @@ async fn bodies_held_for_waiting_requests_are_bounded_in_total() {
 }
 
 #[tokio::test]
-async fn a_key_inside_a_json_or_multipart_body_is_refused() {
+async fn a_key_inside_a_json_body_is_refused() {
     let (sim, gate) = setup("").await;
     let c = client();
     for (content_type, body) in [
-        ("application/json", format!(r#"{{"apiKey":"{ACME_CLIENT}","order":{{}}}}"#)),
         (
-            "multipart/form-data; boundary=zz",
-            format!(
-                "--zz\r\nContent-Disposition: form-data; name=\"api_key\"\r\n\r\n{ACME_CLIENT}\r\n--zz--\r\n"
-            ),
+            "application/json",
+            format!(r#"{{"apiKey":"{ACME_CLIENT}","order":{{}}}}"#),
+        ),
+        (
+            "application/vnd.x+json",
+            format!(r#"{{"api_key":"{ACME_CLIENT}"}}"#),
         ),
     ] {
         let resp = c
@@ -587,10 +588,7 @@ async fn a_key_inside_a_json_or_multipart_body_is_refused() {
             .unwrap();
         assert_eq!(resp.status(), 400, "{content_type}");
         let v = json(resp).await;
-        assert!(
-            v["errorMsg"].as_str().unwrap().contains("X-API-KEY"),
-            "{v}"
-        );
+        assert!(v["errorMsg"].as_str().unwrap().contains("X-API-KEY"), "{v}");
         assert!(!v.to_string().contains(ACME_CLIENT));
     }
     assert!(

@@ -9,23 +9,29 @@
 //!   `api-versions`) are kept per tenant for their TTL, and an expired one
 //!   is served when the CRM fails (`stale_if_error`).
 //!
+//! With the Redis backend the answers are also kept for the whole fleet
+//! ([`fleet`]): the in-process store becomes an L1 (`cache.local_ttl`) in
+//! front of Redis, a miss in both takes the fleet's fill lock so replicas
+//! missing at once wait for one CRM read, and Redis being down only means
+//! working locally (no request waits on it).
+//!
 //! A write to a dictionary (`POST /api/v*/reference/{dictionary}/...`)
 //! drops that tenant's entries of that dictionary before and after it is
-//! sent. `Cache-Control: no-cache` skips the lookup and refreshes the entry;
+//! sent, in Redis too. `Cache-Control: no-cache` skips the lookup and refreshes the entry;
 //! `no-store` bypasses the stage. Every GET's answer says what happened in
-//! `X-Crmgate-Cache` (`hit`, `miss`, `coalesced`, `stale`, `bypass`), with
+//! `X-Crmgate-Cache` (`hit`, `shared`, `miss`, `coalesced`, `stale`, `bypass`), with
 //! `Age` on hits and stale answers. This stage never sees the real key,
 //! never logs a path or query, and never shares an entry between tenants.
 
 pub mod coalesce;
 pub mod early;
+pub mod fleet;
 pub mod key;
 pub mod stats;
 pub mod store;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
@@ -37,11 +43,12 @@ use tokio::time::Instant;
 
 use crate::access::Trace;
 use crate::bodies::{BodyLease, BodyPool};
-use crate::config::{CacheConfig, Config};
+use crate::config::Config;
 use crate::error::GatewayError;
 use crate::forward::{Forward, Forwarder};
 use crate::inbound::Inbound;
 use coalesce::{Flight, Flights, Role, Shared};
+use fleet::{Fill, FleetStore, Lookup};
 use key::Key;
 use stats::{Outcome, Stats};
 use store::{Answer, Entry, Store};
@@ -53,6 +60,8 @@ pub const CACHE_HEADER: &str = "x-crmgate-cache";
 /// The stage's shared state: the store, the flights and the counters.
 pub struct Cache {
     store: ArcSwap<Store>,
+    /// The fleet's store in Redis, with the Redis backend and `cache.shared`.
+    fleet: Option<Arc<FleetStore>>,
     max_bytes: AtomicU64,
     flights: Arc<Flights>,
     /// Per-tenant counters and the last minute.
@@ -62,12 +71,30 @@ pub struct Cache {
 impl Cache {
     /// The stage for `config`; counters registered in `metrics` start at 0
     /// for every tenant.
-    pub fn new(config: &Config, metrics: &crate::metrics::Metrics) -> Cache {
+    /// `redis` is the scheduler's link with the Redis backend: the fleet
+    /// cache uses it unless `cache.shared = false`.
+    pub fn new(
+        config: &Config,
+        metrics: &crate::metrics::Metrics,
+        redis: Option<Arc<crate::redis_link::RedisLink>>,
+    ) -> Cache {
+        let fleet = redis.filter(|_| config.cache.shared).map(|link| {
+            Arc::new(FleetStore::new(
+                link,
+                &config.redis.key_prefix,
+                config.cache.shared_max_bytes,
+            ))
+        });
         let cache = Cache {
             store: ArcSwap::from_pointee(Store::new(config.cache.max_bytes)),
+            fleet,
             max_bytes: AtomicU64::new(config.cache.max_bytes),
             flights: Arc::default(),
-            stats: Stats::new(metrics.cache_requests.clone(), metrics.coalesced.clone()),
+            stats: Stats::new(
+                metrics.cache_requests.clone(),
+                metrics.coalesced.clone(),
+                metrics.cache_fill_waits.clone(),
+            ),
         };
         cache.reconfigure(config);
         cache
@@ -85,9 +112,17 @@ impl Cache {
             self.store
                 .store(Arc::new(Store::new(config.cache.max_bytes)));
         }
+        if let Some(fleet) = &self.fleet {
+            fleet.set_max_bytes(config.cache.shared_max_bytes);
+        }
         for t in &config.tenants {
             self.stats.tenant(&t.name.as_str().into());
         }
+    }
+
+    /// Whether answers are kept for the fleet in Redis.
+    pub fn shared(&self) -> bool {
+        self.fleet.is_some()
     }
 
     /// Bytes held (as weighed) and entries.
@@ -129,157 +164,158 @@ fn outcome_header(o: Outcome) -> HeaderValue {
     HeaderValue::from_static(o.as_str())
 }
 
-/// How one read is served, decided before anything is sent.
-enum Way {
-    /// Straight to forward, streamed back unbuffered, with the result to
-    /// tell in [`CACHE_HEADER`] (none when the stage is off or not a GET).
-    Forward(Option<Outcome>),
-    /// Answered from a fresh entry, counted.
-    Answered(Response),
-    /// Through a shared request, started or joined: kept for `ttl` when
-    /// set; `stale` is the expired entry served should it fail.
-    Shared {
-        key: Key,
-        ttl: Option<Duration>,
-        stale: Option<Arc<Entry>>,
-    },
-}
-
 /// The stage for reads: serves a GET from the cache, a shared request, or
-/// forwards it (writes go through [`DictionaryWrite`] instead). It decides
-/// once how the read is served ([`Cache::way`]), then makes one call.
+/// forwards it (writes go through [`DictionaryWrite`] instead).
 pub async fn serve(
-    cache: &Cache,
+    cache: &Arc<Cache>,
     forward: &Forwarder,
     req: Inbound,
     trace: &mut Trace,
 ) -> Result<Response, GatewayError> {
     let snap = forward.snapshot();
     let cfg = &snap.config.cache;
-    match cache.way(cfg, forward, &req).await {
-        Way::Forward(None) => forward.send(req, trace).await,
-        Way::Forward(Some(o)) => with_outcome(forward.send(req, trace).await, o),
-        Way::Answered(resp) => Ok(resp),
-        Way::Shared { key, ttl, stale } => {
-            let plan = ttl.map(|ttl| (ttl, cfg.stale_if_error));
-            cache.share(forward, req, key, plan, stale, trace).await
+    if !cfg.enabled {
+        return forward.send(req, trace).await;
+    }
+    if req.out.method != Method::GET {
+        return forward.send(req, trace).await;
+    }
+    let tenant = req.tenant.name.clone();
+    let stats = cache.stats.tenant(&tenant);
+    let asked = directive(&req.out.headers);
+    if asked == Directive::NoStore {
+        stats.count(Outcome::Bypass);
+        return with_outcome(forward.send(req, trace).await, Outcome::Bypass);
+    }
+    let ttl = cfg.ttl_for(&req.out.path);
+    if ttl.is_none() && forward.free_now(req.ticket.class, &tenant) {
+        // It goes at once, so nobody could join it, and the answer is not
+        // kept: it streams back as it comes, unbuffered. (Should another
+        // request take the slot first, this one waits unjoinable: rare, and
+        // only a missed saving.)
+        stats.count(Outcome::Miss);
+        return with_outcome(forward.send(req, trace).await, Outcome::Miss);
+    }
+    let key = Key::new(&tenant, &req.out.path, req.out.query.as_deref());
+    let store = cache.store.load_full();
+    let mut stale = None;
+    if ttl.is_some() {
+        // A fill already sent for this key: wait for it and look again (an
+        // entry it stores is as good as any hit; one a write made dead is
+        // not found, and this caller goes on to a request of its own).
+        if asked == Directive::Normal && cache.flights.wait_for_sent(&key).await {
+            let now = Instant::now();
+            if let Some(e) = store.get(&key).filter(|e| e.fresh(now)) {
+                stats.count(Outcome::Hit);
+                return Ok(from_entry(&e, Outcome::Hit, now));
+            }
+        }
+        if let Some(e) = store.get(&key) {
+            let now = Instant::now();
+            if asked != Directive::NoCache && e.fresh(now) {
+                stats.count(Outcome::Hit);
+                return Ok(from_entry(&e, Outcome::Hit, now));
+            }
+            if e.usable_stale(now, cfg.stale_if_error) {
+                stale = Some(e);
+            }
         }
     }
-}
-
-impl Cache {
-    /// Decides how `req` is served; a hit, a bypass or a straight miss is
-    /// counted here.
-    async fn way(&self, cfg: &CacheConfig, forward: &Forwarder, req: &Inbound) -> Way {
-        if !cfg.enabled || req.out.method != Method::GET {
-            return Way::Forward(None);
-        }
-        let tenant = &req.tenant.name;
-        let stats = self.stats.tenant(tenant);
-        let asked = directive(&req.out.headers);
-        if asked == Directive::NoStore {
-            stats.count(Outcome::Bypass);
-            return Way::Forward(Some(Outcome::Bypass));
-        }
-        let ttl = cfg.ttl_for(&req.out.path);
-        if ttl.is_none() && forward.free_now(req.ticket.class, tenant) {
-            // It goes at once, so nobody could join it, and the answer is
-            // not kept: it streams back as it comes, unbuffered. (Should
-            // another request take the slot first, this one waits
-            // unjoinable: rare, and only a missed saving.)
-            stats.count(Outcome::Miss);
-            return Way::Forward(Some(Outcome::Miss));
-        }
-        let key = Key::new(tenant, &req.out.path, req.out.query.as_deref());
-        let mut stale = None;
-        if ttl.is_some() {
-            let store = self.store.load_full();
-            // A fill already sent for this key: wait for it and look again
-            // (an entry it stores is as good as any hit; one a write made
-            // dead is not found, and this caller goes on to a request of
-            // its own).
-            if asked == Directive::Normal && self.flights.wait_for_sent(&key).await {
-                let now = Instant::now();
-                if let Some(e) = store.get(&key).filter(|e| e.fresh(now)) {
-                    stats.count(Outcome::Hit);
-                    return Way::Answered(from_entry(&e, Outcome::Hit, now));
+    // The fleet's cache: a fresh entry there is a hit for this replica too
+    // (kept locally for `local_ttl`); a stale one serves if the CRM fails.
+    let mut fleet_plan = None;
+    if let (Some(fleet), Some(ttl)) = (&cache.fleet, ttl) {
+        match fleet.lookup(&key).await {
+            Lookup::Found { entry, generation } => {
+                if asked != Directive::NoCache && entry.fresh() {
+                    let kept = local_ttl(cfg, ttl).min(entry.remaining());
+                    store.insert(
+                        key.clone(),
+                        entry.answer.clone(),
+                        kept,
+                        ZERO,
+                        store.generation(),
+                    );
+                    stats.count(Outcome::Shared);
+                    return Ok(from_fleet(&entry, Outcome::Shared));
                 }
+                if stale.is_none() {
+                    stale = Some(Arc::new(entry.as_stale(store.generation())));
+                }
+                fleet_plan = Some((fleet.clone(), generation));
             }
-            if let Some(e) = store.get(&key) {
-                let now = Instant::now();
-                if asked != Directive::NoCache && e.fresh(now) {
-                    stats.count(Outcome::Hit);
-                    return Way::Answered(from_entry(&e, Outcome::Hit, now));
-                }
-                if e.usable_stale(now, cfg.stale_if_error) {
-                    stale = Some(e);
-                }
-            }
+            Lookup::Miss { generation } => fleet_plan = Some((fleet.clone(), generation)),
+            Lookup::Unavailable => {}
         }
-        Way::Shared { key, ttl, stale }
     }
 
-    /// Serves `req` through the shared request for `key`: starts it (kept
-    /// per `plan`, its TTL and grace, when set) or joins it, and waits for
-    /// its answer; `stale` answers instead should it fail.
-    async fn share(
-        &self,
-        forward: &Forwarder,
-        req: Inbound,
-        key: Key,
-        plan: Option<(Duration, Duration)>,
-        stale: Option<Arc<Entry>>,
-        trace: &mut Trace,
-    ) -> Result<Response, GatewayError> {
-        let stats = self.stats.tenant(&req.tenant.name);
-        let deadline = req.ticket.deadline;
-        let store = self.store.load_full();
-        let (seat, role) = self.flights.take_seat(&key, req.ticket.priority, deadline);
-        let outcome = match role {
-            Role::Started => {
-                let plan = plan.map(|(ttl, grace)| Plan {
-                    ttl,
-                    grace,
-                    generation: store.generation(),
-                    store: store.clone(),
-                });
-                let flight = seat.flight.clone();
-                let (forward, flights) = (forward.clone(), self.flights.clone());
-                let task = tokio::spawn(fly(forward, flights, req, flight, key.clone(), plan));
-                seat.attach(task.abort_handle());
-                Outcome::Miss
-            }
-            Role::Joined => {
-                // The joiner's own request is never sent.
-                drop(req);
-                Outcome::Coalesced
-            }
-        };
-        let shared = seat.wait(deadline).await;
-        if let Ok(s) = &shared {
-            trace.attempts = s.attempts;
-            trace.queue = s.queue;
-            trace.upstream = s.upstream;
-            trace.egress = s.egress.clone();
+    let deadline = req.ticket.deadline;
+    let (seat, role) = cache.flights.take_seat(&key, req.ticket.priority, deadline);
+    let outcome = match role {
+        Role::Started => {
+            let plan = ttl.map(|ttl| Plan {
+                ttl,
+                local_ttl: if fleet_plan.is_some() {
+                    local_ttl(cfg, ttl)
+                } else {
+                    ttl
+                },
+                grace: cfg.stale_if_error,
+                generation: store.generation(),
+                store: store.clone(),
+                fleet: fleet_plan.take(),
+            });
+            let task = tokio::spawn(fly(
+                cache.clone(),
+                forward.clone(),
+                req,
+                seat.flight.clone(),
+                key.clone(),
+                plan,
+            ));
+            seat.attach(task.abort_handle());
+            Outcome::Miss
         }
-        // The CRM failed, or this caller's deadline passed: an expired entry
-        // within stale_if_error is better than an error.
-        let failed = match &shared {
-            Ok(s) => match &s.answer {
-                Ok(a) => a.status.is_server_error(),
-                Err(_) => true,
-            },
+        Role::Joined => {
+            // The joiner's own request is never sent.
+            drop(req);
+            Outcome::Coalesced
+        }
+    };
+    let shared = seat.wait(deadline).await;
+    if let Ok(s) = &shared {
+        trace.attempts = s.attempts;
+        trace.queue = s.queue;
+        trace.upstream = s.upstream;
+        trace.egress = s.egress.clone();
+    }
+    // The CRM failed, or this caller's deadline passed: an expired entry
+    // within stale_if_error is better than an error.
+    let failed = match &shared {
+        Ok(s) => match &s.answer {
+            Ok(a) => a.status.is_server_error(),
             Err(_) => true,
-        };
-        if let (true, Some(e)) = (failed, &stale) {
-            stats.count(Outcome::Stale);
-            return Ok(from_entry(e, Outcome::Stale, Instant::now()));
+        },
+        Err(_) => true,
+    };
+    if let (true, Some(e)) = (failed, &stale) {
+        stats.count(Outcome::Stale);
+        return Ok(from_entry(e, Outcome::Stale, Instant::now()));
+    }
+    let shared = shared?;
+    let outcome = if shared.from_fleet && outcome == Outcome::Miss {
+        Outcome::Shared
+    } else {
+        outcome
+    };
+    match &shared.answer {
+        Ok(a) => {
+            stats.count(outcome);
+            Ok(a.response(outcome_header(outcome)))
         }
-        let shared = shared?;
-        stats.count(outcome);
-        match &shared.answer {
-            Ok(a) => Ok(a.response(outcome_header(outcome))),
-            Err(e) => Err(e.clone()),
+        Err(e) => {
+            stats.count(outcome);
+            Err(e.clone())
         }
     }
 }
@@ -289,6 +325,7 @@ impl Cache {
 /// (on drop), so a read racing the write never keeps the old data.
 pub struct DictionaryWrite {
     store: Arc<Store>,
+    fleet: Option<Arc<FleetStore>>,
     tenant: Arc<str>,
     dict: String,
 }
@@ -302,17 +339,27 @@ impl DictionaryWrite {
         let dict = key::dictionary(&req.out.path)?.to_owned();
         let w = DictionaryWrite {
             store: cache.store.load_full(),
+            fleet: cache.fleet.clone(),
             tenant: req.tenant.name.clone(),
             dict,
         };
-        w.store.invalidate(&w.tenant, &w.dict);
+        w.invalidate();
         Some(w)
+    }
+
+    /// Drops the entries here, and (in the background, best effort) in Redis.
+    fn invalidate(&self) {
+        self.store.invalidate(&self.tenant, &self.dict);
+        if let (Some(fleet), Ok(rt)) = (&self.fleet, tokio::runtime::Handle::try_current()) {
+            let (fleet, tenant, dict) = (fleet.clone(), self.tenant.clone(), self.dict.clone());
+            rt.spawn(async move { fleet.invalidate(&tenant, &dict).await });
+        }
     }
 }
 
 impl Drop for DictionaryWrite {
     fn drop(&mut self) {
-        self.store.invalidate(&self.tenant, &self.dict);
+        self.invalidate();
     }
 }
 
@@ -332,17 +379,36 @@ fn from_entry(e: &Entry, o: Outcome, now: Instant) -> Response {
 
 /// Where a shared request's answer is kept, if it is cacheable.
 struct Plan {
-    ttl: Duration,
-    grace: Duration,
+    ttl: std::time::Duration,
+    /// How long this replica keeps it (the TTL, or `local_ttl` with the fleet).
+    local_ttl: std::time::Duration,
+    grace: std::time::Duration,
     generation: u64,
     store: Arc<Store>,
+    /// The fleet's store and the generation the read starts under.
+    fleet: Option<(Arc<FleetStore>, String)>,
+}
+
+const ZERO: std::time::Duration = std::time::Duration::ZERO;
+
+/// How long this replica keeps an answer the fleet also keeps.
+fn local_ttl(cfg: &crate::config::CacheConfig, ttl: std::time::Duration) -> std::time::Duration {
+    cfg.local_ttl.min(ttl)
+}
+
+/// A response from a fleet entry, with its `Age` on Redis's clock.
+fn from_fleet(e: &fleet::FleetEntry, o: Outcome) -> Response {
+    let mut resp = e.answer.response(outcome_header(o));
+    resp.headers_mut()
+        .insert(header::AGE, HeaderValue::from(e.age.as_secs()));
+    resp
 }
 
 /// The shared request: sent once, answer buffered, kept when cacheable,
 /// handed to every seat.
 async fn fly(
+    cache: Arc<Cache>,
     forward: Forwarder,
-    flights: Arc<Flights>,
     mut req: Inbound,
     flight: Arc<Flight>,
     key: Key,
@@ -358,6 +424,43 @@ async fn fly(
     let limit = forward.snapshot().config.limits.max_buffered_bytes.get();
     let bodies = req.lease.pool().clone();
     let mut trace = Trace::default();
+    // The fleet: take the fill lock, or wait for the replica that holds it
+    // and answer with its entry (no CRM read here at all).
+    let mut lock = None;
+    if let Some((fleet, _)) = plan.as_ref().and_then(|p| p.fleet.as_ref()) {
+        match fleet.fill(&key).await {
+            Fill::Mine(token) => lock = Some(token),
+            Fill::Theirs => {
+                cache.stats.tenant(&req.tenant.name).fill_waited();
+                if let Lookup::Found { entry, .. } = fleet.wait_for_fill(&key).await {
+                    if entry.fresh() {
+                        if let Some(p) = &plan {
+                            let kept = p.local_ttl.min(entry.remaining());
+                            p.store.insert(
+                                key.clone(),
+                                entry.answer.clone(),
+                                kept,
+                                ZERO,
+                                p.generation,
+                            );
+                        }
+                        flight.finish(Shared {
+                            answer: Ok(entry.answer),
+                            attempts: 0,
+                            queue: std::time::Duration::ZERO,
+                            upstream: std::time::Duration::ZERO,
+                            egress: None,
+                            lease: None,
+                            from_fleet: true,
+                        });
+                        cache.flights.done(&key, &flight);
+                        return;
+                    }
+                }
+            }
+            Fill::Unavailable => {}
+        }
+    }
     let result = match forward
         .send_lifted(req, &mut trace, Some(&flight.lift))
         .await
@@ -374,10 +477,16 @@ async fn fly(
             plan.store.insert(
                 key.clone(),
                 a.clone(),
-                plan.ttl,
+                plan.local_ttl,
                 plan.grace,
                 plan.generation,
             );
+            if let Some((fleet, generation)) = &plan.fleet {
+                fleet.put(&key, a, plan.ttl, plan.grace, generation).await;
+            }
+        }
+        if let (Some((fleet, _)), Some(token)) = (&plan.fleet, &lock) {
+            fleet.release(&key, token).await;
         }
     }
     flight.finish(Shared {
@@ -387,8 +496,9 @@ async fn fly(
         upstream: trace.upstream,
         egress: trace.egress,
         lease,
+        from_fleet: false,
     });
-    flights.done(&key, &flight);
+    cache.flights.done(&key, &flight);
 }
 
 /// Publishes an error to the seats of a flight whose task ended without
@@ -403,10 +513,11 @@ impl Drop for Unfinished {
                 cause: "the shared request ended without an answer".into(),
             }),
             attempts: 0,
-            queue: Duration::ZERO,
-            upstream: Duration::ZERO,
+            queue: std::time::Duration::ZERO,
+            upstream: std::time::Duration::ZERO,
             egress: None,
             lease: None,
+            from_fleet: false,
         });
     }
 }

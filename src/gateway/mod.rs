@@ -76,7 +76,7 @@ pub struct Gateway {
     /// Request bodies held now (bounded by `limits.max_buffered_bytes`).
     pub bodies: Arc<BodyPool>,
     /// The cache stage: stored answers, shared requests, counters.
-    pub cache: Cache,
+    pub cache: Arc<Cache>,
     /// The last stage, as the stages before it take it.
     pub forwarder: Forwarder,
     stats: DashMap<Arc<str>, Arc<TenantStats>>,
@@ -99,7 +99,7 @@ impl Gateway {
         // the very first 503 or rejection.
         let labels: Vec<&str> = egress.iter().map(|e| e.label.as_str()).collect();
         metrics.init_series(&config, &labels);
-        let cache = Cache::new(&config, &metrics);
+        let cache = Arc::new(Cache::new(&config, &metrics, scheduler.redis_link()));
         let live = Arc::new(Live::new(config));
         let clients = Arc::new(Clients::new(egress));
         let forwarder = Forwarder::new(

@@ -1,5 +1,5 @@
 //! The request body: read within its limits, accounted while it is held,
-//! and checked for keys in places crmgate cannot rewrite.
+//! and checked for keys in places crmgate cannot rewrite (JSON).
 //!
 //! A body is buffered (a retry must resend it) for as long as its request
 //! queues and is sent. Two bounds hold: one body is at most
@@ -88,9 +88,10 @@ fn read_error(e: axum::Error) -> GatewayError {
     GatewayError::BadRequest(format!("could not read the request body: {e}"))
 }
 
-/// True when a multipart or JSON body carries a key field (any spelling):
-/// the CRM may read a multipart one, and crmgate does not rewrite either,
-/// so such a request is refused rather than sent with the caller's key.
+/// True when a JSON body carries a key field (any spelling) at its top
+/// level: crmgate does not rewrite JSON, so such a request is refused rather
+/// than sent with the caller's key. (Form and multipart bodies are
+/// rewritten instead.)
 pub fn has_key_field(headers: &HeaderMap, body: &[u8]) -> bool {
     let media = headers
         .get(header::CONTENT_TYPE)
@@ -98,30 +99,9 @@ pub fn has_key_field(headers: &HeaderMap, body: &[u8]) -> bool {
         .and_then(|v| v.split(';').next())
         .map(|v| v.trim().to_ascii_lowercase())
         .unwrap_or_default();
-    match media.as_str() {
-        "multipart/form-data" => multipart_has_key(body),
-        m if m == "application/json" || m.ends_with("+json") => {
-            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
-                .is_ok_and(|map| map.keys().any(|k| is_key_name(k)))
-        }
-        _ => false,
-    }
-}
-
-/// Scans the part headers (`Content-Disposition: form-data; name="..."`)
-/// of a multipart body. A line in a part's content that looks like such a
-/// header also counts: refusing too much is the safe side.
-fn multipart_has_key(body: &[u8]) -> bool {
-    const PREFIX: &[u8] = b"content-disposition:";
-    body.split(|b| *b == b'\n').any(|line| {
-        line.len() > PREFIX.len()
-            && line[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
-            && String::from_utf8_lossy(&line[PREFIX.len()..])
-                .split(';')
-                .filter_map(|p| p.trim().split_once('='))
-                .filter(|(k, _)| k.trim().eq_ignore_ascii_case("name"))
-                .any(|(_, v)| is_key_name(v.trim().trim_end_matches('\r').trim_matches('"')))
-    })
+    (media == "application/json" || media.ends_with("+json"))
+        && serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+            .is_ok_and(|map| map.keys().any(|k| is_key_name(k)))
 }
 
 #[cfg(test)]
@@ -188,18 +168,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_in_multipart_and_json_bodies_are_found() {
-        let multipart = "--b\r\nContent-Disposition: form-data; name=\"order\"\r\n\r\n{}\r\n\
-                         --b\r\ncontent-disposition: form-data; name=\"APIKEY\"\r\n\r\nck\r\n--b--\r\n";
-        assert!(has_key_field(
-            &headers("multipart/form-data; boundary=b"),
-            multipart.as_bytes()
-        ));
-        let clean = "--b\r\nContent-Disposition: form-data; name=\"order\"\r\n\r\n{}\r\n--b--\r\n";
-        assert!(!has_key_field(
-            &headers("multipart/form-data; boundary=b"),
-            clean.as_bytes()
-        ));
+    fn keys_in_json_bodies_are_found() {
         let json = headers("application/json; charset=utf-8");
         assert!(has_key_field(&json, br#"{"api_key":"ck","order":{}}"#));
         assert!(!has_key_field(
@@ -207,10 +176,14 @@ mod tests {
             br#"{"order":{"apiKey":"nested is data"}}"#
         ));
         assert!(!has_key_field(&json, b"not json"));
-        // A form body is rewritten instead; other types are not inspected.
+        // Form and multipart bodies are rewritten instead.
         assert!(!has_key_field(
             &headers("application/x-www-form-urlencoded"),
             b"apiKey=ck"
+        ));
+        assert!(!has_key_field(
+            &headers("multipart/form-data; boundary=b"),
+            b"--b\r\nContent-Disposition: form-data; name=\"apiKey\"\r\n\r\nck\r\n--b--\r\n"
         ));
     }
 }

@@ -6,8 +6,8 @@
 //! the body whenever the key is in a header or the query, so a wrong key
 //! costs no body — read the bounded body, classify the method
 //! ([`crate::classify`]), read crmgate's control headers, and rewrite the
-//! request for the CRM ([`crate::rewrite`]): the caller's key stripped,
-//! `site` added. The real key is *not* added here: [`crate::forward`] adds it
+//! request for the CRM ([`crate::rewrite`], and [`multipart`] for
+//! `multipart/form-data` bodies): the caller's key stripped, `site` added. The real key is *not* added here: [`crate::forward`] adds it
 //! at send time. This module never logs, and never keeps the caller's key
 //! past tenant resolution.
 
@@ -21,13 +21,16 @@ use axum::http::{HeaderMap, HeaderValue, Method};
 use tokio::time::Instant;
 
 pub mod body;
+pub mod multipart;
 
 use crate::access::Trace;
 use crate::bodies::{BodyLease, BodyPool};
 use crate::classify::{classify, Class};
 use crate::error::GatewayError;
 use crate::live::Snapshot;
-use crate::rewrite::{append_param, is_form, strip_api_key, upstream_headers, Stripped};
+use crate::rewrite::{
+    append_param, is_form, is_multipart, strip_api_key, upstream_headers, Stripped,
+};
 use crate::scheduler::{Priority, Ticket};
 use crate::tenant::Tenant;
 
@@ -104,11 +107,14 @@ pub async fn read(
     let given = |k: &Option<String>| k.clone().filter(|k| !k.is_empty());
     let early_key = given(&header_key).or_else(|| given(&query.api_key));
     // With the key in a header or the query, or when the body cannot carry
-    // one (not a form), the tenant is known before the body is read: a
-    // wrong or missing key costs no body.
+    // one (neither a form nor multipart), the tenant is known before the
+    // body is read: a wrong or missing key costs no body (and, with
+    // `Expect: 100-continue`, no upload: hyper sends `100 Continue` only
+    // when the body is first read).
+    let multipart = is_multipart(&parts.headers);
     let early = match &early_key {
         Some(key) => Some(snap.tenants.resolve(prefix, Some(key))?),
-        None if !is_form(&parts.headers) => Some(snap.tenants.resolve(prefix, None)?),
+        None if !is_form(&parts.headers) && !multipart => Some(snap.tenants.resolve(prefix, None)?),
         None => {
             if let Some(name) = prefix {
                 if snap.tenants.get(name).is_none() {
@@ -125,6 +131,16 @@ pub async fn read(
         trace.tenant = Some(t.name.clone());
         trace.class = Some(class);
     }
+    // A multipart body PHP and crmgate could read differently is refused
+    // before it is read.
+    let boundary = match multipart {
+        true => {
+            let ct = parts.headers.get(axum::http::header::CONTENT_TYPE);
+            let ct = ct.and_then(|v| v.to_str().ok()).unwrap_or("");
+            Some(multipart::boundary(ct).map_err(bad_multipart)?)
+        }
+        false => None,
+    };
     let (body, lease) = body::read(
         &parts.headers,
         body,
@@ -135,13 +151,19 @@ pub async fn read(
     .await?;
     if body::has_key_field(&parts.headers, &body) {
         return Err(GatewayError::BadRequest(
-            "a key inside a multipart or JSON body is not accepted: send it in the \
-             X-API-KEY header (or as apiKey in the query or a form body)"
+            "a key inside a JSON body is not accepted: send it in the X-API-KEY \
+             header (or as apiKey in the query, a form or a multipart body)"
                 .into(),
         ));
     }
-    let form = is_form(&parts.headers).then(|| strip_api_key(&body));
-    let presented = early_key.or_else(|| form.as_ref().and_then(|f| given(&f.api_key)));
+    let form = match boundary {
+        Some(b) => Some(BodyParams::Multipart(
+            multipart::strip(&b, body.clone()).map_err(bad_multipart)?,
+        )),
+        None if is_form(&parts.headers) => Some(BodyParams::Form(strip_api_key(&body))),
+        None => None,
+    };
+    let presented = early_key.or_else(|| form.as_ref().and_then(|f| given(&f.api_key())));
     let tenant = match early {
         Some(t) => t,
         None => snap.tenants.resolve(prefix, presented.as_deref())?,
@@ -170,6 +192,51 @@ pub async fn read(
         out,
         lease,
     })
+}
+
+/// The parameters a body carries, its keys removed: a form or a multipart
+/// body, which PHP (the CRM) reads alike.
+enum BodyParams {
+    Form(Stripped),
+    Multipart(multipart::Stripped),
+}
+
+impl BodyParams {
+    fn api_key(&self) -> Option<String> {
+        match self {
+            BodyParams::Form(f) => f.api_key.clone(),
+            BodyParams::Multipart(m) => m.api_key.clone(),
+        }
+    }
+
+    fn has_site(&self) -> bool {
+        match self {
+            BodyParams::Form(f) => f.has_site,
+            BodyParams::Multipart(m) => m.has_site,
+        }
+    }
+
+    /// The body to send, with `site` added when given; the site back when
+    /// it could not go into the body (it then goes into the query).
+    fn into_body(self, site: Option<&str>) -> (Bytes, Option<&str>) {
+        match (self, site) {
+            (BodyParams::Form(mut f), Some(site)) => {
+                append_param(&mut f.rest, "site", site);
+                (f.rest.into(), None)
+            }
+            (BodyParams::Form(f), None) => (f.rest.into(), None),
+            (BodyParams::Multipart(m), Some(site)) => match m.with_field("site", site) {
+                Some(body) => (body, None),
+                None => (m.body, Some(site)),
+            },
+            (BodyParams::Multipart(m), None) => (m.body, None),
+        }
+    }
+}
+
+/// A multipart body that cannot be forwarded: 400, never sent.
+fn bad_multipart(e: multipart::MultipartError) -> GatewayError {
+    GatewayError::BadRequest(e.to_string())
 }
 
 /// Splits `/api/...` or `/{tenant}/api/...` into (tenant prefix, API path).
@@ -250,27 +317,21 @@ fn outgoing(
     parts: &axum::http::request::Parts,
     api_path: &str,
     query: Stripped,
-    form: Option<Stripped>,
+    form: Option<BodyParams>,
     body: Bytes,
     peer: SocketAddr,
     request_id: &str,
 ) -> Outgoing {
     let mut query_out = query.rest;
     let mut body = body;
-    let site_given = query.has_site || form.as_ref().is_some_and(|f| f.has_site);
-    let site = tenant.config.site.as_deref().filter(|_| !site_given);
-    match form {
-        Some(mut f) => {
-            if let Some(site) = site {
-                append_param(&mut f.rest, "site", site);
-            }
-            body = Bytes::from(f.rest);
-        }
-        None => {
-            if let Some(site) = site {
-                append_param(&mut query_out, "site", site);
-            }
-        }
+    let site_given = query.has_site || form.as_ref().is_some_and(BodyParams::has_site);
+    let mut site = tenant.config.site.as_deref().filter(|_| !site_given);
+    if let Some(f) = form {
+        // The site goes where the caller's parameters are, when it can.
+        (body, site) = f.into_body(site);
+    }
+    if let Some(site) = site {
+        append_param(&mut query_out, "site", site);
     }
     let query = (!query_out.is_empty()).then(|| match String::from_utf8(query_out) {
         Ok(q) => q,

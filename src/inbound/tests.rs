@@ -262,3 +262,95 @@ fn dot_segments_are_found_in_place_as_by_lowercase_and_replace() {
     assert_eq!(checked, parts.len().pow(3));
     assert!(super::is_dot_segment("%2E%2e") && !super::is_dot_segment("..."));
 }
+
+const MULTIPART: &str = "multipart/form-data; boundary=------------------------9f2c";
+
+fn part(name: &str, value: &str) -> String {
+    format!("--------------------------9f2c\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+}
+
+#[tokio::test]
+async fn a_multipart_post_loses_its_key_parts_and_gains_the_site() {
+    let snap = snapshot("");
+    let order = part("order", "{\"externalId\":\"m1\"}");
+    let sent = format!(
+        "{}{order}{}--------------------------9f2c--\r\n",
+        part("apiKey", "ck-acme-1"),
+        part("api_key", "other")
+    );
+    let req = Request::post("/api/v5/orders/create")
+        .header("content-type", MULTIPART)
+        .body(Body::from(sent))
+        .unwrap();
+    let (r, _) = read_one(&snap, req).await.unwrap();
+    assert_eq!(&*r.tenant.name, "acme");
+    assert_eq!(&*r.ticket.client, "ck-acme-1");
+    assert_eq!(
+        std::str::from_utf8(&r.out.body).unwrap(),
+        format!(
+            "{order}{}--------------------------9f2c--\r\n",
+            part("site", "main")
+        )
+    );
+    assert_eq!(r.out.query, None);
+    assert_eq!(r.out.headers["content-type"], MULTIPART);
+}
+
+#[tokio::test]
+async fn a_multipart_post_without_a_key_part_uses_the_header_key() {
+    let snap = snapshot("");
+    let sent = format!(
+        "{}{}--------------------------9f2c--",
+        part("site", "other"),
+        part("order", "{}")
+    );
+    let req = Request::post("/api/v5/orders/create")
+        .header("content-type", MULTIPART)
+        .header("x-api-key", "ck-acme-1")
+        .body(Body::from(sent.clone()))
+        .unwrap();
+    let (r, _) = read_one(&snap, req).await.unwrap();
+    assert_eq!(r.out.body, sent.as_bytes(), "byte-exact, site kept");
+    // Without any key: missing, once the body showed none.
+    let req = Request::post("/api/v5/orders/create")
+        .header("content-type", MULTIPART)
+        .body(Body::from(sent))
+        .unwrap();
+    assert!(matches!(
+        read_one(&snap, req).await,
+        Err(GatewayError::MissingKey)
+    ));
+}
+
+#[tokio::test]
+async fn a_malformed_multipart_body_is_refused_even_with_a_header_key() {
+    let snap = snapshot("");
+    for (ct, sent) in [
+        ("multipart/form-data", part("order", "{}")),
+        (MULTIPART, part("order", "{}")),
+        (
+            MULTIPART,
+            "--------------------------9f2c\r\n\r\nx\r\n--------------------------9f2c--".into(),
+        ),
+    ] {
+        let req = Request::post("/api/v5/orders/create")
+            .header("content-type", ct)
+            .header("x-api-key", "ck-acme-1")
+            .body(Body::from(sent.clone()))
+            .unwrap();
+        match read_one(&snap, req).await {
+            Err(GatewayError::BadRequest(m)) => assert!(m.contains("multipart"), "{m}"),
+            other => panic!("{sent:?}: {other:?}"),
+        }
+    }
+    // A wrong header key is refused before the body is read.
+    let req = Request::post("/api/v5/orders/create")
+        .header("content-type", MULTIPART)
+        .header("x-api-key", "not-a-key")
+        .body(unreadable())
+        .unwrap();
+    assert!(matches!(
+        read_one(&snap, req).await,
+        Err(GatewayError::WrongKey)
+    ));
+}

@@ -1,5 +1,6 @@
 //! The CRM's side of two request facts: which rate limit a path counts
-//! against, and whether a body is a form the CRM would decode.
+//! against, and whether a body is a form (urlencoded or multipart) the CRM
+//! would decode.
 //!
 //! Written from RetailCRM's published rules (see `retailcrm-api.md`), not
 //! from the gateway's code: the simulator must never import the gateway's
@@ -66,8 +67,8 @@ fn is_version(segment: &str) -> bool {
 /// first `;`, `,` or space and compared without case, is
 /// `application/x-www-form-urlencoded`. We copy that tolerance rather than
 /// parse the header strictly, so a body the CRM would read (and a key in it)
-/// is never missed. PHP also decodes `multipart/form-data`; no official
-/// client sends that, so the simulator does not.
+/// is never missed. PHP decodes `multipart/form-data` into the same fields
+/// (RetailCRM's PHP clients send every POST that way): see [`is_multipart`].
 pub(crate) fn is_form(headers: &HeaderMap) -> bool {
     headers.get(header::CONTENT_TYPE).is_some_and(|value| {
         let value = value.as_bytes();
@@ -76,5 +77,18 @@ pub(crate) fn is_form(headers: &HeaderMap) -> bool {
             .position(|b| matches!(b, b';' | b',' | b' '))
             .unwrap_or(value.len());
         value[..end].eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+    })
+}
+
+/// True if PHP would decode this request's body as `multipart/form-data`:
+/// the same cut of the content type as [`is_form`].
+pub(crate) fn is_multipart(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|value| {
+        let value = value.as_bytes();
+        let end = value
+            .iter()
+            .position(|b| matches!(b, b';' | b',' | b' '))
+            .unwrap_or(value.len());
+        value[..end].eq_ignore_ascii_case(b"multipart/form-data")
     })
 }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::class::{classify, is_form};
+use super::class::{classify, is_form, is_multipart};
 use super::faults::{After, Before};
 use super::lock::lock;
 use super::reply;
@@ -79,11 +79,21 @@ pub(crate) async fn gate(State(inner): State<Arc<Shared>>, req: Request, next: N
                 "Request body could not be read",
             ));
         };
-        let form = if is_form(&parts.headers) {
+        let form: Vec<(String, String)> = if is_form(&parts.headers) {
             form_urlencoded::parse(&body).into_owned().collect()
+        } else if is_multipart(&parts.headers) {
+            let ct = parts.headers.get(axum::http::header::CONTENT_TYPE);
+            let ct = ct.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            super::multipart::fields(&ct.unwrap_or_default(), &body)
         } else {
             Vec::new()
         };
+        let api_key = api_key.or_else(|| {
+            form.iter()
+                .find(|(k, v)| k == "apiKey" && !v.is_empty())
+                .map(|(_, v)| v.clone())
+        });
+        // Stricter than PHP: `apiKey=` in any body counts too.
         let api_key = api_key.or_else(|| param(&body, "apiKey"));
         lock(&inner.ledger).update(id, |r| {
             r.body = body.clone();

@@ -16,6 +16,8 @@
 //! - [`class`]: the CRM's own rules for [`Class`] ([`classify`]) and form
 //!   bodies, written from RetailCRM's documentation. Never the gateway's
 //!   code, so the simulator can catch the gateway's mistakes.
+//! - `multipart`: PHP's reading of `multipart/form-data` bodies (the
+//!   fields of `$_POST`), quirks included.
 //! - `config`: [`SimConfig`] and [`SimAccount`].
 //! - `request`: per-request types: [`Received`], the connection context,
 //!   the authenticated caller.
@@ -75,6 +77,7 @@ mod history;
 pub mod limiter;
 mod listing;
 mod lock;
+mod multipart;
 mod record;
 mod reference;
 mod reply;

@@ -32,7 +32,8 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     /// The raw body.
     pub body: Bytes,
-    /// Decoded `application/x-www-form-urlencoded` pairs (empty otherwise).
+    /// Decoded form fields, from an `application/x-www-form-urlencoded` or
+    /// a `multipart/form-data` body as PHP reads it (empty otherwise).
     pub form: Vec<(String, String)>,
     /// Arrival time (before the body was read).
     pub at: Instant,
@@ -42,7 +43,7 @@ pub struct Received {
     /// went out (stalled and the client gave up, or still in progress).
     pub status: u16,
     /// The key presented: `X-API-KEY` header, else `apiKey` in the query,
-    /// else `apiKey` in a form body.
+    /// else `apiKey` in a form or multipart body.
     pub api_key: Option<String>,
 }
 
@@ -72,7 +73,7 @@ pub(crate) struct ConnCtx {
 pub(crate) struct Caller {
     /// Index into the simulator's accounts.
     pub(crate) account: usize,
-    /// Decoded form body (empty unless urlencoded).
+    /// Decoded form fields (urlencoded or multipart; empty otherwise).
     pub(crate) form: Vec<(String, String)>,
 }
 

@@ -22,16 +22,19 @@ pub enum Program {
     Chromium,
     /// `php` with the curl extension: the official PHP clients' tests.
     Php,
+    /// The `curl` command: multipart bodies and `Expect: 100-continue`.
+    Curl,
 }
 
 impl Program {
     /// Every program, for listings.
-    pub const ALL: [Program; 5] = [
+    pub const ALL: [Program; 6] = [
         Program::Redis,
         Program::Promtool,
         Program::PythonClient,
         Program::Chromium,
         Program::Php,
+        Program::Curl,
     ];
 
     /// What is missing, in words.
@@ -44,6 +47,7 @@ impl Program {
             }
             Program::Chromium => "chromium is not on PATH",
             Program::Php => "php (with the curl extension) is not on PATH",
+            Program::Curl => "curl is not on PATH",
         }
     }
 
@@ -55,6 +59,7 @@ impl Program {
             Program::PythonClient => "python3-venv",
             Program::Chromium => "chromium fonts-dejavu-core",
             Program::Php => "php-cli php-curl",
+            Program::Curl => "curl",
         }
     }
 
@@ -80,6 +85,7 @@ impl Program {
             Program::PythonClient => "CRMGATE_REQUIRE_PYCLIENT",
             Program::Chromium => "CRMGATE_REQUIRE_BROWSER",
             Program::Php => "CRMGATE_REQUIRE_PHP",
+            Program::Curl => "CRMGATE_REQUIRE_CURL",
         }
     }
 

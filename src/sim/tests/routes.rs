@@ -196,3 +196,42 @@ async fn create_order_then_duplicate_and_bad_input() {
     assert_eq!(created[0]["id"], 238);
     assert!(sim.orders_created("nobody").is_empty());
 }
+
+/// PHP clients (api-client-php 5.x, Bitrix, WooCommerce) POST multipart
+/// bodies, the key a part among the others: the CRM reads them as forms.
+#[tokio::test]
+async fn a_multipart_post_carries_its_key_and_fields_like_a_form() {
+    let (sim, c) = start(roomy()).await;
+    let part = |name: &str, value: &str| {
+        format!("--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+    };
+    let body = format!(
+        "{}{}{}--XyZ--\r\n",
+        part("apiKey", KEY),
+        part("site", "main"),
+        part("order", r#"{"externalId":"mp-1"}"#)
+    );
+    let resp = c
+        .post(format!("{}/api/v5/orders/create", sim.base_url()))
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let (status, _, answer) = parts(resp).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["order"]["externalId"], "mp-1");
+    let rec = sim.records().pop().unwrap();
+    assert_eq!(rec.api_key.as_deref(), Some(KEY));
+    assert_eq!(rec.form.len(), 3);
+    assert_eq!(rec.form[1], ("site".to_owned(), "main".to_owned()));
+    // Without the key part: missing, as for a form.
+    let resp = c
+        .post(format!("{}/api/v5/orders/create", sim.base_url()))
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(body.replacen("apiKey", "other", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+}
