@@ -305,8 +305,11 @@ mod tests {
         assert_eq!(
             keys(&tenants[1]["cache_last_minute"]),
             [
+                "fill_waits_last_minute",
                 "hit_ratio",
+                "l1_hits_last_minute",
                 "requests_last_minute",
+                "shared_hits_last_minute",
                 "slots_saved_last_minute"
             ]
         );

@@ -37,6 +37,8 @@ pub struct Shared {
     pub egress: Option<String>,
     /// The answer's bytes in the pool of buffered bodies, while shared.
     pub lease: Option<crate::bodies::BodyLease>,
+    /// The answer came from the fleet's cache (another replica's read).
+    pub from_fleet: bool,
 }
 
 /// One shared request.

@@ -51,6 +51,12 @@ impl Key {
         }
     }
 
+    /// Path and sorted parameters (for the fleet cache's hashed key names;
+    /// never logged).
+    pub(crate) fn canonical(&self) -> &str {
+        &self.canonical
+    }
+
     /// The API path part (before `?`).
     pub fn path(&self) -> &str {
         self.canonical.split('?').next().unwrap_or("")

@@ -9,16 +9,23 @@
 //!   `api-versions`) are kept per tenant for their TTL, and an expired one
 //!   is served when the CRM fails (`stale_if_error`).
 //!
+//! With the Redis backend the answers are also kept for the whole fleet
+//! ([`fleet`]): the in-process store becomes an L1 (`cache.local_ttl`) in
+//! front of Redis, a miss in both takes the fleet's fill lock so replicas
+//! missing at once wait for one CRM read, and Redis being down only means
+//! working locally (no request waits on it).
+//!
 //! A write to a dictionary (`POST /api/v*/reference/{dictionary}/...`)
 //! drops that tenant's entries of that dictionary before and after it is
-//! sent. `Cache-Control: no-cache` skips the lookup and refreshes the entry;
+//! sent, in Redis too. `Cache-Control: no-cache` skips the lookup and refreshes the entry;
 //! `no-store` bypasses the stage. Every GET's answer says what happened in
-//! `X-Crmgate-Cache` (`hit`, `miss`, `coalesced`, `stale`, `bypass`), with
+//! `X-Crmgate-Cache` (`hit`, `shared`, `miss`, `coalesced`, `stale`, `bypass`), with
 //! `Age` on hits and stale answers. This stage never sees the real key,
 //! never logs a path or query, and never shares an entry between tenants.
 
 pub mod coalesce;
 pub mod early;
+pub mod fleet;
 pub mod key;
 pub mod stats;
 pub mod store;
@@ -42,6 +49,7 @@ use crate::forward::{forward, forward_lifted};
 use crate::gateway::Gateway;
 use crate::inbound::Inbound;
 use coalesce::{Flight, Flights, Role, Shared};
+use fleet::{Fill, FleetStore, Lookup};
 use key::Key;
 use stats::{Outcome, Stats};
 use store::{Answer, Entry, Store};
@@ -53,6 +61,8 @@ pub const CACHE_HEADER: &str = "x-crmgate-cache";
 /// The stage's shared state: the store, the flights and the counters.
 pub struct Cache {
     store: ArcSwap<Store>,
+    /// The fleet's store in Redis, with the Redis backend and `cache.shared`.
+    fleet: Option<Arc<FleetStore>>,
     max_bytes: AtomicU64,
     flights: Arc<Flights>,
     /// Per-tenant counters and the last minute.
@@ -62,12 +72,30 @@ pub struct Cache {
 impl Cache {
     /// The stage for `config`; counters registered in `metrics` start at 0
     /// for every tenant.
-    pub fn new(config: &Config, metrics: &crate::metrics::Metrics) -> Cache {
+    /// `redis` is the scheduler's link with the Redis backend: the fleet
+    /// cache uses it unless `cache.shared = false`.
+    pub fn new(
+        config: &Config,
+        metrics: &crate::metrics::Metrics,
+        redis: Option<Arc<crate::redis_link::RedisLink>>,
+    ) -> Cache {
+        let fleet = redis.filter(|_| config.cache.shared).map(|link| {
+            Arc::new(FleetStore::new(
+                link,
+                &config.redis.key_prefix,
+                config.cache.shared_max_bytes,
+            ))
+        });
         let cache = Cache {
             store: ArcSwap::from_pointee(Store::new(config.cache.max_bytes)),
+            fleet,
             max_bytes: AtomicU64::new(config.cache.max_bytes),
             flights: Arc::default(),
-            stats: Stats::new(metrics.cache_requests.clone(), metrics.coalesced.clone()),
+            stats: Stats::new(
+                metrics.cache_requests.clone(),
+                metrics.coalesced.clone(),
+                metrics.cache_fill_waits.clone(),
+            ),
         };
         cache.reconfigure(config);
         cache
@@ -85,9 +113,17 @@ impl Cache {
             self.store
                 .store(Arc::new(Store::new(config.cache.max_bytes)));
         }
+        if let Some(fleet) = &self.fleet {
+            fleet.set_max_bytes(config.cache.shared_max_bytes);
+        }
         for t in &config.tenants {
             self.stats.tenant(&t.name.as_str().into());
         }
+    }
+
+    /// Whether answers are kept for the fleet in Redis.
+    pub fn shared(&self) -> bool {
+        self.fleet.is_some()
     }
 
     /// Bytes held (as weighed) and entries.
@@ -185,6 +221,33 @@ pub async fn serve(
             }
         }
     }
+    // The fleet's cache: a fresh entry there is a hit for this replica too
+    // (kept locally for `local_ttl`); a stale one serves if the CRM fails.
+    let mut fleet_plan = None;
+    if let (Some(fleet), Some(ttl)) = (&gw.cache.fleet, ttl) {
+        match fleet.lookup(&key).await {
+            Lookup::Found { entry, generation } => {
+                if asked != Directive::NoCache && entry.fresh() {
+                    let kept = local_ttl(cfg, ttl).min(entry.remaining());
+                    store.insert(
+                        key.clone(),
+                        entry.answer.clone(),
+                        kept,
+                        ZERO,
+                        store.generation(),
+                    );
+                    stats.count(Outcome::Shared);
+                    return Ok(from_fleet(&entry, Outcome::Shared));
+                }
+                if stale.is_none() {
+                    stale = Some(Arc::new(entry.as_stale(store.generation())));
+                }
+                fleet_plan = Some((fleet.clone(), generation));
+            }
+            Lookup::Miss { generation } => fleet_plan = Some((fleet.clone(), generation)),
+            Lookup::Unavailable => {}
+        }
+    }
 
     let deadline = req.ticket.deadline;
     let (seat, role) = gw
@@ -195,9 +258,15 @@ pub async fn serve(
         Role::Started => {
             let plan = ttl.map(|ttl| Plan {
                 ttl,
+                local_ttl: if fleet_plan.is_some() {
+                    local_ttl(cfg, ttl)
+                } else {
+                    ttl
+                },
                 grace: cfg.stale_if_error,
                 generation: store.generation(),
                 store: store.clone(),
+                fleet: fleet_plan.take(),
             });
             let task = tokio::spawn(fly(gw.clone(), req, seat.flight.clone(), key.clone(), plan));
             seat.attach(task.abort_handle());
@@ -230,6 +299,11 @@ pub async fn serve(
         return Ok(from_entry(e, Outcome::Stale, Instant::now()));
     }
     let shared = shared?;
+    let outcome = if shared.from_fleet && outcome == Outcome::Miss {
+        Outcome::Shared
+    } else {
+        outcome
+    };
     match &shared.answer {
         Ok(a) => {
             stats.count(outcome);
@@ -250,6 +324,7 @@ pub async fn serve(
 /// (on drop), so a read racing the write never keeps the old data.
 pub struct DictionaryWrite {
     store: Arc<Store>,
+    fleet: Option<Arc<FleetStore>>,
     tenant: Arc<str>,
     dict: String,
 }
@@ -263,17 +338,27 @@ impl DictionaryWrite {
         let dict = key::dictionary(&req.out.path)?.to_owned();
         let w = DictionaryWrite {
             store: gw.cache.store.load_full(),
+            fleet: gw.cache.fleet.clone(),
             tenant: req.tenant.name.clone(),
             dict,
         };
-        w.store.invalidate(&w.tenant, &w.dict);
+        w.invalidate();
         Some(w)
+    }
+
+    /// Drops the entries here, and (in the background, best effort) in Redis.
+    fn invalidate(&self) {
+        self.store.invalidate(&self.tenant, &self.dict);
+        if let (Some(fleet), Ok(rt)) = (&self.fleet, tokio::runtime::Handle::try_current()) {
+            let (fleet, tenant, dict) = (fleet.clone(), self.tenant.clone(), self.dict.clone());
+            rt.spawn(async move { fleet.invalidate(&tenant, &dict).await });
+        }
     }
 }
 
 impl Drop for DictionaryWrite {
     fn drop(&mut self) {
-        self.store.invalidate(&self.tenant, &self.dict);
+        self.invalidate();
     }
 }
 
@@ -294,9 +379,28 @@ fn from_entry(e: &Entry, o: Outcome, now: Instant) -> Response {
 /// Where a shared request's answer is kept, if it is cacheable.
 struct Plan {
     ttl: std::time::Duration,
+    /// How long this replica keeps it (the TTL, or `local_ttl` with the fleet).
+    local_ttl: std::time::Duration,
     grace: std::time::Duration,
     generation: u64,
     store: Arc<Store>,
+    /// The fleet's store and the generation the read starts under.
+    fleet: Option<(Arc<FleetStore>, String)>,
+}
+
+const ZERO: std::time::Duration = std::time::Duration::ZERO;
+
+/// How long this replica keeps an answer the fleet also keeps.
+fn local_ttl(cfg: &crate::config::CacheConfig, ttl: std::time::Duration) -> std::time::Duration {
+    cfg.local_ttl.min(ttl)
+}
+
+/// A response from a fleet entry, with its `Age` on Redis's clock.
+fn from_fleet(e: &fleet::FleetEntry, o: Outcome) -> Response {
+    let mut resp = e.answer.response(outcome_header(o));
+    resp.headers_mut()
+        .insert(header::AGE, HeaderValue::from(e.age.as_secs()));
+    resp
 }
 
 /// The shared request: sent once, answer buffered, kept when cacheable,
@@ -317,6 +421,43 @@ async fn fly(
     let _unfinished = Unfinished(flight.clone(), tenant.clone());
     let limit = gw.snapshot().config.limits.max_buffered_bytes.get();
     let mut trace = Trace::default();
+    // The fleet: take the fill lock, or wait for the replica that holds it
+    // and answer with its entry (no CRM read here at all).
+    let mut lock = None;
+    if let Some((fleet, _)) = plan.as_ref().and_then(|p| p.fleet.as_ref()) {
+        match fleet.fill(&key).await {
+            Fill::Mine(token) => lock = Some(token),
+            Fill::Theirs => {
+                gw.cache.stats.tenant(&req.tenant.name).fill_waited();
+                if let Lookup::Found { entry, .. } = fleet.wait_for_fill(&key).await {
+                    if entry.fresh() {
+                        if let Some(p) = &plan {
+                            let kept = p.local_ttl.min(entry.remaining());
+                            p.store.insert(
+                                key.clone(),
+                                entry.answer.clone(),
+                                kept,
+                                ZERO,
+                                p.generation,
+                            );
+                        }
+                        flight.finish(Shared {
+                            answer: Ok(entry.answer),
+                            attempts: 0,
+                            queue: std::time::Duration::ZERO,
+                            upstream: std::time::Duration::ZERO,
+                            egress: None,
+                            lease: None,
+                            from_fleet: true,
+                        });
+                        gw.cache.flights.done(&key, &flight);
+                        return;
+                    }
+                }
+            }
+            Fill::Unavailable => {}
+        }
+    }
     let result = match forward_lifted(&gw, req, &mut trace, Some(&flight.lift)).await {
         Ok(resp) => buffer(resp, &gw.bodies, limit, tenant).await,
         Err(e) => Err(e),
@@ -330,10 +471,16 @@ async fn fly(
             plan.store.insert(
                 key.clone(),
                 a.clone(),
-                plan.ttl,
+                plan.local_ttl,
                 plan.grace,
                 plan.generation,
             );
+            if let Some((fleet, generation)) = &plan.fleet {
+                fleet.put(&key, a, plan.ttl, plan.grace, generation).await;
+            }
+        }
+        if let (Some((fleet, _)), Some(token)) = (&plan.fleet, &lock) {
+            fleet.release(&key, token).await;
         }
     }
     flight.finish(Shared {
@@ -343,6 +490,7 @@ async fn fly(
         upstream: trace.upstream,
         egress: trace.egress,
         lease,
+        from_fleet: false,
     });
     gw.cache.flights.done(&key, &flight);
 }
@@ -363,6 +511,7 @@ impl Drop for Unfinished {
             upstream: std::time::Duration::ZERO,
             egress: None,
             lease: None,
+            from_fleet: false,
         });
     }
 }

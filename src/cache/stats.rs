@@ -25,16 +25,20 @@ pub enum Outcome {
     Stale,
     /// Not cached and not coalesced (`Cache-Control: no-store`).
     Bypass,
+    /// Answered from the fleet's cache in Redis (another replica, or this
+    /// one before its local entry expired, read it from the CRM).
+    Shared,
 }
 
 impl Outcome {
     /// Every outcome, in label order.
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 6] = [
         Outcome::Hit,
         Outcome::Miss,
         Outcome::Coalesced,
         Outcome::Stale,
         Outcome::Bypass,
+        Outcome::Shared,
     ];
 
     /// The header value and label.
@@ -45,12 +49,16 @@ impl Outcome {
             Outcome::Coalesced => "coalesced",
             Outcome::Stale => "stale",
             Outcome::Bypass => "bypass",
+            Outcome::Shared => "shared",
         }
     }
 
     /// Whether the CRM was spared a request (a slot saved).
     pub fn saved(self) -> bool {
-        matches!(self, Outcome::Hit | Outcome::Coalesced | Outcome::Stale)
+        matches!(
+            self,
+            Outcome::Hit | Outcome::Coalesced | Outcome::Stale | Outcome::Shared
+        )
     }
 
     fn index(self) -> usize {
@@ -60,34 +68,56 @@ impl Outcome {
 
 /// One tenant's counters: exported handles and the last minute.
 pub struct TenantCache {
-    by_outcome: [IntCounter; 5],
+    by_outcome: [IntCounter; 6],
     coalesced: IntCounter,
+    fill_waits: IntCounter,
     minute: Mutex<Minute>,
 }
 
-/// Per-second buckets of the last 60 seconds: (second, GETs, saved).
+/// One second's counts.
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    requests: u64,
+    saved: u64,
+    l1: u64,
+    shared: u64,
+    fill_waits: u64,
+}
+
+impl Counts {
+    fn plus(self, o: Counts) -> Counts {
+        Counts {
+            requests: self.requests + o.requests,
+            saved: self.saved + o.saved,
+            l1: self.l1 + o.l1,
+            shared: self.shared + o.shared,
+            fill_waits: self.fill_waits + o.fill_waits,
+        }
+    }
+}
+
+/// Per-second buckets of the last 60 seconds.
 struct Minute {
     origin: Instant,
-    buckets: [(u64, u64, u64); 60],
+    buckets: [(u64, Counts); 60],
 }
 
 impl Minute {
-    fn add(&mut self, now: Instant, saved: bool) {
+    fn add(&mut self, now: Instant, f: impl FnOnce(&mut Counts)) {
         let sec = now.saturating_duration_since(self.origin).as_secs();
         let b = &mut self.buckets[(sec % 60) as usize];
         if b.0 != sec {
-            *b = (sec, 0, 0);
+            *b = (sec, Counts::default());
         }
-        b.1 += 1;
-        b.2 += u64::from(saved);
+        f(&mut b.1);
     }
 
-    fn sum(&self, now: Instant) -> (u64, u64) {
+    fn sum(&self, now: Instant) -> Counts {
         let sec = now.saturating_duration_since(self.origin).as_secs();
         self.buckets
             .iter()
-            .filter(|b| b.0 + 60 > sec && b.0 <= sec && (b.1 > 0))
-            .fold((0, 0), |(n, s), b| (n + b.1, s + b.2))
+            .filter(|b| b.0 + 60 > sec && b.0 <= sec)
+            .fold(Counts::default(), |n, b| n.plus(b.1))
     }
 }
 
@@ -100,21 +130,33 @@ pub struct CacheStatus {
     pub slots_saved_last_minute: u64,
     /// `slots_saved / requests`, 0 when there were none.
     pub hit_ratio: f64,
+    /// Answered from this replica's own (L1) cache.
+    pub l1_hits_last_minute: u64,
+    /// Answered from the fleet's cache in Redis.
+    pub shared_hits_last_minute: u64,
+    /// Reads that waited for another replica's fill instead of reading the CRM.
+    pub fill_waits_last_minute: u64,
 }
 
 /// Every tenant's counters.
 pub struct Stats {
     requests: IntCounterVec,
     coalesced: IntCounterVec,
+    fill_waits: IntCounterVec,
     tenants: DashMap<Arc<str>, Arc<TenantCache>>,
 }
 
 impl Stats {
     /// Counters over the registered metric families.
-    pub fn new(requests: IntCounterVec, coalesced: IntCounterVec) -> Stats {
+    pub fn new(
+        requests: IntCounterVec,
+        coalesced: IntCounterVec,
+        fill_waits: IntCounterVec,
+    ) -> Stats {
         Stats {
             requests,
             coalesced,
+            fill_waits,
             tenants: DashMap::new(),
         }
     }
@@ -131,9 +173,10 @@ impl Stats {
                     by_outcome: Outcome::ALL
                         .map(|o| self.requests.with_label_values(&[name, o.as_str()])),
                     coalesced: self.coalesced.with_label_values(&[name]),
+                    fill_waits: self.fill_waits.with_label_values(&[name]),
                     minute: Mutex::new(Minute {
                         origin: Instant::now(),
-                        buckets: [(u64::MAX - 60, 0, 0); 60],
+                        buckets: [(u64::MAX - 60, Counts::default()); 60],
                     }),
                 })
             })
@@ -147,13 +190,17 @@ impl Stats {
 
     /// The last minute of `tenant`.
     pub fn status(&self, tenant: &Arc<str>) -> CacheStatus {
-        let (requests, saved) = self
+        let c = self
             .tenant(tenant)
             .minute
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .sum(Instant::now());
+        let (requests, saved) = (c.requests, c.saved);
         CacheStatus {
+            l1_hits_last_minute: c.l1,
+            shared_hits_last_minute: c.shared,
+            fill_waits_last_minute: c.fill_waits,
             requests_last_minute: requests,
             slots_saved_last_minute: saved,
             hit_ratio: if requests == 0 {
@@ -175,6 +222,20 @@ impl TenantCache {
         self.minute
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .add(Instant::now(), outcome.saved());
+            .add(Instant::now(), |c| {
+                c.requests += 1;
+                c.saved += u64::from(outcome.saved());
+                c.l1 += u64::from(outcome == Outcome::Hit);
+                c.shared += u64::from(outcome == Outcome::Shared);
+            });
+    }
+
+    /// Counts a read that waited for another replica's fill.
+    pub fn fill_waited(&self) {
+        self.fill_waits.inc();
+        self.minute
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(Instant::now(), |c| c.fill_waits += 1);
     }
 }

@@ -83,6 +83,19 @@ impl Entry {
         now.saturating_duration_since(self.stored).as_secs()
     }
 
+    /// An entry stored `age` ago (read from the fleet's cache), under
+    /// `generation`.
+    pub fn stored_ago(answer: Arc<Answer>, age: Duration, ttl: Duration, generation: u64) -> Entry {
+        let now = Instant::now();
+        Entry {
+            answer,
+            stored: now.checked_sub(age).unwrap_or(now),
+            ttl,
+            keep: ttl,
+            generation,
+        }
+    }
+
     /// Past its TTL but within `stale_if_error` at `now`.
     pub fn usable_stale(&self, now: Instant, grace: Duration) -> bool {
         now.saturating_duration_since(self.stored) < self.ttl + grace

@@ -26,6 +26,15 @@ pub struct CacheConfig {
     pub stale_if_error: Duration,
     /// `[[cache.rules]]` in file order, then the defaults: first match wins.
     pub rules: Vec<CacheRule>,
+    /// With the Redis backend: answers are also kept in Redis for the whole
+    /// fleet (`cache.shared`, default on); the in-process cache is then an
+    /// L1 in front of it.
+    pub shared: bool,
+    /// Bound of the fleet's entries in Redis, in bytes (`cache.shared_max_bytes`).
+    pub shared_max_bytes: u64,
+    /// With the fleet cache: how long this replica keeps an answer in
+    /// process before asking Redis again (`cache.local_ttl`).
+    pub local_ttl: std::time::Duration,
 }
 
 /// One path rule: requests whose API path matches `path` live `ttl` (zero:

@@ -40,6 +40,9 @@ pub struct RawCache {
     pub max_bytes: Option<i64>,
     pub ttl: Option<String>,
     pub stale_if_error: Option<String>,
+    pub shared: Option<bool>,
+    pub shared_max_bytes: Option<i64>,
+    pub local_ttl: Option<String>,
     #[serde(default)]
     pub rules: Vec<RawCacheRule>,
 }

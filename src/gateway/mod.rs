@@ -92,7 +92,7 @@ impl Gateway {
         // the very first 503 or rejection.
         let labels: Vec<&str> = egress.iter().map(|e| e.label.as_str()).collect();
         metrics.init_series(&config, &labels);
-        let cache = crate::cache::Cache::new(&config, &metrics);
+        let cache = crate::cache::Cache::new(&config, &metrics, scheduler.redis_link());
         let gw = Gateway {
             cache,
             live: Arc::new(Live::new(config)),

@@ -170,6 +170,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!("redis.key_prefix", redis.key_prefix);
     keep!("redis.timeout", redis.timeout);
     keep!("redis.expected_replicas", redis.expected_replicas);
+    keep!("cache.shared", cache.shared);
     kept
 }
 

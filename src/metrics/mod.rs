@@ -78,6 +78,8 @@ pub struct Metrics {
     pub cache_requests: IntCounterVec,
     /// GETs answered by joining another caller's request, by tenant.
     pub coalesced: IntCounterVec,
+    /// Reads that waited for another replica's fill of the fleet cache, by tenant.
+    pub cache_fill_waits: IntCounterVec,
     /// Bytes the cache holds (keys and answers, as weighed).
     pub cache_bytes: IntGauge,
     /// Entries the cache holds.
@@ -235,12 +237,17 @@ impl Metrics {
         );
         let cache_requests = counter(
             "crmgate_cache_requests_total",
-            "GETs through the cache stage, by tenant and result (hit, miss, coalesced, stale, bypass).",
+            "GETs through the cache stage, by tenant and result (hit: this replica's cache, shared: the fleet's cache in Redis, miss, coalesced, stale, bypass).",
             &["tenant", "result"],
         );
         let coalesced = counter(
             "crmgate_coalesced_total",
             "GETs answered by another caller's identical request (no slot of their own), by tenant.",
+            &["tenant"],
+        );
+        let cache_fill_waits = counter(
+            "crmgate_cache_fill_waits_total",
+            "Reads that waited for another replica's read of the same answer (fleet cache fill lock) instead of reading the CRM, by tenant.",
             &["tenant"],
         );
         let gauge = |name: &str, help: &str| {
@@ -375,6 +382,7 @@ impl Metrics {
             reconciled,
             cache_requests,
             coalesced,
+            cache_fill_waits,
             cache_bytes,
             cache_entries,
             _build: build,

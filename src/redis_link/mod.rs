@@ -47,6 +47,9 @@ pub struct RedisLink {
     /// `state` is `Down` (read on every dispatcher wake-up, so atomic).
     down: AtomicBool,
     calls: AtomicU64,
+    /// When a call last succeeded (ms since `born`).
+    last_ok: AtomicU64,
+    born: tokio::time::Instant,
     /// When the link last came back after being down.
     rejoined: Mutex<Option<tokio::time::Instant>>,
     redactor: Redactor,
@@ -65,6 +68,8 @@ impl RedisLink {
             state: Mutex::new(LinkState::Connecting),
             down: AtomicBool::new(false),
             calls: AtomicU64::new(0),
+            last_ok: AtomicU64::new(0),
+            born: tokio::time::Instant::now(),
             rejoined: Mutex::new(None),
             redactor,
         }
@@ -184,6 +189,8 @@ impl RedisLink {
     }
 
     fn succeeded(&self) {
+        self.last_ok
+            .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
         match self.set_state(LinkState::Up) {
             LinkState::Down(_) => {
                 *self.rejoined.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -195,13 +202,15 @@ impl RedisLink {
         }
     }
 
-    /// Pings Redis at once and then every [`PROBE_EVERY`] while the link is
-    /// not up (off the request path), so the state is known before the first
-    /// request and an outage ends without a request paying for it. Runs
-    /// until `stop`.
+    /// Pings Redis at once and then every [`PROBE_EVERY`] unless a call
+    /// succeeded meanwhile (off the request path), so the state is known
+    /// before the first request, an idle replica notices a dead Redis, and
+    /// an outage ends without a request paying for it. Runs until `stop`.
     pub async fn probe(self: std::sync::Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         loop {
-            if !self.is_up() {
+            let now = self.born.elapsed().as_millis() as u64;
+            let since_ok = now.saturating_sub(self.last_ok.load(Ordering::Relaxed));
+            if !self.is_up() || since_ok >= PROBE_EVERY.as_millis() as u64 {
                 let ping = |mut c: Conn| async move {
                     redis::cmd("PING").query_async::<String>(&mut c).await
                 };

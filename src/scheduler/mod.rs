@@ -478,6 +478,11 @@ impl Scheduler {
             .map(|s| (s.in_fallback(), s.calls()))
     }
 
+    /// With the Redis backend: the link to Redis (the fleet cache uses it too).
+    pub fn redis_link(&self) -> Option<Arc<crate::redis_link::RedisLink>> {
+        self.inner.shared.as_ref().map(|s| s.link().clone())
+    }
+
     /// With the Redis backend: what is known about Redis now.
     pub fn redis_state(&self) -> Option<crate::redis_link::LinkState> {
         self.inner.shared.as_ref().map(|s| s.state())

@@ -11,6 +11,14 @@ pub(super) fn cache(p: &mut Problems, c: &RawCache) -> CacheConfig {
     let ttl = p.duration("cache.ttl", c.ttl.as_deref(), "5m");
     let stale_if_error = p.duration("cache.stale_if_error", c.stale_if_error.as_deref(), "1h");
     let max_bytes = c.max_bytes.unwrap_or(32 * 1024 * 1024);
+    let shared_max_bytes = c.shared_max_bytes.unwrap_or(64 * 1024 * 1024);
+    if shared_max_bytes <= 0 {
+        p.push(
+            "cache.shared_max_bytes",
+            "must be a positive whole number of bytes",
+        );
+    }
+    let local_ttl = p.duration("cache.local_ttl", c.local_ttl.as_deref(), "5s");
     if max_bytes <= 0 {
         p.push(
             "cache.max_bytes",
@@ -57,6 +65,9 @@ pub(super) fn cache(p: &mut Problems, c: &RawCache) -> CacheConfig {
     CacheConfig {
         enabled: c.enabled.unwrap_or(true),
         max_bytes: max_bytes.max(1) as u64,
+        shared: c.shared.unwrap_or(true),
+        shared_max_bytes: shared_max_bytes.max(1) as u64,
+        local_ttl,
         ttl,
         stale_if_error,
         rules,
