@@ -84,7 +84,7 @@ pub struct TenantRow {
     /// Requests being forwarded now.
     pub inflight: u64,
     /// Waiting requests that gave their place to a shorter line when the
-    /// queue was full, since start (`crmgate_queue_displaced_total`).
+    /// queue was full, since start (`crmgate_queue_drops_total{reason="displaced"}`).
     pub displaced: u64,
     /// Pages fetched by exports (`X-Crmgate-Export`) since start
     /// (`crmgate_export_pages_total`).
