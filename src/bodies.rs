@@ -38,6 +38,12 @@ impl BodyLease {
         }
     }
 
+    /// The pool this lease holds bytes in (where a stage's further
+    /// buffers for the same request are counted too).
+    pub fn pool(&self) -> &Arc<BodyPool> {
+        &self.pool
+    }
+
     /// Bytes this lease holds.
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -8,6 +8,10 @@
 //!
 //! # Layout
 //!
+//! Arrows run one way: no module imports one that imports it back (the
+//! simulator aside), and the stages take narrow handles, never the
+//! [`gateway`]; `tests/structure.rs` fails the build otherwise.
+//!
 //! The request path, in order ([`proxy`] composes it), behind [`guard`]
 //! (header limits, Host and browser rules, on both listeners):
 //! 1. [`inbound`]: read, limit, identify, rewrite → a typed request, using
@@ -15,7 +19,8 @@
 //!    - [`classify`]: which budget (general or telephony);
 //!    - [`rewrite`]: strip the caller's key, add `site`, keep everything
 //!      else byte-exact;
-//! 2. the stages between inbound and the scheduler, each its own module:
+//! 2. the stages between inbound and the scheduler, each its own module,
+//!    each taking a [`forward::Forwarder`] plus its own state:
 //!    - [`batch`]: a batch over RetailCRM's item limit is refused (400)
 //!      before it spends a slot;
 //!    - [`reconcile`]: a create that failed after sending is looked up by
@@ -25,27 +30,31 @@
 //!    - [`export`]: `X-Crmgate-Export: ndjson` walks every page of a list
 //!      (or history by cursor) through forward and streams one item per
 //!      line;
-//! 3. [`forward`]: wait in the [`scheduler`] for a slot, fairly, within
-//!    bounds; send through an [`egress`] client (which outbound IP), adding
-//!    the real key; resend when [`forward::retry`] says it is safe; stream
-//!    back;
+//! 3. [`forward`]: the [`forward::Forwarder`] handle: wait in the
+//!    [`scheduler`] for a slot, fairly, within bounds; send through an
+//!    [`egress`] client (which outbound IP), adding the real key; resend
+//!    when [`forward::retry`] says it is safe; stream back;
 //! 4. [`access`]: the access log line, keys masked.
 //!
 //! Around it:
 //! - [`config`]: the TOML file, validated into types that cannot be wrong;
 //! - [`live`]: the config in force, one [`live::Snapshot`] per request;
 //! - [`bodies`]: the pool of buffered bytes every stage holds bodies in;
-//! - [`gateway`]: shared state (config snapshot, scheduler, egress clients);
-//!   [`gateway::reload`]: hot reload, atomic, restart-only settings kept;
+//! - [`gateway`]: the composition root, which builds every part and wires
+//!   them (only proxy, admin, server, status, history, page and online
+//!   take it); [`gateway::reload`]: hot reload, atomic, restart-only
+//!   settings kept;
 //! - [`redis_link`]: the one connection to Redis (server, Sentinel or
 //!   Cluster; TLS, auth) and the truth about its state;
 //! - [`drain`]: readiness and the drain's counts;
-//! - [`status`]: the `/status` document, typed;
-//! - [`history`], [`page`]: the status page on the admin port (`GET /`),
-//!   its five-minute ring of per-second samples (`/status/history`) and
-//!   per-tenant queue-wait windows;
-//! - [`error`]: every error crmgate answers itself, and its JSON;
-//! - [`metrics`], [`admin`]: Prometheus, health, readiness, status, reload;
+//! - [`status`]: the `/status` document, typed, and the scrape-time gauges;
+//! - [`history`], [`page`]: the status page on the admin port (`GET /`)
+//!   and its five-minute ring of per-second samples (`/status/history`);
+//! - [`error`]: every error crmgate answers itself, its JSON, and the one
+//!   way a refusal is counted and answered ([`error::reject`]);
+//! - [`metrics`]: a leaf the stages write into: every series, its label
+//!   values, per-tenant queue-wait windows;
+//! - [`admin`]: Prometheus, health, readiness, status, reload;
 //! - [`online`]: `crmgate check --online`, each tenant's key asked about
 //!   at the CRM (accepted, v5, sites, scopes), through the budget;
 //! - [`server`]: listeners, connection limits and timeouts, graceful drain;

@@ -67,7 +67,7 @@ async fn handle(
     let mut trace = Trace::default();
 
     // A cache hit needs nothing of the request but its head.
-    let early = crate::cache::early::lookup(&gw, &req, &mut trace);
+    let early = crate::cache::early::lookup(&gw.cache, &gw.snapshot(), &req, &mut trace);
     let answer = match early {
         Some(hit) => Ok(hit),
         None => run(&gw, peer, req, &request_id, &mut trace).await,
@@ -129,14 +129,15 @@ async fn run(
     let request = inbound::read(&gw.snapshot(), &gw.bodies, peer, req, request_id, trace).await?;
     let _inflight = gw.stats(&request.tenant.name).inflight();
     crate::batch::check(&request.out)?;
+    let forward = &gw.forwarder;
     if let Some(wanted) = export {
-        return crate::export::export(gw, request, wanted, trace).await;
+        return crate::export::export(forward, &gw.metrics, request, wanted, trace).await;
     }
     if request.out.method != Method::POST {
-        return crate::cache::serve(gw, request, trace).await;
+        return crate::cache::serve(&gw.cache, forward, request, trace).await;
     }
-    let _write = crate::cache::DictionaryWrite::begin(gw, &request);
-    crate::reconcile::run(gw, request, trace).await
+    let _write = crate::cache::DictionaryWrite::begin(&gw.cache, &request);
+    crate::reconcile::run(forward, &gw.metrics.reconciled, request, trace).await
 }
 
 /// The caller's `X-Request-Id` when it is sane, else a new one.

@@ -27,13 +27,14 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use prometheus::IntCounterVec;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::access::Trace;
 use crate::bodies::BodyLease;
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::forward::Forward;
 use crate::inbound::{Inbound, Outgoing, REQUEST_ID_HEADER};
 use crate::rewrite::is_form;
 use crate::scheduler::Ticket;
@@ -218,10 +219,16 @@ enum Lookup {
 }
 
 /// One request through the stage: creates are reconciled, anything else
-/// goes straight to forward.
-pub async fn run(gw: &Gateway, req: Inbound, trace: &mut Trace) -> Result<Response, GatewayError> {
+/// goes straight to `forward`. How each reconciliation ended is counted in
+/// `reconciled` (`crmgate_reconciled_total`).
+pub async fn run<F: Forward>(
+    forward: &F,
+    reconciled: &IntCounterVec,
+    req: Inbound,
+    trace: &mut Trace,
+) -> Result<Response, GatewayError> {
     let Some(create) = create_of(&req.out) else {
-        return crate::forward::forward(gw, req, trace).await;
+        return forward.send(req, trace).await;
     };
     let Inbound {
         tenant,
@@ -231,18 +238,17 @@ pub async fn run(gw: &Gateway, req: Inbound, trace: &mut Trace) -> Result<Respon
     } = req;
     // The body stays accounted until the caller has its answer, whatever
     // number of sends that takes.
-    let _lease = lease;
     let stage = Stage {
-        gw,
+        forward,
         tenant,
         ticket,
         create,
+        lease,
     };
     let (outcome, result) = stage.reconcile(out, trace).await;
     if let Some(outcome) = outcome {
         trace.reconciled = Some(outcome.as_str());
-        gw.metrics
-            .reconciled
+        reconciled
             .with_label_values(&[&stage.tenant.name, outcome.as_str()])
             .inc();
     }
@@ -250,14 +256,16 @@ pub async fn run(gw: &Gateway, req: Inbound, trace: &mut Trace) -> Result<Respon
 }
 
 /// One create being reconciled.
-struct Stage<'a> {
-    gw: &'a Gateway,
+struct Stage<'a, F> {
+    forward: &'a F,
     tenant: Arc<Tenant>,
     ticket: Ticket,
     create: Create,
+    /// The caller's body, held until the caller has its answer.
+    lease: BodyLease,
 }
 
-impl Stage<'_> {
+impl<F: Forward> Stage<'_, F> {
     /// An [`Inbound`] for one more send of this request. The body's bytes
     /// stay held by the caller's lease, so each send's own lease is empty.
     fn inbound(&self, out: Outgoing) -> Inbound {
@@ -265,12 +273,12 @@ impl Stage<'_> {
             tenant: self.tenant.clone(),
             ticket: self.ticket.clone(),
             out,
-            lease: BodyLease::new(&self.gw.bodies),
+            lease: BodyLease::new(self.lease.pool()),
         }
     }
 
     async fn send(&self, out: Outgoing, trace: &mut Trace) -> Result<Response, GatewayError> {
-        crate::forward::forward(self.gw, self.inbound(out), trace).await
+        self.forward.send(self.inbound(out), trace).await
     }
 
     /// Sends the create and reconciles it; the outcome, when there was
@@ -294,7 +302,7 @@ impl Stage<'_> {
                     Err(GatewayError::Ambiguous(failure)),
                 );
             };
-            let delay = self.gw.snapshot().config.reconcile.delay;
+            let delay = self.forward.snapshot().config.reconcile.delay;
             if Instant::now() + delay >= self.ticket.deadline {
                 let cause = "the caller's deadline comes before the lookup could be made";
                 return self.lookup_failed(&external_id, cause.into());
@@ -307,7 +315,7 @@ impl Stage<'_> {
                 }
                 Lookup::Failed(cause) => return self.lookup_failed(&external_id, cause),
                 Lookup::Missing => {
-                    let max = self.gw.snapshot().config.retry.max_attempts.get();
+                    let max = self.forward.snapshot().config.retry.max_attempts.get();
                     if trace.attempts >= max {
                         let error = self.unreconciled(
                             &external_id,
@@ -447,5 +455,7 @@ fn is_duplicate(body: &[u8]) -> bool {
     }
 }
 
+#[cfg(test)]
+mod machine;
 #[cfg(test)]
 mod tests;

@@ -83,6 +83,9 @@ pub struct TenantRow {
     pub queued: usize,
     /// Requests being forwarded now.
     pub inflight: u64,
+    /// Waiting requests that gave their place to a shorter line when the
+    /// queue was full, since start (`crmgate_queue_displaced_total`).
+    pub displaced: u64,
     /// Finished requests by final HTTP status (keys are status codes).
     pub totals_by_status: BTreeMap<String, u64>,
     /// Queue wait p50/p95 over the last minute; `null` when nothing waited
@@ -135,6 +138,7 @@ impl Status {
                     weight: t.config.weight.get(),
                     queued: gw.scheduler.tenant_queued(&t.name),
                     inflight: s.inflight.load(Ordering::Relaxed),
+                    displaced: gw.scheduler.displaced(&t.name),
                     totals_by_status,
                     queue_wait_last_minute: gw.metrics.tenant_queue_wait.quantiles(&t.name),
                     cache_last_minute: gw.cache.stats.status(&t.name),
@@ -184,6 +188,12 @@ pub fn refresh_gauges(gw: &Gateway) {
         m.inflight
             .with_label_values(&[&t.name])
             .set(gw.stats(&t.name).inflight.load(Ordering::Relaxed) as i64);
+        let displaced = m.queue_displaced.with_label_values(&[&t.name, "displaced"]);
+        displaced.inc_by(
+            gw.scheduler
+                .displaced(&t.name)
+                .saturating_sub(displaced.get()),
+        );
     }
     // With per-account budgets a class has several lanes; the effective
     // rate shown is the most reduced one.
@@ -293,6 +303,7 @@ mod tests {
             keys(&tenants[1]),
             [
                 "cache_last_minute",
+                "displaced",
                 "inflight",
                 "name",
                 "queue_wait_last_minute",

@@ -1,5 +1,6 @@
 //! Adaptation end to end, at default settings, against the simulator: a
-//! lower real limit is found and kept, noise does not lower the rate, an
+//! lower real limit is found and kept under each limiter model the
+//! simulator plays, noise does not lower the rate, an
 //! outage is weathered within `retry.max_attempts` and callers' deadlines
 //! and the rate comes back. Shortened versions of the benchmark's `adapt`
 //! scenarios (benches/shaping/adapt.rs, where the timing targets live):
@@ -11,7 +12,7 @@ use std::collections::HashMap;
 
 use common::load::{flood, id_of, isolated_setup, not_ok, Call, Outcome, LOAD};
 use common::{status_now, wait_until, Gate, ACME_CLIENT};
-use crmgate::sim::{Class, Received};
+use crmgate::sim::{Class, LimiterKind, Received};
 
 /// The general budget's phase and effective rate, from `/status`.
 fn general(gate: &Gate) -> (String, f64) {
@@ -52,12 +53,14 @@ fn assert_errors_are_503_json_with_retry_after(outcomes: &[Outcome]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lower_real_limit_is_found_and_its_503s_stop() {
+/// Against a CRM that refuses by `kind` at 7 of its 10/s (another sender
+/// uses 3): adaptation tests a lower rate, keeps it, and the 503s stop;
+/// the callers never see one (retries absorb them).
+async fn a_lower_real_limit_is_found_under(kind: LimiterKind) {
     let _load = LOAD.lock().await;
     let (sim, gate, _sim_thread) = isolated_setup("").await;
-    // Another sender uses 3 of the IP's 10/s: 7 are left for us.
     sim.set_limits(7, 40);
+    sim.set_limiter(kind);
     let load = flood(
         &gate.url,
         "limit",
@@ -80,24 +83,54 @@ async fn a_lower_real_limit_is_found_and_its_503s_stop() {
     let (before, after) = general.split_at(settled);
     let refused = |rs: &[&Received]| rs.iter().filter(|r| r.status == 503).count();
     println!(
-        "limit 7: {} arrivals ({} refused) until the verdict, then {} ({} refused); rate {rate}; {} answers",
+        "{kind} at 7/s: {} arrivals ({} refused) until the verdict, then {} ({} refused); \
+         rate {rate}; {} answers",
         before.len(),
         refused(before),
         after.len(),
         refused(after),
         outcomes.len()
     );
-    assert_eq!(rate, 7.0, "the test rate is kept");
-    assert!(refused(before) > 0, "the limit was never hit");
+    assert_eq!(rate, 7.0, "{kind}: the test rate is kept");
+    assert!(refused(before) > 0, "{kind}: the limit was never hit");
     // Once the rate dropped the 503s stopped: the window's own arrivals at
     // the verdict may still be answered, a probe above the good rate may
-    // cost one.
+    // cost one or two.
     assert!(
-        refused(&after[..30]) <= 1,
-        "{} of 30 refused after the verdict",
+        refused(&after[..30]) <= 2,
+        "{kind}: {} of 30 refused after the verdict",
         refused(&after[..30])
     );
-    assert_errors_are_503_json_with_retry_after(&outcomes);
+    assert!(
+        not_ok(&outcomes, 200).is_empty(),
+        "{kind}: caller errors: {:?}",
+        not_ok(&outcomes, 200)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lower_real_limit_is_found_under_a_strict_window() {
+    a_lower_real_limit_is_found_under(LimiterKind::Strict).await;
+}
+
+/// The case that needed a test where a share of refusals used to be
+/// called noise: refused arrivals are not counted, so only 3 in 10 are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lower_real_limit_is_found_under_a_lenient_window() {
+    a_lower_real_limit_is_found_under(LimiterKind::Lenient).await;
+}
+
+/// nginx `limit_req` with a small burst (without one, two arrivals closer
+/// than 1/7 s are refused, and loopback jitter on a loaded machine would
+/// make the count after the verdict a matter of luck).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lower_real_limit_is_found_under_a_leaky_bucket() {
+    a_lower_real_limit_is_found_under(LimiterKind::Leaky { burst: 2 }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lower_real_limit_is_found_under_fixed_windows() {
+    a_lower_real_limit_is_found_under(LimiterKind::Fixed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,16 +17,22 @@ use super::key::Key;
 use super::stats::Outcome;
 use crate::access::Trace;
 use crate::classify::classify;
-use crate::gateway::Gateway;
 use crate::inbound::split_path;
+use crate::live::Snapshot;
 use crate::rewrite::{append_param, strip_api_key};
 
 /// The caller's key header (a constant: no name parsing per request).
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
-/// The cached answer to `req`, when there is a fresh one and the full path
-/// would give it too; records tenant and class in `trace`.
-pub fn lookup(gw: &Gateway, req: &Request, trace: &mut Trace) -> Option<Response> {
+/// The answer in `cache` to `req`, when there is a fresh one and the full
+/// path would give it too (under the config in `snap`); records tenant and
+/// class in `trace`.
+pub fn lookup(
+    cache: &super::Cache,
+    snap: &Snapshot,
+    req: &Request,
+    trace: &mut Trace,
+) -> Option<Response> {
     if req.method() != Method::GET {
         return None;
     }
@@ -45,7 +51,6 @@ pub fn lookup(gw: &Gateway, req: &Request, trace: &mut Trace) -> Option<Response
     if judged.iter().any(|h| headers.contains_key(h)) {
         return None;
     }
-    let snap = gw.snapshot();
     let cfg = &snap.config.cache;
     if !cfg.enabled {
         return None;
@@ -68,13 +73,13 @@ pub fn lookup(gw: &Gateway, req: &Request, trace: &mut Trace) -> Option<Response
     }
     let rest = std::str::from_utf8(&rest).ok()?;
     let key = Key::new(&tenant.name, api_path, Some(rest));
-    let entry = gw.cache.store.load().get(&key)?;
+    let entry = cache.store.load().get(&key)?;
     let now = Instant::now();
     if !entry.fresh(now) {
         return None;
     }
     trace.tenant = Some(tenant.name.clone());
     trace.class = Some(classify(api_path));
-    gw.cache.stats.count(&tenant.name, Outcome::Hit);
+    cache.stats.count(&tenant.name, Outcome::Hit);
     Some(super::from_entry(&entry, Outcome::Hit, now))
 }

@@ -45,8 +45,7 @@ use crate::access::Trace;
 use crate::bodies::{BodyLease, BodyPool};
 use crate::config::Config;
 use crate::error::GatewayError;
-use crate::forward::{forward, forward_lifted};
-use crate::gateway::Gateway;
+use crate::forward::{Forward, Forwarder};
 use crate::inbound::Inbound;
 use coalesce::{Flight, Flights, Role, Shared};
 use fleet::{Fill, FleetStore, Lookup};
@@ -168,42 +167,43 @@ fn outcome_header(o: Outcome) -> HeaderValue {
 /// The stage for reads: serves a GET from the cache, a shared request, or
 /// forwards it (writes go through [`DictionaryWrite`] instead).
 pub async fn serve(
-    gw: &Arc<Gateway>,
+    cache: &Arc<Cache>,
+    forward: &Forwarder,
     req: Inbound,
     trace: &mut Trace,
 ) -> Result<Response, GatewayError> {
-    let snap = gw.snapshot();
+    let snap = forward.snapshot();
     let cfg = &snap.config.cache;
     if !cfg.enabled {
-        return forward(gw, req, trace).await;
+        return forward.send(req, trace).await;
     }
     if req.out.method != Method::GET {
-        return forward(gw, req, trace).await;
+        return forward.send(req, trace).await;
     }
     let tenant = req.tenant.name.clone();
-    let stats = gw.cache.stats.tenant(&tenant);
+    let stats = cache.stats.tenant(&tenant);
     let asked = directive(&req.out.headers);
     if asked == Directive::NoStore {
         stats.count(Outcome::Bypass);
-        return with_outcome(forward(gw, req, trace).await, Outcome::Bypass);
+        return with_outcome(forward.send(req, trace).await, Outcome::Bypass);
     }
     let ttl = cfg.ttl_for(&req.out.path);
-    if ttl.is_none() && gw.scheduler.free_now(req.ticket.class, &tenant) {
+    if ttl.is_none() && forward.free_now(req.ticket.class, &tenant) {
         // It goes at once, so nobody could join it, and the answer is not
         // kept: it streams back as it comes, unbuffered. (Should another
         // request take the slot first, this one waits unjoinable: rare, and
         // only a missed saving.)
         stats.count(Outcome::Miss);
-        return with_outcome(forward(gw, req, trace).await, Outcome::Miss);
+        return with_outcome(forward.send(req, trace).await, Outcome::Miss);
     }
     let key = Key::new(&tenant, &req.out.path, req.out.query.as_deref());
-    let store = gw.cache.store.load_full();
+    let store = cache.store.load_full();
     let mut stale = None;
     if ttl.is_some() {
         // A fill already sent for this key: wait for it and look again (an
         // entry it stores is as good as any hit; one a write made dead is
         // not found, and this caller goes on to a request of its own).
-        if asked == Directive::Normal && gw.cache.flights.wait_for_sent(&key).await {
+        if asked == Directive::Normal && cache.flights.wait_for_sent(&key).await {
             let now = Instant::now();
             if let Some(e) = store.get(&key).filter(|e| e.fresh(now)) {
                 stats.count(Outcome::Hit);
@@ -224,7 +224,7 @@ pub async fn serve(
     // The fleet's cache: a fresh entry there is a hit for this replica too
     // (kept locally for `local_ttl`); a stale one serves if the CRM fails.
     let mut fleet_plan = None;
-    if let (Some(fleet), Some(ttl)) = (&gw.cache.fleet, ttl) {
+    if let (Some(fleet), Some(ttl)) = (&cache.fleet, ttl) {
         match fleet.lookup(&key).await {
             Lookup::Found { entry, generation } => {
                 if asked != Directive::NoCache && entry.fresh() {
@@ -250,10 +250,7 @@ pub async fn serve(
     }
 
     let deadline = req.ticket.deadline;
-    let (seat, role) = gw
-        .cache
-        .flights
-        .take_seat(&key, req.ticket.priority, deadline);
+    let (seat, role) = cache.flights.take_seat(&key, req.ticket.priority, deadline);
     let outcome = match role {
         Role::Started => {
             let plan = ttl.map(|ttl| Plan {
@@ -268,7 +265,14 @@ pub async fn serve(
                 store: store.clone(),
                 fleet: fleet_plan.take(),
             });
-            let task = tokio::spawn(fly(gw.clone(), req, seat.flight.clone(), key.clone(), plan));
+            let task = tokio::spawn(fly(
+                cache.clone(),
+                forward.clone(),
+                req,
+                seat.flight.clone(),
+                key.clone(),
+                plan,
+            ));
             seat.attach(task.abort_handle());
             Outcome::Miss
         }
@@ -316,9 +320,6 @@ pub async fn serve(
     }
 }
 
-/// A POST: a write to a dictionary drops the tenant's entries of it, before
-/// it is sent (no new read is served the old data while it is under way) and
-/// after its answer (a read that raced it is not kept).
 /// A write to a dictionary, in flight: that tenant's entries of that
 /// dictionary are dropped when it starts and again when its answer is in
 /// (on drop), so a read racing the write never keeps the old data.
@@ -331,14 +332,14 @@ pub struct DictionaryWrite {
 
 impl DictionaryWrite {
     /// Starts the write of `req` when it is a `POST` to a dictionary.
-    pub fn begin(gw: &Gateway, req: &Inbound) -> Option<DictionaryWrite> {
+    pub fn begin(cache: &Cache, req: &Inbound) -> Option<DictionaryWrite> {
         if req.out.method != Method::POST {
             return None;
         }
         let dict = key::dictionary(&req.out.path)?.to_owned();
         let w = DictionaryWrite {
-            store: gw.cache.store.load_full(),
-            fleet: gw.cache.fleet.clone(),
+            store: cache.store.load_full(),
+            fleet: cache.fleet.clone(),
             tenant: req.tenant.name.clone(),
             dict,
         };
@@ -406,7 +407,8 @@ fn from_fleet(e: &fleet::FleetEntry, o: Outcome) -> Response {
 /// The shared request: sent once, answer buffered, kept when cacheable,
 /// handed to every seat.
 async fn fly(
-    gw: Arc<Gateway>,
+    cache: Arc<Cache>,
+    forward: Forwarder,
     mut req: Inbound,
     flight: Arc<Flight>,
     key: Key,
@@ -419,7 +421,8 @@ async fn fly(
     // Should this task end without an answer (a panic), the seats still
     // get one instead of waiting forever.
     let _unfinished = Unfinished(flight.clone(), tenant.clone());
-    let limit = gw.snapshot().config.limits.max_buffered_bytes.get();
+    let limit = forward.snapshot().config.limits.max_buffered_bytes.get();
+    let bodies = req.lease.pool().clone();
     let mut trace = Trace::default();
     // The fleet: take the fill lock, or wait for the replica that holds it
     // and answer with its entry (no CRM read here at all).
@@ -428,7 +431,7 @@ async fn fly(
         match fleet.fill(&key).await {
             Fill::Mine(token) => lock = Some(token),
             Fill::Theirs => {
-                gw.cache.stats.tenant(&req.tenant.name).fill_waited();
+                cache.stats.tenant(&req.tenant.name).fill_waited();
                 if let Lookup::Found { entry, .. } = fleet.wait_for_fill(&key).await {
                     if entry.fresh() {
                         if let Some(p) = &plan {
@@ -450,7 +453,7 @@ async fn fly(
                             lease: None,
                             from_fleet: true,
                         });
-                        gw.cache.flights.done(&key, &flight);
+                        cache.flights.done(&key, &flight);
                         return;
                     }
                 }
@@ -458,8 +461,11 @@ async fn fly(
             Fill::Unavailable => {}
         }
     }
-    let result = match forward_lifted(&gw, req, &mut trace, Some(&flight.lift)).await {
-        Ok(resp) => buffer(resp, &gw.bodies, limit, tenant).await,
+    let result = match forward
+        .send_lifted(req, &mut trace, Some(&flight.lift))
+        .await
+    {
+        Ok(resp) => buffer(resp, &bodies, limit, tenant).await,
         Err(e) => Err(e),
     };
     let (answer, lease) = match result {
@@ -492,7 +498,7 @@ async fn fly(
         lease,
         from_fleet: false,
     });
-    gw.cache.flights.done(&key, &flight);
+    cache.flights.done(&key, &flight);
 }
 
 /// Publishes an error to the seats of a flight whose task ended without

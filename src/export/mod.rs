@@ -7,7 +7,7 @@
 //! in, and a task ([`walk::pump`]) fetches the rest, `export.prefetch`
 //! pages ahead at most, while the body streams one item per line and a
 //! summary line last ([`ndjson`]). Each page is an ordinary request
-//! through [`crate::forward::forward`]: the same scheduler, budget, retry
+//! through [`crate::forward`]: the same scheduler, budget, retry
 //! rule and `max_queue_wait` (per page), at `low` priority unless the
 //! caller chose one. Pages held are counted in `limits.max_buffered_bytes`.
 //! It never logs a query or an item, and never sees the real key.
@@ -28,9 +28,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::access::Trace;
+use crate::bodies::{BodyLease, BodyPool};
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::forward::{Forward, Forwarder};
 use crate::inbound::{body, Inbound, PRIORITY_HEADER};
+use crate::metrics::Metrics;
 use crate::scheduler::Priority;
 use walk::{Chunk, Ending, Fetched, Plan, Walk};
 
@@ -95,27 +97,30 @@ impl Drop for InProgress {
 
 /// Runs an export for an inbound GET: the first page's failure is the
 /// answer; otherwise a `200` NDJSON stream whose walk goes on in a task.
+/// Pages go through `forward`; exports, pages and items are counted in
+/// `metrics`.
 pub async fn export(
-    gw: &Arc<Gateway>,
+    forward: &Forwarder,
+    metrics: &Metrics,
     req: Inbound,
     wanted: Wanted,
     trace: &mut Trace,
 ) -> Result<Response, GatewayError> {
-    let outcome = |o: &str| gw.metrics.exports.with_label_values(&[o]).inc();
+    let outcome = |o: &str| metrics.exports.with_label_values(&[o]).inc();
     if req.out.method != Method::GET {
         outcome("refused");
         return Err(GatewayError::BadRequest(
             "an export (X-Crmgate-Export) walks a list: only GET can be exported".into(),
         ));
     }
-    let in_progress = InProgress::new(&gw.metrics.exports_in_progress);
-    let snap = gw.snapshot();
+    let in_progress = InProgress::new(&metrics.exports_in_progress);
+    let snap = forward.snapshot();
     let settings = snap.config.export.clone();
     let Inbound {
         tenant,
         mut ticket,
         mut out,
-        lease: _,
+        lease,
     } = req;
     ticket.priority = page_priority(wanted, ticket.priority);
     // Each page may wait as long as the request itself could.
@@ -132,7 +137,8 @@ pub async fn export(
     let plan = Plan::new(&out.path, out.query.as_deref(), settings.page_limit);
     let mut walk = Walk::new(plan);
     let pages = PageSource {
-        gw: gw.clone(),
+        forward: forward.clone(),
+        bodies: lease.pool().clone(),
         tenant,
         ticket,
         out,
@@ -166,8 +172,8 @@ pub async fn export(
     drop(page);
     let tenant_name = pages.tenant.name.clone();
     let (pages_done, items_done) = (
-        gw.metrics.export_pages.with_label_values(&[&tenant_name]),
-        gw.metrics.export_items.with_label_values(&[&tenant_name]),
+        metrics.export_pages.with_label_values(&[&tenant_name]),
+        metrics.export_items.with_label_values(&[&tenant_name]),
     );
     pages_done.inc();
     items_done.inc_by(lines.written);
@@ -177,7 +183,7 @@ pub async fn export(
         bytes: Bytes::from(lines.text),
         lease: first.lease,
     };
-    let gw_task = gw.clone();
+    let exports = metrics.exports.clone();
     let source = Arc::new(pages);
     let fetch: walk::Fetch = Box::new(move |query| {
         let source = source.clone();
@@ -195,7 +201,7 @@ pub async fn export(
             Ending::Failed => "failed",
             Ending::HungUp => "hung_up",
         };
-        gw_task.metrics.exports.with_label_values(&[label]).inc();
+        exports.with_label_values(&[label]).inc();
     });
 
     let stream =
@@ -227,7 +233,9 @@ pub async fn export(
 /// What every page request shares: the caller's request as rewritten,
 /// re-sent with another query per page.
 struct PageSource {
-    gw: Arc<Gateway>,
+    forward: Forwarder,
+    /// Where pages held are counted (the caller's request's pool).
+    bodies: Arc<BodyPool>,
     tenant: Arc<crate::tenant::Tenant>,
     ticket: crate::scheduler::Ticket,
     out: crate::inbound::Outgoing,
@@ -236,7 +244,7 @@ struct PageSource {
 }
 
 impl PageSource {
-    /// One page through [`crate::forward::forward`]: `Ok(Ok(page))` for a
+    /// One page through [`Forward::send`]: `Ok(Ok(page))` for a
     /// 2xx answer read whole, `Ok(Err(answer))` for any other answer of
     /// the CRM (handed back as it came), `Err` when crmgate gave up.
     async fn send(
@@ -244,7 +252,6 @@ impl PageSource {
         query: String,
         trace: &mut Trace,
     ) -> Result<Result<Fetched, Response>, GatewayError> {
-        let gw = &self.gw;
         let mut ticket = self.ticket.clone();
         ticket.deadline = Instant::now() + self.max_wait;
         let mut out = self.out.clone();
@@ -253,9 +260,9 @@ impl PageSource {
             tenant: self.tenant.clone(),
             ticket,
             out,
-            lease: crate::bodies::BodyLease::new(&gw.bodies),
+            lease: BodyLease::new(&self.bodies),
         };
-        let answer = crate::forward::forward(gw, inbound, trace).await?;
+        let answer = self.forward.send(inbound, trace).await?;
         if !answer.status().is_success() {
             let (mut parts, stream) = answer.into_parts();
             // Bounded like a page; what the CRM said is passed on whole
@@ -267,12 +274,18 @@ impl PageSource {
             return Ok(Err(Response::from_parts(parts, Body::from(bytes))));
         }
         let (parts, stream) = answer.into_parts();
-        let limit = gw.snapshot().config.limits.max_buffered_bytes.get();
+        let limit = self
+            .forward
+            .snapshot()
+            .config
+            .limits
+            .max_buffered_bytes
+            .get();
         let read = body::read(
             &parts.headers,
             stream,
             self.max_page_bytes,
-            &gw.bodies,
+            &self.bodies,
             limit,
         )
         .await;

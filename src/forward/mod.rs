@@ -1,14 +1,23 @@
 //! Forward: wait for a slot, send, retry when the rule allows, stream back.
 //!
-//! The last stage of the request path. It takes a typed [`Inbound`] request
-//! (already authenticated and rewritten), queues it in the scheduler, sends
-//! it through the egress client the permit names, and either streams the
-//! CRM's answer back chunk by chunk (never buffered) or asks [`retry::decide`]
-//! whether to wait and resend. The real key is added here, at send time, and
-//! the URL and key of one send come from the same config snapshot. It never
-//! logs a key or a URL (queries may hold customer data).
+//! The last stage of the request path, behind one handle: a [`Forwarder`]
+//! holds the scheduler, the egress clients, the config in force and the
+//! metrics a send writes, and [`Forwarder::send`] takes a typed [`Inbound`]
+//! request (already authenticated and rewritten) through four steps:
+//! [`Forwarder::wait_for_slot`] in the scheduler, [`Forwarder::send_once`]
+//! through the egress client the permit names, [`retry::decide`] whether to
+//! answer, wait and resend, or fail, and [`stream_back`] the CRM's answer
+//! chunk by chunk (never buffered). The real key is added here, at send
+//! time, and the URL and key of one send come from the same config
+//! snapshot. The stages before it (cache, reconcile, export) take a
+//! `Forwarder`, never the whole gateway. It never logs a key or a URL
+//! (queries may hold customer data).
 
 pub mod retry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Method};
@@ -18,73 +27,209 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::access::Trace;
+use crate::classify::Class;
+use crate::egress::{Clients, Egress};
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
 use crate::inbound::Inbound;
+use crate::live::{Live, Snapshot};
+use crate::metrics::Metrics;
 use crate::rewrite::drop_hop_by_hop;
+use crate::scheduler::{Lift, Permit, Scheduler, Ticket};
 use crate::tenant::Tenant;
 use retry::{Attempt, Backoff, Decision, Failure, Outcome};
 
-/// Sends `req` with retries and streams the answer back.
-pub async fn forward(
-    gw: &Gateway,
-    req: Inbound,
-    trace: &mut Trace,
-) -> Result<Response, GatewayError> {
-    forward_lifted(gw, req, trace, None).await
+/// What a stage needs of forward: send one request (with retries) and read
+/// the config in force. [`Forwarder`] is the real one; a stage's tests may
+/// script one.
+pub trait Forward: Sync {
+    /// Sends `req` with retries and returns the CRM's answer.
+    fn send(
+        &self,
+        req: Inbound,
+        trace: &mut Trace,
+    ) -> impl Future<Output = Result<Response, GatewayError>> + Send;
+
+    /// The config in force.
+    fn snapshot(&self) -> Arc<Snapshot>;
 }
 
-/// Like [`forward`], for a request several callers share (see
-/// [`crate::cache`]): its first wait follows `lift` (raised priority,
-/// extended deadline).
-pub async fn forward_lifted(
-    gw: &Gateway,
-    req: Inbound,
-    trace: &mut Trace,
-    lift: Option<&crate::scheduler::Lift>,
-) -> Result<Response, GatewayError> {
-    let Inbound {
-        tenant,
-        mut ticket,
-        out,
-        ..
-    } = req;
-    let class = ticket.class;
-    let idempotent = matches!(out.method, Method::GET | Method::HEAD);
-    // Why the last send failed, for a 502 (never the URL, never a key).
-    let mut cause = String::new();
-    loop {
-        // A retry was admitted before any drain began: it may still queue.
+/// The handle to the last stage: cheap to clone, all clones share the
+/// scheduler, the clients, the config in force and the metrics.
+#[derive(Clone)]
+pub struct Forwarder {
+    scheduler: Scheduler,
+    clients: Arc<Clients>,
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+}
+
+impl Forward for Forwarder {
+    async fn send(&self, req: Inbound, trace: &mut Trace) -> Result<Response, GatewayError> {
+        self.send_lifted(req, trace, None).await
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.snapshot()
+    }
+}
+
+/// What one send came to, before the retry rule judges it.
+struct Sent {
+    outcome: Outcome,
+    /// The CRM's answer, when `outcome` is [`Outcome::Answer`].
+    answer: Option<reqwest::Response>,
+    /// Why it failed, for a 502 (never the URL, never a key).
+    cause: Option<String>,
+    timeout: Duration,
+}
+
+impl Forwarder {
+    /// The handle over these parts.
+    pub fn new(
+        scheduler: Scheduler,
+        clients: Arc<Clients>,
+        live: Arc<Live>,
+        metrics: Arc<Metrics>,
+    ) -> Forwarder {
+        Forwarder {
+            scheduler,
+            clients,
+            live,
+            metrics,
+        }
+    }
+
+    /// True when a request of `class` from `tenant` would get a slot at once.
+    pub fn free_now(&self, class: Class, tenant: &Arc<str>) -> bool {
+        self.scheduler.free_now(class, tenant)
+    }
+
+    /// Like [`Forward::send`], for a request several callers share (see
+    /// [`crate::cache`]): its first wait follows `lift` (raised priority,
+    /// extended deadline).
+    pub async fn send_lifted(
+        &self,
+        req: Inbound,
+        trace: &mut Trace,
+        lift: Option<&Lift>,
+    ) -> Result<Response, GatewayError> {
+        let Inbound {
+            tenant,
+            mut ticket,
+            out,
+            ..
+        } = req;
+        let class = ticket.class;
+        let idempotent = matches!(out.method, Method::GET | Method::HEAD);
+        // Why the last send failed, for a 502.
+        let mut cause = String::new();
+        loop {
+            let permit = self
+                .wait_for_slot(&mut ticket, lift, &tenant, trace)
+                .await?;
+            let egress = self.clients.get(permit.egress);
+            trace.egress = Some(egress.label.clone());
+            // URL and key from one snapshot, taken at send time: a request
+            // queued across a reload goes to the host that goes with the
+            // key. A tenant the reload removed is served as it arrived.
+            let snap = self.live.snapshot();
+            let target: &Tenant = snap.tenants.get(&tenant.name).unwrap_or(&tenant);
+            let sent = self
+                .send_once(&snap, &egress, target, &out, class, &permit, trace)
+                .await;
+            if let Some(c) = sent.cause {
+                cause = c;
+            }
+            let attempt = Attempt {
+                idempotent,
+                made: trace.attempts,
+                max: snap.config.retry.max_attempts.get(),
+                time_left: ticket.deadline.saturating_duration_since(Instant::now()),
+            };
+            let backoff = Backoff {
+                initial: snap.config.retry.initial_backoff,
+                max: snap.config.retry.max_backoff,
+            };
+            let jitter = rand::thread_rng().gen_range(0.5..=1.0);
+            match retry::decide(sent.outcome, attempt, backoff, jitter) {
+                Decision::Answer => {
+                    let resp = sent.answer.expect("an answer outcome carries its response");
+                    return Ok(stream_back(resp));
+                }
+                Decision::Fail(failure) => {
+                    let error = failed(failure, &tenant.name, trace.attempts, cause, sent.timeout);
+                    // Not resendable and possibly processed: say so, so that
+                    // a stage that can find out (reconcile) may ask the CRM.
+                    let ambiguous =
+                        !idempotent && matches!(sent.outcome, Outcome::Broken | Outcome::TimedOut);
+                    return Err(if ambiguous {
+                        GatewayError::Ambiguous(Box::new(error))
+                    } else {
+                        error
+                    });
+                }
+                Decision::Retry { after, reason } => {
+                    self.metrics
+                        .retries
+                        .with_label_values(&[class.as_str(), reason.as_str()])
+                        .inc();
+                    drop(permit);
+                    tokio::time::sleep(after).await;
+                    trace.queue += after;
+                }
+            }
+        }
+    }
+
+    /// Step 1: waits in the scheduler for a slot. The first wait of a
+    /// shared request follows `lift`, and its retries wait as the shared
+    /// request was raised to; a retry was admitted before any drain began,
+    /// so it may still queue.
+    async fn wait_for_slot(
+        &self,
+        ticket: &mut Ticket,
+        lift: Option<&Lift>,
+        tenant: &Tenant,
+        trace: &mut Trace,
+    ) -> Result<Permit, GatewayError> {
         let permit = if trace.attempts == 0 {
             match lift {
                 Some(lift) => {
-                    let permit = gw.scheduler.acquire_lifted(ticket.clone(), lift).await?;
-                    // Retries wait as the shared request was raised to.
+                    let permit = self.scheduler.acquire_lifted(ticket.clone(), lift).await?;
                     (ticket.priority, ticket.deadline) = lift.current();
                     permit
                 }
-                None => gw.scheduler.acquire(ticket.clone()).await?,
+                None => self.scheduler.acquire(ticket.clone()).await?,
             }
         } else {
-            gw.scheduler.reacquire(ticket.clone()).await?
+            self.scheduler.reacquire(ticket.clone()).await?
         };
         trace.queue += permit.waited;
-        gw.metrics
+        self.metrics
             .queue_wait
-            .with_label_values(&[class.as_str()])
+            .with_label_values(&[ticket.class.as_str()])
             .observe(permit.waited.as_secs_f64());
-        gw.metrics
+        self.metrics
             .tenant_queue_wait
             .observe(&tenant.name, permit.waited);
         trace.attempts += 1;
-        let egress = gw.clients.get(permit.egress);
-        trace.egress = Some(egress.label.clone());
+        Ok(permit)
+    }
 
-        // URL and key from one snapshot, taken at send time: a request queued
-        // across a reload goes to the host that goes with the key. A tenant
-        // the reload removed is served as it arrived.
-        let snap = gw.snapshot();
-        let target: &Tenant = snap.tenants.get(&tenant.name).unwrap_or(&tenant);
+    /// Step 2: one send through `egress` to `target`, with the real key,
+    /// within `upstream.request_timeout`; a throttle is reported to the
+    /// permit's budget.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_once(
+        &self,
+        snap: &Snapshot,
+        egress: &Egress,
+        target: &Tenant,
+        out: &crate::inbound::Outgoing,
+        class: Class,
+        permit: &Permit,
+        trace: &mut Trace,
+    ) -> Sent {
         let timeout = snap.config.upstream.request_timeout;
         let mut headers = out.headers.clone();
         headers.insert("x-api-key", key_header(&target.config.api_key));
@@ -100,115 +245,86 @@ pub async fn forward_lifted(
         let result = tokio::time::timeout(timeout, send.send()).await;
         let latency = sent_at.elapsed();
         trace.upstream += latency;
-        gw.metrics
-            .upstream_latency
+        let m = &self.metrics;
+        m.upstream_latency
             .with_label_values(&[&egress.label, class.as_str()])
             .observe(latency.as_secs_f64());
-
+        let tenant = &target.name;
+        let sent = |outcome, answer, cause| Sent {
+            outcome,
+            answer,
+            cause,
+            timeout,
+        };
         // reqwest's own read timer can fire while waiting for headers: that
         // is a timeout too, not a broken connection.
-        let (outcome, answer) = match result {
+        match result {
             Ok(Ok(resp)) => {
                 let status = resp.status();
-                gw.metrics
-                    .upstream_attempts
+                m.upstream_attempts
                     .with_label_values(&[&egress.label, class.as_str(), status.as_str()])
                     .inc();
                 if retry::is_throttle(status) {
-                    gw.metrics
-                        .upstream_throttled
+                    m.upstream_throttled
                         .with_label_values(&[&egress.label, class.as_str(), status.as_str()])
                         .inc();
                     let retry_after = retry::parse_retry_after(resp.headers())
                         .map(|d| d.min(retry::MAX_RETRY_AFTER));
                     permit.throttled(retry_after);
-                    tracing::warn!(tenant = %tenant.name, egress = %egress.label, class = %class, status = status.as_u16(), "CRM is rate limiting; slowing down");
-                    (Outcome::Throttled { retry_after }, None)
+                    tracing::warn!(tenant = %tenant, egress = %egress.label, class = %class, status = status.as_u16(), "CRM is rate limiting; slowing down");
+                    sent(Outcome::Throttled { retry_after }, None, None)
                 } else {
-                    (Outcome::Answer, Some(resp))
+                    sent(Outcome::Answer, Some(resp), None)
                 }
             }
             Ok(Err(e)) => {
-                gw.metrics
-                    .upstream_attempts
+                m.upstream_attempts
                     .with_label_values(&[&egress.label, class.as_str(), "error"])
                     .inc();
                 // The URL is left out: its query may hold customer data.
                 let (timed_out, connect) = (e.is_timeout() && !e.is_connect(), e.is_connect());
-                cause = error_chain(&e.without_url());
+                let cause = error_chain(&e.without_url());
                 if timed_out {
-                    tracing::warn!(tenant = %tenant.name, egress = %egress.label, ?timeout, "CRM did not answer in time");
-                    (Outcome::TimedOut, None)
+                    tracing::warn!(tenant = %tenant, egress = %egress.label, ?timeout, "CRM did not answer in time");
+                    sent(Outcome::TimedOut, None, Some(cause))
                 } else {
-                    tracing::warn!(tenant = %tenant.name, egress = %egress.label, connect, cause = %cause, "CRM request failed");
+                    tracing::warn!(tenant = %tenant, egress = %egress.label, connect, cause = %cause, "CRM request failed");
                     let outcome = if connect {
                         Outcome::ConnectFailed
                     } else {
                         Outcome::Broken
                     };
-                    (outcome, None)
+                    sent(outcome, None, Some(cause))
                 }
             }
             Err(_) => {
-                gw.metrics
-                    .upstream_attempts
+                m.upstream_attempts
                     .with_label_values(&[&egress.label, class.as_str(), "error"])
                     .inc();
-                tracing::warn!(tenant = %tenant.name, egress = %egress.label, ?timeout, "CRM did not answer in time");
-                (Outcome::TimedOut, None)
-            }
-        };
-
-        let attempt = Attempt {
-            idempotent,
-            made: trace.attempts,
-            max: snap.config.retry.max_attempts.get(),
-            time_left: ticket.deadline.saturating_duration_since(Instant::now()),
-        };
-        let backoff = Backoff {
-            initial: snap.config.retry.initial_backoff,
-            max: snap.config.retry.max_backoff,
-        };
-        let jitter = rand::thread_rng().gen_range(0.5..=1.0);
-        match retry::decide(outcome, attempt, backoff, jitter) {
-            Decision::Answer => {
-                let resp = answer.expect("an answer outcome carries its response");
-                return Ok(stream_back(resp));
-            }
-            Decision::Fail(failure) => {
-                let tenant = tenant.name.to_string();
-                // Not resendable and possibly processed: say so, so that a
-                // stage that can find out (reconcile) may ask the CRM.
-                let ambiguous =
-                    !idempotent && matches!(outcome, Outcome::Broken | Outcome::TimedOut);
-                let error = match failure {
-                    Failure::Throttled { retry_after } => GatewayError::UpstreamThrottled {
-                        tenant,
-                        attempts: trace.attempts,
-                        retry_after,
-                    },
-                    Failure::Unreachable => GatewayError::UpstreamUnreachable {
-                        tenant,
-                        cause: std::mem::take(&mut cause),
-                    },
-                    Failure::TimedOut => GatewayError::UpstreamTimeout { tenant, timeout },
-                };
-                return Err(if ambiguous {
-                    GatewayError::Ambiguous(Box::new(error))
-                } else {
-                    error
-                });
-            }
-            Decision::Retry { after, reason } => {
-                gw.metrics
-                    .retries
-                    .with_label_values(&[class.as_str(), reason.as_str()])
-                    .inc();
-                drop(permit);
-                tokio::time::sleep(after).await;
-                trace.queue += after;
+                tracing::warn!(tenant = %tenant, egress = %egress.label, ?timeout, "CRM did not answer in time");
+                sent(Outcome::TimedOut, None, None)
             }
         }
+    }
+}
+
+/// Step 3, when the rule gives up: the error the caller gets.
+fn failed(
+    failure: Failure,
+    tenant: &str,
+    attempts: u32,
+    cause: String,
+    timeout: Duration,
+) -> GatewayError {
+    let tenant = tenant.to_string();
+    match failure {
+        Failure::Throttled { retry_after } => GatewayError::UpstreamThrottled {
+            tenant,
+            attempts,
+            retry_after,
+        },
+        Failure::Unreachable => GatewayError::UpstreamUnreachable { tenant, cause },
+        Failure::TimedOut => GatewayError::UpstreamTimeout { tenant, timeout },
     }
 }
 
@@ -252,8 +368,8 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-/// The CRM's answer as our response: status, end-to-end headers, body
-/// streamed chunk by chunk.
+/// Step 4: the CRM's answer as our response: status, end-to-end headers,
+/// body streamed chunk by chunk.
 fn stream_back(mut resp: reqwest::Response) -> Response {
     let status = resp.status();
     let mut headers = std::mem::take(resp.headers_mut());

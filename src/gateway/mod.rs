@@ -1,13 +1,16 @@
-//! The gateway's shared state: the config in force, the scheduler, the
-//! egress clients, metrics, per-tenant counters and drain bookkeeping.
+//! The composition root: builds every part once and wires them, so the
+//! stages never have to know each other.
 //!
-//! The config and tenant index sit behind one `ArcSwap` ([`Live`]), and the
-//! egress clients behind another ([`Clients`]), so a reload ([`reload`]) swaps each in one
-//! step: a request sees either the old config or the new one, never a mix,
-//! and a send uses whole clients, old or new. Queued requests keep their
-//! places across a reload (the scheduler is reshaped, not replaced). The
-//! `/status` document and the scrape-time gauges are assembled in
-//! [`crate::status`]. Nothing here logs a key.
+//! A [`Gateway`] holds the config in force ([`Live`]), the scheduler, the
+//! egress clients ([`Clients`]), metrics, the body pool, the cache stage's
+//! state, the [`Forwarder`] the stages send through, per-tenant counters
+//! and drain bookkeeping. Only the top (proxy, admin, server, status,
+//! history, page) takes a `Gateway`; a stage takes the narrow handles it
+//! needs, never this. A reload ([`reload`]) swaps the config and the
+//! clients each in one step: a request sees either the old config or the
+//! new one, never a mix, and a send uses whole clients, old or new. Queued
+//! requests keep their places (the scheduler is reshaped, not replaced).
+//! Nothing here logs a key.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,9 +21,11 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use crate::bodies::BodyPool;
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::drain::Drain;
 use crate::egress::{self, Clients, Egress};
+use crate::forward::Forwarder;
 use crate::live::{Live, Snapshot};
 use crate::metrics::Metrics;
 use crate::redis_link::LinkState;
@@ -71,7 +76,9 @@ pub struct Gateway {
     /// Request bodies held now (bounded by `limits.max_buffered_bytes`).
     pub bodies: Arc<BodyPool>,
     /// The cache stage: stored answers, shared requests, counters.
-    pub cache: crate::cache::Cache,
+    pub cache: Arc<Cache>,
+    /// The last stage, as the stages before it take it.
+    pub forwarder: Forwarder,
     stats: DashMap<Arc<str>, Arc<TenantStats>>,
     started: Instant,
     /// Where reloads read from, and their one-at-a-time lock.
@@ -92,12 +99,21 @@ impl Gateway {
         // the very first 503 or rejection.
         let labels: Vec<&str> = egress.iter().map(|e| e.label.as_str()).collect();
         metrics.init_series(&config, &labels);
-        let cache = crate::cache::Cache::new(&config, &metrics, scheduler.redis_link());
+        let cache = Arc::new(Cache::new(&config, &metrics, scheduler.redis_link()));
+        let live = Arc::new(Live::new(config));
+        let clients = Arc::new(Clients::new(egress));
+        let forwarder = Forwarder::new(
+            scheduler.clone(),
+            clients.clone(),
+            live.clone(),
+            metrics.clone(),
+        );
         let gw = Gateway {
             cache,
-            live: Arc::new(Live::new(config)),
+            forwarder,
+            live,
             scheduler,
-            clients: Arc::new(Clients::new(egress)),
+            clients,
             metrics,
             drain: Drain::new(),
             bodies: Arc::default(),

@@ -35,6 +35,9 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// Requests crmgate answered itself, by reason.
     pub rejections: IntCounterVec,
+    /// Waiting requests dropped from the queue to make room, by tenant and
+    /// reason (`displaced`: for a shorter line, see `scheduler::room`).
+    pub queue_displaced: IntCounterVec,
     /// Waiting requests by tenant and class.
     pub queue_depth: IntGaugeVec,
     /// Configured total queue capacity.
@@ -99,12 +102,13 @@ pub const LISTENERS: [&str; 2] = ["api", "admin"];
 
 /// Every value of the `reason` label of `crmgate_rejections_total`
 /// (`GatewayError::rejection`).
-pub const REJECTION_REASONS: [&str; 15] = [
+pub const REJECTION_REASONS: [&str; 16] = [
     "unknown_tenant",
     "bad_key",
     "body_too_large",
     "bad_request",
     "queue_full",
+    "displaced",
     "buffers_full",
     "deadline",
     "shutdown",
@@ -185,6 +189,11 @@ impl Metrics {
             "crmgate_rejections_total",
             "Requests answered by crmgate itself, by reason.",
             &["reason"],
+        );
+        let queue_displaced = counter(
+            "crmgate_queue_drops_total",
+            "Waiting requests dropped to make room in a full queue, by tenant and reason (displaced: the newest of the longest line, for a request from a shorter one).",
+            &["tenant", "reason"],
         );
         let config_reloads = counter(
             "crmgate_config_reloads_total",
@@ -362,6 +371,7 @@ impl Metrics {
             upstream_throttled,
             retries,
             rejections,
+            queue_displaced,
             queue_depth,
             queue_capacity,
             queue_wait,
@@ -432,6 +442,8 @@ impl Metrics {
             }
             self.export_pages.with_label_values(&[&tenant.name]);
             self.export_items.with_label_values(&[&tenant.name]);
+            self.queue_displaced
+                .with_label_values(&[&tenant.name, "displaced"]);
         }
     }
 

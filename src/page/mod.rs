@@ -475,6 +475,7 @@ fn tenants(s: &Status) -> String {
              <td class=\"n\" data-field=\"weight\">{w}</td>\
              <td class=\"n\" data-field=\"waiting\">{queued}</td>\
              <td class=\"n\" data-field=\"inflight\">{inflight}</td>\
+             <td class=\"n\" data-field=\"displaced\">{displaced}</td>\
              <td class=\"n\" data-field=\"p50\" {p50}</td>\
              <td class=\"n\" data-field=\"p95\" {p95}</td>\
              <td class=\"n\" data-field=\"2xx\">{a2}</td>\
@@ -487,6 +488,7 @@ fn tenants(s: &Status) -> String {
             w = t.weight,
             queued = t.queued,
             inflight = t.inflight,
+            displaced = t.displaced,
             p50 = wait(q.map(|q| q.p50_ms)),
             p95 = wait(q.map(|q| q.p95_ms)),
             a2 = by_class[0],

@@ -193,6 +193,7 @@
         "<td class=\"n\" data-field=\"weight\">" + t.weight + "</td>" +
         "<td class=\"n\" data-field=\"waiting\">" + t.queued + "</td>" +
         "<td class=\"n\" data-field=\"inflight\">" + t.inflight + "</td>" +
+        "<td class=\"n\" data-field=\"displaced\">" + t.displaced + "</td>" +
         "<td class=\"n\" data-field=\"p50\" " + wait(q ? q.p50_ms : null) + "</td>" +
         "<td class=\"n\" data-field=\"p95\" " + wait(q ? q.p95_ms : null) + "</td>" +
         "<td class=\"n\" data-field=\"2xx\">" + by[0] + "</td>" +

@@ -162,6 +162,7 @@ pub(super) async fn dispatch(
                     // which must not happen; resynchronise rather than spin.
                     tracing::error!(class = %lane.class, "scheduler lane out of sync; clearing stale waiters");
                     st.waiting.clear();
+                    st.lines.clear();
                     None
                 } else {
                     Some(at)
@@ -210,9 +211,11 @@ pub(super) fn grant_one(st: &mut LaneState, egress: usize, now: Instant) -> bool
             st.garbage = st.garbage.saturating_sub(1);
             continue;
         }
-        st.waiting.remove(&entry.id);
+        let Some(waiter) = st.take(entry.id) else {
+            continue;
+        };
         let dropped = st.budgets[egress].record(now);
-        if entry.tx.send(egress).is_err() {
+        if waiter.tx.send(egress).is_err() {
             // The waiter vanished between the check and the send: give the
             // slot to the next one.
             st.budgets[egress].unrecord(now, dropped);

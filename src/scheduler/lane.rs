@@ -4,8 +4,8 @@
 //! here is mutated under the lane's mutex, in single steps, by the waiters
 //! (enqueue, withdraw) and the lane's dispatcher (grant).
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{oneshot, Notify};
@@ -20,16 +20,29 @@ pub(super) const QUEUED: u8 = 0;
 pub(super) const DISPATCHED: u8 = 1;
 /// Withdrawn: the caller gave up or went away before a grant.
 pub(super) const ABANDONED: u8 = 2;
+/// Displaced: it gave up its place to a request from a shorter line (see
+/// `room`); whoever displaced it released the capacity it held.
+pub(super) const DISPLACED: u8 = 3;
+/// What a displaced waiter receives instead of an egress.
+pub(super) const DISPLACED_GRANT: usize = usize::MAX;
 
 /// A waiting request as the queue holds it.
 pub(super) struct Entry {
     pub(super) id: u64,
     pub(super) state: Arc<AtomicU8>,
-    pub(super) tx: oneshot::Sender<usize>,
     pub(super) tenant: Arc<str>,
     pub(super) weight: u32,
     pub(super) priority: Priority,
     pub(super) client: Arc<str>,
+}
+
+/// A live waiter, by id: when it queued, whose it is, and how to answer it.
+pub(super) struct Waiter {
+    pub(super) enqueued: Instant,
+    pub(super) tenant: Arc<str>,
+    pub(super) client: Arc<str>,
+    pub(super) state: Arc<AtomicU8>,
+    pub(super) tx: oneshot::Sender<usize>,
 }
 
 /// Tenants by weight, then priority bands, then clients.
@@ -39,8 +52,10 @@ pub(super) type Queue = Wfq<Arc<str>, Wfq<Priority, Wfq<Arc<str>, VecDeque<Entry
 pub(super) struct LaneState {
     pub(super) queue: Queue,
     pub(super) budgets: Vec<Budget>,
-    /// Live waiters by id, with their enqueue time (oldest first).
-    pub(super) waiting: BTreeMap<u64, (Instant, Arc<str>)>,
+    /// Live waiters by id (oldest first).
+    pub(super) waiting: BTreeMap<u64, Waiter>,
+    /// Live waiters per (tenant, client): the lines that share the room.
+    pub(super) lines: HashMap<(Arc<str>, Arc<str>), usize>,
     /// Abandoned entries still in `queue`.
     pub(super) garbage: usize,
     pub(super) next_id: u64,
@@ -70,12 +85,24 @@ impl LaneState {
         let id = self.next_id;
         let (tx, rx) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
-        self.waiting.insert(id, (enqueued, ticket.tenant.clone()));
+        self.waiting.insert(
+            id,
+            Waiter {
+                enqueued,
+                tenant: ticket.tenant.clone(),
+                client: ticket.client.clone(),
+                state: state.clone(),
+                tx,
+            },
+        );
+        *self
+            .lines
+            .entry((ticket.tenant.clone(), ticket.client.clone()))
+            .or_default() += 1;
         self.push(
             Entry {
                 id,
                 state: state.clone(),
-                tx,
                 tenant: ticket.tenant.clone(),
                 weight: ticket.weight,
                 priority: ticket.priority,
@@ -102,6 +129,19 @@ impl LaneState {
                 })
             })
         });
+    }
+
+    /// Removes a live waiter (granted, withdrawn, displaced), returning it.
+    pub(super) fn take(&mut self, id: u64) -> Option<Waiter> {
+        let w = self.waiting.remove(&id)?;
+        let key = (w.tenant.clone(), w.client.clone());
+        if let Some(n) = self.lines.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.lines.remove(&key);
+            }
+        }
+        Some(w)
     }
 
     /// Rebuilds the queue without abandoned entries, so callers that give up
@@ -147,7 +187,7 @@ pub(super) struct Withdraw {
     pub(super) lane: Arc<Lane>,
     pub(super) id: u64,
     pub(super) state: Arc<AtomicU8>,
-    pub(super) tenant_count: Arc<AtomicUsize>,
+    pub(super) tenant_count: Arc<super::room::TenantRoom>,
     pub(super) inner: Arc<Inner>,
     /// The wait ended with an answer (grant, deadline, shutdown), not by the
     /// caller dropping it.
@@ -167,11 +207,15 @@ impl Drop for Withdraw {
             if !self.resolved {
                 self.inner.withdrawn.fetch_add(1, Ordering::Relaxed);
             }
-            st.waiting.remove(&self.id);
+            st.take(self.id);
             st.garbage += 1;
         }
         drop(st);
-        self.tenant_count.fetch_sub(1, Ordering::AcqRel);
+        if self.state.load(Ordering::Acquire) == DISPLACED {
+            // Whoever displaced it released its capacity already.
+            return;
+        }
+        self.tenant_count.count.fetch_sub(1, Ordering::AcqRel);
         self.inner.queued_total.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -190,10 +234,7 @@ pub(super) fn requeue(guard: &mut Withdraw, ticket: &Ticket) -> Option<oneshot::
     {
         return None;
     }
-    let enqueued = st
-        .waiting
-        .remove(&guard.id)
-        .map_or_else(Instant::now, |(at, _)| at);
+    let enqueued = st.take(guard.id).map_or_else(Instant::now, |w| w.enqueued);
     st.garbage += 1;
     let (id, state, rx) = st.enqueue(ticket, enqueued, false);
     drop(st);

@@ -28,6 +28,7 @@ mod dispatch;
 mod fair;
 mod lane;
 mod lift;
+mod room;
 mod shared;
 
 use std::collections::BTreeMap;
@@ -47,7 +48,8 @@ pub use lift::Lift;
 pub use shared::Shared;
 
 use dispatch::dispatch;
-use lane::{Lane, LaneState, Queue, Withdraw};
+use lane::{Lane, LaneState, Queue, Withdraw, DISPLACED_GRANT};
+use room::TenantRoom;
 
 use crate::classify::Class;
 use crate::config::{Backend, Config, Scope};
@@ -114,6 +116,10 @@ pub enum QueueError {
     /// Total or per-tenant capacity is used up.
     #[error("the queue is full ({0})")]
     Full(&'static str, Duration),
+    /// The queue filled up and this request, the newest of the longest
+    /// line, gave up its place to a request from a shorter one.
+    #[error("the queue is full; this request gave its place to a shorter line")]
+    Displaced(Duration),
     /// The deadline passed while waiting.
     #[error("no slot within the allowed wait")]
     Deadline(Duration),
@@ -126,7 +132,7 @@ impl QueueError {
     /// A sensible `Retry-After` for the caller.
     pub fn retry_after(&self) -> Duration {
         match self {
-            QueueError::Full(_, d) | QueueError::Deadline(d) => *d,
+            QueueError::Full(_, d) | QueueError::Deadline(d) | QueueError::Displaced(d) => *d,
             QueueError::ShuttingDown => Duration::from_secs(1),
         }
     }
@@ -184,7 +190,7 @@ struct Inner {
     scope: Scope,
     capacity: AtomicUsize,
     queued_total: AtomicUsize,
-    tenant_queued: DashMap<Arc<str>, Arc<AtomicUsize>>,
+    tenant_queued: DashMap<Arc<str>, Arc<TenantRoom>>,
     /// Waiters dropped while queued (the caller went away).
     withdrawn: AtomicU64,
     /// New requests are refused once this is cancelled.
@@ -304,6 +310,7 @@ impl Scheduler {
                             .map(|_| Budget::new(shape.clone()))
                             .collect(),
                         waiting: BTreeMap::new(),
+                        lines: Default::default(),
                         garbage: 0,
                         next_id: 0,
                     }),
@@ -388,15 +395,22 @@ impl Scheduler {
         let tenant_count = inner
             .tenant_queued
             .entry(ticket.tenant.clone())
-            .or_insert_with(|| Arc::new(AtomicUsize::new(0)))
+            .or_default()
             .clone();
+        tenant_count.weight.store(ticket.weight, Ordering::Relaxed);
+        // Full: a request from a shorter line still gets in, and the newest
+        // of the longest line makes room (`room`).
         let capacity = inner.capacity.load(Ordering::Relaxed);
-        if inner.queued_total.fetch_add(1, Ordering::AcqRel) >= capacity {
+        if inner.queued_total.fetch_add(1, Ordering::AcqRel) >= capacity
+            && !room::within_total(inner, &ticket)
+        {
             inner.queued_total.fetch_sub(1, Ordering::AcqRel);
             return Err(QueueError::Full("total", estimate_wait(&lane)));
         }
-        if tenant_count.fetch_add(1, Ordering::AcqRel) >= ticket.max_queued {
-            tenant_count.fetch_sub(1, Ordering::AcqRel);
+        if tenant_count.count.fetch_add(1, Ordering::AcqRel) >= ticket.max_queued
+            && !room::within_tenant(inner, &ticket)
+        {
+            tenant_count.count.fetch_sub(1, Ordering::AcqRel);
             inner.queued_total.fetch_sub(1, Ordering::AcqRel);
             return Err(QueueError::Full("tenant", estimate_wait(&lane)));
         }
@@ -439,6 +453,7 @@ impl Scheduler {
                 // A grant that is ready wins over a deadline that is too.
                 biased;
                 granted = &mut rx => break match granted {
+                    Ok(DISPLACED_GRANT) => Err(QueueError::Displaced(estimate_wait(&lane))),
                     Ok(egress) => Ok(permit(egress)),
                     // The dispatcher only drops a sender when it is stopping.
                     Err(_) => Err(QueueError::ShuttingDown),
@@ -464,7 +479,7 @@ impl Scheduler {
         // A slot granted in the instant the wait ended is used, not wasted:
         // the budget already counted it.
         match (outcome, rx.try_recv()) {
-            (Err(_), Ok(egress)) => Ok(permit(egress)),
+            (Err(_), Ok(egress)) if egress != DISPLACED_GRANT => Ok(permit(egress)),
             (outcome, _) => outcome,
         }
     }
@@ -548,7 +563,16 @@ impl Scheduler {
         self.inner
             .tenant_queued
             .get(tenant)
-            .map_or(0, |c| c.load(Ordering::Acquire))
+            .map_or(0, |c| c.count.load(Ordering::Acquire))
+    }
+
+    /// Waiting requests of one tenant that gave up their place to a
+    /// shorter line (see `room`), since start.
+    pub fn displaced(&self, tenant: &str) -> u64 {
+        self.inner
+            .tenant_queued
+            .get(tenant)
+            .map_or(0, |c| c.displaced.load(Ordering::Relaxed))
     }
 
     /// A point-in-time view of every lane, for `/status` and metrics.
@@ -561,8 +585,8 @@ impl Scheduler {
             .map(|lane| {
                 let st = lane.lock();
                 let mut per_tenant: BTreeMap<String, usize> = BTreeMap::new();
-                for (_, tenant) in st.waiting.values() {
-                    *per_tenant.entry(tenant.to_string()).or_default() += 1;
+                for w in st.waiting.values() {
+                    *per_tenant.entry(w.tenant.to_string()).or_default() += 1;
                 }
                 LaneStatus {
                     class: lane.class,
@@ -573,7 +597,7 @@ impl Scheduler {
                         .waiting
                         .values()
                         .next()
-                        .map_or(0, |(t, _)| now.duration_since(*t).as_millis() as u64),
+                        .map_or(0, |w| now.duration_since(w.enqueued).as_millis() as u64),
                     budgets: st
                         .budgets
                         .iter()
