@@ -54,11 +54,6 @@
 //! 11. `adapt`: adaptation at default settings against a lower real limit
 //!     (7/s), 30 % random 503s and a 20 s outage, and without 503s; see
 //!     `shaping/adapt.rs`.
-//! 12. `fleet`: the fleet through Redis as production runs it: scenario 5
-//!     through a TLS Redis with a password and a private CA; 3 replicas ×
-//!     30 readers of one reference with the fleet cache (CRM reads per
-//!     TTL); a Sentinel failover under load (most arrivals in any 1 s window
-//!     at the CRM); see `shaping/fleet.rs`.
 //!
 //! Everything runs in one process on one tokio runtime, like the
 //! integration tests: the callers, the gateway and the simulator share the
@@ -73,8 +68,6 @@ mod cache;
 mod end_to_end;
 #[path = "shaping/export.rs"]
 mod export;
-#[path = "shaping/fleet.rs"]
-mod fleet;
 #[path = "shaping/harness.rs"]
 mod harness;
 #[path = "shaping/holding.rs"]
@@ -94,7 +87,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 11] = [
     "utilisation",
     "jitter",
     "fairness",
@@ -106,7 +99,6 @@ const SCENARIOS: [&str; 12] = [
     "export",
     "cache",
     "adapt",
-    "fleet",
 ];
 
 /// Targets, as agreed for the gateway.
@@ -137,7 +129,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: cargo bench --bench shaping -- [--quick] [--seconds N] \
-[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding,export,cache,adapt,fleet] [--callers N] [--jitter-ms N] \
+[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding,export,cache,adapt] [--callers N] [--jitter-ms N] \
 [--hold N] [--gate-bin PATH] [--orders N]";
 
 fn parse_args() -> Args {
@@ -764,34 +756,6 @@ fn main() {
                 json.insert("redis".into(), json!({ "skipped": why }));
             }
         }
-    }
-
-    if wants("fleet") {
-        let load = loadavg();
-        let secs = if args.quick { 8.0 } else { 20.0 };
-        let tls = rt.block_on(fleet::tls(args.callers, run(20.0, 8.0)));
-        let cache = rt.block_on(fleet::cache(30, Duration::from_secs_f64(secs)));
-        let failover = rt.block_on(fleet::failover(
-            args.callers,
-            Duration::from_secs_f64(secs + 4.0),
-        ));
-        fleet::print(&tls, &cache, &failover, &load);
-        let part = |r: Result<serde_json::Value, String>| match r {
-            Ok(v) => v,
-            Err(why) => {
-                eprintln!("!!!!! fleet scenario part SKIPPED: {why} !!!!!");
-                json!({ "skipped": why })
-            }
-        };
-        json.insert(
-            "fleet".into(),
-            json!({
-                "load": load,
-                "tls": part(tls.map(|s| serde_json::to_value(&s).unwrap())),
-                "cache": part(cache.map(|c| serde_json::to_value(&c).unwrap())),
-                "failover": part(failover.map(|f| serde_json::to_value(&f).unwrap())),
-            }),
-        );
     }
 
     if wants("passthrough") {

@@ -142,24 +142,13 @@ pub struct SharedBudget {
 /// Runs the scenario, or returns why it could not (no redis-server).
 pub async fn shared_budget(callers: usize, run: Duration) -> Result<SharedBudget, String> {
     let redis = RedisServer::start().await?;
-    let s = run_on(callers, run, &format!("url = \"{}\"", redis.url())).await;
-    drop(redis);
-    Ok(s)
-}
-
-/// The scenario on the Redis that `redis_lines` (`[redis]` lines: url or
-/// sentinels, TLS and password settings) names; the caller runs that Redis.
-pub async fn run_on(callers: usize, run: Duration, redis_lines: &str) -> SharedBudget {
     let sim = harness::sim(LATENCY).await;
     // The default `redis.timeout` (250 ms); a prefix of its own so nothing
     // else on this Redis shares the budget.
-    let prefix = format!(
-        "crmgate-bench-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    );
+    let prefix = format!("crmgate-bench-{}-{}", std::process::id(), redis.port);
     let sections = format!(
-        "[redis]\n{redis_lines}\nexpected_replicas = {REPLICAS}\nkey_prefix = \"{prefix}\"\n"
+        "[redis]\nurl = \"{}\"\nexpected_replicas = {REPLICAS}\nkey_prefix = \"{prefix}\"\n",
+        redis.url()
     );
     let mut gates = Vec::new();
     for _ in 0..REPLICAS {
@@ -207,6 +196,7 @@ pub async fn run_on(callers: usize, run: Duration, redis_lines: &str) -> SharedB
         g.shutdown().await;
     }
     sim.shutdown();
+    drop(redis);
 
     let skip = SKIP.min(run / 2);
     let steady: Vec<Received> = records
@@ -245,7 +235,7 @@ pub async fn run_on(callers: usize, run: Duration, redis_lines: &str) -> SharedB
         })
         .collect();
     let redis_calls = per_replica.iter().map(|r| r.redis_calls).sum::<u64>();
-    SharedBudget {
+    Ok(SharedBudget {
         replicas: REPLICAS,
         callers,
         seconds: run.as_secs_f64(),
@@ -261,7 +251,7 @@ pub async fn run_on(callers: usize, run: Duration, redis_lines: &str) -> SharedB
         redis_calls,
         round_trips_per_request: redis_calls as f64 / received.max(1) as f64,
         per_replica,
-    }
+    })
 }
 
 /// A gateway's `/status`, or `null` if it would not answer.
