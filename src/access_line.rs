@@ -4,7 +4,7 @@
 //!
 //! `main` installs it with the log's format and writer when the log has no
 //! colour codes; until then (tests, a terminal) [`crate::access::log`] goes
-//! through `tracing` as before. `RUST_LOG` decides either way. It never
+//! through `tracing`. `RUST_LOG` decides either way. It never
 //! writes anything but the fields it is given, which [`crate::access`] has
 //! already masked.
 

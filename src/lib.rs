@@ -58,6 +58,7 @@
 //! - [`online`]: `crmgate check --online`, each tenant's key asked about
 //!   at the CRM (accepted, v5, sites, scopes), through the budget;
 //! - [`server`]: listeners, connection limits and timeouts, graceful drain;
+//!   [`tls_listener`]: the HTTPS listener's certificate and handshake;
 //! - [`guard`]: who may call at all, from the request head alone;
 //! - [`sim`]: a RetailCRM simulator for tests, benchmarks and `crmgate demo`.
 #![forbid(unsafe_code)]
@@ -94,3 +95,4 @@ pub mod server;
 pub mod sim;
 pub mod status;
 pub mod tenant;
+pub mod tls_listener;

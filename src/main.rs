@@ -319,7 +319,14 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     let server = Server::bind(config, Some(path.clone())).await?;
-    tracing::info!(api = %server.api_addr(), admin = %server.admin_addr(), config = %path.display(), "crmgate listening");
+    match server.tls_addr() {
+        Some(tls) => {
+            tracing::info!(api = %server.api_addr(), api_tls = %tls, admin = %server.admin_addr(), config = %path.display(), "crmgate listening")
+        }
+        None => {
+            tracing::info!(api = %server.api_addr(), admin = %server.admin_addr(), config = %path.display(), "crmgate listening")
+        }
+    }
     let gateway = server.gateway();
     let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     tokio::spawn(async move {

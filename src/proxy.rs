@@ -1,4 +1,4 @@
-//! The request path, composed: inbound → (stages to come) → forward.
+//! The request path, composed: inbound → batch, export, cache, reconcile → forward.
 //!
 //! One handler serves every API request. It names the request, runs the
 //! stages in order, and finishes every answer the same way: request id,
@@ -66,7 +66,8 @@ async fn handle(
     };
     let mut trace = Trace::default();
 
-    // A cache hit needs nothing of the request but its head.
+    // A cache hit needs nothing of the request but its head: the cache's
+    // early lookup answers it before inbound reads anything.
     let early = crate::cache::early::lookup(&gw.cache, &gw.snapshot(), &req, &mut trace);
     let answer = match early {
         Some(hit) => Ok(hit),

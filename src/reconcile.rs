@@ -16,8 +16,8 @@
 //!   one finished meanwhile), looks up again and answers as found;
 //! - the lookup fails → 502 JSON naming the `externalId`.
 //!
-//! A create without `externalId` cannot be looked up and ends as 502 as
-//! before. This stage never sends a create twice unless a lookup said it
+//! A create without `externalId` cannot be looked up and ends as forward's
+//! 502. This stage never sends a create twice unless a lookup said it
 //! does not exist, never sees the real key (forward adds it), and never
 //! logs an `externalId` or a body.
 
@@ -54,7 +54,7 @@ const MAX_LOOKUP_BYTES: usize = 16 * 1024 * 1024;
 /// How a create that failed after sending ended (the `outcome` label of
 /// `crmgate_reconciled_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Reconciled {
     /// The lookup found it: answered 201 from the lookup.
     Found,
     /// The lookup did not find it: the create was sent again, and its
@@ -70,24 +70,24 @@ pub enum Outcome {
     NoExternalId,
 }
 
-impl Outcome {
+impl Reconciled {
     /// Every outcome, for series that exist from the start.
-    pub const ALL: [Outcome; 5] = [
-        Outcome::Found,
-        Outcome::Resent,
-        Outcome::LookupFailed,
-        Outcome::Exhausted,
-        Outcome::NoExternalId,
+    pub const ALL: [Reconciled; 5] = [
+        Reconciled::Found,
+        Reconciled::Resent,
+        Reconciled::LookupFailed,
+        Reconciled::Exhausted,
+        Reconciled::NoExternalId,
     ];
 
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Found => "found",
-            Outcome::Resent => "resent",
-            Outcome::LookupFailed => "lookup_failed",
-            Outcome::Exhausted => "exhausted",
-            Outcome::NoExternalId => "no_external_id",
+            Reconciled::Found => "found",
+            Reconciled::Resent => "resent",
+            Reconciled::LookupFailed => "lookup_failed",
+            Reconciled::Exhausted => "exhausted",
+            Reconciled::NoExternalId => "no_external_id",
         }
     }
 }
@@ -287,18 +287,18 @@ impl<F: Forward> Stage<'_, F> {
         &self,
         out: Outgoing,
         trace: &mut Trace,
-    ) -> (Option<Outcome>, Result<Response, GatewayError>) {
+    ) -> (Option<Reconciled>, Result<Response, GatewayError>) {
         let mut result = self.send(out.clone(), trace).await;
         let mut resent = false;
         loop {
             let failure = match result {
                 Err(GatewayError::Ambiguous(inner)) => inner,
                 Ok(resp) if resent => return self.after_resend(resp, &out, trace).await,
-                other => return (resent.then_some(Outcome::Resent), other),
+                other => return (resent.then_some(Reconciled::Resent), other),
             };
             let Some(external_id) = self.create.external_id.clone() else {
                 return (
-                    Some(Outcome::NoExternalId),
+                    Some(Reconciled::NoExternalId),
                     Err(GatewayError::Ambiguous(failure)),
                 );
             };
@@ -311,7 +311,7 @@ impl<F: Forward> Stage<'_, F> {
             trace.queue += delay;
             match self.lookup(&external_id, &out.headers, trace).await {
                 Lookup::Found(id, entity) => {
-                    return (Some(Outcome::Found), Ok(self.found(id, entity)))
+                    return (Some(Reconciled::Found), Ok(self.found(id, entity)))
                 }
                 Lookup::Failed(cause) => return self.lookup_failed(&external_id, cause),
                 Lookup::Missing => {
@@ -324,7 +324,7 @@ impl<F: Forward> Stage<'_, F> {
                                  retry.max_attempts allows were made; it is safe to send it again"
                             ),
                         );
-                        return (Some(Outcome::Exhausted), Err(error));
+                        return (Some(Reconciled::Exhausted), Err(error));
                     }
                     resent = true;
                     result = self.send(out.clone(), trace).await;
@@ -341,9 +341,9 @@ impl<F: Forward> Stage<'_, F> {
         resp: Response,
         out: &Outgoing,
         trace: &mut Trace,
-    ) -> (Option<Outcome>, Result<Response, GatewayError>) {
+    ) -> (Option<Reconciled>, Result<Response, GatewayError>) {
         if resp.status() != StatusCode::BAD_REQUEST {
-            return (Some(Outcome::Resent), Ok(mark(resp, Outcome::Resent)));
+            return (Some(Reconciled::Resent), Ok(mark(resp, Reconciled::Resent)));
         }
         let (parts, body) = resp.into_parts();
         let bytes = match axum::body::to_bytes(body, MAX_LOOKUP_BYTES).await {
@@ -353,19 +353,19 @@ impl<F: Forward> Stage<'_, F> {
                     tenant: self.tenant.name.to_string(),
                     cause: format!("the answer to the resent create broke off: {e}"),
                 };
-                return (Some(Outcome::Resent), Err(error));
+                return (Some(Reconciled::Resent), Err(error));
             }
         };
         let resp = Response::from_parts(parts, Body::from(bytes.clone()));
         if !is_duplicate(&bytes) {
-            return (Some(Outcome::Resent), Ok(mark(resp, Outcome::Resent)));
+            return (Some(Reconciled::Resent), Ok(mark(resp, Reconciled::Resent)));
         }
         let external_id = self.create.external_id.clone().unwrap_or_default();
         match self.lookup(&external_id, &out.headers, trace).await {
-            Lookup::Found(id, entity) => (Some(Outcome::Found), Ok(self.found(id, entity))),
+            Lookup::Found(id, entity) => (Some(Reconciled::Found), Ok(self.found(id, entity))),
             // The CRM says it exists but will not show it: its own answer
             // says the most.
-            _ => (Some(Outcome::Resent), Ok(mark(resp, Outcome::Resent))),
+            _ => (Some(Reconciled::Resent), Ok(mark(resp, Reconciled::Resent))),
         }
     }
 
@@ -405,20 +405,20 @@ impl<F: Forward> Stage<'_, F> {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json; charset=utf-8"),
         );
-        mark(resp, Outcome::Found)
+        mark(resp, Reconciled::Found)
     }
 
     fn lookup_failed(
         &self,
         external_id: &str,
         cause: String,
-    ) -> (Option<Outcome>, Result<Response, GatewayError>) {
+    ) -> (Option<Reconciled>, Result<Response, GatewayError>) {
         let detail = format!(
             "whether it exists could not be checked ({cause}); look it up by externalId \
              before sending it again"
         );
         (
-            Some(Outcome::LookupFailed),
+            Some(Reconciled::LookupFailed),
             Err(self.unreconciled(external_id, detail)),
         )
     }
@@ -434,7 +434,7 @@ impl<F: Forward> Stage<'_, F> {
 }
 
 /// Adds `X-Crmgate-Reconciled` to an answer.
-fn mark(mut resp: Response, outcome: Outcome) -> Response {
+fn mark(mut resp: Response, outcome: Reconciled) -> Response {
     resp.headers_mut().insert(
         RECONCILED_HEADER,
         HeaderValue::from_static(outcome.as_str()),

@@ -25,9 +25,14 @@
 //!   itself: a bare 431 without a body, then close. Under those bounds the
 //!   [`crate::guard`] in front of both routers answers 431 JSON.
 //!
-//! Only HTTP/1.1 and 1.0 are served: RetailCRM and its clients speak
-//! HTTP/1.1, and hyper's head timeout exists for HTTP/1 only, so cleartext
-//! HTTP/2 would be a way around it. This module never reads a body itself.
+//! Cleartext, only HTTP/1.1 and 1.0 are served: RetailCRM and its clients
+//! speak HTTP/1.1, and hyper's head timeout exists for HTTP/1 only, so
+//! cleartext HTTP/2 would be a way around it. The optional HTTPS API
+//! listener (`server.tls_listen`, label `api_tls`; certificate and
+//! handshake in [`crate::tls_listener`]) serves the same API behind the
+//! same guard, cap and timeouts: the TLS handshake within
+//! `server.header_timeout`, then HTTP/1.1, or HTTP/2 when ALPN chose `h2`
+//! (its idle peers found by pings). The admin port stays plain HTTP. This module never reads a body itself.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -44,8 +49,8 @@ use axum::extract::ConnectInfo;
 use axum::response::Response;
 use axum::Router;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::IntGauge;
 use tokio::net::TcpListener;
@@ -59,6 +64,7 @@ use crate::error::{reject, GatewayError};
 use crate::gateway::Gateway;
 use crate::guard::guard;
 use crate::inbound::body::BodyStalled;
+use crate::tls_listener::{self, Generated};
 use crate::{admin, proxy};
 
 pub use crate::drain::DrainReport;
@@ -89,6 +95,9 @@ pub enum ServeError {
     /// Serving failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    /// The HTTPS listener's certificate could not be made or its CA written.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A bound, not yet serving, gateway.
@@ -96,6 +105,9 @@ pub struct Server {
     gateway: Arc<Gateway>,
     api: TcpListener,
     admin: TcpListener,
+    /// The HTTPS API listener, and the certificate generated for it when
+    /// no files are configured.
+    tls: Option<(TcpListener, Option<Arc<Generated>>)>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -105,16 +117,50 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 }
 
 impl Server {
-    /// Binds `server.listen` and `server.admin_listen`.
+    /// Binds `server.listen`, `server.admin_listen` and, when set,
+    /// `server.tls_listen` (generating its certificate and writing its CA to
+    /// `server.tls_ca_out` when no certificate files are configured).
     pub async fn bind(config: Config, config_path: Option<PathBuf>) -> Result<Server, ServeError> {
         let api = bind(config.server.listen).await?;
         let admin = bind(config.server.admin_listen).await?;
+        let tls = match &config.server.tls {
+            None => None,
+            Some(t) => {
+                let listener = bind(t.listen).await?;
+                let generated = match &t.cert {
+                    crate::config::TlsCert::Files(_) => None,
+                    crate::config::TlsCert::Generated { names, ca_out } => {
+                        let g = tls_listener::generate(names).map_err(ServeError::Tls)?;
+                        if let Some(path) = ca_out {
+                            tls_listener::write_ca(path, &g.ca_pem).map_err(ServeError::Tls)?;
+                        }
+                        Some(Arc::new(g))
+                    }
+                };
+                Some((listener, generated))
+            }
+        };
         let gateway = Gateway::new(config, config_path)?;
         Ok(Server {
             gateway,
             api,
             admin,
+            tls,
         })
+    }
+
+    /// The HTTPS API address actually bound, when `server.tls_listen` is set.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The CA certificate (PEM) of the certificate generated at start-up,
+    /// if any: what a client that verifies must trust.
+    pub fn tls_ca_pem(&self) -> Option<&str> {
+        self.tls
+            .as_ref()
+            .and_then(|(_, g)| g.as_deref())
+            .map(|g| g.ca_pem.as_str())
     }
 
     /// The API address actually bound.
@@ -142,6 +188,7 @@ impl Server {
             gateway: gw,
             api,
             admin,
+            tls,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         // The admin listener outlives the drain, so probes see /readyz turn
@@ -164,13 +211,27 @@ impl Server {
         };
         let api_app = guarded(proxy::router(gw.clone()), &api);
         let admin_app = guarded(admin::router(gw.clone()), &admin);
-        let api_task = tokio::spawn(serve(
+        // The HTTPS listener serves the same API and drains with it: one
+        // task, so aborting it closes both listeners' connections.
+        let tls_serve = tls.map(|(listener, generated)| {
+            let app = guarded(proxy::router(gw.clone()), &listener);
+            let side = Side::Tls(generated);
+            serve(gw.clone(), listener, side, app, stopped(stop_rx.clone()))
+        });
+        let api_serve = serve(
             gw.clone(),
             api,
             Side::Api,
             api_app,
             stopped(stop_rx.clone()),
-        ));
+        );
+        let api_task = tokio::spawn(async move {
+            tokio::join!(api_serve, async {
+                if let Some(tls) = tls_serve {
+                    tls.await;
+                }
+            });
+        });
         let admin_task = tokio::spawn(serve(
             gw.clone(),
             admin,
@@ -251,28 +312,56 @@ impl Server {
 }
 
 /// Which listener a connection came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 enum Side {
     Api,
+    /// The HTTPS API listener, with the certificate generated at start-up
+    /// (`None`: the configured files, read from the current snapshot).
+    Tls(Option<Arc<Generated>>),
     Admin,
 }
 
 impl Side {
     /// The `listener` label of the connection metrics.
-    fn label(self) -> &'static str {
+    fn label(&self) -> &'static str {
         match self {
             Side::Api => "api",
+            Side::Tls(_) => "api_tls",
             Side::Admin => "admin",
         }
     }
 
-    /// Open connections allowed now (the API cap follows reloads).
-    fn cap(self, gw: &Gateway) -> usize {
+    /// Open connections allowed now (the API cap follows reloads, and
+    /// holds for each API listener).
+    fn cap(&self, gw: &Gateway) -> usize {
         match self {
-            Side::Api => gw.snapshot().config.server.max_connections.get(),
+            Side::Api | Side::Tls(_) => gw.snapshot().config.server.max_connections.get(),
             Side::Admin => ADMIN_MAX_CONNECTIONS,
         }
     }
+}
+
+/// The HTTP/1 side of a connection: hyper's head timeout (which also ends
+/// an idle keep-alive connection) and head size limit.
+fn http1_builder(header_timeout: Duration) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD_BUFFER);
+    b
+}
+
+/// The HTTP/2 side of a TLS connection (ALPN `h2`): head size and stream
+/// limits, and pings that close a connection whose peer went silent
+/// (HTTP/2 has no head timeout; the TLS handshake has `header_timeout`).
+fn http2_builder(header_timeout: Duration) -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD_BUFFER as u32)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(header_timeout))
+        .keep_alive_timeout(header_timeout);
+    b
 }
 
 /// Accepts and serves connections on `listener` until `stop` resolves, then
@@ -323,19 +412,41 @@ async fn serve(
         // Answers are small JSON writes: send them now, not after Nagle's delay.
         let _ = stream.set_nodelay(true);
         let counted = Counted::new(open.clone());
-        let header_timeout = gw.snapshot().config.server.header_timeout;
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .max_buf_size(MAX_HEAD_BUFFER)
-            .serve_connection(
-                TokioIo::new(stream),
-                PerRequest {
-                    gw: gw.clone(),
-                    app: app.clone(),
-                    peer,
-                },
-            );
+        let snap = gw.snapshot();
+        let header_timeout = snap.config.server.header_timeout;
+        let service = PerRequest {
+            gw: gw.clone(),
+            app: app.clone(),
+            peer,
+        };
+        if let Side::Tls(generated) = &side {
+            let cert = snap.config.server.tls.as_ref().map(|t| &t.cert);
+            let Some(acceptor) = tls_listener::acceptor(cert, generated.as_deref()) else {
+                continue;
+            };
+            let watcher = graceful.watcher();
+            connections.spawn(async move {
+                let _counted = counted;
+                let Some((tls, h2)) =
+                    tls_listener::handshake(acceptor, stream, header_timeout).await
+                else {
+                    return;
+                };
+                let io = TokioIo::new(tls);
+                let served = if h2 {
+                    let conn = http2_builder(header_timeout).serve_connection(io, service);
+                    watcher.watch(conn).await
+                } else {
+                    let conn = http1_builder(header_timeout).serve_connection(io, service);
+                    watcher.watch(conn).await
+                };
+                if let Err(err) = served {
+                    tracing::debug!(%err, "client connection ended with an error");
+                }
+            });
+            continue;
+        }
+        let conn = http1_builder(header_timeout).serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         connections.spawn(async move {
             let _counted = counted;

@@ -24,6 +24,8 @@
 //! never logs a path or query, and never shares an entry between tenants.
 
 pub mod coalesce;
+/// The hit path: a GET answered from a fresh entry using only the request
+/// head, before inbound reads it.
 pub mod early;
 pub mod fleet;
 pub mod key;

@@ -14,11 +14,13 @@ mod parse;
 mod raw;
 mod redis;
 mod secrets;
+mod tls;
 mod trust;
 mod validate;
 
 pub use cache::{glob, CacheConfig, CacheRule, CACHED_BY_DEFAULT};
 pub use redis::{PasswordSource, RedisConfig, RedisTopology};
+pub use tls::{server_config, CertFiles, TlsCert, TlsListen, GENERATED_NAMES};
 pub use trust::CaBundle;
 pub use validate::normalize_origin;
 
@@ -155,6 +157,8 @@ pub struct ServerConfig {
     pub admin_token: Option<Secret>,
     /// Where `admin_token` came from.
     pub admin_token_source: Option<KeySource>,
+    /// The HTTPS API listener (`server.tls_listen`), when set.
+    pub tls: Option<TlsListen>,
 }
 
 impl ServerConfig {
@@ -395,8 +399,12 @@ impl Config {
                 .collect();
             ips.join(", ")
         };
+        let tls = match &self.server.tls {
+            Some(t) => format!("tls listen {}: {}\n", t.listen, t.cert.describe()),
+            None => String::new(),
+        };
         let mut out = format!(
-            "listen {}, admin {} ({})\nlimits: general {}/s, telephony {}/s per {}, jitter allowance {}, \
+            "listen {}, admin {} ({})\n{tls}limits: general {}/s, telephony {}/s per {}, jitter allowance {}, \
              queue {} (max wait {}), backend {}\nretry: {} attempts, backoff {}..{}\negress: {}\ntrusted roots: {}\n{}tenants ({}):\n",
             self.server.listen,
             self.server.admin_listen,

@@ -96,6 +96,11 @@ pub struct RawServer {
     pub admin_token: Option<String>,
     pub admin_token_env: Option<String>,
     pub admin_token_file: Option<String>,
+    pub tls_listen: Option<String>,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    pub tls_names: Option<Vec<String>>,
+    pub tls_ca_out: Option<String>,
 }
 
 /// `[upstream]`

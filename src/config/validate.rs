@@ -23,6 +23,7 @@ mod reconcile;
 mod redis;
 mod server;
 mod tenant;
+mod tls;
 
 pub use server::normalize_origin;
 

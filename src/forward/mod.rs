@@ -36,7 +36,7 @@ use crate::metrics::Metrics;
 use crate::rewrite::drop_hop_by_hop;
 use crate::scheduler::{Lift, Permit, Scheduler, Ticket};
 use crate::tenant::Tenant;
-use retry::{Attempt, Backoff, Decision, Failure, Outcome};
+use retry::{Attempt, Backoff, Decision, Failure, SendOutcome};
 
 /// What a stage needs of forward: send one request (with retries) and read
 /// the config in force. [`Forwarder`] is the real one; a stage's tests may
@@ -75,8 +75,8 @@ impl Forward for Forwarder {
 
 /// What one send came to, before the retry rule judges it.
 struct Sent {
-    outcome: Outcome,
-    /// The CRM's answer, when `outcome` is [`Outcome::Answer`].
+    outcome: SendOutcome,
+    /// The CRM's answer, when `outcome` is [`SendOutcome::Answer`].
     answer: Option<reqwest::Response>,
     /// Why it failed, for a 502 (never the URL, never a key).
     cause: Option<String>,
@@ -160,8 +160,8 @@ impl Forwarder {
                     let error = failed(failure, &tenant.name, trace.attempts, cause, sent.timeout);
                     // Not resendable and possibly processed: say so, so that
                     // a stage that can find out (reconcile) may ask the CRM.
-                    let ambiguous =
-                        !idempotent && matches!(sent.outcome, Outcome::Broken | Outcome::TimedOut);
+                    let ambiguous = !idempotent
+                        && matches!(sent.outcome, SendOutcome::Broken | SendOutcome::TimedOut);
                     return Err(if ambiguous {
                         GatewayError::Ambiguous(Box::new(error))
                     } else {
@@ -272,9 +272,9 @@ impl Forwarder {
                         .map(|d| d.min(retry::MAX_RETRY_AFTER));
                     permit.throttled(retry_after);
                     tracing::warn!(tenant = %tenant, egress = %egress.label, class = %class, status = status.as_u16(), "CRM is rate limiting; slowing down");
-                    sent(Outcome::Throttled { retry_after }, None, None)
+                    sent(SendOutcome::Throttled { retry_after }, None, None)
                 } else {
-                    sent(Outcome::Answer, Some(resp), None)
+                    sent(SendOutcome::Answer, Some(resp), None)
                 }
             }
             Ok(Err(e)) => {
@@ -286,13 +286,13 @@ impl Forwarder {
                 let cause = error_chain(&e.without_url());
                 if timed_out {
                     tracing::warn!(tenant = %tenant, egress = %egress.label, ?timeout, "CRM did not answer in time");
-                    sent(Outcome::TimedOut, None, Some(cause))
+                    sent(SendOutcome::TimedOut, None, Some(cause))
                 } else {
                     tracing::warn!(tenant = %tenant, egress = %egress.label, connect, cause = %cause, "CRM request failed");
                     let outcome = if connect {
-                        Outcome::ConnectFailed
+                        SendOutcome::ConnectFailed
                     } else {
-                        Outcome::Broken
+                        SendOutcome::Broken
                     };
                     sent(outcome, None, Some(cause))
                 }
@@ -302,7 +302,7 @@ impl Forwarder {
                     .with_label_values(&[&egress.label, class.as_str(), "error"])
                     .inc();
                 tracing::warn!(tenant = %tenant, egress = %egress.label, ?timeout, "CRM did not answer in time");
-                sent(Outcome::TimedOut, None, None)
+                sent(SendOutcome::TimedOut, None, None)
             }
         }
     }

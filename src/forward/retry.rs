@@ -16,7 +16,7 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// What one send produced, as far as the retry rule cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum SendOutcome {
     /// An answer that is not 503/429 (2xx, 4xx, other 5xx): the caller's.
     Answer,
     /// 503 or 429: the CRM refused the request unprocessed, so any method
@@ -134,12 +134,12 @@ pub enum Decision {
 
 /// The retry rule. `jitter` (0.5..=1.0) scales the backoff; pass a random
 /// value in production and a fixed one in tests.
-pub fn decide(outcome: Outcome, attempt: Attempt, backoff: Backoff, jitter: f64) -> Decision {
+pub fn decide(outcome: SendOutcome, attempt: Attempt, backoff: Backoff, jitter: f64) -> Decision {
     let more = attempt.made < attempt.max;
     let wait = backoff.after(attempt.made, jitter);
     let (failure, reason, resendable, wait) = match outcome {
-        Outcome::Answer => return Decision::Answer,
-        Outcome::Throttled { retry_after } => {
+        SendOutcome::Answer => return Decision::Answer,
+        SendOutcome::Throttled { retry_after } => {
             let retry_after = retry_after.map(|d| d.min(MAX_RETRY_AFTER));
             (
                 Failure::Throttled {
@@ -150,14 +150,14 @@ pub fn decide(outcome: Outcome, attempt: Attempt, backoff: Backoff, jitter: f64)
                 wait.max(retry_after.unwrap_or_default()),
             )
         }
-        Outcome::ConnectFailed => (Failure::Unreachable, RetryReason::Connect, true, wait),
-        Outcome::Broken => (
+        SendOutcome::ConnectFailed => (Failure::Unreachable, RetryReason::Connect, true, wait),
+        SendOutcome::Broken => (
             Failure::Unreachable,
             RetryReason::Reset,
             attempt.idempotent,
             wait,
         ),
-        Outcome::TimedOut => (
+        SendOutcome::TimedOut => (
             Failure::TimedOut,
             RetryReason::Timeout,
             attempt.idempotent,
@@ -234,15 +234,15 @@ mod tests {
     /// with jitter fixed at 1.0 (backoff after n sends: 200 ms · 2^(n-1)).
     #[test]
     fn the_retry_table() {
-        let throttled = |s: Option<u64>| Outcome::Throttled {
+        let throttled = |s: Option<u64>| SendOutcome::Throttled {
             retry_after: s.map(S),
         };
         let (get, post) = (true, false);
         #[rustfmt::skip]
-        let table: Vec<(Outcome, bool, u32, Duration, Decision)> = vec![
+        let table: Vec<(SendOutcome, bool, u32, Duration, Decision)> = vec![
             // Answers are the caller's, whatever the status (2xx, 4xx, 500).
-            (Outcome::Answer, get, 1, S(30), Answer),
-            (Outcome::Answer, post, 4, S(0), Answer),
+            (SendOutcome::Answer, get, 1, S(30), Answer),
+            (SendOutcome::Answer, post, 4, S(0), Answer),
             // 503/429: resent for any method, after the backoff or the CRM's
             // Retry-After, whichever is longer.
             (throttled(None), post, 1, S(30), retry(MS(200), RetryReason::Throttled)),
@@ -260,21 +260,21 @@ mod tests {
             (throttled(Some(2)), get, 4, S(30), Fail(Throttled { retry_after: S(2) })),
             (throttled(None), post, 4, S(30), Fail(Throttled { retry_after: S(1) })),
             // Connect errors: nothing was sent, any method is resent.
-            (Outcome::ConnectFailed, post, 1, S(30), retry(MS(200), RetryReason::Connect)),
-            (Outcome::ConnectFailed, get, 3, S(30), retry(MS(800), RetryReason::Connect)),
-            (Outcome::ConnectFailed, post, 4, S(30), Fail(Unreachable)),
-            (Outcome::ConnectFailed, get, 2, MS(400), Fail(Unreachable)),
-            (Outcome::ConnectFailed, get, 2, MS(401), retry(MS(400), RetryReason::Connect)),
+            (SendOutcome::ConnectFailed, post, 1, S(30), retry(MS(200), RetryReason::Connect)),
+            (SendOutcome::ConnectFailed, get, 3, S(30), retry(MS(800), RetryReason::Connect)),
+            (SendOutcome::ConnectFailed, post, 4, S(30), Fail(Unreachable)),
+            (SendOutcome::ConnectFailed, get, 2, MS(400), Fail(Unreachable)),
+            (SendOutcome::ConnectFailed, get, 2, MS(401), retry(MS(400), RetryReason::Connect)),
             // A reset after sending: only GET/HEAD may go again.
-            (Outcome::Broken, get, 1, S(30), retry(MS(200), RetryReason::Reset)),
-            (Outcome::Broken, post, 1, S(30), Fail(Unreachable)),
-            (Outcome::Broken, get, 4, S(30), Fail(Unreachable)),
-            (Outcome::Broken, get, 1, MS(100), Fail(Unreachable)),
+            (SendOutcome::Broken, get, 1, S(30), retry(MS(200), RetryReason::Reset)),
+            (SendOutcome::Broken, post, 1, S(30), Fail(Unreachable)),
+            (SendOutcome::Broken, get, 4, S(30), Fail(Unreachable)),
+            (SendOutcome::Broken, get, 1, MS(100), Fail(Unreachable)),
             // A timeout: the CRM may be processing it; only GET/HEAD again.
-            (Outcome::TimedOut, get, 2, S(30), retry(MS(400), RetryReason::Timeout)),
-            (Outcome::TimedOut, post, 1, S(30), Fail(TimedOut)),
-            (Outcome::TimedOut, get, 4, S(30), Fail(TimedOut)),
-            (Outcome::TimedOut, get, 1, S(0), Fail(TimedOut)),
+            (SendOutcome::TimedOut, get, 2, S(30), retry(MS(400), RetryReason::Timeout)),
+            (SendOutcome::TimedOut, post, 1, S(30), Fail(TimedOut)),
+            (SendOutcome::TimedOut, get, 4, S(30), Fail(TimedOut)),
+            (SendOutcome::TimedOut, get, 1, S(0), Fail(TimedOut)),
         ];
         for (i, (outcome, idempotent, made, left, want)) in table.into_iter().enumerate() {
             let got = decide(outcome, at(idempotent, made, left), BACKOFF, 1.0);
@@ -292,9 +292,9 @@ mod tests {
     fn statuses_the_crm_answers_are_resent_only_when_throttled() {
         let outcome = |code: u16| {
             if is_throttle(StatusCode::from_u16(code).unwrap()) {
-                Outcome::Throttled { retry_after: None }
+                SendOutcome::Throttled { retry_after: None }
             } else {
-                Outcome::Answer
+                SendOutcome::Answer
             }
         };
         #[rustfmt::skip]
@@ -324,13 +324,13 @@ mod tests {
             for left_ms in (0..3000).step_by(37) {
                 for jitter in [0.5, 0.75, 1.0] {
                     for outcome in [
-                        Outcome::Throttled { retry_after: None },
-                        Outcome::Throttled {
+                        SendOutcome::Throttled { retry_after: None },
+                        SendOutcome::Throttled {
                             retry_after: Some(S(1)),
                         },
-                        Outcome::ConnectFailed,
-                        Outcome::Broken,
-                        Outcome::TimedOut,
+                        SendOutcome::ConnectFailed,
+                        SendOutcome::Broken,
+                        SendOutcome::TimedOut,
                     ] {
                         let a = Attempt {
                             idempotent: true,

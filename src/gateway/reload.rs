@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use super::Gateway;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, TlsCert, TlsListen};
 use crate::egress;
 use crate::live::Snapshot;
 
@@ -157,6 +157,9 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!("server.listen", server.listen);
     keep!("server.admin_listen", server.admin_listen);
     keep!("server.worker_threads", server.worker_threads);
+    if keep_tls_listener(&old.server.tls, &mut new.server.tls) {
+        kept.push("server.tls_listen / tls_names / tls_ca_out");
+    }
     keep!("upstream.egress_ips", upstream.egress_ips);
     keep!("upstream.egress_id", upstream.egress_id);
     keep!("limits.scope", limits.scope);
@@ -169,6 +172,34 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!("redis.expected_replicas", redis.expected_replicas);
     keep!("cache.shared", cache.shared);
     kept
+}
+
+/// The HTTPS listener is bound once and a generated certificate made once:
+/// only new certificate files (re-read by every reload) take effect; any
+/// other change to `server.tls_*` keeps the old setting. True if it did.
+fn keep_tls_listener(old: &Option<TlsListen>, new: &mut Option<TlsListen>) -> bool {
+    let same = match (old, &*new) {
+        (None, None) => true,
+        (Some(o), Some(n)) => {
+            o.listen == n.listen
+                && match (&o.cert, &n.cert) {
+                    (TlsCert::Files(_), TlsCert::Files(_)) => true,
+                    (
+                        TlsCert::Generated { names, ca_out },
+                        TlsCert::Generated {
+                            names: n_names,
+                            ca_out: n_ca,
+                        },
+                    ) => names == n_names && ca_out == n_ca,
+                    _ => false,
+                }
+        }
+        _ => false,
+    };
+    if !same {
+        *new = old.clone();
+    }
+    !same
 }
 
 #[cfg(test)]

@@ -129,7 +129,7 @@ pub const RETRY_REASONS: [&str; 4] = ["throttled", "connect", "reset", "timeout"
 pub const EXPORT_OUTCOMES: [&str; 4] = ["complete", "failed", "hung_up", "refused"];
 
 /// Every value of the `outcome` label of `crmgate_reconciled_total`
-/// (`reconcile::Outcome`).
+/// (`reconcile::Reconciled`).
 pub const RECONCILE_OUTCOMES: [&str; 5] = [
     "found",
     "resent",

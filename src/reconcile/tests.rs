@@ -142,6 +142,6 @@ fn only_an_external_id_conflict_is_a_duplicate() {
 
 #[test]
 fn every_outcome_has_its_own_series() {
-    let labels = Outcome::ALL.map(Outcome::as_str);
+    let labels = Reconciled::ALL.map(Reconciled::as_str);
     assert_eq!(labels, crate::metrics::RECONCILE_OUTCOMES);
 }

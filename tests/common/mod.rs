@@ -147,6 +147,8 @@ pub struct Gate {
     pub admin: String,
     /// API address.
     pub addr: SocketAddr,
+    /// HTTPS API address, when `server.tls_listen` is set.
+    pub tls: Option<SocketAddr>,
     /// Shared state.
     pub gateway: Arc<Gateway>,
     stop: Option<oneshot::Sender<()>>,
@@ -157,7 +159,7 @@ impl Gate {
     /// Starts a gateway for `config`; `path` is where reloads read from.
     pub async fn start_with_path(config: Config, path: Option<std::path::PathBuf>) -> Gate {
         let server = Server::bind(config, path).await.expect("gateway binds");
-        let (addr, admin) = (server.api_addr(), server.admin_addr());
+        let (addr, admin, tls) = (server.api_addr(), server.admin_addr(), server.tls_addr());
         let gateway = server.gateway();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -172,6 +174,7 @@ impl Gate {
             url: format!("http://{addr}"),
             admin: format!("http://{admin}"),
             addr,
+            tls,
             gateway,
             stop: Some(tx),
             task: Some(task),

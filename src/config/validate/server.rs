@@ -44,6 +44,7 @@ pub(super) fn server(
         allowed_hosts: allowed_hosts(p, s.allowed_hosts.as_deref().unwrap_or_default()),
         admin_token,
         admin_token_source,
+        tls: super::tls::tls(p, s),
     };
     let mut server = server;
     if s.drain_accept.is_none() {
@@ -58,6 +59,14 @@ pub(super) fn server(
     }
     if server.listen == server.admin_listen && server.listen.port() != 0 {
         p.push("server.admin_listen", "must differ from server.listen");
+    }
+    if let Some(tls) = server.tls.as_ref().filter(|t| t.listen.port() != 0) {
+        if tls.listen == server.listen || tls.listen == server.admin_listen {
+            p.push(
+                "server.tls_listen",
+                "must differ from server.listen and server.admin_listen",
+            );
+        }
     }
     for (path, d) in [
         ("server.header_timeout", server.header_timeout),
