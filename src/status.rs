@@ -86,6 +86,9 @@ pub struct TenantRow {
     /// Waiting requests that gave their place to a shorter line when the
     /// queue was full, since start (`crmgate_queue_displaced_total`).
     pub displaced: u64,
+    /// Pages fetched by exports (`X-Crmgate-Export`) since start
+    /// (`crmgate_export_pages_total`).
+    pub export_pages: u64,
     /// Finished requests by final HTTP status (keys are status codes).
     pub totals_by_status: BTreeMap<String, u64>,
     /// Queue wait p50/p95 over the last minute; `null` when nothing waited
@@ -139,6 +142,7 @@ impl Status {
                     queued: gw.scheduler.tenant_queued(&t.name),
                     inflight: s.inflight.load(Ordering::Relaxed),
                     displaced: gw.scheduler.displaced(&t.name),
+                    export_pages: gw.metrics.export_pages.with_label_values(&[&t.name]).get(),
                     totals_by_status,
                     queue_wait_last_minute: gw.metrics.tenant_queue_wait.quantiles(&t.name),
                     cache_last_minute: gw.cache.stats.status(&t.name),
@@ -304,6 +308,7 @@ mod tests {
             [
                 "cache_last_minute",
                 "displaced",
+                "export_pages",
                 "inflight",
                 "name",
                 "queue_wait_last_minute",

@@ -241,6 +241,9 @@ impl Forwarder {
             )
             .headers(headers)
             .body(out.body.clone());
+        // The CRM sees the spacing of the actual writes: a send leaving
+        // late moves its slot (and the next one) with it.
+        permit.departed();
         let sent_at = Instant::now();
         let result = tokio::time::timeout(timeout, send.send()).await;
         let latency = sent_at.elapsed();

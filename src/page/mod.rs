@@ -483,7 +483,8 @@ fn tenants(s: &Status) -> String {
              <td class=\"n\" data-field=\"4xx\">{a4}</td>\
              <td class=\"n\" data-field=\"5xx\">{a5}</td>\
              <td class=\"n\" data-field=\"cache\" {ratio}</td>\
-             <td class=\"n\" data-field=\"coalesced\">{saved}</td>{NOT_YET}</tr>",
+             <td class=\"n\" data-field=\"coalesced\">{saved}</td>\
+             <td class=\"n\" data-field=\"exports\">{exports}</td></tr>",
             name = esc(&t.name),
             w = t.weight,
             queued = t.queued,
@@ -497,6 +498,7 @@ fn tenants(s: &Status) -> String {
             a5 = by_class[3],
             ratio = hit_ratio(&t.cache_last_minute),
             saved = t.cache_last_minute.slots_saved_last_minute,
+            exports = t.export_pages,
         );
     }
     out
@@ -515,11 +517,6 @@ fn hit_ratio(c: &crate::cache::stats::CacheStatus) -> String {
         num(c.hit_ratio * 100.0, 0)
     )
 }
-
-/// PLACE for the export stage (exports in progress): its column stays "—"
-/// until that stage exists and `/status` carries its numbers. Never a
-/// made-up number here.
-const NOT_YET: &str = "<td class=\"n\" data-field=\"exports\"><span class=\"na\">—</span></td>";
 
 #[cfg(test)]
 mod tests;

@@ -172,7 +172,6 @@
   }
 
   function tenants(s) {
-    var NOT_YET = "<td class=\"n\" data-field=\"exports\"><span class=\"na\">—</span></td>";
     function ratio(c) {
       return !c || c.requests_last_minute === 0
         ? "data-value=\"\"><span class=\"na\" title=\"no GET in the last minute\">–</span>"
@@ -203,7 +202,7 @@
         "<td class=\"n\" data-field=\"cache\" " + ratio(t.cache_last_minute) + "</td>" +
         "<td class=\"n\" data-field=\"coalesced\">" +
         (t.cache_last_minute ? t.cache_last_minute.slots_saved_last_minute : 0) + "</td>" +
-        NOT_YET + "</tr>";
+        "<td class=\"n\" data-field=\"exports\">" + t.export_pages + "</td></tr>";
     }).join("");
   }
 

@@ -40,6 +40,10 @@ async fn the_page_holds_the_numbers_and_no_key() {
         .lock()
         .unwrap()
         .extend([(200, 7), (201, 1), (404, 2), (503, 1)]);
+    gw.metrics
+        .export_pages
+        .with_label_values(&["acme"])
+        .inc_by(3);
     let (status, headers, html) = get(crate::admin::router(gw.clone()), "/").await;
     assert_eq!(status, StatusCode::OK);
     assert!(headers[header::CONTENT_TYPE]
@@ -52,6 +56,8 @@ async fn the_page_holds_the_numbers_and_no_key() {
     assert!(html.contains("data-field=\"2xx\">8<"));
     assert!(html.contains("data-field=\"4xx\">2<"));
     assert!(html.contains("data-field=\"5xx\">1<"));
+    assert!(html.contains("data-field=\"exports\">3<"), "export pages");
+    assert!(!html.contains("not built"), "no stale placeholder");
     assert!(html.contains("data-field=\"configured\" data-value=\"10\">10/s<"));
     assert!(html.contains("data-field=\"configured\" data-value=\"40\">40/s<"));
     assert!(html.contains(&gw.snapshot().config.checksum));

@@ -172,6 +172,16 @@ impl Budget {
         }
     }
 
+    /// The send granted at `granted` left only at `now`: it (and any send
+    /// granted after it that the log holds before `now`) counts from `now`,
+    /// so the CRM's windows see the actual spacing. No send moves earlier,
+    /// and the log stays in order.
+    pub fn left_late(&mut self, granted: Instant, now: Instant) {
+        for t in self.log.iter_mut().filter(|t| **t >= granted && **t < now) {
+            *t = now;
+        }
+    }
+
     /// Records a send at `now` (the caller checked [`Budget::next_free`]).
     /// Returns the send that fell out of the log to make room, for
     /// [`Budget::unrecord`].

@@ -215,7 +215,7 @@ pub(super) fn grant_one(st: &mut LaneState, egress: usize, now: Instant) -> bool
             continue;
         };
         let dropped = st.budgets[egress].record(now);
-        if waiter.tx.send(egress).is_err() {
+        if waiter.tx.send((egress, now)).is_err() {
             // The waiter vanished between the check and the send: give the
             // slot to the next one.
             st.budgets[egress].unrecord(now, dropped);

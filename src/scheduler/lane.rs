@@ -26,6 +26,9 @@ pub(super) const DISPLACED: u8 = 3;
 /// What a displaced waiter receives instead of an egress.
 pub(super) const DISPLACED_GRANT: usize = usize::MAX;
 
+/// A grant: the egress, and the slot's time as the budget recorded it.
+pub(super) type Grant = (usize, Instant);
+
 /// A waiting request as the queue holds it.
 pub(super) struct Entry {
     pub(super) id: u64,
@@ -42,7 +45,7 @@ pub(super) struct Waiter {
     pub(super) tenant: Arc<str>,
     pub(super) client: Arc<str>,
     pub(super) state: Arc<AtomicU8>,
-    pub(super) tx: oneshot::Sender<usize>,
+    pub(super) tx: oneshot::Sender<Grant>,
 }
 
 /// Tenants by weight, then priority bands, then clients.
@@ -80,7 +83,7 @@ impl LaneState {
         ticket: &Ticket,
         enqueued: Instant,
         first: bool,
-    ) -> (u64, Arc<AtomicU8>, oneshot::Receiver<usize>) {
+    ) -> (u64, Arc<AtomicU8>, oneshot::Receiver<Grant>) {
         self.next_id += 1;
         let id = self.next_id;
         let (tx, rx) = oneshot::channel();
@@ -225,7 +228,7 @@ impl Drop for Withdraw {
 /// withdrawn one) and a new one is queued under the same capacity, keeping
 /// its enqueue time. Returns the new grant receiver, or `None` when the
 /// dispatcher granted the old entry first (the grant is in the old one).
-pub(super) fn requeue(guard: &mut Withdraw, ticket: &Ticket) -> Option<oneshot::Receiver<usize>> {
+pub(super) fn requeue(guard: &mut Withdraw, ticket: &Ticket) -> Option<oneshot::Receiver<Grant>> {
     let mut st = guard.lane.lock();
     if guard
         .state

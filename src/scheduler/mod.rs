@@ -146,7 +146,8 @@ pub struct Permit {
     pub class: Class,
     /// Time spent queued for this slot.
     pub waited: Duration,
-    /// When the slot was granted (the send's time, for adaptation).
+    /// The slot's time as the budget recorded it (the send's time, for
+    /// adaptation and [`Permit::departed`]).
     at: Instant,
     lane: Arc<Lane>,
 }
@@ -162,6 +163,27 @@ impl std::fmt::Debug for Permit {
 }
 
 impl Permit {
+    /// The request leaves now. If that is later than its slot (a busy
+    /// machine, a slow pool checkout), the budget counts the send from now,
+    /// so the next slot moves with it and no window at the CRM holds more
+    /// than the limit ([`Budget::left_late`]; with Redis, the shared log
+    /// the same way). On time (within the timer granularity): nothing.
+    pub fn departed(&self) {
+        let now = Instant::now();
+        let late = now.saturating_duration_since(self.at);
+        if late < dispatch::TIMER_GRANULARITY {
+            return;
+        }
+        self.lane.lock().budgets[self.egress].left_late(self.at, now);
+        self.lane.reshaped.notify_one();
+        if let Some(shared) = self.lane.shared.clone() {
+            let (egress, class, tenant) = (self.egress, self.class, self.lane.tenant.clone());
+            tokio::spawn(
+                async move { shared.delayed(egress, class, tenant.as_deref(), late).await },
+            );
+        }
+    }
+
     /// Reports that the CRM answered 503/429 to the request sent with this
     /// permit: the budget slows down and honours `retry_after`.
     pub fn throttled(&self, retry_after: Option<Duration>) {
@@ -435,11 +457,13 @@ impl Scheduler {
         };
 
         let class = ticket.class;
-        let permit = |egress| Permit {
+        let permit = |(egress, slot): lane::Grant| Permit {
             egress,
             class,
             waited: enqueued.elapsed(),
-            at: Instant::now(),
+            // The slot as recorded: a waiter that wakes late is late
+            // against it (`Permit::departed`).
+            at: slot,
             lane: lane.clone(),
         };
         let outcome = loop {
@@ -453,8 +477,8 @@ impl Scheduler {
                 // A grant that is ready wins over a deadline that is too.
                 biased;
                 granted = &mut rx => break match granted {
-                    Ok(DISPLACED_GRANT) => Err(QueueError::Displaced(estimate_wait(&lane))),
-                    Ok(egress) => Ok(permit(egress)),
+                    Ok((DISPLACED_GRANT, _)) => Err(QueueError::Displaced(estimate_wait(&lane))),
+                    Ok(grant) => Ok(permit(grant)),
                     // The dispatcher only drops a sender when it is stopping.
                     Err(_) => Err(QueueError::ShuttingDown),
                 },
@@ -479,7 +503,7 @@ impl Scheduler {
         // A slot granted in the instant the wait ended is used, not wasted:
         // the budget already counted it.
         match (outcome, rx.try_recv()) {
-            (Err(_), Ok(egress)) if egress != DISPLACED_GRANT => Ok(permit(egress)),
+            (Err(_), Ok(grant)) if grant.0 != DISPLACED_GRANT => Ok(permit(grant)),
             (outcome, _) => outcome,
         }
     }

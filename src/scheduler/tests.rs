@@ -649,3 +649,59 @@ async fn no_fast_grant_past_the_deadline_or_after_cut_off_or_with_redis() {
     let s = unreachable_redis("");
     assert!(acquire_now(&s, ticket("a", "x", Class::General)).is_none());
 }
+
+/// A send that leaves 80 ms after its slot (a stalled caller task): the
+/// next slots move with it, so the departures, which are what the CRM
+/// counts, never put more than the limit in any 1000 ms.
+#[tokio::test(start_paused = true)]
+async fn a_send_that_leaves_late_moves_the_next_slot_with_it() {
+    let s = Scheduler::new(&config(""));
+    let first = s.acquire(ticket("a", "x", Class::General)).await.unwrap();
+    let stalled = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        first.departed();
+        Instant::now()
+    });
+    let t0 = Instant::now();
+    let mut departures = Vec::new();
+    for _ in 0..25 {
+        let p = s.acquire(ticket("a", "x", Class::General)).await.unwrap();
+        p.departed();
+        departures.push(Instant::now());
+    }
+    departures.push(stalled.await.unwrap());
+    let mut times: Vec<Duration> = departures.iter().map(|t| *t - t0).collect();
+    assert_eq!(max_in_window(&mut times, Duration::from_millis(1000)), 10);
+    // The slot ten after the stalled one waited for it: 80 + 1020 ms.
+    assert_eq!(times[10], Duration::from_millis(1100), "{times:?}");
+}
+
+/// The same for a request granted by the dispatcher (it queued): its
+/// permit carries the slot the budget recorded, so a waiter that wakes or
+/// sends late is late against that slot.
+#[tokio::test(start_paused = true)]
+async fn a_queued_send_that_leaves_late_moves_the_next_slot_with_it() {
+    let s = Scheduler::new(&config(""));
+    let t0 = Instant::now();
+    let first = s.acquire(ticket("a", "x", Class::General)).await.unwrap();
+    first.departed();
+    let mut departures = vec![Instant::now()];
+    let s2 = s.clone();
+    let stalled = tokio::spawn(async move {
+        let p = s2.acquire(ticket("a", "x", Class::General)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        p.departed();
+        Instant::now()
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    for _ in 0..25 {
+        let p = s.acquire(ticket("a", "x", Class::General)).await.unwrap();
+        p.departed();
+        departures.push(Instant::now());
+    }
+    departures.push(stalled.await.unwrap());
+    let mut times: Vec<Duration> = departures.iter().map(|t| *t - t0).collect();
+    assert_eq!(max_in_window(&mut times, Duration::from_millis(1000)), 10);
+    // Granted at 102 ms, left at 182: ten sends later, 182 + 1020 ms.
+    assert_eq!(times[11], Duration::from_millis(1202), "{times:?}");
+}
