@@ -51,6 +51,10 @@ pub(crate) fn router(sim: Arc<Shared>) -> Router {
             .route(&format!("/api/{v}/reference/sites"), get(sites))
             .route(&format!("/api/{v}/orders/{{x}}"), get(entities::get_order))
             .route(
+                &format!("/api/{v}/orders/{{x}}/edit"),
+                post(super::edit::edit_order),
+            )
+            .route(
                 &format!("/api/{v}/customers/create"),
                 post(entities::create_customer),
             )

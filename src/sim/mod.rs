@@ -30,7 +30,7 @@
 //! - `store`: the orders created in each account; `reference`: the
 //!   statuses dictionary and its two handlers.
 //! - `entities`: customers and corporate customers, and lookups of all
-//!   three by `externalId` or `id`.
+//!   three by `externalId` or `id`; `edit`: `orders/{x}/edit`.
 //! - `state`: what every handler shares (accounts, limits, ledger, store).
 //! - `gate`: the middleware every request passes: record, limit, faults, auth.
 //! - `listing`: the customers list (newest first, the `entities` ones),
@@ -70,6 +70,7 @@ mod api;
 pub mod class;
 mod config;
 mod credentials;
+mod edit;
 mod entities;
 pub mod faults;
 mod gate;
