@@ -166,8 +166,8 @@ impl Permit {
     /// The request leaves now. If that is later than its slot (a busy
     /// machine, a slow pool checkout), the budget counts the send from now,
     /// so the next slot moves with it and no window at the CRM holds more
-    /// than the limit ([`Budget::left_late`]; with Redis, the shared log
-    /// the same way). On time (within the timer granularity): nothing.
+    /// than the limit ([`Budget::left_late`]; the local budget only, see
+    /// below). On time (within the timer granularity): nothing.
     pub fn departed(&self) {
         let now = Instant::now();
         let late = now.saturating_duration_since(self.at);
@@ -176,12 +176,11 @@ impl Permit {
         }
         self.lane.lock().budgets[self.egress].left_late(self.at, now);
         self.lane.reshaped.notify_one();
-        if let Some(shared) = self.lane.shared.clone() {
-            let (egress, class, tenant) = (self.egress, self.class, self.lane.tenant.clone());
-            tokio::spawn(
-                async move { shared.delayed(egress, class, tenant.as_deref(), late).await },
-            );
-        }
+        // Not told to Redis: the shared log's `delayed` moves every send in
+        // the last `late` + 100 ms (the connect slack) to now, other
+        // replicas' on-time sends included, which pushed the fleet's later
+        // slots back (0.76 of the limit in one run of tests/redis.rs). A
+        // shared late departure needs its own, narrower rule.
     }
 
     /// Reports that the CRM answered 503/429 to the request sent with this
