@@ -70,25 +70,24 @@ fn is_version(segment: &str) -> bool {
 /// is never missed. PHP decodes `multipart/form-data` into the same fields
 /// (RetailCRM's PHP clients send every POST that way): see [`is_multipart`].
 pub(crate) fn is_form(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).is_some_and(|value| {
-        let value = value.as_bytes();
-        let end = value
-            .iter()
-            .position(|b| matches!(b, b';' | b',' | b' '))
-            .unwrap_or(value.len());
-        value[..end].eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
-    })
+    media_type_is(headers, b"application/x-www-form-urlencoded")
 }
 
 /// True if PHP would decode this request's body as `multipart/form-data`:
 /// the same cut of the content type as [`is_form`].
 pub(crate) fn is_multipart(headers: &HeaderMap) -> bool {
+    media_type_is(headers, b"multipart/form-data")
+}
+
+/// PHP's reading of the content type: cut at the first `;`, `,` or space,
+/// compared without case.
+fn media_type_is(headers: &HeaderMap, expected: &[u8]) -> bool {
     headers.get(header::CONTENT_TYPE).is_some_and(|value| {
         let value = value.as_bytes();
         let end = value
             .iter()
             .position(|b| matches!(b, b';' | b',' | b' '))
             .unwrap_or(value.len());
-        value[..end].eq_ignore_ascii_case(b"multipart/form-data")
+        value[..end].eq_ignore_ascii_case(expected)
     })
 }
