@@ -6,7 +6,8 @@
 //! sleep to order events); [`metrics`] the one Prometheus text parser;
 //! [`load`] the request and flood helpers and the CRM-side checks; [`keys`]
 //! client keys in every place and the check that none reached the CRM;
-//! [`tls`] the HTTPS simulator; [`quick`] a gateway that never makes a
+//! [`tls`] the HTTPS simulator; [`ops`] the keys no output may show and
+//! the admin calls; [`quick`] a gateway that never makes a
 //! test wait, and readers of crmgate's own answers; [`redis_procs`] Redis
 //! with TLS, Sentinel and Cluster. All of it is re-exported, so
 //! `use common::*;` is enough.
@@ -15,6 +16,7 @@
 pub mod keys;
 pub mod load;
 pub mod metrics;
+pub mod ops;
 pub mod quick;
 pub mod redis_procs;
 pub mod require;
@@ -28,6 +30,8 @@ pub use keys::*;
 pub use load::*;
 #[allow(unused_imports)]
 pub use metrics::*;
+#[allow(unused_imports)]
+pub use ops::*;
 #[allow(unused_imports)]
 pub use quick::*;
 #[allow(unused_imports)]
