@@ -26,6 +26,7 @@
 //! `BATTERY_SHOW=1 cargo test --test battery -- --nocapture` prints what
 //! each case got: the way to pin the expectation of a new case.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::io::Write;
