@@ -8,7 +8,8 @@
 //! client keys in every place and the check that none reached the CRM;
 //! [`tls`] the HTTPS simulator; [`ops`] the keys no output may show and
 //! the admin calls; [`quick`] a gateway that never makes a
-//! test wait, and readers of crmgate's own answers; [`redis_procs`] Redis
+//! test wait, and readers of crmgate's own answers; [`raw`] the one raw
+//! HTTP/1.1 client (every byte controlled); [`redis_procs`] Redis
 //! with TLS, Sentinel and Cluster. All of it is re-exported, so
 //! `use common::*;` is enough.
 #![allow(dead_code)]
@@ -18,6 +19,7 @@ pub mod load;
 pub mod metrics;
 pub mod ops;
 pub mod quick;
+pub mod raw;
 pub mod redis_procs;
 pub mod require;
 pub mod tls;
@@ -34,6 +36,8 @@ pub use metrics::*;
 pub use ops::*;
 #[allow(unused_imports)]
 pub use quick::*;
+#[allow(unused_imports)]
+pub use raw::*;
 #[allow(unused_imports)]
 pub use redis_procs::*;
 #[allow(unused_imports)]
