@@ -3,29 +3,8 @@
 //! tests/own_errors.rs, the answers streaming back in tests/answers.rs.
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Sends `request` as raw bytes (so no client normalises the path) and
-/// returns the status code and the whole answer.
-async fn raw_request(gate: &Gate, request: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
-        .await
-        .expect("the gateway answers")
-        .unwrap();
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
-    (status, answer)
-}
 
 #[tokio::test]
 async fn client_keys_are_stripped_from_header_query_and_form_and_the_real_key_injected() {
@@ -135,26 +114,30 @@ async fn dot_segments_cannot_leave_api_or_change_the_budget() {
         "/api\\..\\foo",
         "/api/v5/telephony\\..\\orders",
     ] {
-        let (status, answer) = raw_request(
-            &gate,
+        let answer = raw(
+            &gate.addr.to_string(),
             &format!(
                 "GET {path} HTTP/1.1\r\nHost: localhost\r\nX-API-KEY: {ACME_CLIENT}\r\nConnection: close\r\n\r\n"
             ),
         )
         .await;
-        assert_eq!(status, 404, "{path}: {answer}");
-        assert!(answer.contains("\"success\":false"), "{answer}");
+        assert_eq!(answer.status(), Some(404), "{path}: {}", answer.text());
+        assert!(
+            answer.text().contains("\"success\":false"),
+            "{}",
+            answer.text()
+        );
     }
     assert!(sim.records().is_empty(), "{:?}", sim.records());
     // Dots inside a segment are just characters.
-    let (status, answer) = raw_request(
-        &gate,
+    let answer = raw(
+        &gate.addr.to_string(),
         &format!(
             "GET /api/v5/orders?filter[name]=a..b HTTP/1.1\r\nHost: localhost\r\nX-API-KEY: {ACME_CLIENT}\r\nConnection: close\r\n\r\n"
         ),
     )
     .await;
-    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer.status(), Some(200), "{}", answer.text());
     assert_eq!(sim.records()[0].path, "/api/v5/orders");
 }
 
@@ -339,8 +322,8 @@ async fn hop_by_hop_and_control_headers_are_not_forwarded() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     // The same as raw bytes, so no client library can have dropped any of them.
-    let (status, answer) = raw_request(
-        &gate,
+    let answer = raw(
+        &gate.addr.to_string(),
         &format!(
             "GET /api/v5/orders HTTP/1.1\r\nHost: localhost\r\nX-API-KEY: {ACME_CLIENT}\r\n\
              Connection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
@@ -350,7 +333,7 @@ async fn hop_by_hop_and_control_headers_are_not_forwarded() {
         ),
     )
     .await;
-    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer.status(), Some(200), "{}", answer.text());
     let recs = sim.records();
     assert_eq!(recs.len(), 2);
     for r in &recs {
