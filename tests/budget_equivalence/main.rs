@@ -17,6 +17,7 @@
 //! Over 500 lines on purpose: the sequence is one table whose comments are
 //! the expected slots, and adaptation's steps (issue 10) made it longer;
 //! split, it would no longer read as one story.
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
