@@ -57,15 +57,19 @@ async fn redis_slots(topology: &str, prefix: &str, events: &[(u64, Event)]) -> V
     let shared = Shared::with_clock(&config, clock.clone());
     let class = Class::General;
     let mut slots = Vec::new();
+    // Each egress's latest slot as the log holds it.
+    let mut latest_us = [0u64; 2];
     for &(at_ms, event) in events {
         let now_us = at_ms * 1000;
         clock.store(BASE_US + now_us, Ordering::Relaxed);
         match event {
             Event::Reserve => {
-                let (egress, wait) = shared
+                let reserved = shared
                     .reserve(class, None, u64::MAX)
                     .await
                     .expect("Redis answers the reservation");
+                let (egress, wait) = (reserved.egress, reserved.wait);
+                latest_us[egress] = reserved.slot_us;
                 slots.push(Slot {
                     egress,
                     at_us: now_us as f64 + us(wait),
@@ -89,7 +93,11 @@ async fn redis_slots(topology: &str, prefix: &str, events: &[(u64, Event)]) -> V
                 let took = Duration::from_millis(at_ms - started);
                 shared.delayed(egress, class, None, took).await
             }
-            Event::Late { egress, by } => shared.delayed(egress, class, None, by).await,
+            Event::Late { egress, by } => {
+                shared
+                    .departed(egress, class, None, latest_us[egress], by)
+                    .await
+            }
             Event::Reload { adaptive } => {
                 shared.reconfigure(&self::config(topology, prefix, adaptive))
             }

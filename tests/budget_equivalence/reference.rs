@@ -180,10 +180,14 @@ pub(crate) fn reference(
             Event::ConnectFinished { egress, started } if p != Perturbation::NoConnect => {
                 budgets[egress].connect_finished(start + Duration::from_millis(started), now);
             }
-            // The dispatcher reports a late send like a connect that ended
-            // now after `by` (`Shared::delayed`, `Budget::connect_finished`).
+            // The permit reports its late departure (`Permit::departed`).
             Event::Late { egress, by } if p != Perturbation::NoLate => {
-                budgets[egress].connect_finished(now - by, now);
+                let slot = budgets[egress]
+                    .sends()
+                    .back()
+                    .copied()
+                    .expect("a slot to leave late");
+                budgets[egress].left_late(slot, slot + by);
             }
             Event::Reload { adaptive } if p != Perturbation::NoReload => {
                 for b in &mut budgets {

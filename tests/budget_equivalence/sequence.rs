@@ -18,7 +18,8 @@ pub(crate) enum Event {
     ConnectStarted { egress: usize },
     /// The connection through `egress` that started at `started` (ms) is open.
     ConnectFinished { egress: usize, started: u64 },
-    /// A send through `egress` left `by` after its slot (a late wake-up).
+    /// The send in `egress`'s latest slot left `by` after it (a late
+    /// wake-up, a slow hand-off): `Budget::left_late`, `Shared::departed`.
     Late { egress: usize, by: Duration },
     /// The config is reloaded with adaptation switched on or off.
     Reload { adaptive: bool },
@@ -130,7 +131,8 @@ pub(crate) fn sequence() -> Vec<(u64, Event)> {
         (15_100, Reserve), // e1 @ 15510
         (15_100, Reserve), // e0 @ 15610
         (15_100, Reserve), // e1 @ 16020
-        // The send in e0's 15610 slot left 90 ms late: it counts from 15700.
+        // The send in e0's latest slot (15610) left 90 ms late: it and any
+        // send between its slot and its departure count from 15700.
         (15_700, Late { egress: 0, by: ms(90) }),
         (16_000, Reserve), // e0 @ 16210 (paced from 15700)
         (16_000, Reserve), // e1 @ 16530
