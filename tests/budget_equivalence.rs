@@ -60,7 +60,8 @@ enum Event {
     ConnectStarted { egress: usize },
     /// The connection through `egress` that started at `started` (ms) is open.
     ConnectFinished { egress: usize, started: u64 },
-    /// A send through `egress` left `by` after its slot (a late wake-up).
+    /// The send in `egress`'s latest slot left `by` after it (a late
+    /// wake-up, a slow hand-off): `Budget::left_late`, `Shared::departed`.
     Late { egress: usize, by: Duration },
     /// The config is reloaded with adaptation switched on or off.
     Reload { adaptive: bool },
@@ -179,7 +180,8 @@ fn sequence() -> Vec<(u64, Event)> {
         (15_100, Reserve), // e0 @ 15100
         (15_100, Reserve), // e1 @ 15355
         (15_100, Reserve), // e0 @ 15590.385 (rising from 2/s at 15020; 15610 if still held)
-        // The send in e0's 15610 slot left 90 ms late: it counts from 15700.
+        // The send in e0's latest slot left 90 ms late: it and any send
+        // between its slot and its departure count from then.
         (15_700, Late { egress: 0, by: ms(90) }),
         // A reload that switches adaptation off ends any cut at once.
         (16_000, Reserve), // e1 @ 16000
@@ -357,10 +359,14 @@ fn reference(
             Event::ConnectFinished { egress, started } if p != Perturbation::NoConnect => {
                 budgets[egress].connect_finished(start + Duration::from_millis(started), now);
             }
-            // The dispatcher reports a late send like a connect that ended
-            // now after `by` (`Shared::delayed`, `Budget::connect_finished`).
+            // The permit reports its late departure (`Permit::departed`).
             Event::Late { egress, by } if p != Perturbation::NoLate => {
-                budgets[egress].connect_finished(now - by, now);
+                let slot = budgets[egress]
+                    .sends()
+                    .back()
+                    .copied()
+                    .expect("a slot to leave late");
+                budgets[egress].left_late(slot, slot + by);
             }
             Event::Reload { adaptive } if p != Perturbation::NoReload => {
                 for b in &mut budgets {
@@ -383,15 +389,19 @@ async fn redis_slots(topology: &str, prefix: &str, events: &[(u64, Event)]) -> V
     let shared = Shared::with_clock(&config, clock.clone());
     let class = Class::General;
     let mut slots = Vec::new();
+    // Each egress's latest slot as the log holds it.
+    let mut latest_us = [0u64; 2];
     for &(at_ms, event) in events {
         let now_us = at_ms * 1000;
         clock.store(BASE_US + now_us, Ordering::Relaxed);
         match event {
             Event::Reserve => {
-                let (egress, wait) = shared
+                let reserved = shared
                     .reserve(class, None, u64::MAX)
                     .await
                     .expect("Redis answers the reservation");
+                let (egress, wait) = (reserved.egress, reserved.wait);
+                latest_us[egress] = reserved.slot_us;
                 slots.push(Slot {
                     egress,
                     at_us: now_us as f64 + us(wait),
@@ -415,7 +425,11 @@ async fn redis_slots(topology: &str, prefix: &str, events: &[(u64, Event)]) -> V
                 let took = Duration::from_millis(at_ms - started);
                 shared.delayed(egress, class, None, took).await
             }
-            Event::Late { egress, by } => shared.delayed(egress, class, None, by).await,
+            Event::Late { egress, by } => {
+                shared
+                    .departed(egress, class, None, latest_us[egress], by)
+                    .await
+            }
             Event::Reload { adaptive } => {
                 shared.reconfigure(&self::config(topology, prefix, adaptive))
             }

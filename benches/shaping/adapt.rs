@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::end_to_end::{self, LATENCY, LIMIT};
 use crate::harness::{self, Gate, ACME_CLIENT, PATH};
+use crate::measure::verdict;
 
 /// What one caller saw for one request.
 #[derive(Debug, Clone)]
@@ -366,7 +367,7 @@ fn measure(
 }
 
 /// Prints the report lines of scenario 10.
-pub fn print(runs: &[Scenario], clean: &end_to_end::Saturation, verdict: fn(bool) -> &'static str) {
+pub fn print(runs: &[Scenario], clean: &end_to_end::Saturation) {
     println!("\n== 11. Adaptation: a lower real limit versus noise (default settings)");
     for s in runs {
         let c = &s.callers_saw;

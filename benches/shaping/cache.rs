@@ -29,6 +29,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::harness::{self, Gate, Load, ACME_CLIENT, BETA_CLIENT};
+use crate::measure::verdict;
 use crate::passthrough::{self as pt, Run};
 
 const STATUSES: &str = "/api/v5/reference/statuses";
@@ -274,10 +275,10 @@ pub fn hit_cost(secs: u64, workers: usize) -> Result<HitCost, String> {
     let work = pt::Workdir::new()?;
     let d = work.path();
     let (up, anchor, gate, admin) = (
-        pt::free_port()?,
-        pt::free_port()?,
-        pt::free_port()?,
-        pt::free_port()?,
+        pt::free_port(),
+        pt::free_port(),
+        pt::free_port(),
+        pt::free_port(),
     );
     let write = |name: &str, text: String| work.write(name, text);
     let nginx_cmd = |conf: &Path, name: &str| work.nginx(conf, name);
@@ -391,7 +392,6 @@ pub fn scenario(
     println!("\n== 10. Cache and coalescing");
     let run = Duration::from_secs_f64(seconds.unwrap_or(if quick { 5.0 } else { 20.0 }));
     let s = rt.block_on(spared(run));
-    let verdict = |ok: bool| if ok { "MET" } else { "MISSED" };
     println!("   load average before: {}", s.loadavg);
     println!(
         "   {} callers on reference/statuses for {:.0} s: {} answers, {} distinct bodies, CRM saw {} (target 1): {}",

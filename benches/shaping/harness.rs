@@ -1,7 +1,8 @@
 //! The rig every end-to-end scenario shares: a simulated CRM, a gateway in
-//! front of it (both in this process, on loopback ports, like the
-//! integration tests), an optional jitter hop between them, and the callers
-//! that load the gateway. Nothing here judges results; `measure` does.
+//! front of it (both in this process, on loopback ports, started by the
+//! integration tests' own helpers in `tests/common`), an optional jitter hop
+//! between them, and the callers that load the gateway and record each
+//! answer's queue wait. Nothing here judges results; `measure` does.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
@@ -12,22 +13,16 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use crmgate::config::Config;
-use crmgate::server::{DrainReport, Server};
-use crmgate::sim::{SimAccount, SimConfig, Simulator};
+use crmgate::sim::{SimConfig, Simulator};
 use rand::Rng;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Real CRM key of tenant "acme" (the flooding tenant).
-const ACME_KEY: &str = "bench-acme-real-key";
-/// Real CRM key of tenant "beta" (the light tenant).
-const BETA_KEY: &str = "bench-beta-real-key";
-/// The client key callers of "acme" present.
-pub const ACME_CLIENT: &str = "bench-acme-client";
-/// The client key callers of "beta" present.
-pub const BETA_CLIENT: &str = "bench-beta-client";
+use crate::common;
+
+pub use crate::common::{Gate, ACME_CLIENT, BETA_CLIENT};
+use crate::common::{ACME_KEY, BETA_KEY};
 
 /// The request every caller sends: a general-class read.
 pub const PATH: &str = "/api/v5/orders?limit=20";
@@ -35,28 +30,16 @@ pub const PATH: &str = "/api/v5/orders?limit=20";
 /// A simulator with RetailCRM's limits (10/s general, 40/s telephony, strict
 /// 1 s window) and uniform random latency in `latency`.
 pub async fn sim(latency: (Duration, Duration)) -> Simulator {
-    Simulator::spawn(sim_config(latency), (Ipv4Addr::LOCALHOST, 0).into())
-        .await
-        .expect("simulator starts")
+    common::spawn_sim(sim_config(latency)).await
 }
 
-/// The config of [`sim`], for a scenario that changes more of it (TLS, RTT).
+/// The tests' simulator config (accounts "acme" and "beta") with uniform
+/// random latency in `latency`, for a scenario that changes more of it
+/// (TLS, RTT).
 pub fn sim_config(latency: (Duration, Duration)) -> SimConfig {
     SimConfig {
-        accounts: vec![
-            SimAccount {
-                name: "acme".into(),
-                api_key: ACME_KEY.into(),
-                sites: vec!["main".into()],
-            },
-            SimAccount {
-                name: "beta".into(),
-                api_key: BETA_KEY.into(),
-                sites: vec!["beta-shop".into()],
-            },
-        ],
         latency,
-        ..SimConfig::default()
+        ..common::sim_config()
     }
 }
 
@@ -67,15 +50,12 @@ pub fn gateway_config(upstream: &str, limits: &str) -> Config {
 }
 
 /// [`gateway_config`] plus whole extra sections (such as `[redis]`). The
-/// cache stage is off unless `sections` has a `[cache]`: the shaping
-/// scenarios send identical GETs to measure the budget, not the cache.
+/// CRM is `upstream` rather than a simulator's own URL, as the jitter hop
+/// sits between them. The cache stage is off unless `sections` has a
+/// `[cache]` (see [`common::config`]): the shaping scenarios send identical
+/// GETs to measure the budget, not the cache.
 pub fn gateway_config_with(upstream: &str, limits: &str, sections: &str) -> Config {
-    let sections = if sections.contains("[cache]") {
-        sections.to_string()
-    } else {
-        format!("{sections}\n[cache]\nenabled = false\n")
-    };
-    let text = format!(
+    common::config(&format!(
         r#"[server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
@@ -98,52 +78,7 @@ base_url = "{upstream}"
 api_key = "{BETA_KEY}"
 client_keys = ["{BETA_CLIENT}"]
 "#
-    );
-    Config::from_toml(&text, "bench config", &|_| None).expect("bench config is valid")
-}
-
-/// A gateway serving on an ephemeral port until [`Gate::shutdown`].
-pub struct Gate {
-    /// API base URL.
-    pub url: String,
-    /// Admin base URL (`/status`, `/metrics`).
-    pub admin: String,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<DrainReport>,
-}
-
-impl Gate {
-    pub async fn start(config: Config) -> Gate {
-        let server = Server::bind(config, None).await.expect("gateway binds");
-        let url = format!("http://{}", server.api_addr());
-        let admin = format!("http://{}", server.admin_addr());
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .expect("gateway runs")
-        });
-        Gate {
-            url,
-            admin,
-            stop,
-            task,
-        }
-    }
-
-    /// Drains (callers are gone by now, so this is quick) and waits for it.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(());
-        if tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .is_err()
-        {
-            eprintln!("warning: gateway did not finish draining within 15 s");
-        }
-    }
+    ))
 }
 
 /// A reverse hop that holds every request for a random time in
@@ -308,14 +243,7 @@ pub async fn flood_and_trickle(
     }
 }
 
-/// A caller client: no proxy from the environment, pooled connections.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client builds")
-}
+pub use crate::common::client;
 
 async fn one(client: &reqwest::Client, url: &str, key: &str) -> Sample {
     match client.get(url).header("X-API-KEY", key).send().await {

@@ -398,7 +398,7 @@ pub async fn holding(gate_bin: &std::path::Path, hold: usize) -> Result<Holding,
     }
     let dir = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
     let d = dir.path();
-    let (sim_port, gate, admin) = (free_port()?, free_port()?, free_port()?);
+    let (sim_port, gate, admin) = (free_port(), free_port(), free_port());
 
     let mut sim_cmd = std::process::Command::new(gate_bin);
     sim_cmd
@@ -436,7 +436,7 @@ pub async fn holding(gate_bin: &std::path::Path, hold: usize) -> Result<Holding,
     let nginx_skipped = match nginx_binary() {
         None => Some("nginx is not installed (apt-get install nginx)".to_string()),
         Some(nginx) => {
-            let (port, status) = (free_port()?, free_port()?);
+            let (port, status) = (free_port(), free_port());
             let conf = d.join("hold.conf");
             std::fs::write(&conf, nginx_conf(d, port, status, sim_port, hold))
                 .map_err(|e| format!("{}: {e}", conf.display()))?;
@@ -470,4 +470,78 @@ pub async fn holding(gate_bin: &std::path::Path, hold: usize) -> Result<Holding,
         nginx_skipped,
         loadavg_end: crate::loadavg(),
     })
+}
+
+/// Holding: RSS (MiB) with 10,000 waiting GETs (issue 9: at most nginx's,
+/// ≤ 100 MiB on the reference machine).
+pub const TARGET_HOLD_RSS_MIB: f64 = 100.0;
+
+/// KiB to MiB.
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Prints scenario 8's table and verdicts.
+pub fn print(h: &Holding) {
+    println!(
+        "\n== 8. Memory per waiting request: {} GETs held in the queue, one connection each",
+        h.hold
+    );
+    println!(
+        "   {:<16} {:>9} {:>11} {:>10} {:>12} {:>8} {:>9}  load average before",
+        "target", "idle MiB", "held MiB", "HWM MiB", "bytes/req", "ramp s", "answered"
+    );
+    for r in &h.runs {
+        println!(
+            "   {:<16} {:>9.1} {:>11.1} {:>10.1} {:>12.0} {:>8.1} {:>9}  {}",
+            r.target,
+            mib(r.idle_rss_kib),
+            mib(r.held_rss_kib),
+            mib(r.held_hwm_kib),
+            r.per_request_bytes,
+            r.ramp_s,
+            r.answered_during_hold,
+            r.loadavg
+        );
+    }
+    println!(
+        "   RSS after every caller went away (MiB, at 1 … {} s):",
+        AFTER_SECONDS
+    );
+    for r in &h.runs {
+        let after: Vec<String> = r
+            .after_rss_kib
+            .iter()
+            .map(|k| format!("{:.0}", mib(*k)))
+            .collect();
+        println!(
+            "   {:<16} {}   under {} MiB after: {}   still held: {}",
+            r.target,
+            after.join(" "),
+            AFTER_UNDER_MIB,
+            r.under_limit_after_s
+                .map_or("never".into(), |s| format!("{s} s")),
+            r.left_after
+        );
+    }
+    if let Some(why) = &h.nginx_skipped {
+        println!("   nginx limit_req: SKIPPED ({why})");
+    }
+    if let Some(gate) = h.runs.iter().find(|r| r.target == "crmgate") {
+        let held = mib(gate.held_rss_kib);
+        let nginx = h.runs.iter().find(|r| r.target != "crmgate");
+        let limit = nginx.map_or(TARGET_HOLD_RSS_MIB, |n| {
+            mib(n.held_rss_kib).min(TARGET_HOLD_RSS_MIB)
+        });
+        println!(
+            "   crmgate held RSS {held:.1} MiB   target ≤ {limit:.1} MiB (≤ nginx, ≤ {TARGET_HOLD_RSS_MIB:.0}): {}",
+            crate::measure::verdict(held <= limit)
+        );
+        println!(
+            "   crmgate under {} MiB within {} s after: {}",
+            AFTER_UNDER_MIB,
+            AFTER_SECONDS,
+            crate::measure::verdict(gate.under_limit_after_s.is_some())
+        );
+    }
 }

@@ -149,3 +149,27 @@ pub fn queue_waits(samples: &[Sample]) -> Vec<f64> {
         .map(|ms| ms as f64)
         .collect()
 }
+
+/// Goal for a light tenant's p95 queue wait beside a flood (ms).
+pub const TARGET_LIGHT_P95_MS: f64 = 300.0;
+
+/// How a figure stands against its goal, in the report's words.
+pub fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "MET"
+    } else {
+        "MISSED"
+    }
+}
+
+/// When the 503s arrived, if there were any.
+pub fn print_rejected_at(at: &[f64]) {
+    if !at.is_empty() {
+        let at: Vec<String> = at.iter().map(|t| format!("{t:.2}")).collect();
+        println!(
+            "   {:<38} {:>12}",
+            "  … arrived at (s after start)",
+            at.join(", ")
+        );
+    }
+}

@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 pub use budget::{Budget, BudgetShape};
 pub use fair::{Level, Wfq};
 pub use lift::Lift;
-pub use shared::Shared;
+pub use shared::{Reservation, Shared};
 
 use dispatch::dispatch;
 use lane::{Lane, LaneState, Queue, Withdraw, DISPLACED_GRANT};
@@ -149,6 +149,9 @@ pub struct Permit {
     /// The slot's time as the budget recorded it (the send's time, for
     /// adaptation and [`Permit::departed`]).
     at: Instant,
+    /// The shared log's slot, when Redis reserved it: a late departure
+    /// moves it there too.
+    shared_slot: Option<lane::SharedSlot>,
     lane: Arc<Lane>,
 }
 
@@ -164,23 +167,35 @@ impl std::fmt::Debug for Permit {
 
 impl Permit {
     /// The request leaves now. If that is later than its slot (a busy
-    /// machine, a slow pool checkout), the budget counts the send from now,
-    /// so the next slot moves with it and no window at the CRM holds more
-    /// than the limit ([`Budget::left_late`]; the local budget only, see
-    /// below). On time (within the timer granularity): nothing.
+    /// machine, a slow pool checkout, a slow Redis), the budget counts the
+    /// send from now, so the next slot moves with it and no window at the
+    /// CRM holds more than the limit ([`Budget::left_late`], and
+    /// [`Shared::departed`] for a slot Redis reserved). On time (within the
+    /// timer granularity): nothing.
     pub fn departed(&self) {
         let now = Instant::now();
         let late = now.saturating_duration_since(self.at);
+        if late >= dispatch::TIMER_GRANULARITY {
+            self.lane.lock().budgets[self.egress].left_late(self.at, now);
+            self.lane.reshaped.notify_one();
+        }
+        let (Some(slot), Some(shared)) = (self.shared_slot, self.lane.shared.clone()) else {
+            return;
+        };
+        // Against the shared slot the send is late by the whole time since
+        // it was due: Redis's round trip, the dispatcher's wake-up, and the
+        // hand-off to here. Counted from the earliest the slot could be
+        // due, so never too little (too much only costs a little rate).
+        let late = now.saturating_duration_since(slot.due);
         if late < dispatch::TIMER_GRANULARITY {
             return;
         }
-        self.lane.lock().budgets[self.egress].left_late(self.at, now);
-        self.lane.reshaped.notify_one();
-        // Not told to Redis: the shared log's `delayed` moves every send in
-        // the last `late` + 100 ms (the connect slack) to now, other
-        // replicas' on-time sends included, which pushed the fleet's later
-        // slots back (0.76 of the limit in one run of tests/redis.rs). A
-        // shared late departure needs its own, narrower rule.
+        let (egress, class, tenant) = (self.egress, self.class, self.lane.tenant.clone());
+        tokio::spawn(async move {
+            shared
+                .departed(egress, class, tenant.as_deref(), slot.at_us, late)
+                .await
+        });
     }
 
     /// Reports that the CRM answered 503/429 to the request sent with this
@@ -461,8 +476,9 @@ impl Scheduler {
         };
 
         let class = ticket.class;
-        let permit = |(egress, slot): lane::Grant| Permit {
+        let permit = |(egress, slot, shared_slot): lane::Grant| Permit {
             egress,
+            shared_slot,
             class,
             waited: enqueued.elapsed(),
             // The slot as recorded: a waiter that wakes late is late
@@ -481,7 +497,7 @@ impl Scheduler {
                 // A grant that is ready wins over a deadline that is too.
                 biased;
                 granted = &mut rx => break match granted {
-                    Ok((DISPLACED_GRANT, _)) => Err(QueueError::Displaced(estimate_wait(&lane))),
+                    Ok((DISPLACED_GRANT, _, _)) => Err(QueueError::Displaced(estimate_wait(&lane))),
                     Ok(grant) => Ok(permit(grant)),
                     // The dispatcher only drops a sender when it is stopping.
                     Err(_) => Err(QueueError::ShuttingDown),
@@ -736,6 +752,7 @@ fn grant_now(lane: &Arc<Lane>, ticket: &Ticket) -> Option<Permit> {
         class: ticket.class,
         waited: at - now,
         at,
+        shared_slot: None,
         lane: lane.clone(),
     })
 }
