@@ -135,3 +135,64 @@ async fn no_fast_grant_past_the_deadline_or_after_cut_off_or_with_redis() {
     let s = unreachable_redis("");
     assert!(acquire_now(&s, ticket("a", "x", Class::General)).is_none());
 }
+
+/// A scheduler whose general budget is `rate` per second (validation caps
+/// configured rates at 10,000/s; these tests need a sub-microsecond pace).
+fn at_rate(rate: u32) -> Scheduler {
+    let mut c = config("");
+    c.limits.general_per_second = std::num::NonZeroU32::new(rate).unwrap();
+    Scheduler::new(&c)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_single_waiter_with_a_free_budget_takes_the_fast_path() {
+    let s = Scheduler::new(&config(""));
+    for i in 0..20u64 {
+        let permit = s.acquire(ticket("a", "c", Class::General)).await.unwrap();
+        assert_eq!(permit.waited, Duration::ZERO);
+        assert_eq!(
+            s.granted_at_once(),
+            i + 1,
+            "grant {i} went through the queue"
+        );
+        // The next slot is free by the time the next request comes.
+        tokio::time::sleep(Duration::from_millis(102)).await;
+    }
+    assert_eq!(s.queued(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_behind_a_busy_budget_is_granted_by_the_dispatcher() {
+    let s = Scheduler::new(&config(""));
+    s.acquire(ticket("a", "c", Class::General)).await.unwrap();
+    let t0 = Instant::now();
+    // 102 ms away: far beyond the short wait, so it queues.
+    let permit = s.acquire(ticket("a", "c", Class::General)).await.unwrap();
+    assert_eq!(s.granted_at_once(), 1);
+    assert_eq!(t0.elapsed(), Duration::from_millis(102));
+    assert_eq!(permit.waited, Duration::from_millis(102));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_single_waiter_asking_faster_than_a_microsecond_pace_keeps_the_fast_path() {
+    // 1,000,000/s: a pace of 1.02 µs. A task that asks again at once finds
+    // its next slot a hair ahead; it waits for it without the dispatcher
+    // (whose timer would round the wait up to a whole millisecond).
+    let s = at_rate(1_000_000);
+    let mut last = None;
+    for i in 0..1000u64 {
+        let permit = s.acquire(ticket("a", "c", Class::General)).await.unwrap();
+        assert_eq!(
+            s.granted_at_once(),
+            i + 1,
+            "grant {i} went through the queue"
+        );
+        // Never before its slot, and the slots keep the pace.
+        assert!(Instant::now() >= permit.at);
+        if let Some(prev) = last {
+            assert!(permit.at - prev >= Duration::from_nanos(1020));
+        }
+        last = Some(permit.at);
+    }
+    assert_eq!(s.queued(), 0);
+}
