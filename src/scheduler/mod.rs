@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 pub use budget::{Budget, BudgetShape};
 pub use fair::{Level, Wfq};
 pub use lift::Lift;
-pub use shared::{Reservation, Shared};
+pub use shared::{RedisBudget, Reservation};
 
 use dispatch::dispatch;
 use lane::{Lane, LaneState, Queue, Withdraw, DISPLACED_GRANT};
@@ -170,7 +170,7 @@ impl Permit {
     /// machine, a slow pool checkout, a slow Redis), the budget counts the
     /// send from now, so the next slot moves with it and no window at the
     /// CRM holds more than the limit ([`Budget::left_late`], and
-    /// [`Shared::departed`] for a slot Redis reserved). On time (within the
+    /// [`RedisBudget::departed`] for a slot Redis reserved). On time (within the
     /// timer granularity): nothing.
     pub fn departed(&self) {
         let now = Instant::now();
@@ -238,7 +238,7 @@ struct Inner {
     /// Dispatchers exit once this is cancelled.
     stop: CancellationToken,
     /// The Redis budget, with `limits.backend = "redis"`.
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<RedisBudget>>,
 }
 
 /// The scheduler. Cheap to clone; all clones share the queues and budgets.
@@ -288,7 +288,7 @@ impl Scheduler {
                 cut_off: CancellationToken::new(),
                 stop: CancellationToken::new(),
                 shared: (config.limits.backend == Backend::Redis)
-                    .then(|| Arc::new(Shared::new(config))),
+                    .then(|| Arc::new(RedisBudget::new(config))),
             }),
         };
         if let Some(shared) = &scheduler.inner.shared {
@@ -721,7 +721,7 @@ pub struct BudgetStatus {
 /// fair queue changes no later order. A request granted here never waits in
 /// the queue, so it never counts against `queue_capacity` or `max_queued`.
 /// A request whose deadline has passed, and every request of a lane whose
-/// slots come from Redis, take the queue as before.
+/// slots come from Redis, go through the queue.
 ///
 /// A slot due within [`SHORT_WAIT`] is taken too and waited for by the
 /// caller ([`wait_short`]): the dispatcher would sleep for it on tokio's
