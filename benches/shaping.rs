@@ -54,6 +54,20 @@
 //! 11. `adapt`: adaptation at default settings against a lower real limit
 //!     (7/s), 30 % random 503s and a 20 s outage, and without 503s; see
 //!     `shaping/adapt.rs`.
+//! 12. `multipart`: scenarios 1 and 3 with every request a multipart POST
+//!     as RetailCRM's PHP client sends it (`orders/create`, `apiKey` one of
+//!     the parts): utilisation, 503s, client keys at the CRM, and a light
+//!     tenant's wait beside a flooding one.
+//! 13. `limiters`: adaptation against a real limit of 7/s and 8/s
+//!     (configured 10/s) under each limiter model of the simulator (strict,
+//!     lenient, leaky burst 0 and 5, fixed): one table.
+//! 14. `runaway`: 1,500 connections of one client beside a light client of
+//!     the same tenant: the light one's share served and queue wait.
+//! 15. `redis_tls`, `fleet_cache`, `failover`: three replicas through a TLS
+//!     Redis with a password (scenario 5's figures); 30 readers per replica
+//!     of one reference with a 2 s TTL (CRM reads per TTL); a Sentinel
+//!     failover under load (most arrivals in any 1000 ms, back to shared).
+//!     See `shaping/fleet.rs`.
 //!
 //! Everything runs in one process on one tokio runtime, like the
 //! integration tests: the callers, the gateway and the simulator share the
@@ -77,14 +91,22 @@ mod common;
 mod end_to_end;
 #[path = "shaping/export.rs"]
 mod export;
+#[path = "shaping/fleet.rs"]
+mod fleet;
 #[path = "shaping/harness.rs"]
 mod harness;
 #[path = "shaping/holding.rs"]
 mod holding;
+#[path = "shaping/limiters.rs"]
+mod limiters;
 #[path = "shaping/measure.rs"]
 mod measure;
+#[path = "shaping/multipart.rs"]
+mod multipart;
 #[path = "shaping/passthrough.rs"]
 mod passthrough;
+#[path = "shaping/runaway.rs"]
+mod runaway;
 #[path = "shaping/sched_cost.rs"]
 mod sched_cost;
 #[path = "shaping/shared_budget.rs"]
@@ -96,7 +118,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 17] = [
     "utilisation",
     "jitter",
     "fairness",
@@ -108,6 +130,12 @@ const SCENARIOS: [&str; 11] = [
     "export",
     "cache",
     "adapt",
+    "multipart",
+    "limiters",
+    "runaway",
+    "redis_tls",
+    "fleet_cache",
+    "failover",
 ];
 
 struct Args {
@@ -122,7 +150,8 @@ struct Args {
 }
 
 const USAGE: &str = "usage: cargo bench --bench shaping -- [--quick] [--seconds N] \
-[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding,export,cache,adapt] [--callers N] [--jitter-ms N] \
+[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding,export,cache,adapt,\
+multipart,limiters,runaway,redis_tls,fleet_cache,failover] [--callers N] [--jitter-ms N] \
 [--hold N] [--gate-bin PATH] [--orders N]";
 
 fn parse_args() -> Args {
@@ -186,6 +215,29 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "n/a".into())
+}
+
+/// Prints a scenario's figures and adds them to the JSON under `name`, or
+/// says loudly (in the report, on stderr and in the JSON) why it was skipped.
+fn insert_or_skip<T: serde::Serialize>(
+    json: &mut serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    title: &str,
+    result: Result<T, String>,
+    print: impl Fn(&T),
+) {
+    match result {
+        Ok(figures) => {
+            print(&figures);
+            json.insert(name.into(), serde_json::to_value(&figures).unwrap());
+        }
+        Err(why) => {
+            println!("\n== {title}");
+            println!("\n   !!!!! SKIPPED: {why} !!!!!\n");
+            eprintln!("!!!!! {name} scenario SKIPPED: {why} !!!!!");
+            json.insert(name.into(), json!({ "skipped": why }));
+        }
+    }
 }
 
 fn main() {
@@ -341,6 +393,57 @@ fn main() {
         let (runs, clean) = rt.block_on(adapt::run(args.callers, args.quick, loadavg));
         adapt::print(&runs, &clean);
         json.insert("adapt".into(), json!({ "faults": runs, "clean": clean }));
+    }
+    if wants("multipart") {
+        let m = rt.block_on(multipart::run(args.callers, run(20.0, 5.0)));
+        multipart::print(&m);
+        json.insert("multipart".into(), serde_json::to_value(&m).unwrap());
+    }
+    if wants("limiters") {
+        let runs = rt.block_on(limiters::run(args.callers, args.quick, loadavg));
+        limiters::print(&runs, args.quick);
+        json.insert("limiters".into(), serde_json::to_value(&runs).unwrap());
+    }
+    if wants("runaway") {
+        let r = rt.block_on(runaway::run(run(15.0, 8.0)));
+        insert_or_skip(
+            &mut json,
+            "runaway",
+            "14. Runaway service",
+            r,
+            runaway::print,
+        );
+    }
+    if wants("redis_tls") {
+        let s = rt.block_on(fleet::tls(args.callers, run(20.0, 6.0)));
+        insert_or_skip(
+            &mut json,
+            "redis_tls",
+            "15a. Shared budget through a TLS Redis",
+            s,
+            fleet::print_tls,
+        );
+    }
+    if wants("fleet_cache") {
+        let c = rt.block_on(fleet::reference(run(12.0, 6.0)));
+        insert_or_skip(
+            &mut json,
+            "fleet_cache",
+            "15b. Fleet cache",
+            c,
+            fleet::print_reference,
+        );
+    }
+    if wants("failover") {
+        let (before, after) = (run(10.0, 4.0), run(10.0, 4.0));
+        let f = rt.block_on(fleet::failover(args.callers, before, after));
+        insert_or_skip(
+            &mut json,
+            "failover",
+            "15c. Sentinel failover under load",
+            f,
+            fleet::print_failover,
+        );
     }
 
     let elapsed = started.elapsed().as_secs_f64();

@@ -193,10 +193,7 @@ pub async fn run(
     quick: bool,
     loadavg: impl Fn() -> String,
 ) -> (Vec<Scenario>, end_to_end::Saturation) {
-    let max_attempts = harness::gateway_config("http://127.0.0.1:1", "")
-        .retry
-        .max_attempts
-        .get();
+    let max_attempts = max_attempts();
     let mut out = Vec::new();
     // a) needs 10 s to settle and a tail long enough that one probe above
     // the kept rate is not most of it.
@@ -212,6 +209,14 @@ pub async fn run(
     )
     .await;
     (out, clean)
+}
+
+/// `retry.max_attempts` at default settings.
+pub(crate) fn max_attempts() -> u32 {
+    harness::gateway_config("http://127.0.0.1:1", "")
+        .retry
+        .max_attempts
+        .get()
 }
 
 struct Rig {
@@ -248,7 +253,7 @@ fn first_arrival(records: &[Received]) -> Instant {
 
 /// A fault that holds for the whole run (`fault` sets it on the fresh
 /// simulator): `n` callers flood for `secs`, measured from `from` seconds.
-async fn steady(
+pub(crate) async fn steady(
     name: &'static str,
     fault: impl FnOnce(&Simulator),
     from: f64,
