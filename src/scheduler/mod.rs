@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 pub use budget::{Budget, BudgetShape};
 pub use fair::{Level, Wfq};
 pub use lift::Lift;
-pub use shared::Shared;
+pub use shared::{Reservation, Shared};
 
 use dispatch::dispatch;
 use lane::{Lane, LaneState, Queue, Withdraw, DISPLACED_GRANT};
@@ -149,6 +149,9 @@ pub struct Permit {
     /// The slot's time as the budget recorded it (the send's time, for
     /// adaptation and [`Permit::departed`]).
     at: Instant,
+    /// The shared log's slot, when Redis reserved it: a late departure
+    /// moves it there too.
+    shared_slot: Option<lane::SharedSlot>,
     lane: Arc<Lane>,
 }
 
@@ -164,23 +167,35 @@ impl std::fmt::Debug for Permit {
 
 impl Permit {
     /// The request leaves now. If that is later than its slot (a busy
-    /// machine, a slow pool checkout), the budget counts the send from now,
-    /// so the next slot moves with it and no window at the CRM holds more
-    /// than the limit ([`Budget::left_late`]; the local budget only, see
-    /// below). On time (within the timer granularity): nothing.
+    /// machine, a slow pool checkout, a slow Redis), the budget counts the
+    /// send from now, so the next slot moves with it and no window at the
+    /// CRM holds more than the limit ([`Budget::left_late`], and
+    /// [`Shared::departed`] for a slot Redis reserved). On time (within the
+    /// timer granularity): nothing.
     pub fn departed(&self) {
         let now = Instant::now();
         let late = now.saturating_duration_since(self.at);
+        if late >= dispatch::TIMER_GRANULARITY {
+            self.lane.lock().budgets[self.egress].left_late(self.at, now);
+            self.lane.reshaped.notify_one();
+        }
+        let (Some(slot), Some(shared)) = (self.shared_slot, self.lane.shared.clone()) else {
+            return;
+        };
+        // Against the shared slot the send is late by the whole time since
+        // it was due: Redis's round trip, the dispatcher's wake-up, and the
+        // hand-off to here. Counted from the earliest the slot could be
+        // due, so never too little (too much only costs a little rate).
+        let late = now.saturating_duration_since(slot.due);
         if late < dispatch::TIMER_GRANULARITY {
             return;
         }
-        self.lane.lock().budgets[self.egress].left_late(self.at, now);
-        self.lane.reshaped.notify_one();
-        // Not told to Redis: the shared log's `delayed` moves every send in
-        // the last `late` + 100 ms (the connect slack) to now, other
-        // replicas' on-time sends included, which pushed the fleet's later
-        // slots back (0.76 of the limit in one run of tests/redis.rs). A
-        // shared late departure needs its own, narrower rule.
+        let (egress, class, tenant) = (self.egress, self.class, self.lane.tenant.clone());
+        tokio::spawn(async move {
+            shared
+                .departed(egress, class, tenant.as_deref(), slot.at_us, late)
+                .await
+        });
     }
 
     /// Reports that the CRM answered 503/429 to the request sent with this
@@ -214,6 +229,8 @@ struct Inner {
     tenant_queued: DashMap<Arc<str>, Arc<TenantRoom>>,
     /// Waiters dropped while queued (the caller went away).
     withdrawn: AtomicU64,
+    /// Grants made at once, without queueing (`grant_now`).
+    granted_at_once: AtomicU64,
     /// New requests are refused once this is cancelled.
     closing: CancellationToken,
     /// Waiting requests are answered (503) once this is cancelled.
@@ -266,6 +283,7 @@ impl Scheduler {
                 queued_total: AtomicUsize::new(0),
                 tenant_queued: DashMap::new(),
                 withdrawn: AtomicU64::new(0),
+                granted_at_once: AtomicU64::new(0),
                 closing: CancellationToken::new(),
                 cut_off: CancellationToken::new(),
                 stop: CancellationToken::new(),
@@ -411,6 +429,8 @@ impl Scheduler {
         }
         let lane = self.lane(ticket.class, &ticket.tenant);
         if let Some(permit) = grant_now(&lane, &ticket) {
+            inner.granted_at_once.fetch_add(1, Ordering::Relaxed);
+            wait_short(permit.at).await;
             return Ok(permit);
         }
         let tenant_count = inner
@@ -456,8 +476,9 @@ impl Scheduler {
         };
 
         let class = ticket.class;
-        let permit = |(egress, slot): lane::Grant| Permit {
+        let permit = |(egress, slot, shared_slot): lane::Grant| Permit {
             egress,
+            shared_slot,
             class,
             waited: enqueued.elapsed(),
             // The slot as recorded: a waiter that wakes late is late
@@ -476,7 +497,7 @@ impl Scheduler {
                 // A grant that is ready wins over a deadline that is too.
                 biased;
                 granted = &mut rx => break match granted {
-                    Ok((DISPLACED_GRANT, _)) => Err(QueueError::Displaced(estimate_wait(&lane))),
+                    Ok((DISPLACED_GRANT, _, _)) => Err(QueueError::Displaced(estimate_wait(&lane))),
                     Ok(grant) => Ok(permit(grant)),
                     // The dispatcher only drops a sender when it is stopping.
                     Err(_) => Err(QueueError::ShuttingDown),
@@ -529,6 +550,12 @@ impl Scheduler {
     /// Requests withdrawn while queued because their caller went away.
     pub fn withdrawn(&self) -> u64 {
         self.inner.withdrawn.load(Ordering::Relaxed)
+    }
+
+    /// Grants made at once, without queueing or a dispatcher hand-off (a
+    /// lane with nobody waiting and a budget free), since start.
+    pub fn granted_at_once(&self) -> u64 {
+        self.inner.granted_at_once.load(Ordering::Relaxed)
     }
 
     /// A connection to the CRM starts opening through egress `egress`.
@@ -687,15 +714,21 @@ pub struct BudgetStatus {
 /// most of the pass-through cost when the limit is far away).
 ///
 /// It decides exactly what the dispatcher would: the slot is recorded at
-/// `now` in the budget that is free, so pacing and the window bound hold;
-/// nobody is waiting in this lane, so no one is overtaken, and a grant to
-/// the only request in the queue would end a busy period of the fair queue
-/// anyway (every flow starts even afterwards), so skipping the fair queue
-/// changes no later order. A request granted here never waits, so it never
-/// counts against `queue_capacity` or `max_queued`, and it cannot be
-/// withdrawn (this runs before the caller's first `.await`). A request whose
-/// deadline has passed, and every request of a lane whose slots come from
-/// Redis, take the queue as before.
+/// its paced time in the budget that frees first, so pacing and the window
+/// bound hold; nobody is waiting in this lane, so no one is overtaken, and a
+/// grant to the only request in the queue would end a busy period of the
+/// fair queue anyway (every flow starts even afterwards), so skipping the
+/// fair queue changes no later order. A request granted here never waits in
+/// the queue, so it never counts against `queue_capacity` or `max_queued`.
+/// A request whose deadline has passed, and every request of a lane whose
+/// slots come from Redis, take the queue as before.
+///
+/// A slot due within [`SHORT_WAIT`] is taken too and waited for by the
+/// caller ([`wait_short`]): the dispatcher would sleep for it on tokio's
+/// timer, which rounds up to the next whole millisecond, so a caller asking
+/// again right after its grant at a sub-millisecond pace would wait a
+/// thousand times longer than the budget asks (a single task at 1,000,000/s
+/// got 6,000–10,000 grants/s, every second one through the queue).
 fn grant_now(lane: &Arc<Lane>, ticket: &Ticket) -> Option<Permit> {
     if lane.shared.is_some() {
         // Redis reservations, fallback holds and rejoin transitions live in
@@ -703,26 +736,47 @@ fn grant_now(lane: &Arc<Lane>, ticket: &Ticket) -> Option<Permit> {
         return None;
     }
     let now = Instant::now();
-    if ticket.deadline <= now {
-        return None;
-    }
     let mut st = lane.lock();
     if !st.waiting.is_empty() {
         return None;
     }
     let (egress, at) = st.earliest(now);
-    if at > now {
+    let at = at.max(now);
+    if at > now + SHORT_WAIT || ticket.deadline <= at {
         return None;
     }
-    st.budgets[egress].record(now);
+    st.budgets[egress].record(at);
     drop(st);
     Some(Permit {
         egress,
         class: ticket.class,
-        waited: Duration::ZERO,
-        at: now,
+        waited: at - now,
+        at,
+        shared_slot: None,
         lane: lane.clone(),
     })
+}
+
+/// The longest wait for a slot that the fast path takes on (see
+/// [`grant_now`]): well under a timer tick, so yielding costs less than the
+/// dispatcher's hand-off would.
+const SHORT_WAIT: Duration = Duration::from_micros(50);
+
+/// Waits until `at` (at most [`SHORT_WAIT`] away) by yielding to the
+/// runtime rather than on its millisecond timer; never returns before `at`,
+/// so a send never leaves before its slot. After a bounded number of yields
+/// (a busy runtime, or paused time in tests, where the clock does not move
+/// while a task is runnable) it falls back to the timer. A caller that goes
+/// away meanwhile leaves its slot unused: the budget loses at most that one
+/// slot, and never its bound.
+async fn wait_short(at: Instant) {
+    for _ in 0..256 {
+        if Instant::now() >= at {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    sleep_until(at).await;
 }
 
 /// Rough time until a newcomer would be served: queue length over the
