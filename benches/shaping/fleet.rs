@@ -130,9 +130,7 @@ pub async fn reference(run: Duration) -> Result<FleetCache, String> {
         samples.extend(load.stop().await);
     }
     let records = sim.records();
-    for g in gates {
-        g.shutdown().await;
-    }
+    futures_util::future::join_all(gates.into_iter().map(Gate::shutdown)).await;
     sim.shutdown();
     drop(redis);
 
@@ -269,9 +267,7 @@ pub async fn failover(
         .iter()
         .map(|g| g.gateway.backend_state().to_string())
         .collect();
-    for g in gates {
-        g.shutdown().await;
-    }
+    futures_util::future::join_all(gates.into_iter().map(Gate::shutdown)).await;
     sim.shutdown();
     drop(set);
 

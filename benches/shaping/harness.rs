@@ -62,6 +62,8 @@ pub fn gateway_config_with(upstream: &str, limits: &str, sections: &str) -> Conf
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 shutdown_grace = "2s"
+# Stop accepting at once on shutdown: nothing new comes after a run.
+drain_accept = "0s"
 
 [limits]
 {limits}
@@ -399,16 +401,24 @@ impl Load {
     /// One `req` every `every`, each on its own task.
     pub fn trickle_req(client: &reqwest::Client, gate: &str, req: Req, every: Duration) -> Load {
         let stop = CancellationToken::new();
+        let finish = CancellationToken::new();
         let samples = Arc::new(Mutex::new(Vec::new()));
         let url = gate.to_string();
-        let (client2, stop2, samples2) = (client.clone(), stop.clone(), samples.clone());
+        let (client2, stop2, finish2, samples2) = (
+            client.clone(),
+            stop.clone(),
+            finish.clone(),
+            samples.clone(),
+        );
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut sent = Vec::new();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = stop2.cancelled() => return,
+                    _ = finish2.cancelled() => break,
                 }
                 let (client, url, stop, samples) = (
                     client2.clone(),
@@ -416,7 +426,7 @@ impl Load {
                     stop2.clone(),
                     samples2.clone(),
                 );
-                tokio::spawn(async move {
+                sent.push(tokio::spawn(async move {
                     let sample = tokio::select! {
                         s = one(&client, &url, req) => s,
                         _ = stop.cancelled() => return,
@@ -425,12 +435,16 @@ impl Load {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push(sample);
-                });
+                }));
+            }
+            // Wound down: the answers to what was sent are still awaited.
+            for request in sent {
+                let _ = request.await;
             }
         });
         Load {
             stop,
-            finish: CancellationToken::new(),
+            finish,
             tasks: vec![task],
             samples,
         }

@@ -87,7 +87,6 @@ pub async fn run(run: Duration) -> Result<Runaway, String> {
     tokio::time::sleep(run).await;
     // The light requests still waiting are answered within the wait they
     // were measured for (p95 ≤ 300 ms): a short grace, then stop.
-    light.wind_down();
     let light = light.finish(Duration::from_secs(2)).await;
     let records = sim.records();
     let displaced = displaced(&gate);

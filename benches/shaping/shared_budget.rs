@@ -149,9 +149,7 @@ pub async fn replicas(
     }
     let all = sim.records();
     drop(client);
-    for g in gates {
-        g.shutdown().await;
-    }
+    futures_util::future::join_all(gates.into_iter().map(Gate::shutdown)).await;
     sim.shutdown();
 
     let skip = SKIP.min(run / 2);
