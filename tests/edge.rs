@@ -3,7 +3,7 @@
 //! Sec-Fetch-Site, Host on both listeners) and the admin token of
 //! `POST /reload`.
 //!
-//! Raw TCP is used wherever the test must control exactly what is sent (a
+//! Raw TCP (`common::raw`) is used wherever the test must control exactly what is sent (a
 //! half head, a stalled body, a Host a real client would not send). Timeouts
 //! are set short in the config; a test waits for the close with a generous
 //! outer limit and never asserts a tight time.
@@ -14,14 +14,11 @@ use std::time::Duration;
 
 use common::*;
 use crmgate::sim::Simulator;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// The admin token used by these tests (long enough for validation).
 const TOKEN: &str = "edge-admin-token-5c1f9e07";
-
-/// Generous outer limit for a close that the gateway must make on its own.
-const CLOSE_LIMIT: Duration = Duration::from_secs(15);
 
 /// A `[server]` section on ephemeral loopback ports, plus `extra` keys.
 fn server(extra: &str) -> String {
@@ -36,82 +33,6 @@ async fn start(extra_server: &str) -> (Simulator, Gate) {
 
 fn addr_of(base: &str) -> String {
     base.trim_start_matches("http://").to_string()
-}
-
-/// What came back on a raw connection before it closed.
-#[derive(Debug)]
-struct Raw {
-    /// Every byte read before EOF (or before a reset).
-    bytes: Vec<u8>,
-    /// The connection ended with a reset rather than a clean EOF.
-    reset: bool,
-}
-
-impl Raw {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes).into_owned()
-    }
-
-    /// The status code of the first response, if one came.
-    fn status(&self) -> Option<u16> {
-        let text = self.text();
-        let line = text.lines().next()?;
-        line.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
-    }
-
-    /// A header of the first response (lowercase name).
-    fn header(&self, name: &str) -> Option<String> {
-        let text = self.text();
-        let head = text.split("\r\n\r\n").next()?;
-        head.lines().skip(1).find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    }
-
-    /// The body of the first response, as JSON.
-    fn json(&self) -> serde_json::Value {
-        let text = self.text();
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .unwrap_or_else(|| panic!("no response head in {text:?}"));
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
-    }
-}
-
-/// Reads until the peer closes; fails the test if it does not close within
-/// [`CLOSE_LIMIT`].
-async fn read_to_close(stream: &mut TcpStream) -> Raw {
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 8192];
-    let closed = tokio::time::timeout(CLOSE_LIMIT, async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) => return false,
-                Ok(n) => bytes.extend_from_slice(&buf[..n]),
-                Err(_) => return true,
-            }
-        }
-    })
-    .await;
-    let reset = closed.unwrap_or_else(|_| {
-        panic!(
-            "the gateway kept the connection open for {CLOSE_LIMIT:?}; got {:?}",
-            String::from_utf8_lossy(&bytes)
-        )
-    });
-    Raw { bytes, reset }
-}
-
-/// Sends `request` (which should say `Connection: close`) and reads the
-/// answer up to the close.
-async fn raw(addr: &str, request: &str) -> Raw {
-    let mut s = TcpStream::connect(addr).await.expect("connects");
-    // A write may fail when the gateway closes early on a huge head; what
-    // came back is what the test judges.
-    let _ = s.write_all(request.as_bytes()).await;
-    read_to_close(&mut s).await
 }
 
 /// A GET of the orders list through `path_prefix` with `headers`

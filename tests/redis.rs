@@ -281,15 +281,17 @@ async fn a_slow_connect_moves_the_shared_window() {
     );
     let config = crmgate::config::Config::from_toml(&text, "test", &|_| None).unwrap();
     let shared = crmgate::scheduler::Shared::new(&config);
-    let (_, first) = shared
+    let first = shared
         .reserve(Class::General, None, u64::MAX)
         .await
-        .expect("Redis answers");
+        .expect("Redis answers")
+        .wait;
     assert_eq!(first, Duration::ZERO);
-    let (_, second) = shared
+    let second = shared
         .reserve(Class::General, None, u64::MAX)
         .await
-        .unwrap();
+        .unwrap()
+        .wait;
     assert!(
         second > Duration::from_millis(450),
         "paced 510 ms apart: {second:?}"
@@ -301,10 +303,11 @@ async fn a_slow_connect_moves_the_shared_window() {
     shared
         .delayed(0, Class::General, None, Duration::from_millis(300))
         .await;
-    let (_, third) = shared
+    let third = shared
         .reserve(Class::General, None, u64::MAX)
         .await
-        .unwrap();
+        .unwrap()
+        .wait;
     // Two slots per 1020 ms window, counted from when the first send could
     // have arrived (≈ 300 ms): the third is ≈ 1320 ms after the start, ≈
     // 1020 ms from now. Unmoved it would be ≈ 720 ms from now.
@@ -312,6 +315,58 @@ async fn a_slow_connect_moves_the_shared_window() {
         third > Duration::from_millis(950),
         "third slot in {third:?}"
     );
+    assert!(!shared.in_fallback());
+}
+
+/// A send that left late moves in the shared log from its slot to when it
+/// left, and the next slot moves with it; a send before its slot (another
+/// replica's, on time) stays where it is. On the test's clock, so exact.
+#[tokio::test]
+async fn a_late_departure_moves_only_its_own_slot_in_the_shared_log() {
+    use crmgate::classify::Class;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let text = format!(
+        "[limits]\nbackend = \"redis\"\ngeneral_per_second = 2\n[redis]\nurl = \"{}\"\nkey_prefix = \"departed\"\n\
+         [[tenants]]\nname = \"acme\"\nsubdomain = \"acme\"\napi_key = \"k\"\n",
+        redis.url()
+    );
+    let config = crmgate::config::Config::from_toml(&text, "test", &|_| None).unwrap();
+    // 2 per 1020 ms (the window widened by the 20 ms jitter allowance):
+    // paced 510 ms apart.
+    const BASE: u64 = 1_000_000_000_000;
+    let clock = Arc::new(AtomicU64::new(BASE));
+    let shared = crmgate::scheduler::Shared::with_clock(&config, clock.clone());
+    let at = |ms: u64| clock.store(BASE + ms * 1000, Ordering::Relaxed);
+    let reserve = || async {
+        let r = shared
+            .reserve(Class::General, None, u64::MAX)
+            .await
+            .expect("Redis answers");
+        r.slot_us - BASE
+    };
+    at(0);
+    assert_eq!(reserve().await, 0);
+    let second = reserve().await;
+    assert_eq!(second, 510_000);
+    // The second send left 200 ms after its slot.
+    at(710);
+    shared
+        .departed(
+            0,
+            Class::General,
+            None,
+            BASE + second,
+            Duration::from_millis(200),
+        )
+        .await;
+    at(800);
+    // Paced from 710 ms: 1220 ms. Unmoved it would be 1020 ms (the first
+    // send's window); had the first moved too, 1730 ms.
+    assert_eq!(reserve().await, 1_220_000);
     assert!(!shared.in_fallback());
 }
 

@@ -172,10 +172,11 @@ async fn tls_with_a_private_ca_and_a_password() {
         ),
     );
     let shared = Shared::new(&config);
-    let (_, wait) = shared
+    let wait = shared
         .reserve(Class::General, None, u64::MAX)
         .await
-        .unwrap_or_else(|| panic!("Redis over TLS answers: {:?}", shared.state()));
+        .unwrap_or_else(|| panic!("Redis over TLS answers: {:?}", shared.state()))
+        .wait;
     assert_eq!(wait, Duration::ZERO);
     assert!(!shared.in_fallback());
 

@@ -1,4 +1,6 @@
-//! Reloading upstream timeouts: the gateway rebuilds its egress clients, new
+//! Hot reload: a rotated key is in force for queued and new requests, and
+//! an invalid reload is refused with the old config kept. Reloading
+//! upstream timeouts: the gateway rebuilds its egress clients, new
 //! sends use them, and a request already sent finishes on the client it was
 //! sent with. Real sockets against the simulator (stalls come from its fault
 //! injection) or against a listener that never completes a handshake.
@@ -8,8 +10,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{admin_reload, client, config_text, json, sim, wait_until, Gate, ACME_CLIENT};
-use crmgate::sim::Simulator;
+use common::*;
+use crmgate::sim::{SimConfig, Simulator};
 use serde_json::Value;
 
 /// The simulator's stall: longer than the short timeout, well within the long one.
@@ -172,4 +174,146 @@ async fn a_lowered_connect_timeout_is_in_force_after_reload() {
         code, 502,
         "the 200 ms connect timeout ends the wait first, as a connect failure: {body}"
     );
+}
+
+/// A config file for the reload tests: acme with real key `key`.
+fn reload_text(sim: &Simulator, key: &str, rate: u32) -> String {
+    format!(
+        // The cache stage off: these tests count identical queued GETs.
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [cache]\nenabled = false\n\
+         [limits]\ngeneral_per_second = {rate}\n\n\
+         [[tenants]]\nname = \"acme\"\nbase_url = \"{}\"\napi_key = \"{key}\"\n\
+         client_keys = [\"{ACME_CLIENT}\"]\nsite = \"main\"\n",
+        sim.base_url()
+    )
+}
+
+/// A simulator that accepts both acme's old and rotated key.
+async fn rotation_sim() -> Simulator {
+    spawn_sim(SimConfig {
+        accounts: vec![
+            sim_account("acme", ACME_KEY, "main"),
+            sim_account("acme2", ROTATED_KEY, "main"),
+        ],
+        ..SimConfig::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn reload_rotates_the_key_for_queued_and_new_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crmgate.toml");
+    let sim = rotation_sim().await;
+    let gate = Gate::from_file(&path, &reload_text(&sim, ACME_KEY, 2)).await;
+    let old_checksum = status_doc(&gate).await["config_checksum"].clone();
+
+    let c = client();
+    let url = format!("{}/api/v5/orders", gate.url);
+    let queued_tasks: Vec<_> = (0..6)
+        .map(|_| spawn_get(&c, url.clone(), ACME_CLIENT))
+        .collect();
+    let gw = gate.gateway.clone();
+    wait_until("4 requests queued", || gw.scheduler.queued() >= 4).await;
+
+    std::fs::write(&path, reload_text(&sim, ROTATED_KEY, 2)).unwrap();
+    let sent_before = sim.records().len();
+    let (code, body) = post_reload(&gate).await;
+    let sent_during = sim.records().len();
+    assert_eq!(
+        (code, &body["success"]),
+        (200, &Value::Bool(true)),
+        "{body}"
+    );
+    let new_checksum = body["config_checksum"].clone();
+    assert!(
+        new_checksum.is_string() && new_checksum != old_checksum,
+        "{body}"
+    );
+    assert_eq!(status_doc(&gate).await["config_checksum"], new_checksum);
+
+    let after: Vec<_> = (0..2)
+        .map(|_| spawn_get(&c, url.clone(), ACME_CLIENT))
+        .collect();
+    for t in queued_tasks.into_iter().chain(after) {
+        let (code, body) = t.await.unwrap().expect("no connection error");
+        assert_eq!(code, 200, "{body}");
+    }
+
+    let records = sim.records();
+    assert_eq!(records.len(), 8, "every request reached the CRM once");
+    assert!(records.iter().all(|r| r.status == 200));
+    let key = |i: usize| records[i].api_key.as_deref();
+    for i in 0..sent_before {
+        assert_eq!(key(i), Some(ACME_KEY), "request {i} left before the reload");
+    }
+    // A request that left while the reload ran may carry either key.
+    for i in sent_during..records.len() {
+        assert_eq!(
+            key(i),
+            Some(ROTATED_KEY),
+            "request {i} left after the reload"
+        );
+    }
+    assert!(
+        records.len() - sent_during >= 5,
+        "at least 3 queued and 2 new requests left after the reload"
+    );
+    let text = metrics_text(&gate.admin).await;
+    assert_eq!(
+        metric(
+            &text,
+            "crmgate_config_reloads_total",
+            &[("outcome", "success")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_reload_is_refused_and_the_old_config_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crmgate.toml");
+    let sim = rotation_sim().await;
+    let gate = Gate::from_file(&path, &reload_text(&sim, ACME_KEY, 10)).await;
+    let before = status_doc(&gate).await;
+
+    std::fs::write(&path, reload_text(&sim, ROTATED_KEY, 0)).unwrap();
+    let (code, body) = post_reload(&gate).await;
+    assert_eq!(
+        (code, &body["success"]),
+        (400, &Value::Bool(false)),
+        "{body}"
+    );
+    let errors = body["errors"].as_array().expect("errors listed");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("limits.general_per_second")),
+        "{body}"
+    );
+
+    let resp = client()
+        .get(format!("{}/api/v5/orders", gate.url))
+        .header("X-API-KEY", ACME_CLIENT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(sim.records()[0].api_key.as_deref(), Some(ACME_KEY));
+    let after = status_doc(&gate).await;
+    assert_eq!(after["config_checksum"], before["config_checksum"]);
+    assert_eq!(general_budgets(&after)[0]["configured_rate"], 10);
+
+    let text = metrics_text(&gate.admin).await;
+    let reloads = |outcome| {
+        metric(
+            &text,
+            "crmgate_config_reloads_total",
+            &[("outcome", outcome)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!((reloads("failure"), reloads("success")), (1.0, 0.0));
 }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::end_to_end::{LATENCY, LIMIT};
 use crate::harness::{self, Gate, Load, ACME_CLIENT, BETA_CLIENT};
-use crate::measure::{self, Answers, Delivered, Percentiles};
+use crate::measure::{self, Answers, Delivered, Percentiles, TARGET_LIGHT_P95_MS};
 
 /// One slot at the default pacing ((1000 + 20) ms / 10) plus the CRM's
 /// longest latency: the first item's target.
@@ -208,7 +208,7 @@ fn print_walk(name: &str, w: &Walked) {
 }
 
 /// Prints the scenario's table and verdicts.
-pub fn print(e: &Export, target_light_p95_ms: f64) {
+pub fn print(e: &Export) {
     println!(
         "\n== 9. Export: {} orders, {} per page, CRM latency 20–60 ms, limit {}/s",
         e.orders, e.page_limit, LIMIT
@@ -226,13 +226,13 @@ pub fn print(e: &Export, target_light_p95_ms: f64) {
         && e.list.distinct == n;
     println!(
         "   list: CRM requests = ⌈N/100⌉ and N distinct items: {}",
-        crate::verdict(list_ok)
+        measure::verdict(list_ok)
     );
     println!(
         "   first item ≤ one slot + one CRM latency ({:.0} ms): {:.0} ms {}",
         FIRST_ITEM_TARGET_MS,
         e.list.first_item_ms,
-        crate::verdict(e.list.first_item_ms <= FIRST_ITEM_TARGET_MS)
+        measure::verdict(e.list.first_item_ms <= FIRST_ITEM_TARGET_MS)
     );
     let history_ok = e.history.in_order
         && e.history.items == n
@@ -240,17 +240,17 @@ pub fn print(e: &Export, target_light_p95_ms: f64) {
     println!(
         "   history: every entry once, in order, last_id = newest ({}): {}",
         e.orders,
-        crate::verdict(history_ok)
+        measure::verdict(history_ok)
     );
     let l = &e.light_wait_ms;
     println!(
-        "   light tenant (1 request / {} ms) during an export, queue wait (ms): n {} p50 {:.0} p95 {:.0} max {:.0}   p95 ≤ {target_light_p95_ms:.0}: {}",
+        "   light tenant (1 request / {} ms) during an export, queue wait (ms): n {} p50 {:.0} p95 {:.0} max {:.0}   p95 ≤ {TARGET_LIGHT_P95_MS:.0}: {}",
         LIGHT_EVERY.as_millis(),
         l.n,
         l.p50,
         l.p95,
         l.max,
-        crate::verdict(l.p95 <= target_light_p95_ms)
+        measure::verdict(l.p95 <= TARGET_LIGHT_P95_MS)
     );
     println!(
         "   light answers: {} ok, other {:?}; CRM: utilisation {:.4}, 503s {}, most in any 1000 ms {}",

@@ -40,6 +40,8 @@ const CONNECTING: usize = 256;
 /// within how many seconds (issue 9, item 3).
 pub const AFTER_UNDER_MIB: u64 = 64;
 pub const AFTER_SECONDS: u32 = 10;
+/// The same in quick mode: enough to see the fall begin.
+pub const AFTER_SECONDS_QUICK: u32 = 3;
 /// How long the ramp to `hold` waiting requests may take.
 const RAMP_LIMIT: Duration = Duration::from_secs(180);
 
@@ -74,6 +76,8 @@ pub struct HoldRun {
 #[derive(Debug, Clone, Serialize)]
 pub struct Holding {
     pub hold: usize,
+    /// Seconds RSS was followed after the release.
+    pub after_seconds: u32,
     pub runs: Vec<HoldRun>,
     /// Why nginx was not measured, when it was not.
     pub nginx_skipped: Option<String>,
@@ -248,6 +252,7 @@ async fn measure<F, Fut>(
     pid: u32,
     port: u16,
     hold: usize,
+    after_seconds: u32,
     held: F,
 ) -> Result<HoldRun, String>
 where
@@ -284,7 +289,7 @@ where
 
     let mut after_rss_kib = Vec::new();
     let mut under_limit_after_s = None;
-    for s in 1..=AFTER_SECONDS {
+    for s in 1..=after_seconds {
         // A measurement interval: RSS once a second.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (rss, _) = memory(pid).ok_or("target exited after the hold")?;
@@ -386,7 +391,11 @@ http {{
 
 /// Runs the scenario with the crmgate binary `gate_bin`, or says why it
 /// cannot.
-pub async fn holding(gate_bin: &std::path::Path, hold: usize) -> Result<Holding, String> {
+pub async fn holding(
+    gate_bin: &std::path::Path,
+    hold: usize,
+    after_seconds: u32,
+) -> Result<Holding, String> {
     // The client needs a descriptor per connection, and so does crmgate,
     // which inherits the limit (nginx sets its own: worker_rlimit_nofile).
     let want = (hold + 1024) as u64;
@@ -398,7 +407,7 @@ pub async fn holding(gate_bin: &std::path::Path, hold: usize) -> Result<Holding,
     }
     let dir = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
     let d = dir.path();
-    let (sim_port, gate, admin) = (free_port()?, free_port()?, free_port()?);
+    let (sim_port, gate, admin) = (free_port(), free_port(), free_port());
 
     let mut sim_cmd = std::process::Command::new(gate_bin);
     sim_cmd
@@ -430,13 +439,18 @@ pub async fn holding(gate_bin: &std::path::Path, hold: usize) -> Result<Holding,
             &d.join("crmgate.log"),
             any_answer,
         )?;
-        runs.push(measure("crmgate", crmgate.pid(), gate, hold, || gateway_held(admin)).await?);
+        runs.push(
+            measure("crmgate", crmgate.pid(), gate, hold, after_seconds, || {
+                gateway_held(admin)
+            })
+            .await?,
+        );
     }
 
     let nginx_skipped = match nginx_binary() {
         None => Some("nginx is not installed (apt-get install nginx)".to_string()),
         Some(nginx) => {
-            let (port, status) = (free_port()?, free_port()?);
+            let (port, status) = (free_port(), free_port());
             let conf = d.join("hold.conf");
             std::fs::write(&conf, nginx_conf(d, port, status, sim_port, hold))
                 .map_err(|e| format!("{}: {e}", conf.display()))?;
@@ -455,9 +469,14 @@ pub async fn holding(gate_bin: &std::path::Path, hold: usize) -> Result<Holding,
                 any_answer,
             )?;
             runs.push(
-                measure("nginx limit_req", proc.pid(), port, hold, || {
-                    nginx_held(status)
-                })
+                measure(
+                    "nginx limit_req",
+                    proc.pid(),
+                    port,
+                    hold,
+                    after_seconds,
+                    || nginx_held(status),
+                )
                 .await?,
             );
             None
@@ -466,8 +485,83 @@ pub async fn holding(gate_bin: &std::path::Path, hold: usize) -> Result<Holding,
     drop(sim);
     Ok(Holding {
         hold,
+        after_seconds,
         runs,
         nginx_skipped,
         loadavg_end: crate::loadavg(),
     })
+}
+
+/// Holding: RSS (MiB) with 10,000 waiting GETs (issue 9: at most nginx's,
+/// ≤ 100 MiB on the reference machine).
+pub const TARGET_HOLD_RSS_MIB: f64 = 100.0;
+
+/// KiB to MiB.
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Prints scenario 8's table and verdicts.
+pub fn print(h: &Holding) {
+    println!(
+        "\n== 8. Memory per waiting request: {} GETs held in the queue, one connection each",
+        h.hold
+    );
+    println!(
+        "   {:<16} {:>9} {:>11} {:>10} {:>12} {:>8} {:>9}  load average before",
+        "target", "idle MiB", "held MiB", "HWM MiB", "bytes/req", "ramp s", "answered"
+    );
+    for r in &h.runs {
+        println!(
+            "   {:<16} {:>9.1} {:>11.1} {:>10.1} {:>12.0} {:>8.1} {:>9}  {}",
+            r.target,
+            mib(r.idle_rss_kib),
+            mib(r.held_rss_kib),
+            mib(r.held_hwm_kib),
+            r.per_request_bytes,
+            r.ramp_s,
+            r.answered_during_hold,
+            r.loadavg
+        );
+    }
+    println!(
+        "   RSS after every caller went away (MiB, at 1 … {} s):",
+        h.after_seconds
+    );
+    for r in &h.runs {
+        let after: Vec<String> = r
+            .after_rss_kib
+            .iter()
+            .map(|k| format!("{:.0}", mib(*k)))
+            .collect();
+        println!(
+            "   {:<16} {}   under {} MiB after: {}   still held: {}",
+            r.target,
+            after.join(" "),
+            AFTER_UNDER_MIB,
+            r.under_limit_after_s
+                .map_or("never".into(), |s| format!("{s} s")),
+            r.left_after
+        );
+    }
+    if let Some(why) = &h.nginx_skipped {
+        println!("   nginx limit_req: SKIPPED ({why})");
+    }
+    if let Some(gate) = h.runs.iter().find(|r| r.target == "crmgate") {
+        let held = mib(gate.held_rss_kib);
+        let nginx = h.runs.iter().find(|r| r.target != "crmgate");
+        let limit = nginx.map_or(TARGET_HOLD_RSS_MIB, |n| {
+            mib(n.held_rss_kib).min(TARGET_HOLD_RSS_MIB)
+        });
+        println!(
+            "   crmgate held RSS {held:.1} MiB   target ≤ {limit:.1} MiB (≤ nginx, ≤ {TARGET_HOLD_RSS_MIB:.0}): {}",
+            crate::measure::verdict(held <= limit)
+        );
+        println!(
+            "   crmgate under {} MiB within {} s after: {}",
+            AFTER_UNDER_MIB,
+            h.after_seconds,
+            crate::measure::verdict(gate.under_limit_after_s.is_some())
+        );
+    }
 }

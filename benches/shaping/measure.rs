@@ -94,6 +94,19 @@ pub struct Answers {
     pub other: Vec<(u16, usize)>,
 }
 
+impl Answers {
+    /// Successful answers: 200 plus any other 2xx (201 for a creation).
+    pub fn succeeded(&self) -> usize {
+        self.ok_200
+            + self
+                .other
+                .iter()
+                .filter(|(s, _)| (200..300).contains(s))
+                .map(|(_, n)| n)
+                .sum::<usize>()
+    }
+}
+
 pub fn answers(samples: &[Sample]) -> Answers {
     let mut other: std::collections::BTreeMap<u16, usize> = Default::default();
     let mut ok = 0;
@@ -140,12 +153,37 @@ pub fn percentiles(values: &[f64]) -> Percentiles {
     }
 }
 
-/// Queue waits (ms, from `x-crmgate-queue-ms`) of the 200 answers.
+/// Queue waits (ms, from `x-crmgate-queue-ms`) of the successful (2xx)
+/// answers: 200 for reads, 201 for a created order.
 pub fn queue_waits(samples: &[Sample]) -> Vec<f64> {
     samples
         .iter()
-        .filter(|s| s.status == 200)
+        .filter(|s| (200..300).contains(&s.status))
         .filter_map(|s| s.queue_ms)
         .map(|ms| ms as f64)
         .collect()
+}
+
+/// Goal for a light tenant's p95 queue wait beside a flood (ms).
+pub const TARGET_LIGHT_P95_MS: f64 = 300.0;
+
+/// How a figure stands against its goal, in the report's words.
+pub fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "MET"
+    } else {
+        "MISSED"
+    }
+}
+
+/// When the 503s arrived, if there were any.
+pub fn print_rejected_at(at: &[f64]) {
+    if !at.is_empty() {
+        let at: Vec<String> = at.iter().map(|t| format!("{t:.2}")).collect();
+        println!(
+            "   {:<38} {:>12}",
+            "  … arrived at (s after start)",
+            at.join(", ")
+        );
+    }
 }

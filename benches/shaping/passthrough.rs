@@ -13,12 +13,14 @@
 //! guard drops, also on panic) and never sends traffic off loopback.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+pub(crate) use crate::common::free_port;
 
 /// The client key wrk presents to crmgate.
 pub(crate) const CLIENT_KEY: &str = "bench-pass-client";
@@ -87,13 +89,6 @@ impl Drop for Guard {
         }
         let _ = self.child.wait();
     }
-}
-
-pub(crate) fn free_port() -> Result<u16, String> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free loopback port: {e}"))
 }
 
 /// The nginx binary: Debian's, or the first `nginx` on PATH.
@@ -469,7 +464,7 @@ pub(crate) fn measure_at(
 pub fn passthrough(secs: u64) -> Result<Passthrough, String> {
     let work = Workdir::new()?;
     let d = work.path();
-    let (up, anchor, gate, admin) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    let (up, anchor, gate, admin) = (free_port(), free_port(), free_port(), free_port());
     let write = |name: &str, text: String| work.write(name, text);
     let nginx_cmd = |conf: &Path, name: &str| work.nginx(conf, name);
     let up_conf = write("upstream.conf", upstream_conf(d, up))?;
@@ -511,4 +506,58 @@ pub fn passthrough(secs: u64) -> Result<Passthrough, String> {
         ratio,
         loadavg_end: crate::loadavg(),
     })
+}
+
+/// Pass-through: crmgate's req/s at least this share of nginx proxy_pass's.
+pub const TARGET_PASS_RATIO: f64 = 0.6;
+
+/// Pass-through: crmgate's median latency (ms) in the same run.
+pub const TARGET_PASS_P50_MS: f64 = 0.3;
+
+/// Prints scenario 6's table and verdicts.
+pub fn print(p: &Passthrough) {
+    println!(
+        "\n== 6. Pass-through cost: wrk -t1 -c{} -d{:.0}s, fixed-JSON nginx upstream, limiter out of the way",
+        p.connections, p.seconds
+    );
+    println!(
+        "   {:<18} {:>10} {:>9} {:>9} {:>9} {:>13} {:>10} {:>8}  load average before",
+        "target", "req/s", "p50 ms", "p90 ms", "p99 ms", "CPU µs/req", "(kernel)", "cs/req"
+    );
+    let opt = |v: Option<f64>, prec: usize| v.map_or("-".into(), |v| format!("{v:.prec$}"));
+    for r in &p.runs {
+        let cpu = r.cpu_user_us.zip(r.cpu_kernel_us).map(|(u, k)| u + k);
+        println!(
+            "   {:<18} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>13} {:>10} {:>8}  {}",
+            r.target,
+            r.requests_per_s,
+            r.p50_ms,
+            r.p90_ms,
+            r.p99_ms,
+            opt(cpu, 1),
+            opt(r.cpu_kernel_us, 1),
+            opt(r.switches_per_request, 2),
+            r.loadavg
+        );
+        if r.non_2xx > 0 || r.socket_errors > 0 {
+            println!(
+                "   !!! {}: {} answers were not 2xx/3xx, {} socket errors: its figures are not pass-through",
+                r.target, r.non_2xx, r.socket_errors
+            );
+        }
+    }
+    let gate = &p.runs[2];
+    println!(
+        "   crmgate / nginx req/s: {:.3}   target ≥ {TARGET_PASS_RATIO}: {}",
+        p.ratio,
+        crate::measure::verdict(p.ratio >= TARGET_PASS_RATIO)
+    );
+    println!(
+        "   crmgate p50: {:.3} ms   target ≤ {TARGET_PASS_P50_MS} ms: {}",
+        gate.p50_ms,
+        crate::measure::verdict(gate.p50_ms <= TARGET_PASS_P50_MS)
+    );
+    println!(
+        "   (CPU and context switches are the target process's own, all threads, per request)"
+    );
 }

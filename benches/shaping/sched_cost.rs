@@ -102,6 +102,9 @@ pub struct Dispatch {
     pub grants_per_s: f64,
     /// Mean time from enqueue to grant as the permit reports it (µs).
     pub mean_wait_us: f64,
+    /// Share of the grants taken at once, without the dispatcher (the
+    /// scheduler's fast path; 1.0 expected with one waiter).
+    pub at_once: f64,
 }
 
 pub async fn dispatch(waiters: usize, tenants: usize, run: Duration) -> Dispatch {
@@ -151,15 +154,17 @@ pub async fn dispatch(waiters: usize, tenants: usize, run: Duration) -> Dispatch
         .collect();
     // Warm up (all waiters queued, lane and dispatcher running), then count.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (g0, w0) = (
+    let (g0, w0, f0) = (
         grants.load(Ordering::Relaxed),
         waited_ns.load(Ordering::Relaxed),
+        sched.granted_at_once(),
     );
     let started = Instant::now();
     tokio::time::sleep(run).await;
-    let (g1, w1) = (
+    let (g1, w1, f1) = (
         grants.load(Ordering::Relaxed),
         waited_ns.load(Ordering::Relaxed),
+        sched.granted_at_once(),
     );
     let seconds = started.elapsed().as_secs_f64();
     stop.cancel();
@@ -176,6 +181,11 @@ pub async fn dispatch(waiters: usize, tenants: usize, run: Duration) -> Dispatch
         grants_per_s: n as f64 / seconds,
         mean_wait_us: if n > 0 {
             (w1 - w0) as f64 / n as f64 / 1000.0
+        } else {
+            f64::NAN
+        },
+        at_once: if n > 0 {
+            (f1 - f0) as f64 / n as f64
         } else {
             f64::NAN
         },
@@ -293,4 +303,78 @@ pub async fn pacing(waiters: usize, run: Duration) -> (Vec<Pacing>, TimerLatenes
         })
         .collect();
     (pacing, timer)
+}
+
+/// Prints 4a: push+pop cost by queue length and tenant count.
+pub fn print_grid(cells: &[Cell]) {
+    println!("\n== 4a. Fair queue: ns per push+pop (tenant → priority → client, best of rounds)");
+    print!("   {:>10} |", "queued \\ T");
+    for t in TENANTS {
+        print!(" {:>9}", format!("T={t}"));
+    }
+    println!();
+    for q in LENGTHS {
+        print!("   {q:>10} |");
+        for t in TENANTS {
+            let c = cells
+                .iter()
+                .find(|c| c.queued == q && c.tenants == t)
+                .expect("every cell measured");
+            let mark = if t > q { "*" } else { " " };
+            print!(" {:>8.0}{mark}", c.ns_per_op);
+        }
+        println!();
+    }
+    println!("   * more tenants than queued requests: at most `queued` tenants hold work at once,");
+    println!("     and every push lands on an idle tenant (churn).");
+    // Growth with the tenant count, at a queue long enough that every
+    // tenant holds work: the active set is what the O(log n) is over.
+    let row: Vec<&Cell> = cells.iter().filter(|c| c.queued == 10_000).collect();
+    let base = row.first().map_or(f64::NAN, |c| c.ns_per_op);
+    let growth: Vec<String> = row
+        .iter()
+        .map(|c| format!("T={} ×{:.2}", c.tenants, c.ns_per_op / base))
+        .collect();
+    println!(
+        "   growth at 10,000 queued (log2 T = 0, 3.3, 6.6, 10.0): {}",
+        growth.join(", ")
+    );
+}
+
+/// Prints 4b: grants per second through `Scheduler::acquire`.
+pub fn print_dispatch(d: &[Dispatch]) {
+    println!("\n== 4b. Scheduler::acquire → grant, budget 1,000,000/s (a pace of 1.02 µs)");
+    println!(
+        "   {:>8} {:>8} {:>12} {:>14} {:>16} {:>8}",
+        "waiters", "tenants", "grants", "grants/s", "mean wait (µs)", "at once"
+    );
+    for x in d {
+        println!(
+            "   {:>8} {:>8} {:>12} {:>14.0} {:>16.1} {:>8.3}",
+            x.waiters, x.tenants, x.grants, x.grants_per_s, x.mean_wait_us, x.at_once
+        );
+    }
+}
+
+/// Prints 4c: pacing accuracy and the timer's lateness.
+pub fn print_pacing(p: &[Pacing], timer: &TimerLateness) {
+    println!("\n== 4c. Pacing accuracy: saturated budgets, scheduler alone (no HTTP)");
+    println!(
+        "   {:<10} {:>6} {:>10} {:>8} {:>14} {:>12} {:>9}",
+        "class", "limit", "pace (ms)", "grants", "mean gap (ms)", "utilisation", "ceiling"
+    );
+    for x in p {
+        println!(
+            "   {:<10} {:>6} {:>10.2} {:>8} {:>14.3} {:>12.4} {:>9.4}",
+            x.class, x.limit, x.paced_ms, x.grants, x.mean_gap_ms, x.utilisation, x.ceiling
+        );
+    }
+    let l = &timer.late_ms;
+    println!(
+        "   tokio sleep_until lateness (ms): p50 {:.2} / p95 {:.2} / max {:.2}; ≥ 1 ms late: {:.0}% of wake-ups",
+        l.p50,
+        l.p95,
+        l.max,
+        timer.share_at_least_1ms * 100.0
+    );
 }

@@ -1,20 +1,20 @@
 //! Scenario 5: three replicas sharing one budget through a real Redis.
 //!
-//! A private `redis-server` (loopback, free port, no persistence), one
+//! A private `redis-server` (loopback, free port, no persistence; the
+//! tests' `RedisServer`), one
 //! strict simulator, and three gateways with `limits.backend = "redis"`.
 //! They all leave through 127.0.0.1, so the simulator counts them as one
 //! egress IP, as the CRM would count replicas behind one NAT. The callers
 //! are spread over the three; the figures come from the simulator's records
 //! and the gateways' `/status`.
 
-use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crmgate::sim::{max_in_window, Class, Received};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::common;
 use crate::end_to_end::{LATENCY, LIMIT};
 use crate::harness::{self, Gate, Load, ACME_CLIENT};
 use crate::measure::{self, Answers, Delivered};
@@ -28,68 +28,6 @@ pub const REPLICAS: usize = 3;
 /// it first reaches Redis (`TRANSITION` in the scheduler); the steady part
 /// starts this long after the callers do.
 pub const SKIP: Duration = Duration::from_secs(3);
-
-/// A `redis-server` of the bench's own, stopped (by its pid) when dropped.
-struct RedisServer {
-    port: u16,
-    child: Child,
-}
-
-impl RedisServer {
-    /// Starts one, or says why not (`redis-server` missing, or not listening
-    /// within 5 s).
-    async fn start() -> Result<RedisServer, String> {
-        let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    "redis-server is not on PATH (apt-get install redis-server)".to_string()
-                }
-                _ => format!("cannot start redis-server: {e}"),
-            })?;
-        // Owned from here on: dropping it kills the child.
-        let server = RedisServer { port, child };
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-                .await
-                .is_ok()
-            {
-                return Ok(server);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err(format!(
-            "redis-server did not listen on port {port} within 5 s"
-        ))
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One replica as it reported itself at the end of the run.
 #[derive(Debug, Clone, Serialize)]
@@ -110,6 +48,8 @@ pub struct Replica {
 /// Scenario 5's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct SharedBudget {
+    /// Which Redis: "one Redis", "a TLS Redis with a password", ….
+    pub through: String,
     pub replicas: usize,
     pub callers: usize,
     pub seconds: f64,
@@ -141,15 +81,32 @@ pub struct SharedBudget {
 
 /// Runs the scenario, or returns why it could not (no redis-server).
 pub async fn shared_budget(callers: usize, run: Duration) -> Result<SharedBudget, String> {
-    let redis = RedisServer::start().await?;
+    let redis = common::RedisServer::start()
+        .await
+        .ok_or("redis-server is not on PATH (apt-get install redis-server)")?;
+    let topology = format!("url = \"{}\"", redis.url());
+    Ok(replicas(callers, run, &topology, "one Redis").await)
+}
+
+/// The scenario through the Redis that `topology` (`[redis]` lines: a URL
+/// with what it needs, such as `ca_file`) names; `through` says which, for
+/// the report.
+pub async fn replicas(
+    callers: usize,
+    run: Duration,
+    topology: &str,
+    through: &str,
+) -> SharedBudget {
     let sim = harness::sim(LATENCY).await;
     // The default `redis.timeout` (250 ms); a prefix of its own so nothing
     // else on this Redis shares the budget.
-    let prefix = format!("crmgate-bench-{}-{}", std::process::id(), redis.port);
-    let sections = format!(
-        "[redis]\nurl = \"{}\"\nexpected_replicas = {REPLICAS}\nkey_prefix = \"{prefix}\"\n",
-        redis.url()
+    let prefix = format!(
+        "crmgate-bench-{}-{}",
+        std::process::id(),
+        common::free_port()
     );
+    let sections =
+        format!("[redis]\n{topology}\nexpected_replicas = {REPLICAS}\nkey_prefix = \"{prefix}\"\n");
     let mut gates = Vec::new();
     for _ in 0..REPLICAS {
         let config =
@@ -192,11 +149,8 @@ pub async fn shared_budget(callers: usize, run: Duration) -> Result<SharedBudget
     }
     let all = sim.records();
     drop(client);
-    for g in gates {
-        g.shutdown().await;
-    }
+    futures_util::future::join_all(gates.into_iter().map(Gate::shutdown)).await;
     sim.shutdown();
-    drop(redis);
 
     let skip = SKIP.min(run / 2);
     let steady: Vec<Received> = records
@@ -235,7 +189,8 @@ pub async fn shared_budget(callers: usize, run: Duration) -> Result<SharedBudget
         })
         .collect();
     let redis_calls = per_replica.iter().map(|r| r.redis_calls).sum::<u64>();
-    Ok(SharedBudget {
+    SharedBudget {
+        through: through.to_string(),
         replicas: REPLICAS,
         callers,
         seconds: run.as_secs_f64(),
@@ -251,7 +206,7 @@ pub async fn shared_budget(callers: usize, run: Duration) -> Result<SharedBudget
         redis_calls,
         round_trips_per_request: redis_calls as f64 / received.max(1) as f64,
         per_replica,
-    })
+    }
 }
 
 /// A gateway's `/status`, or `null` if it would not answer.
@@ -274,4 +229,102 @@ async fn connections_opened(client: &reqwest::Client, admin: &str) -> u64 {
         .filter(|l| l.starts_with("crmgate_upstream_connections_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// Three replicas together, after the start-up transition (issue target).
+pub const TARGET_UTILISATION_REDIS: f64 = 0.9;
+
+/// Prints scenario 5's table and verdicts.
+pub fn print(s: &SharedBudget) {
+    print_against(s, TARGET_UTILISATION_REDIS, "5")
+}
+
+/// [`print`] against another utilisation goal (the TLS Redis's), under
+/// another section number.
+pub fn print_against(s: &SharedBudget, target: f64, section: &str) {
+    let (st, wh) = (&s.steady, &s.whole);
+    println!(
+        "\n== {section}. Shared budget: {} replicas through {}",
+        s.replicas, s.through
+    );
+    println!(
+        "   {} callers over {} gateways ({}), {:.0} s, CRM latency 20–60 ms, limit {}/s for all of them",
+        s.callers,
+        s.replicas,
+        s.per_replica
+            .iter()
+            .map(|r| r.callers.to_string())
+            .collect::<Vec<_>>()
+            .join(" + "),
+        s.seconds,
+        LIMIT
+    );
+    println!(
+        "   steady part: from {:.1} s on (start-up keeps each replica within its fallback share)",
+        s.skipped_s
+    );
+    println!(
+        "   {:<38} {:>12}   {:.2}/s",
+        format!("accepted in the first {:.1} s", s.skipped_s),
+        s.startup_accepted,
+        s.startup_accepted as f64 / s.skipped_s
+    );
+    println!(
+        "   {:<38} {:>12}",
+        "accepted by the CRM (steady)", st.accepted
+    );
+    println!(
+        "   {:<38} {:>12.3}",
+        "delivered rate (req/s, steady)", st.rate
+    );
+    println!(
+        "   {:<38} {:>12.4}   target ≥ {target:.2}: {}",
+        "combined utilisation (steady)",
+        st.utilisation,
+        measure::verdict(st.utilisation >= target)
+    );
+    println!(
+        "   {:<38} {:>12.4}",
+        "combined utilisation (whole run)", wh.utilisation
+    );
+    println!(
+        "   {:<38} {:>12}   target 0: {}",
+        "503s answered by the CRM",
+        s.rejected_503,
+        measure::verdict(s.rejected_503 == 0)
+    );
+    measure::print_rejected_at(&s.rejected_at_s);
+    println!(
+        "   {:<38} {:>12}   limit {}",
+        "most arrivals in any 1000 ms", s.max_in_1s, LIMIT
+    );
+    println!(
+        "   {:<38} {:>12.2}   min {:.1} / p50 {:.1} / p95 {:.1} / max {:.1}",
+        "gap between accepted arrivals (ms)",
+        st.mean_gap_ms,
+        st.gap_ms.min,
+        st.gap_ms.p50,
+        st.gap_ms.p95,
+        st.gap_ms.max
+    );
+    println!(
+        "   {:<38} {:>12.3}   {} calls / {} requests received",
+        "Redis round trips per request", s.round_trips_per_request, s.redis_calls, s.received
+    );
+    println!(
+        "   (503s, the 1000 ms maximum and round trips include the {:.1} s drain of the callers' last requests)",
+        s.drain_s
+    );
+    for (i, r) in s.per_replica.iter().enumerate() {
+        println!(
+            "   replica {}: {:>2} callers, backend {:<8} redis_calls {:>5}, CRM connections opened {}, answers {} ok, other {:?}",
+            i + 1,
+            r.callers,
+            r.backend,
+            r.redis_calls,
+            r.connections_opened,
+            r.answers.ok_200,
+            r.answers.other
+        );
+    }
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::end_to_end::{LATENCY, LIMIT};
 use crate::harness::{self, Gate};
-use crate::measure::{self, Answers, Delivered, Percentiles};
+use crate::measure::{self, Answers, Delivered, Percentiles, TARGET_LIGHT_P95_MS};
 
 /// One network round trip to the CRM.
 pub const RTT: Duration = Duration::from_millis(60);
@@ -206,4 +206,83 @@ async fn connections_opened(client: &reqwest::Client, admin: &str) -> Vec<(Strin
             Some((label, n as u64))
         })
         .collect()
+}
+
+/// Over HTTPS at 60 ms with handshakes, per egress IP (issue 14).
+pub const TARGET_UTILISATION_TLS: f64 = 0.97;
+
+/// Prints one run (h2 or http/1.1) of scenario 7 with its verdicts.
+pub fn print(t: &TlsRun) {
+    println!(
+        "\n== 7. Over HTTPS, {} ms away ({})",
+        t.rtt_ms,
+        if t.http2 {
+            "ALPN h2"
+        } else {
+            "ALPN http/1.1 only"
+        }
+    );
+    println!(
+        "   RTT {} ms + TLS handshake {} ms per new connection, CRM latency 20–60 ms, \
+         limit {}/s per IP; A: {} callers, B: 1 / {} ms; {:.0} s",
+        t.rtt_ms, t.handshake_ms, LIMIT, t.flood_callers, t.light_every_ms, t.seconds
+    );
+    println!(
+        "   {:<14} {:>8} {:>11} {:>9} {:>6} {:>10} {:>12} {:>9}",
+        "egress IP",
+        "requests",
+        "utilisation",
+        "warm",
+        "503s",
+        "max in 1s",
+        "connections",
+        "req/conn"
+    );
+    for e in &t.per_egress {
+        println!(
+            "   {:<14} {:>8} {:>11.4} {:>9.4} {:>6} {:>10} {:>12} {:>9.1}",
+            e.ip,
+            e.requests,
+            e.delivered.utilisation,
+            e.warm.utilisation,
+            e.delivered.rejected_503,
+            e.delivered.max_in_1s,
+            e.connections_opened,
+            e.requests as f64 / e.connections_opened.max(1) as f64
+        );
+    }
+    for e in &t.per_egress {
+        let gaps: Vec<String> = e
+            .long_gaps
+            .iter()
+            .map(|(at, gap)| format!("{gap:.0} ms at {at:.2} s"))
+            .collect();
+        println!("   {:<14} gaps > 150 ms: {}", e.ip, gaps.join(", "));
+    }
+    let (whole, warm) = t.min_utilisation();
+    println!(
+        "   utilisation ≥ {TARGET_UTILISATION_TLS:.2} on every IP: whole run {}, warm (from {} s) {}; 503s 0: {}",
+        measure::verdict(whole >= TARGET_UTILISATION_TLS),
+        WARM.as_secs(),
+        measure::verdict(warm >= TARGET_UTILISATION_TLS),
+        measure::verdict(t.rejected_503() == 0)
+    );
+    println!(
+        "   B queue wait (ms): n {} p50 {:.0} p95 {:.0} max {:.0}   p95 ≤ {TARGET_LIGHT_P95_MS:.0}: {}",
+        t.light_wait_ms.n,
+        t.light_wait_ms.p50,
+        t.light_wait_ms.p95,
+        t.light_wait_ms.max,
+        measure::verdict(t.light_wait_ms.p95 <= TARGET_LIGHT_P95_MS)
+    );
+    println!(
+        "   A queue wait (ms): p50 {:.0} p95 {:.0}; answers B {} ok {:?}, A {} ok {:?}; load average at end {}",
+        t.flood_wait_ms.p50,
+        t.flood_wait_ms.p95,
+        t.light_answers.ok_200,
+        t.light_answers.other,
+        t.flood_answers.ok_200,
+        t.flood_answers.other,
+        t.loadavg
+    );
 }

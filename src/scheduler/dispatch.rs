@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::lane::{Lane, LaneState, DISPATCHED, QUEUED};
+use super::lane::{Lane, LaneState, SharedSlot, DISPATCHED, QUEUED};
 use super::{Level, Shared};
 
 /// How late a timer may fire and still count as on time: tokio's wheel
@@ -85,10 +85,11 @@ pub(super) async fn dispatch(
                     }
                 }
                 let asked = Instant::now();
-                if let Some((egress, wait)) = shared
+                if let Some(reserved) = shared
                     .reserve(lane.class, lane.tenant.as_deref(), allowed)
                     .await
                 {
+                    let (egress, wait) = (reserved.egress, reserved.wait);
                     // Redis measured `wait` from when the script ran, which
                     // was somewhere between asking and the reply: counting
                     // from the reply is never early (early could break the
@@ -106,21 +107,17 @@ pub(super) async fn dispatch(
                         _ = stop.cancelled() => return,
                     }
                     // The slot was reserved for whoever is next now; if the
-                    // queue emptied meanwhile it goes unused.
+                    // queue emptied meanwhile it goes unused. A slow Redis or
+                    // a late wake-up makes the send late against the shared
+                    // log: its permit tells the log when it actually leaves
+                    // (`Permit::departed`), measured from `earliest_slot`.
                     let now = Instant::now();
-                    if !grant_one(&mut lane.lock(), egress, now) {
+                    let slot = SharedSlot {
+                        at_us: reserved.slot_us,
+                        due: earliest_slot,
+                    };
+                    if !grant_one(&mut lane.lock(), egress, now, Some(slot)) {
                         tracing::debug!(class = %lane.class, "a reserved shared slot went unused");
-                    }
-                    // Left well after the slot (a slow Redis, a busy
-                    // machine): tell the shared log, as a slow connect does,
-                    // instead of eating the jitter allowance.
-                    let late = now.saturating_duration_since(earliest_slot);
-                    if late >= TIMER_GRANULARITY {
-                        let (shared, class, tenant) =
-                            (shared.clone(), lane.class, lane.tenant.clone());
-                        tokio::spawn(async move {
-                            shared.delayed(egress, class, tenant.as_deref(), late).await
-                        });
                     }
                     continue;
                 }
@@ -154,7 +151,7 @@ pub(super) async fn dispatch(
                 } else {
                     now
                 };
-                if at <= now && grant_one(&mut st, egress, slot) {
+                if at <= now && grant_one(&mut st, egress, slot, None) {
                     continue;
                 }
                 if at <= now {
@@ -201,7 +198,12 @@ fn free_egresses(lane: &Lane, now: Instant) -> (u64, Instant) {
 
 /// Hands the free slot on `egress` to the next live waiter; false if there
 /// was none.
-pub(super) fn grant_one(st: &mut LaneState, egress: usize, now: Instant) -> bool {
+pub(super) fn grant_one(
+    st: &mut LaneState,
+    egress: usize,
+    now: Instant,
+    shared: Option<SharedSlot>,
+) -> bool {
     while let Some(entry) = st.queue.pop() {
         if entry
             .state
@@ -215,7 +217,7 @@ pub(super) fn grant_one(st: &mut LaneState, egress: usize, now: Instant) -> bool
             continue;
         };
         let dropped = st.budgets[egress].record(now);
-        if waiter.tx.send((egress, now)).is_err() {
+        if waiter.tx.send((egress, now, shared)).is_err() {
             // The waiter vanished between the check and the send: give the
             // slot to the next one.
             st.budgets[egress].unrecord(now, dropped);

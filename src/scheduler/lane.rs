@@ -26,8 +26,19 @@ pub(super) const DISPLACED: u8 = 3;
 /// What a displaced waiter receives instead of an egress.
 pub(super) const DISPLACED_GRANT: usize = usize::MAX;
 
-/// A grant: the egress, and the slot's time as the budget recorded it.
-pub(super) type Grant = (usize, Instant);
+/// A grant: the egress, the slot's time as the local budget recorded it,
+/// and the shared log's slot when Redis reserved it.
+pub(super) type Grant = (usize, Instant, Option<SharedSlot>);
+
+/// A slot reserved in the shared log: where the log holds it (Redis µs),
+/// and the earliest local instant it could have been due (the wait counted
+/// from when the reservation was asked). A send leaving after `due` is late
+/// against the shared log by at least the difference.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SharedSlot {
+    pub(super) at_us: u64,
+    pub(super) due: Instant,
+}
 
 /// A waiting request as the queue holds it.
 pub(super) struct Entry {

@@ -196,6 +196,6 @@ fn displace(inner: &Inner, victim: Victim, total: bool) -> bool {
         inner.queued_total.fetch_sub(1, Ordering::AcqRel);
     }
     // The waiter may have gone in the meantime: nothing to answer then.
-    let _ = waiter.tx.send((DISPLACED_GRANT, Instant::now()));
+    let _ = waiter.tx.send((DISPLACED_GRANT, Instant::now(), None));
     true
 }

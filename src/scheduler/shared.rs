@@ -10,7 +10,7 @@
 //! queueing, fairness, deadlines and cancellation stay local and replicas'
 //! clocks never matter (only durations measured by Redis cross the wire).
 //! One round trip per granted request, plus one per lane when a connection
-//! to the CRM is opened or a send leaves late (both rare).
+//! to the CRM is opened, and one when a send leaves late (both rare).
 //!
 //! When Redis is unreachable or slower than `redis.timeout`, the lane uses
 //! its local budget, shaped at `limit / redis.expected_replicas`, without
@@ -23,7 +23,7 @@
 //!
 //! The scripts live in `lua/`, one file each, with their KEYS, ARGV and
 //! reply in the header. Their rules are [`super::Budget`]'s, which is the
-//! reference; tests/budget_equivalence.rs feeds both the same events.
+//! reference; tests/budget_equivalence/ feeds both the same events.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,6 +45,19 @@ const THROTTLE: &str = include_str!("lua/throttle.lua");
 /// Adaptation's functions, prepended to the scripts that use them.
 const ADAPT: &str = include_str!("lua/adapt.lua");
 const CONNECTED: &str = include_str!("lua/connected.lua");
+const DEPARTED: &str = include_str!("lua/departed.lua");
+
+/// A slot reserved in the shared log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// The egress whose budget holds the slot.
+    pub egress: usize,
+    /// How long to wait for the slot, from when the script ran.
+    pub wait: Duration,
+    /// The slot in the log's own time base (Redis µs): what
+    /// [`Shared::departed`] takes when the send leaves late.
+    pub slot_us: u64,
+}
 
 /// The widened window in µs, as the scripts take it.
 fn window_us(config: &Config) -> u64 {
@@ -63,6 +76,7 @@ pub struct Shared {
     reserve: Script,
     throttle: Script,
     connected: Script,
+    departed: Script,
     /// `None`: the scripts read Redis's `TIME`. `Some`: tests set "now"
     /// (µs) here and every call passes it as the scripts' last ARGV.
     clock: Option<Arc<AtomicU64>>,
@@ -122,6 +136,8 @@ impl Shared {
             reserve: Script::new(&format!("{prelude}{ADAPT}{RESERVE}")),
             throttle: Script::new(&format!("{prelude}{ADAPT}{THROTTLE}")),
             connected: Script::new(&format!("{prelude}{CONNECTED}")),
+            // Both its times are on the log's base: no clock.
+            departed: Script::new(DEPARTED),
             clock,
         }
     }
@@ -183,7 +199,7 @@ impl Shared {
     }
 
     /// Reserves the next shared slot for a lane: which egress, and how long
-    /// to wait for it. `None` means "use the local budget now" (Redis is
+    /// to wait for it, and the slot as the log holds it. `None` means "use the local budget now" (Redis is
     /// down, slow, or was recently).
     /// `allowed` has a bit per egress (bit 0 = egress 0) that may be used;
     /// it must not be empty.
@@ -192,7 +208,7 @@ impl Shared {
         class: Class,
         tenant: Option<&str>,
         allowed: u64,
-    ) -> Option<(usize, Duration)> {
+    ) -> Option<Reservation> {
         // In fallback the dispatcher never waits on Redis: the prober
         // (below) finds out when it is back.
         if self.in_fallback() {
@@ -227,11 +243,12 @@ impl Shared {
             .arg(if a.enabled { "1" } else { "0" })
             .arg(a.decrease_factor)
             .arg(a.min_rate.min(f64::from(limit)));
-        let (egress, wait_us): (usize, i64) = self.run(invocation).await?;
-        Some((
-            egress.min(self.ids.len() - 1),
-            Duration::from_micros(wait_us.max(0) as u64),
-        ))
+        let (egress, wait_us, slot_us): (usize, i64, i64) = self.run(invocation).await?;
+        Some(Reservation {
+            egress: egress.min(self.ids.len() - 1),
+            wait: Duration::from_micros(wait_us.max(0) as u64),
+            slot_us: slot_us.max(0) as u64,
+        })
     }
 
     /// Pings Redis at once and whenever it is not known to answer, off the
@@ -257,9 +274,8 @@ impl Shared {
     }
 
     /// Reports that sends through `egress` that were due within the last
-    /// `by` left only now (they waited for a new connection, or the replica
-    /// woke late): the shared log counts them from now. Best effort, like
-    /// [`Shared::throttled`].
+    /// `by` left only now (they waited for a new connection): the shared log
+    /// counts them from now. Best effort, like [`Shared::throttled`].
     pub async fn delayed(&self, egress: usize, class: Class, tenant: Option<&str>, by: Duration) {
         if self.in_fallback() {
             return;
@@ -271,6 +287,31 @@ impl Shared {
             .key(log)
             .arg(by.as_micros() as u64)
             .arg(super::budget::CONNECT_SLACK.as_micros() as u64);
+        let _: Option<i64> = self.run(invocation).await;
+    }
+
+    /// Reports that the send reserved at `slot_us` (a [`Reservation`]'s)
+    /// left `late` after it: the shared log counts it, and any send between
+    /// its slot and its departure, from then ([`super::Budget::left_late`]'s
+    /// rule). Best effort, like [`Shared::throttled`].
+    pub async fn departed(
+        &self,
+        egress: usize,
+        class: Class,
+        tenant: Option<&str>,
+        slot_us: u64,
+        late: Duration,
+    ) {
+        if self.in_fallback() {
+            return;
+        }
+        let (key, log) = self.keys(egress, class, tenant);
+        let mut invocation = self.departed.prepare_invoke();
+        invocation
+            .key(key)
+            .key(log)
+            .arg(slot_us)
+            .arg(late.as_micros() as u64);
         let _: Option<i64> = self.run(invocation).await;
     }
 

@@ -6,14 +6,20 @@
 //! sleep to order events); [`metrics`] the one Prometheus text parser;
 //! [`load`] the request and flood helpers and the CRM-side checks; [`keys`]
 //! client keys in every place and the check that none reached the CRM;
-//! [`tls`] the HTTPS simulator; [`redis_procs`] Redis with TLS, Sentinel
-//! and Cluster. All of it is re-exported, so
+//! [`tls`] the HTTPS simulator; [`ops`] the keys no output may show and
+//! the admin calls; [`quick`] a gateway that never makes a
+//! test wait, and readers of crmgate's own answers; [`raw`] the one raw
+//! HTTP/1.1 client (every byte controlled); [`redis_procs`] Redis
+//! with TLS, Sentinel and Cluster. All of it is re-exported, so
 //! `use common::*;` is enough.
 #![allow(dead_code)]
 
 pub mod keys;
 pub mod load;
 pub mod metrics;
+pub mod ops;
+pub mod quick;
+pub mod raw;
 pub mod redis_procs;
 pub mod require;
 pub mod tls;
@@ -26,6 +32,12 @@ pub use keys::*;
 pub use load::*;
 #[allow(unused_imports)]
 pub use metrics::*;
+#[allow(unused_imports)]
+pub use ops::*;
+#[allow(unused_imports)]
+pub use quick::*;
+#[allow(unused_imports)]
+pub use raw::*;
 #[allow(unused_imports)]
 pub use redis_procs::*;
 #[allow(unused_imports)]

@@ -18,8 +18,9 @@
 --       ARGV[7] decrease factor, ARGV[8] minimum rate (capped at the limit).
 -- The chosen slot is counted in adaptation's sample (`adapt_sent`).
 -- `now` (µs) comes from the clock prepended to this script.
--- Returns {0-based index of the chosen budget, µs to wait (>= 0)}, or an
--- error reply if no budget may be used.
+-- Returns {0-based index of the chosen budget, µs to wait (>= 0), the slot
+-- (µs, this clock's base: what departed.lua takes)}, or an error reply if no
+-- budget may be used.
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local recovery = tonumber(ARGV[3])
@@ -63,4 +64,4 @@ if adaptive then
 end
 redis.call('PEXPIRE', KEYS[best], ttl)
 redis.call('PEXPIRE', KEYS[best + 1], ttl)
-return {(best - 1) / 2, best_at - now}
+return {(best - 1) / 2, best_at - now, best_at}

@@ -1,10 +1,13 @@
-//! `crmgate check --online`, the real binary against the simulator: a good
-//! key, a wrong key, a site the key cannot access, missing scopes (current
-//! and older CRMs), and the calls kept within the budget. No output ever
-//! holds a key.
+//! `crmgate check`, the real binary: the offline summary, every config
+//! problem with its field path and TOML syntax errors; and `--online`
+//! against the simulator: a good key, a wrong key, a site the key cannot
+//! access, missing scopes (current and older CRMs), and the calls kept
+//! within the budget. No output ever holds a key.
 mod common;
 
+use std::io::Write;
 use std::path::Path;
+use std::process::Command;
 use std::process::Output;
 
 use common::*;
@@ -245,4 +248,100 @@ async fn the_calls_wait_for_the_budget() {
     let records = sim.records();
     assert_eq!(records.len(), 6, "{records:?}");
     assert!(records.iter().all(|r| r.status == 200), "{records:?}");
+}
+
+/// Runs `crmgate check --config FILE` with `text` in FILE.
+fn check(text: &str, env: &[(&str, &str)]) -> (std::process::ExitStatus, String, String, String) {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    let path = file.path().display().to_string();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmgate"));
+    cmd.args(["check", "--config", &path])
+        .env_remove("CRMGATE_TEST_UNSET_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status,
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+        path,
+    )
+}
+
+const ENV_KEY_VALUE: &str = "real-from-env-c0ffee77";
+const INLINE_KEY_VALUE: &str = "real-inline-deadbeef99";
+
+#[test]
+fn check_prints_a_summary_without_any_key() {
+    let text = format!(
+        "[[tenants]]\nname = \"acme\"\nbase_url = \"http://127.0.0.1:9000\"\n\
+         api_key_env = \"CRMGATE_TEST_ACME_KEY\"\nclient_keys = [\"{ACME_CLIENT}\", \"{ACME_CLIENT2}\"]\nsite = \"main\"\n\
+         [[tenants]]\nname = \"beta\"\nsubdomain = \"beta\"\napi_key = \"{INLINE_KEY_VALUE}\"\n\
+         client_keys = [\"{BETA_CLIENT}\"]\n"
+    );
+    let (status, out, err, path) = check(&text, &[("CRMGATE_TEST_ACME_KEY", ENV_KEY_VALUE)]);
+    assert!(status.success(), "{status}\n{out}\n{err}");
+    assert!(out.contains(&format!("{path}: OK")), "{out}");
+    assert!(out.contains("tenants (2)"), "{out}");
+    assert!(
+        out.contains("- acme -> http://127.0.0.1:9000 (key from env CRMGATE_TEST_ACME_KEY, 2 client key(s) from inline, site main"),
+        "{out}"
+    );
+    assert!(
+        out.contains("- beta -> https://beta.retailcrm.ru (key from inline, 1 client key(s)"),
+        "{out}"
+    );
+    assert!(out.contains("warning: tenants[1].api_key"), "{out}");
+    for secret in [
+        ENV_KEY_VALUE,
+        INLINE_KEY_VALUE,
+        ACME_CLIENT,
+        ACME_CLIENT2,
+        BETA_CLIENT,
+    ] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} leaked:\n{out}\n{err}"
+        );
+    }
+}
+
+#[test]
+fn check_reports_every_problem_with_its_field_path() {
+    let text = format!(
+        "[[tenants]]\nname = \"acme\"\nsubdomain = \"acme\"\napi_key_env = \"CRMGATE_TEST_ACME_KEY\"\n\
+         client_keys = [\"{ACME_CLIENT}\"]\n\
+         [[tenants]]\nname = \"acme\"\nsubdomain = \"acme2\"\napi_key = \"{INLINE_KEY_VALUE}\"\n\
+         [[tenants]]\nname = \"beta\"\nsubdomain = \"beta\"\napi_key_env = \"CRMGATE_TEST_UNSET_KEY\"\n"
+    );
+    let (status, out, err, _) = check(&text, &[("CRMGATE_TEST_ACME_KEY", ENV_KEY_VALUE)]);
+    assert!(!status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("tenants[1].name: is already used by tenants[0]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("tenants[2].api_key_env: names an environment variable that is not set"),
+        "{err}"
+    );
+    assert!(err.contains("2 problem(s)"), "{err}");
+    assert!(!out.contains(": OK"), "{out}");
+    for secret in [ENV_KEY_VALUE, INLINE_KEY_VALUE, ACME_CLIENT] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} leaked:\n{out}\n{err}"
+        );
+    }
+}
+
+#[test]
+fn check_reports_a_toml_syntax_error_with_file_line_and_column() {
+    let text = "[server]\nlisten = \"127.0.0.1:8080\"\nmax_body_bytes = = 5\n";
+    let (status, out, err, path) = check(text, &[]);
+    assert!(!status.success(), "{out}\n{err}");
+    // Line 3, column 18: the second `=`.
+    assert!(err.contains(&format!("error: {path}:3:18: ")), "{err}");
+    assert!(err.contains("1 problem(s)"), "{err}");
 }
