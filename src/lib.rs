@@ -48,8 +48,9 @@
 //!   Cluster; TLS, auth) and the truth about its state;
 //! - [`drain`]: readiness and the drain's counts;
 //! - [`status`]: the `/status` document, typed, and the scrape-time gauges;
-//! - [`history`], [`page`]: the status page on the admin port (`GET /`)
-//!   and its five-minute ring of per-second samples (`/status/history`);
+//! - [`history`], [`page`]: the status page on the admin port (`GET /`),
+//!   its sections rendered by the server alone (`/status/fragments`), and
+//!   its five-minute ring of per-second samples (`/status/history`);
 //! - [`error`]: every error crmgate answers itself, its JSON, and the one
 //!   way a refusal is counted and answered ([`error::reject`]);
 //! - [`metrics`]: a leaf the stages write into: every series, its label

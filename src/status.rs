@@ -26,6 +26,8 @@ pub struct Status {
     pub config_checksum: String,
     /// What `/readyz` says.
     pub ready: bool,
+    /// Shutting down: finishing what it holds (`/readyz` says not ready).
+    pub draining: bool,
     /// `local`, `connecting`, `shared` or `fallback` (see
     /// [`Gateway::backend_state`]).
     pub budget_backend: &'static str,
@@ -155,6 +157,7 @@ impl Status {
             uptime_seconds: gw.uptime().as_secs(),
             config_checksum: snap.config.checksum.clone(),
             ready: gw.is_ready(),
+            draining: gw.drain.is_draining(),
             budget_backend: gw.backend_state(),
             budget_backend_cause: gw.backend_cause(),
             redis_calls: gw.scheduler.shared_state().map(|(_, calls)| calls),
@@ -261,6 +264,7 @@ mod tests {
                 "budget_backend_cause",
                 "budgets",
                 "config_checksum",
+                "draining",
                 "exports_in_progress",
                 "queue_capacity",
                 "queued_total",
@@ -274,6 +278,7 @@ mod tests {
         assert_eq!(doc["budget_backend"], "local");
         assert_eq!(doc["redis_calls"], serde_json::Value::Null);
         assert_eq!(doc["ready"], false, "not ready until the server runs");
+        assert_eq!(doc["draining"], false);
 
         let budgets = doc["budgets"].as_array().unwrap();
         assert_eq!(budgets.len(), 2, "one egress, two classes: {doc}");

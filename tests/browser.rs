@@ -2,8 +2,9 @@
 //! over the DevTools protocol against a gateway with the simulator behind it.
 //!
 //! It loads the page, checks that what it shows matches `/status`, sends
-//! traffic and checks that the chart and the counters move, stops the
-//! gateway and checks that the page says its data stopped updating. Every
+//! traffic and checks that the chart and the counters move and that every
+//! section is swapped in from `/status/fragments`, stops the gateway and
+//! checks that the page says its data stopped updating. Every
 //! step waits for what the page shows, never for a fixed time.
 //!
 //! Without `chromium` on PATH the test skips loudly, unless
@@ -400,24 +401,51 @@ async fn the_status_page_shows_live_numbers_and_says_when_they_stop() {
         &format!("Number({}) === {want}", text_of(ACME_2XX)),
     )
     .await;
-    // The script draws what the server draws: with the numbers at rest,
-    // the tenants table is the same markup either way.
-    let served = client()
-        .get(format!("{}/", gate.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let tbody = |html: &str| {
-        let start = html.find("<tbody>").expect("a tbody") + "<tbody>".len();
-        html[start..start + html[start..].find("</tbody>").unwrap()].to_string()
-    };
+    // Every section was swapped in from the server's fragments after a
+    // live update: the facts, one card with its chart per budget, one row
+    // per tenant; with the numbers at rest, the tenants table is the very
+    // markup the server renders.
+    b.redrawn().await;
+    for id in [
+        "f-state",
+        "f-backend",
+        "f-uptime",
+        "f-queued",
+        "f-checksum",
+        "f-reload",
+    ] {
+        assert_ne!(
+            b.eval(&attr_of(&format!("#facts #{id}"), "data-value"))
+                .await,
+            Value::Null,
+            "#{id}"
+        );
+    }
+    let status = status_doc(&gate).await;
+    for budget in status["budgets"].as_array().unwrap() {
+        let chart = format!(
+            "#budgets article[data-egress={:?}][data-class={:?}] svg.chart",
+            budget["egress"].as_str().unwrap(),
+            budget["class"].as_str().unwrap()
+        );
+        let samples = b.eval(&attr_of(&chart, "data-samples")).await;
+        assert!(
+            samples.as_str().and_then(|n| n.parse::<u64>().ok()) > Some(0),
+            "{chart}: {samples}"
+        );
+    }
+    let fragments = json(
+        client()
+            .get(format!("{}/status/fragments", gate.admin))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let drawn = b
         .eval("document.querySelector('#tenants tbody').innerHTML")
         .await;
-    assert_eq!(drawn.as_str().unwrap(), tbody(&served));
+    assert_eq!(drawn, fragments["tenants"]);
 
     let history = json(
         client()

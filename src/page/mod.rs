@@ -1,11 +1,12 @@
-//! The status page: `GET /` and its data, `GET /status/history`, on the
-//! admin port.
+//! The status page: `GET /`, its sections `GET /status/fragments` and its
+//! data `GET /status/history`, on the admin port.
 //!
 //! One self-contained HTML document (CSS and JS embedded in the binary, no
 //! external font or script) that the server renders with the numbers
-//! already in it, so it reads without JavaScript; `page.js` then polls
-//! `/status` and `/status/history` once a second and redraws the same
-//! markup, and says so plainly when the data stops coming. This module owns
+//! already in it, so it reads without JavaScript. This module is the one
+//! renderer: every section, charts included, is drawn here. `page.js` only
+//! fetches the same sections once a second (`/status/fragments`), swaps
+//! them in, and says so plainly when they stop coming. This module owns
 //! that markup and the ring's sampler start; it must never show a key (it
 //! renders only [`Status`] and [`HistoryDoc`], which cannot hold one), never
 //! take input from the request, and never serve anything but GETs.
@@ -59,6 +60,7 @@ pub fn routes(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/status/history", get(history_doc))
+        .route("/status/fragments", get(fragments_doc))
         .with_state(PageState { gateway, history })
 }
 
@@ -66,6 +68,16 @@ async fn history_doc(State(st): State<PageState>) -> Response {
     (
         [(header::CACHE_CONTROL, "no-store")],
         Json(st.history.doc()),
+    )
+        .into_response()
+}
+
+async fn fragments_doc(State(st): State<PageState>) -> Response {
+    let status = Status::collect(&st.gateway);
+    let history = st.history.doc();
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(Fragments::render(&status, &history)),
     )
         .into_response()
 }
@@ -91,19 +103,44 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The whole page for one moment. `page.js` draws the same markup from the
-/// JSON, so a change here needs the same change there.
+/// The page's live sections for one moment, as `GET /status/fragments`
+/// serves them: each the inner HTML of its container, escaped, which
+/// `page.js` swaps in as it is.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Fragments {
+    /// The facts list (`#facts`): state, budget backend, uptime, queue,
+    /// config checksum, last reload.
+    pub facts: String,
+    /// The budget cards with their charts (`#budgets`).
+    pub budgets: String,
+    /// The tenants table's rows (`#tenants tbody`).
+    pub tenants: String,
+}
+
+impl Fragments {
+    /// Renders every section from one status and one history.
+    pub fn render(status: &Status, history: &HistoryDoc) -> Fragments {
+        Fragments {
+            facts: facts(status, history),
+            budgets: budgets(status, history),
+            tenants: tenants(status),
+        }
+    }
+}
+
+/// The whole page for one moment: the template around [`Fragments`].
 pub fn render(status: &Status, history: &HistoryDoc, unix_seconds: u64) -> String {
     let s = unix_seconds % 86_400;
     let rendered_at = format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60);
+    let sections = Fragments::render(status, history);
     TEMPLATE
         .replace("{{style}}", STYLE)
         .replace("{{script}}", SCRIPT)
         .replace("{{version}}", &esc(status.version))
         .replace("{{rendered_at}}", &rendered_at)
-        .replace("{{facts}}", &facts(status, history))
-        .replace("{{budgets}}", &budgets(status, history))
-        .replace("{{tenants}}", &tenants(status))
+        .replace("{{facts}}", &sections.facts)
+        .replace("{{budgets}}", &sections.budgets)
+        .replace("{{tenants}}", &sections.tenants)
 }
 
 /// Escapes text for HTML content and quoted attributes.
@@ -122,8 +159,7 @@ fn esc(text: &str) -> String {
     out
 }
 
-/// A number as JavaScript's `String()` writes it after rounding to
-/// `decimals` places (Rust's `Display` agrees for these values).
+/// A number rounded to `decimals` places, written without trailing zeros.
 fn num(v: f64, decimals: i32) -> String {
     let scale = 10f64.powi(decimals);
     format!("{}", (v * scale).round() / scale)
@@ -173,12 +209,20 @@ fn fact(out: &mut String, label: &str, id: &str, value: &str, inner: &str) {
 
 fn facts(s: &Status, h: &HistoryDoc) -> String {
     let mut out = String::new();
-    let state = if s.ready {
-        "<span class=\"pill ok\">Ready</span>"
+    let (value, state) = if s.ready {
+        ("true", "<span class=\"pill ok\">Ready</span>")
+    } else if s.draining {
+        (
+            "draining",
+            "<span class=\"pill warn\">Draining</span> finishing queued and in-flight requests",
+        )
     } else {
-        "<span class=\"pill bad\">Not ready: starting or draining</span>"
+        (
+            "false",
+            "<span class=\"pill bad\">Not ready</span> starting, or Redis required and not in use",
+        )
     };
-    fact(&mut out, "State", "f-state", &s.ready.to_string(), state);
+    fact(&mut out, "State", "f-state", value, state);
     let backend = match s.budget_backend {
         "local" => "Local".to_string(),
         "shared" => "Redis (shared)".to_string(),
@@ -299,7 +343,7 @@ const LEGEND: &str = "<div class=\"legend\"><span><i class=\"l-sends\"></i>sends
      <span><i class=\"l-throttled\"></i>CRM 503/429 per s</span>\
      <span><i class=\"l-limit\"></i>limit (effective rate)</span></div>";
 
-// The chart's geometry, in SVG user units; page.js uses the same numbers.
+// The chart's geometry, in SVG user units.
 const W: f64 = 600.0;
 const H: f64 = 160.0;
 const LEFT: f64 = 46.0;

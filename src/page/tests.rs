@@ -140,3 +140,48 @@ fn a_gap_in_a_series_breaks_the_line() {
     assert_eq!(line(&pts, false, 9.0), "M0,1L1,2M3,3");
     assert_eq!(line(&pts[..2], true, 9.0), "M0,1L1,2L1,9L0,9Z");
 }
+
+#[tokio::test]
+async fn the_fragments_are_the_pages_sections_as_json() {
+    let gw = gateway("acme");
+    let (status, headers, body) = get(crate::admin::router(gw.clone()), "/status/fragments").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+    assert!(!body.contains(KEY) && !body.contains(CLIENT_KEY));
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(doc["facts"].as_str().unwrap().contains("id=\"f-state\""));
+    assert!(doc["budgets"]
+        .as_str()
+        .unwrap()
+        .contains("<svg class=\"chart\""));
+    assert!(doc["tenants"]
+        .as_str()
+        .unwrap()
+        .contains("<tr data-tenant=\"acme\">"));
+    // One renderer: the page is the template around these very sections.
+    let (status, history) = (Status::collect(&gw), History::start(&gw).doc());
+    let sections = Fragments::render(&status, &history);
+    let page = render(&status, &history, 0);
+    for (name, html) in [
+        ("facts", &sections.facts),
+        ("budgets", &sections.budgets),
+        ("tenants", &sections.tenants),
+    ] {
+        assert!(!html.is_empty() && page.contains(html.as_str()), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_draining_gateway_says_so() {
+    let gw = gateway("acme");
+    gw.drain.begin();
+    let status = Status::collect(&gw);
+    assert!(status.draining && !status.ready);
+    let facts = Fragments::render(&status, &History::start(&gw).doc()).facts;
+    assert!(
+        facts.contains(
+            "id=\"f-state\" data-value=\"draining\"><span class=\"pill warn\">Draining</span>"
+        ),
+        "{facts}"
+    );
+}

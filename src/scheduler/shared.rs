@@ -23,7 +23,7 @@
 //!
 //! The scripts live in `lua/`, one file each, with their KEYS, ARGV and
 //! reply in the header. Their rules are [`super::Budget`]'s, which is the
-//! reference; tests/budget_equivalence.rs feeds both the same events.
+//! reference; tests/budget_equivalence/ feeds both the same events.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

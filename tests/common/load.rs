@@ -363,3 +363,8 @@ pub async fn wait_for_arrivals_spanning(sim: &Simulator, span: Duration) {
     })
     .await;
 }
+
+/// `[limits]` for floods that assert what the CRM received: the defaults
+/// (20 ms jitter allowance), so the tests check what users run. Extra keys
+/// are appended after it.
+pub const LIMITS: &str = "[limits]\n";

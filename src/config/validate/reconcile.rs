@@ -20,3 +20,25 @@ pub(super) fn reconcile(p: &mut Problems, r: &RawReconcile) -> ReconcileConfig {
     }
     ReconcileConfig { delay }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use std::time::Duration;
+
+    #[test]
+    fn reconcile_delay_defaults_to_1s_and_is_bounded() {
+        assert_eq!(load(GOOD).unwrap().reconcile.delay, Duration::from_secs(1));
+        let c = load(&format!("[reconcile]\ndelay = \"250ms\"\n{GOOD}")).unwrap();
+        assert_eq!(c.reconcile.delay, Duration::from_millis(250));
+        let p = problems(&format!("[reconcile]\ndelay = \"5m\"\n{GOOD}"));
+        assert!(has(&p, "reconcile.delay: must be at most 60s"), "{p:?}");
+        let p = problems(&format!("[reconcile]\ndelay = \"SECRET-1\"\n{GOOD}"));
+        assert!(
+            has(&p, "reconcile.delay: is not a duration") && !has(&p, "SECRET"),
+            "{p:?}"
+        );
+        let p = problems(&format!("[reconcile]\nwait = \"1s\"\n{GOOD}"));
+        assert!(has(&p, "wait"), "unknown keys are refused: {p:?}");
+    }
+}

@@ -229,3 +229,6 @@ fn allowed_hosts(p: &mut Problems, raw: &[String]) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

@@ -303,3 +303,6 @@ pub(super) fn with_client_keys(
     tenant.client_key_sources = clients.sources;
     ok.then_some(tenant)
 }
+
+#[cfg(test)]
+mod tests;
