@@ -101,13 +101,13 @@ fn media_type(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// True if the content type is `application/x-www-form-urlencoded`, read
-/// as PHP reads it ([`media_type`]).
+/// as PHP reads it (`media_type`).
 pub fn is_form(headers: &HeaderMap) -> bool {
     media_type(headers).is_some_and(|v| v.eq_ignore_ascii_case("application/x-www-form-urlencoded"))
 }
 
 /// True if the content type is `multipart/form-data`, read as PHP reads it
-/// ([`media_type`]): PHP fills `$_POST` from its parts as from a form.
+/// (`media_type`): PHP fills `$_POST` from its parts as from a form.
 pub fn is_multipart(headers: &HeaderMap) -> bool {
     media_type(headers).is_some_and(|v| v.eq_ignore_ascii_case("multipart/form-data"))
 }

@@ -1,6 +1,6 @@
 //! Configuration: loading, validation and the typed, already-checked result.
 //!
-//! The file is parsed into [`raw::RawConfig`] (all optional, unknown fields
+//! The file is parsed into `raw::RawConfig` (all optional, unknown fields
 //! rejected) and then validated once into [`Config`], whose types cannot hold
 //! bad values: non-zero rates, parsed addresses, URLs and durations, resolved
 //! keys. Every problem is reported with its field path, not just the first.

@@ -33,10 +33,10 @@ pub struct ExportArgs {
     /// The list or history method, e.g. /api/v5/orders or
     /// /acme/api/v5/orders/history.
     pub path: String,
-    /// A request parameter, NAME=VALUE (repeatable), e.g. 'filter[status]=new'.
+    /// A request parameter, NAME=VALUE (repeatable), e.g. `filter[status]=new`.
     #[arg(long = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
-    /// History: start after this entry id (filter[sinceId]).
+    /// History: start after this entry id (`filter[sinceId]`).
     #[arg(long)]
     pub since_id: Option<u64>,
     /// Write the items here instead of stdout.

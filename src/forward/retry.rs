@@ -2,7 +2,7 @@
 //!
 //! [`decide`] is a pure function of what the send produced, the method, the
 //! attempts made and the time left before the caller's deadline, so the
-//! whole rule is one table ([`tests`]). It never resends a request the CRM
+//! whole rule is one table (`tests`). It never resends a request the CRM
 //! may have processed unless the method is GET or HEAD, and it never waits
 //! past the caller's deadline: when the next attempt could not start before
 //! it, the caller gets its answer now. It owns no I/O, no clock and no keys.

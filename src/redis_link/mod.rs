@@ -1,7 +1,7 @@
 //! The replica's one link to Redis, and the truth about its state.
 //!
 //! [`RedisLink`] owns the connection (one server, the Sentinels' master, or
-//! a Cluster; see [`connect`]), bounds every call by `redis.timeout`, and
+//! a Cluster; see `connect`), bounds every call by `redis.timeout`, and
 //! keeps [`LinkState`]: `Connecting` until a call has succeeded, `Up` after
 //! one did, `Down` (with the cause) from a failure until a call succeeds
 //! again. It never claims `Up` without an answer from Redis. While `Down`,

@@ -101,7 +101,7 @@ pub enum Phase {
     Test(Sample),
     /// The rate was the cause: `good` is held (after a dip below it until
     /// `dip_until`) until `hold_until`, then a probe rises towards
-    /// [`probe_target`] and, held there for [`PLATEAU`], becomes the good
+    /// [`Params::probe_target`] and, held there for [`PLATEAU`], becomes the good
     /// rate.
     Limited {
         /// The highest rate known free of the rate's 503s.

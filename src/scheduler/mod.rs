@@ -9,27 +9,30 @@
 //! the CRM never sees more than a budget allows, a request leaves through
 //! whichever IP frees first, and ordering is decided here rather than by
 //! whoever wakes first. A request that finds its lane's queue empty and a
-//! budget free is granted at once, in its own task (see `grant_now`): the
+//! budget free is granted at once, in its own task (`fast`): the
 //! dispatcher would have made the same choice, one hand-off later.
 //!
 //! Waiting is bounded: by total and per-tenant capacity, by a deadline, and
 //! by the caller going away (a dropped waiter is skipped, never sent). This
 //! module never sees keys or bodies.
 //!
-//! Over 500 lines on purpose: the public types (`Ticket`, `Permit`,
-//! `Scheduler`) and the enqueue path, fast path included, share the lane's
-//! invariants and read best together; budgets, adaptation to the CRM's
-//! 503s (`adapt`), the fair queue, lanes, the dispatcher and the Redis
+//! This file owns the [`Scheduler`] handle and the enqueue path; the
+//! caller's types (`ticket`), the granted slot (`permit`), the fast path
+//! (`fast`), budgets, adaptation to the CRM's 503s (`adapt`), the fair
+//! queue, lanes, the queue's room (`room`), the dispatcher and the Redis
 //! budget each have their own file.
 
 pub mod adapt;
 mod budget;
 mod dispatch;
 mod fair;
+mod fast;
 mod lane;
 mod lift;
+mod permit;
 mod room;
 mod shared;
+mod ticket;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -45,177 +48,17 @@ use tokio_util::sync::CancellationToken;
 pub use budget::{Budget, BudgetShape};
 pub use fair::{Level, Wfq};
 pub use lift::Lift;
+pub use permit::Permit;
 pub use shared::{Reservation, Shared};
+pub use ticket::{Priority, QueueError, Ticket};
 
 use dispatch::dispatch;
+use fast::{grant_now, wait_short};
 use lane::{Lane, LaneState, Queue, Withdraw, DISPLACED_GRANT};
 use room::TenantRoom;
 
 use crate::classify::Class;
 use crate::config::{Backend, Config, Scope};
-
-/// How urgent a request is, from the `X-Crmgate-Priority` header.
-///
-/// Priority orders requests *within* a tenant's share: high is served about
-/// twice as often as normal and four times as often as low while all three
-/// wait, so nothing starves and no tenant can take another's share.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    /// Interactive work.
-    High,
-    /// The default.
-    Normal,
-    /// Batch work that can wait.
-    Low,
-}
-
-impl Priority {
-    /// Parses a header value (`high`, `normal`, `low`, any case).
-    pub fn parse(value: &str) -> Option<Priority> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "high" => Some(Priority::High),
-            "normal" => Some(Priority::Normal),
-            "low" => Some(Priority::Low),
-            _ => None,
-        }
-    }
-
-    fn weight(self) -> u32 {
-        match self {
-            Priority::High => 4,
-            Priority::Normal => 2,
-            Priority::Low => 1,
-        }
-    }
-}
-
-/// What a request asks the scheduler for.
-#[derive(Debug, Clone)]
-pub struct Ticket {
-    /// Tenant name (from config).
-    pub tenant: Arc<str>,
-    /// The tenant's share relative to others.
-    pub weight: u32,
-    /// The tenant's cap on waiting requests.
-    pub max_queued: usize,
-    /// Who inside the tenant is asking (client key or source address): the
-    /// unit of fairness within a tenant. Never logged.
-    pub client: Arc<str>,
-    /// Urgency within the tenant's share.
-    pub priority: Priority,
-    /// Which budget.
-    pub class: Class,
-    /// Give up (503) if no slot is granted by then.
-    pub deadline: Instant,
-}
-
-/// Why a request got no slot.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum QueueError {
-    /// Total or per-tenant capacity is used up.
-    #[error("the queue is full ({0})")]
-    Full(&'static str, Duration),
-    /// The queue filled up and this request, the newest of the longest
-    /// line, gave up its place to a request from a shorter one.
-    #[error("the queue is full; this request gave its place to a shorter line")]
-    Displaced(Duration),
-    /// The deadline passed while waiting.
-    #[error("no slot within the allowed wait")]
-    Deadline(Duration),
-    /// The gateway is shutting down.
-    #[error("the gateway is shutting down")]
-    ShuttingDown,
-}
-
-impl QueueError {
-    /// A sensible `Retry-After` for the caller.
-    pub fn retry_after(&self) -> Duration {
-        match self {
-            QueueError::Full(_, d) | QueueError::Deadline(d) | QueueError::Displaced(d) => *d,
-            QueueError::ShuttingDown => Duration::from_secs(1),
-        }
-    }
-}
-
-/// A granted slot: send now, through egress number `egress`.
-pub struct Permit {
-    /// Index into the configured egress IPs (0 when there is only the default).
-    pub egress: usize,
-    /// The class of the budget used.
-    pub class: Class,
-    /// Time spent queued for this slot.
-    pub waited: Duration,
-    /// The slot's time as the budget recorded it (the send's time, for
-    /// adaptation and [`Permit::departed`]).
-    at: Instant,
-    /// The shared log's slot, when Redis reserved it: a late departure
-    /// moves it there too.
-    shared_slot: Option<lane::SharedSlot>,
-    lane: Arc<Lane>,
-}
-
-impl std::fmt::Debug for Permit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Permit")
-            .field("egress", &self.egress)
-            .field("class", &self.class)
-            .field("waited", &self.waited)
-            .finish()
-    }
-}
-
-impl Permit {
-    /// The request leaves now. If that is later than its slot (a busy
-    /// machine, a slow pool checkout, a slow Redis), the budget counts the
-    /// send from now, so the next slot moves with it and no window at the
-    /// CRM holds more than the limit ([`Budget::left_late`], and
-    /// [`Shared::departed`] for a slot Redis reserved). On time (within the
-    /// timer granularity): nothing.
-    pub fn departed(&self) {
-        let now = Instant::now();
-        let late = now.saturating_duration_since(self.at);
-        if late >= dispatch::TIMER_GRANULARITY {
-            self.lane.lock().budgets[self.egress].left_late(self.at, now);
-            self.lane.reshaped.notify_one();
-        }
-        let (Some(slot), Some(shared)) = (self.shared_slot, self.lane.shared.clone()) else {
-            return;
-        };
-        // Against the shared slot the send is late by the whole time since
-        // it was due: Redis's round trip, the dispatcher's wake-up, and the
-        // hand-off to here. Counted from the earliest the slot could be
-        // due, so never too little (too much only costs a little rate).
-        let late = now.saturating_duration_since(slot.due);
-        if late < dispatch::TIMER_GRANULARITY {
-            return;
-        }
-        let (egress, class, tenant) = (self.egress, self.class, self.lane.tenant.clone());
-        tokio::spawn(async move {
-            shared
-                .departed(egress, class, tenant.as_deref(), slot.at_us, late)
-                .await
-        });
-    }
-
-    /// Reports that the CRM answered 503/429 to the request sent with this
-    /// permit: the budget slows down and honours `retry_after`.
-    pub fn throttled(&self, retry_after: Option<Duration>) {
-        let now = Instant::now();
-        self.lane.lock().budgets[self.egress].throttled(now, self.at, retry_after);
-        if let Some(shared) = self.lane.shared.clone() {
-            // Every replica slows down through the shared state; best effort,
-            // off the request path. Only the send's age crosses the wire.
-            let (egress, class, tenant) = (self.egress, self.class, self.lane.tenant.clone());
-            let age = now.saturating_duration_since(self.at);
-            tokio::spawn(async move {
-                shared
-                    .throttled(egress, class, tenant.as_deref(), age, retry_after)
-                    .await
-            });
-        }
-    }
-}
 
 type LaneKey = (Class, Option<Arc<str>>);
 
@@ -706,77 +549,6 @@ pub struct BudgetStatus {
     pub next_free_in_ms: u64,
     /// Where adaptation stands (see [`adapt::Adapt::label`]).
     pub adaptation: &'static str,
-}
-
-/// The fast path: a request that finds the lane's queue empty and a budget
-/// free takes its slot here, under the lane lock, instead of queueing and
-/// waking the dispatcher to hand it over (two task wake-ups per request,
-/// most of the pass-through cost when the limit is far away).
-///
-/// It decides exactly what the dispatcher would: the slot is recorded at
-/// its paced time in the budget that frees first, so pacing and the window
-/// bound hold; nobody is waiting in this lane, so no one is overtaken, and a
-/// grant to the only request in the queue would end a busy period of the
-/// fair queue anyway (every flow starts even afterwards), so skipping the
-/// fair queue changes no later order. A request granted here never waits in
-/// the queue, so it never counts against `queue_capacity` or `max_queued`.
-/// A request whose deadline has passed, and every request of a lane whose
-/// slots come from Redis, take the queue as before.
-///
-/// A slot due within [`SHORT_WAIT`] is taken too and waited for by the
-/// caller ([`wait_short`]): the dispatcher would sleep for it on tokio's
-/// timer, which rounds up to the next whole millisecond, so a caller asking
-/// again right after its grant at a sub-millisecond pace would wait a
-/// thousand times longer than the budget asks (a single task at 1,000,000/s
-/// got 6,000–10,000 grants/s, every second one through the queue).
-fn grant_now(lane: &Arc<Lane>, ticket: &Ticket) -> Option<Permit> {
-    if lane.shared.is_some() {
-        // Redis reservations, fallback holds and rejoin transitions live in
-        // the dispatcher; a slot taken here would bypass them.
-        return None;
-    }
-    let now = Instant::now();
-    let mut st = lane.lock();
-    if !st.waiting.is_empty() {
-        return None;
-    }
-    let (egress, at) = st.earliest(now);
-    let at = at.max(now);
-    if at > now + SHORT_WAIT || ticket.deadline <= at {
-        return None;
-    }
-    st.budgets[egress].record(at);
-    drop(st);
-    Some(Permit {
-        egress,
-        class: ticket.class,
-        waited: at - now,
-        at,
-        shared_slot: None,
-        lane: lane.clone(),
-    })
-}
-
-/// The longest wait for a slot that the fast path takes on (see
-/// [`grant_now`]): well under a timer tick, so yielding costs less than the
-/// dispatcher's hand-off would.
-const SHORT_WAIT: Duration = Duration::from_micros(50);
-
-/// Waits until `at` (at most [`SHORT_WAIT`] away) by yielding to the
-/// runtime rather than on its millisecond timer; never returns before `at`,
-/// so a send never leaves before its slot. After a bounded number of yields
-/// (a busy runtime, or paused time in tests, where the clock does not move
-/// while a task is runnable) it falls back to the timer. A caller that goes
-/// away meanwhile leaves its slot unused: the budget loses at most that one
-/// slot, and never its bound.
-async fn wait_short(at: Instant) {
-    for _ in 0..256 {
-        if Instant::now() >= at {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    sleep_until(at).await;
 }
 
 /// Rough time until a newcomer would be served: queue length over the
