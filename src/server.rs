@@ -97,7 +97,7 @@ pub enum ServeError {
     },
     /// The HTTP clients could not be built (e.g. an egress IP not on this host).
     #[error("cannot set up outbound HTTP clients: {0}")]
-    Client(#[from] reqwest::Error),
+    Client(#[from] crate::egress::BuildError),
     /// Serving failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
