@@ -1,8 +1,8 @@
 //! crmgate traffic-shaping benchmark.
 //!
 //! ```text
-//! cargo bench --bench shaping                      # full run, ~100 s
-//! cargo bench --bench shaping -- --quick           # smoke run, ~30 s
+//! cargo bench --bench shaping                      # full run, ~17 min
+//! cargo bench --bench shaping -- --quick           # smoke run, under 3 min
 //! cargo bench --bench shaping -- --seconds 10 --only utilisation,fairness
 //! ```
 //!
@@ -54,6 +54,20 @@
 //! 11. `adapt`: adaptation at default settings against a lower real limit
 //!     (7/s), 30 % random 503s and a 20 s outage, and without 503s; see
 //!     `shaping/adapt.rs`.
+//! 12. `multipart`: scenarios 1 and 3 with every request a multipart POST
+//!     as RetailCRM's PHP client sends it (`orders/create`, `apiKey` one of
+//!     the parts): utilisation, 503s, client keys at the CRM, and a light
+//!     tenant's wait beside a flooding one.
+//! 13. `limiters`: adaptation against a real limit of 7/s and 8/s
+//!     (configured 10/s) under each limiter model of the simulator (strict,
+//!     lenient, leaky burst 0 and 5, fixed): one table.
+//! 14. `runaway`: 1,500 connections of one client beside a light client of
+//!     the same tenant: the light one's share served and queue wait.
+//! 15. `redis_tls`, `fleet_cache`, `failover`: three replicas through a TLS
+//!     Redis with a password (scenario 5's figures); 30 readers per replica
+//!     of one reference with a 2 s TTL (CRM reads per TTL); a Sentinel
+//!     failover under load (most arrivals in any 1000 ms, back to shared).
+//!     See `shaping/fleet.rs`.
 //!
 //! Everything runs in one process on one tokio runtime, like the
 //! integration tests: the callers, the gateway and the simulator share the
@@ -77,14 +91,24 @@ mod common;
 mod end_to_end;
 #[path = "shaping/export.rs"]
 mod export;
+#[path = "shaping/fleet.rs"]
+mod fleet;
 #[path = "shaping/harness.rs"]
 mod harness;
 #[path = "shaping/holding.rs"]
 mod holding;
+#[path = "shaping/limiters.rs"]
+mod limiters;
 #[path = "shaping/measure.rs"]
 mod measure;
+#[path = "shaping/multipart.rs"]
+mod multipart;
 #[path = "shaping/passthrough.rs"]
 mod passthrough;
+#[path = "shaping/report.rs"]
+mod report;
+#[path = "shaping/runaway.rs"]
+mod runaway;
 #[path = "shaping/sched_cost.rs"]
 mod sched_cost;
 #[path = "shaping/shared_budget.rs"]
@@ -96,7 +120,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-const SCENARIOS: [&str; 11] = [
+use report::{insert_or_skip, Laps};
+
+const SCENARIOS: [&str; 17] = [
     "utilisation",
     "jitter",
     "fairness",
@@ -108,6 +134,12 @@ const SCENARIOS: [&str; 11] = [
     "export",
     "cache",
     "adapt",
+    "multipart",
+    "limiters",
+    "runaway",
+    "redis_tls",
+    "fleet_cache",
+    "failover",
 ];
 
 struct Args {
@@ -116,13 +148,14 @@ struct Args {
     only: Vec<String>,
     callers: usize,
     jitter_ms: u64,
-    hold: usize,
+    hold: Option<usize>,
     gate_bin: std::path::PathBuf,
     orders: Option<u32>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench shaping -- [--quick] [--seconds N] \
-[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding,export,cache,adapt] [--callers N] [--jitter-ms N] \
+[--only utilisation,jitter,fairness,scheduler,redis,passthrough,tls,holding,export,cache,adapt,\
+multipart,limiters,runaway,redis_tls,fleet_cache,failover] [--callers N] [--jitter-ms N] \
 [--hold N] [--gate-bin PATH] [--orders N]";
 
 fn parse_args() -> Args {
@@ -132,7 +165,7 @@ fn parse_args() -> Args {
         only: SCENARIOS.iter().map(|s| s.to_string()).collect(),
         callers: 50,
         jitter_ms: 20,
-        hold: 10_000,
+        hold: None,
         gate_bin: env!("CARGO_BIN_EXE_crmgate").into(),
         orders: None,
     };
@@ -166,7 +199,7 @@ fn parse_args() -> Args {
             }
             "--callers" => args.callers = value(&mut it, "--callers").parse().unwrap_or(50).max(1),
             "--jitter-ms" => args.jitter_ms = value(&mut it, "--jitter-ms").parse().unwrap_or(20),
-            "--hold" => args.hold = value(&mut it, "--hold").parse().unwrap_or(10_000).max(1),
+            "--hold" => args.hold = value(&mut it, "--hold").parse().ok().filter(|n| *n > 0),
             "--gate-bin" => args.gate_bin = value(&mut it, "--gate-bin").into(),
             "--orders" => args.orders = value(&mut it, "--orders").parse().ok().filter(|n| *n > 0),
             "-h" | "--help" => {
@@ -211,11 +244,12 @@ fn main() {
     );
     let started = std::time::Instant::now();
     let mut json = serde_json::Map::new();
+    let mut laps = Laps::new();
 
     if wants("utilisation") {
         let s = rt.block_on(end_to_end::saturation(
             args.callers,
-            run(20.0, 5.0),
+            run(20.0, 3.0),
             Duration::ZERO,
         ));
         end_to_end::print_saturation(
@@ -224,25 +258,28 @@ fn main() {
             end_to_end::TARGET_UTILISATION,
         );
         json.insert("utilisation".into(), serde_json::to_value(&s).unwrap());
+        laps.done("utilisation");
     }
     if wants("jitter") {
         let jitter = Duration::from_millis(args.jitter_ms);
-        let s = rt.block_on(end_to_end::saturation(args.callers, run(20.0, 5.0), jitter));
+        let s = rt.block_on(end_to_end::saturation(args.callers, run(20.0, 3.0), jitter));
         end_to_end::print_saturation(
             "2. Utilisation with random arrival jitter",
             &s,
             end_to_end::TARGET_UTILISATION_JITTER,
         );
         json.insert("jitter".into(), serde_json::to_value(&s).unwrap());
+        laps.done("jitter");
     }
     if wants("fairness") {
         let f = rt.block_on(end_to_end::fairness(
             args.callers,
-            run(20.0, 5.0),
+            run(20.0, 3.0),
             Duration::from_millis(500),
         ));
         end_to_end::print_fairness(&f);
         json.insert("fairness".into(), serde_json::to_value(&f).unwrap());
+        laps.done("fairness");
     }
     if wants("scheduler") {
         let (ops, rounds) = if args.quick {
@@ -267,80 +304,139 @@ fn main() {
             "scheduler".into(),
             json!({ "push_pop": cells, "acquire": dispatch, "pacing": pacing, "timer": timer }),
         );
+        laps.done("scheduler");
     }
 
     if wants("redis") {
-        match rt.block_on(shared_budget::shared_budget(args.callers, run(20.0, 6.0))) {
-            Ok(s) => {
-                shared_budget::print(&s);
-                json.insert("redis".into(), serde_json::to_value(&s).unwrap());
-            }
-            Err(why) => {
-                println!("\n== 5. Shared budget through Redis");
-                println!("\n   !!!!! SKIPPED: {why} !!!!!\n");
-                eprintln!("!!!!! redis scenario SKIPPED: {why} !!!!!");
-                json.insert("redis".into(), json!({ "skipped": why }));
-            }
-        }
+        let result = rt.block_on(shared_budget::shared_budget(args.callers, run(20.0, 5.0)));
+        insert_or_skip(
+            &mut json,
+            "redis",
+            "5. Shared budget through Redis",
+            result,
+            shared_budget::print,
+        );
+        laps.done("redis");
     }
 
     if wants("passthrough") {
-        let secs = args.seconds.unwrap_or(if args.quick { 3.0 } else { 5.0 });
-        match passthrough::passthrough(secs.round().max(1.0) as u64) {
-            Ok(p) => {
-                passthrough::print(&p);
-                json.insert("passthrough".into(), serde_json::to_value(&p).unwrap());
-            }
-            Err(why) => {
-                println!("\n== 6. Pass-through cost");
-                println!("\n   !!!!! SKIPPED: {why} !!!!!\n");
-                eprintln!("!!!!! passthrough scenario SKIPPED: {why} !!!!!");
-                json.insert("passthrough".into(), json!({ "skipped": why }));
-            }
-        }
+        let secs = args.seconds.unwrap_or(if args.quick { 2.0 } else { 5.0 });
+        let result = passthrough::passthrough(secs.round().max(1.0) as u64);
+        insert_or_skip(
+            &mut json,
+            "passthrough",
+            "6. Pass-through cost",
+            result,
+            passthrough::print,
+        );
+        laps.done("passthrough");
     }
 
     if wants("tls") {
         let mut runs = Vec::new();
         for http2 in [true, false] {
-            let t = rt.block_on(tls::run(args.callers, run(20.0, 5.0), http2, loadavg));
+            let t = rt.block_on(tls::run(args.callers, run(20.0, 3.0), http2, loadavg));
             tls::print(&t);
             runs.push(t);
         }
         json.insert("tls".into(), serde_json::to_value(&runs).unwrap());
+        laps.done("tls");
     }
     if wants("holding") {
-        match rt.block_on(holding::holding(&args.gate_bin, args.hold)) {
-            Ok(h) => {
-                holding::print(&h);
-                json.insert("holding".into(), serde_json::to_value(&h).unwrap());
-            }
-            Err(why) => {
-                println!("\n== 8. Memory per waiting request");
-                println!("\n   !!!!! SKIPPED: {why} !!!!!\n");
-                eprintln!("!!!!! holding scenario SKIPPED: {why} !!!!!");
-                json.insert("holding".into(), json!({ "skipped": why }));
-            }
-        }
+        let hold = args.hold.unwrap_or(if args.quick { 2_000 } else { 10_000 });
+        let after = if args.quick {
+            holding::AFTER_SECONDS_QUICK
+        } else {
+            holding::AFTER_SECONDS
+        };
+        let result = rt.block_on(holding::holding(&args.gate_bin, hold, after));
+        insert_or_skip(
+            &mut json,
+            "holding",
+            "8. Memory per waiting request",
+            result,
+            holding::print,
+        );
+        laps.done("holding");
     }
 
     if wants("export") {
-        let orders = args.orders.unwrap_or(if args.quick { 3000 } else { 5000 });
+        let orders = args.orders.unwrap_or(if args.quick { 1000 } else { 5000 });
         let e = rt.block_on(export::run(orders, loadavg));
         export::print(&e);
         json.insert("export".into(), serde_json::to_value(&e).unwrap());
+        laps.done("export");
     }
     if wants("cache") {
         json.insert(
             "cache".into(),
             cache::scenario(&rt, args.quick, args.seconds),
         );
+        laps.done("cache");
     }
 
     if wants("adapt") {
         let (runs, clean) = rt.block_on(adapt::run(args.callers, args.quick, loadavg));
         adapt::print(&runs, &clean);
         json.insert("adapt".into(), json!({ "faults": runs, "clean": clean }));
+        laps.done("adapt");
+    }
+    if wants("multipart") {
+        let m = rt.block_on(multipart::run(args.callers, run(20.0, 3.0)));
+        multipart::print(&m);
+        json.insert("multipart".into(), serde_json::to_value(&m).unwrap());
+        laps.done("multipart");
+    }
+    if wants("limiters") {
+        let runs = rt.block_on(limiters::run(args.callers, args.quick, loadavg));
+        limiters::print(&runs, args.quick);
+        json.insert("limiters".into(), serde_json::to_value(&runs).unwrap());
+        laps.done("limiters");
+    }
+    if wants("runaway") {
+        let r = rt.block_on(runaway::run(run(15.0, 6.0)));
+        insert_or_skip(
+            &mut json,
+            "runaway",
+            "14. Runaway service",
+            r,
+            runaway::print,
+        );
+        laps.done("runaway");
+    }
+    if wants("redis_tls") {
+        let s = rt.block_on(fleet::tls(args.callers, run(20.0, 5.0)));
+        insert_or_skip(
+            &mut json,
+            "redis_tls",
+            "15a. Shared budget through a TLS Redis",
+            s,
+            fleet::print_tls,
+        );
+        laps.done("redis_tls");
+    }
+    if wants("fleet_cache") {
+        let c = rt.block_on(fleet::reference(run(12.0, 4.0)));
+        insert_or_skip(
+            &mut json,
+            "fleet_cache",
+            "15b. Fleet cache",
+            c,
+            fleet::print_reference,
+        );
+        laps.done("fleet_cache");
+    }
+    if wants("failover") {
+        let (before, after) = (run(10.0, 3.0), run(10.0, 3.0));
+        let f = rt.block_on(fleet::failover(args.callers, before, after));
+        insert_or_skip(
+            &mut json,
+            "failover",
+            "15c. Sentinel failover under load",
+            f,
+            fleet::print_failover,
+        );
+        laps.done("failover");
     }
 
     let elapsed = started.elapsed().as_secs_f64();
@@ -357,6 +453,7 @@ fn main() {
             "loadavg_start": load_start,
             "loadavg_end": loadavg(),
             "elapsed_s": elapsed,
+            "seconds_per_scenario": laps.seconds,
             "targets": {
                 "utilisation": end_to_end::TARGET_UTILISATION,
                 "utilisation_jitter": end_to_end::TARGET_UTILISATION_JITTER,

@@ -1,23 +1,28 @@
 //! Outbound IPs: one pooled HTTP client per source address.
 //!
-//! Each configured egress IP gets its own reqwest client bound with
-//! `local_address`, so its keep-alive pool and its budget always leave from
-//! the same address. With no egress IPs there is one client on the OS
-//! default route. Clients ignore proxy environment variables (a proxy would
-//! hide which IP the CRM sees) and never follow redirects (the caller does).
+//! Each configured egress IP gets its own client (hyper-util's pooled
+//! client over hyper-rustls) whose connector binds that address, so its
+//! keep-alive pool and its budget always leave from the same address. With
+//! no egress IPs there is one client on the OS default route. Nothing here
+//! reads proxy environment variables (a proxy would hide which IP the CRM
+//! sees), and nothing follows redirects (the caller answers them). A send
+//! is one `Client::request`: no middleware stack, redirect policy or URL
+//! conversion on the request path.
 //!
 //! Every connection a client opens is reported to the scheduler (start and
 //! end), because a request that waits for a new connection reaches the CRM
 //! later than its slot said: the budget accounts for that.
 //!
-//! TLS is rustls with the public web roots compiled in (no system store: the
-//! container image has none), plus the roots of `upstream.ca_file` when set.
-//! Clients offer HTTP/2 and HTTP/1.1 through ALPN and use what the CRM picks.
+//! TLS is rustls (ring) with the public web roots compiled in (no system
+//! store: the container image has none), plus the roots of
+//! `upstream.ca_file` when set. Clients offer HTTP/2 and HTTP/1.1 through
+//! ALPN and use what the CRM picks; plain `http://` is HTTP/1.1.
 //!
-//! The timeouts and the trusted roots are fixed into a client when it is
-//! built, so a reload that changes them builds a whole new set with [`build`]
-//! (same IPs, same scheduler hooks) and the gateway swaps it in; a client is
-//! never mutated.
+//! The connect timeout and the trusted roots are fixed into a client when
+//! it is built, so a reload that changes them builds a whole new set with
+//! [`build`] (same IPs, same scheduler hooks) and the gateway swaps it in; a
+//! client is never mutated. The wait for an answer and between its chunks
+//! is timed by the caller (`forward`), from the config of each send.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -27,15 +32,36 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::IntCounter;
 use tokio::time::Instant;
+use tokio_rustls::rustls;
 
 use crate::config::Config;
 use crate::scheduler::Scheduler;
 
-/// How much longer reqwest's own read timer runs than `request_timeout`, so
-/// the caller's timer decides a wait for headers (504, retried only if safe).
-const READ_TIMEOUT_MARGIN: Duration = Duration::from_millis(250);
+/// How long an unused pooled connection is kept open.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// The connector of an egress: TCP bound to its address, TLS when the URL
+/// says `https`, every connect reported to the scheduler.
+pub type Connector = Watched<HttpsConnector<HttpConnector>>;
+
+/// An egress's pooled client. Requests carry their whole body.
+pub type Client = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
+
+/// Why the outbound clients could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// rustls refused the TLS set-up (a root certificate of
+    /// `upstream.ca_file`, or the protocol versions).
+    #[error("TLS set-up: {0}")]
+    Tls(#[from] rustls::Error),
+}
 
 /// One way out.
 #[derive(Debug, Clone)]
@@ -45,7 +71,7 @@ pub struct Egress {
     /// Metric and log label: the IP, or `default`.
     pub label: String,
     /// Pooled client bound to `ip`.
-    pub client: reqwest::Client,
+    pub client: Client,
 }
 
 /// The egress clients in force, indexed like the scheduler's budgets.
@@ -81,8 +107,7 @@ impl Clients {
     }
 }
 
-/// Reports connection set-up on one egress to the scheduler (a tower layer
-/// around reqwest's connector).
+/// Reports connection set-up on one egress to the scheduler.
 #[derive(Clone)]
 struct ConnectWatch {
     egress: usize,
@@ -90,20 +115,9 @@ struct ConnectWatch {
     opened: IntCounter,
 }
 
-impl<S> tower::Layer<S> for ConnectWatch {
-    type Service = Watched<S>;
-
-    fn layer(&self, inner: S) -> Watched<S> {
-        Watched {
-            inner,
-            watch: self.clone(),
-        }
-    }
-}
-
-/// The connector, watched.
+/// A connector, watched: every connect it makes is reported.
 #[derive(Clone)]
-struct Watched<S> {
+pub struct Watched<S> {
     inner: S,
     watch: ConnectWatch,
 }
@@ -151,6 +165,25 @@ where
     }
 }
 
+/// The TLS settings every client shares: the compiled-in web roots plus
+/// `upstream.ca_file`'s, ring as the provider, TLS 1.2 and 1.3.
+fn tls_config(config: &Config) -> Result<rustls::ClientConfig, BuildError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(ca) = &config.upstream.ca {
+        // Checked when the config was validated (`config::trust`).
+        for der in &ca.certs {
+            roots.add(der.clone())?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// Builds one client per configured egress IP (one in all when none are),
 /// reporting connection set-up to `scheduler` and counting it in `opened`
 /// (labelled by egress).
@@ -158,7 +191,7 @@ pub fn build(
     config: &Config,
     scheduler: &Scheduler,
     opened: &prometheus::IntCounterVec,
-) -> Result<Vec<Egress>, reqwest::Error> {
+) -> Result<Vec<Egress>, BuildError> {
     let ips: Vec<Option<IpAddr>> = if config.upstream.egress_ips.is_empty() {
         vec![None]
     } else {
@@ -170,44 +203,36 @@ pub fn build(
             .map(Some)
             .collect()
     };
-    // Checked when the config was validated, so adding them cannot fail here.
-    let extra_roots: Vec<reqwest::Certificate> = match &config.upstream.ca {
-        Some(ca) => ca
-            .certs
-            .iter()
-            .map(|der| reqwest::Certificate::from_der(der))
-            .collect::<Result<_, _>>()?,
-        None => Vec::new(),
-    };
-    ips.into_iter()
+    let tls = tls_config(config)?;
+    Ok(ips
+        .into_iter()
         .enumerate()
         .map(|(egress, ip)| {
             let label = ip.map_or_else(|| "default".to_string(), |ip| ip.to_string());
-            let watch = ConnectWatch {
-                egress,
-                scheduler: scheduler.clone(),
-                opened: opened.with_label_values(&[&label]),
+            let mut tcp = HttpConnector::new();
+            tcp.enforce_http(false);
+            tcp.set_local_address(ip);
+            tcp.set_connect_timeout(Some(config.upstream.connect_timeout));
+            tcp.set_nodelay(true);
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_or_http()
+                .enable_all_versions()
+                .wrap_connector(tcp);
+            let connector = Watched {
+                inner: https,
+                watch: ConnectWatch {
+                    egress,
+                    scheduler: scheduler.clone(),
+                    opened: opened.with_label_values(&[&label]),
+                },
             };
-            let mut builder = reqwest::Client::builder();
-            for root in &extra_roots {
-                builder = builder.add_root_certificate(root.clone());
-            }
-            let client = builder
-                .connector_layer(watch)
-                .local_address(ip)
-                .connect_timeout(config.upstream.connect_timeout)
-                // Between body chunks; the wait for headers is timed by the caller.
-                // reqwest also runs this timer while waiting for headers, and
-                // it starts first: without the margin it always beats the
-                // caller's and a slow CRM shows up as 502 instead of 504.
-                .read_timeout(config.upstream.request_timeout + READ_TIMEOUT_MARGIN)
-                .pool_idle_timeout(Duration::from_secs(60))
-                .tcp_nodelay(true)
-                .no_proxy()
-                .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("crmgate/", env!("CARGO_PKG_VERSION")))
-                .build()?;
-            Ok(Egress { ip, label, client })
+            let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .build(connector);
+            Egress { ip, label, client }
         })
-        .collect()
+        .collect())
 }

@@ -18,7 +18,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::classify::Class;
-use crate::forward::{key_header, target_url};
+use http_body_util::{BodyExt, Full};
+
+use crate::forward::{key_header, target_uri};
 use crate::gateway::Gateway;
 use crate::scheduler::{Priority, Ticket};
 use crate::tenant::Tenant;
@@ -173,11 +175,13 @@ async fn call(
         .map_err(|e| format!("no slot in the budget: {e}"))?;
         let egress = gw.clients.get(permit.egress);
         *egress_label = egress.label.clone();
-        let send = egress
-            .client
-            .get(target_url(tenant, path, None))
-            .header("x-api-key", key_header(&tenant.config.api_key))
-            .send();
+        let uri = target_uri(tenant, path, None)
+            .map_err(|e| format!("{path}: the CRM URL is not a valid URI ({e})"))?;
+        let mut req = axum::http::Request::new(Full::new(bytes::Bytes::new()));
+        *req.uri_mut() = uri;
+        req.headers_mut()
+            .insert("x-api-key", key_header(&tenant.config.api_key));
+        let send = egress.client.request(req);
         let resp = match tokio::time::timeout(snap.config.upstream.request_timeout, send).await {
             Err(_) => return Err(format!("{path}: no answer within upstream.request_timeout")),
             Ok(Err(e)) => return Err(scrub(&format!("{path}: {}", chain(&e)), key)),
@@ -195,10 +199,14 @@ async fn call(
             last = format!("{path}: the CRM answered {status} (throttled) {ATTEMPTS} times");
             continue;
         }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| scrub(&format!("{path}: {}", chain(&e)), key))?;
+        let bytes = tokio::time::timeout(
+            snap.config.upstream.request_timeout,
+            resp.into_body().collect(),
+        )
+        .await
+        .map_err(|_| format!("{path}: the answer stalled past upstream.request_timeout"))?
+        .map_err(|e| scrub(&format!("{path}: {}", chain(&e)), key))?
+        .to_bytes();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         return Ok(CrmReply { status, body });
     }

@@ -193,25 +193,38 @@ pub async fn run(
     quick: bool,
     loadavg: impl Fn() -> String,
 ) -> (Vec<Scenario>, end_to_end::Saturation) {
-    let max_attempts = harness::gateway_config("http://127.0.0.1:1", "")
-        .retry
-        .max_attempts
-        .get();
-    let mut out = Vec::new();
+    let max = max_attempts();
+    let load = &loadavg;
+    if quick {
+        let callers_n = callers_n.min(20);
+        // A smoke run: the four cases at once, each with its own simulator
+        // and gateway (their budgets do not mix; they share the cores), and
+        // short: a) measures only 5 s after settling.
+        let (a, b, c, d) = tokio::join!(
+            limited(callers_n, 15.0, max, load),
+            noise(callers_n, 6.0, max, load),
+            outage_run(callers_n, (3.0, 6.0, 8.0), max, load),
+            end_to_end::saturation(callers_n, Duration::from_secs(4), Duration::ZERO),
+        );
+        return (vec![a, b, c], d);
+    }
     // a) needs 10 s to settle and a tail long enough that one probe above
     // the kept rate is not most of it.
-    let (a_run, b_run) = if quick { (25.0, 10.0) } else { (40.0, 40.0) };
-    out.push(limited(callers_n, a_run, max_attempts, &loadavg).await);
-    out.push(noise(callers_n, b_run, max_attempts, &loadavg).await);
-    let (outage, after) = if quick { (8.0, 16.0) } else { (20.0, 25.0) };
-    out.push(outage_run(callers_n, outage, after, max_attempts, &loadavg).await);
-    let clean = end_to_end::saturation(
-        callers_n,
-        Duration::from_secs_f64(if quick { 5.0 } else { 20.0 }),
-        Duration::ZERO,
-    )
-    .await;
+    let out = vec![
+        limited(callers_n, 40.0, max, load).await,
+        noise(callers_n, 40.0, max, load).await,
+        outage_run(callers_n, (5.0, 20.0, 25.0), max, load).await,
+    ];
+    let clean = end_to_end::saturation(callers_n, Duration::from_secs(20), Duration::ZERO).await;
     (out, clean)
+}
+
+/// `retry.max_attempts` at default settings.
+pub(crate) fn max_attempts() -> u32 {
+    harness::gateway_config("http://127.0.0.1:1", "")
+        .retry
+        .max_attempts
+        .get()
 }
 
 struct Rig {
@@ -248,7 +261,7 @@ fn first_arrival(records: &[Received]) -> Instant {
 
 /// A fault that holds for the whole run (`fault` sets it on the fresh
 /// simulator): `n` callers flood for `secs`, measured from `from` seconds.
-async fn steady(
+pub(crate) async fn steady(
     name: &'static str,
     fault: impl FnOnce(&Simulator),
     from: f64,
@@ -276,10 +289,11 @@ async fn noise(n: usize, secs: f64, max: u32, load: &impl Fn() -> String) -> Sce
     steady("b) 30% random 503", fault, 0.0, (n, secs, max), load).await
 }
 
+/// c): `before` s of load, an `outage` of 503s to everything, `after` s
+/// more.
 async fn outage_run(
     n: usize,
-    outage: f64,
-    after: f64,
+    (before, outage, after): (f64, f64, f64),
     max: u32,
     load: &impl Fn() -> String,
 ) -> Scenario {
@@ -287,7 +301,7 @@ async fn outage_run(
     // Half the callers wait at most 10 s: in the outage their deadline
     // passes before their attempts run out.
     let callers = Callers::start(&rig.client, &rig.gate.url, n, Some("10s"));
-    sleep_secs(5.0).await;
+    sleep_secs(before).await;
     let began = Instant::now();
     rig.sim.faults().set_random_503(1.0);
     sleep_secs(outage).await;
@@ -299,10 +313,15 @@ async fn outage_run(
     rig.stop().await;
     let t0 = first_arrival(&records);
     let rel = |t: Instant| t.saturating_duration_since(t0).as_secs_f64();
+    let name = if outage == 20.0 {
+        "c) 20 s outage"
+    } else {
+        "c) short outage"
+    };
     let mut s = measure(
-        "c) 20 s outage",
+        name,
         n,
-        5.0 + outage + after,
+        before + outage + after,
         &records,
         rel(ended),
         rel(ended) + after,

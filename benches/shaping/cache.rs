@@ -271,7 +271,7 @@ impl Drop for Master {
 
 /// The hit cost at `workers` threads/processes each, or why it cannot be
 /// measured.
-pub fn hit_cost(secs: u64, workers: usize) -> Result<HitCost, String> {
+pub fn hit_cost(secs: u64, workers: usize, rounds: usize) -> Result<HitCost, String> {
     let work = pt::Workdir::new()?;
     let d = work.path();
     let (up, anchor, gate, admin) = (
@@ -331,7 +331,7 @@ pub fn hit_cost(secs: u64, workers: usize) -> Result<HitCost, String> {
     // Alternating rounds: on a shared machine the load moves between runs,
     // and each target should meet the same spread of it.
     let mut runs = Vec::new();
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         runs.push(pt::measure_at(
             "nginx proxy_cache",
             anchor,
@@ -390,7 +390,7 @@ pub fn scenario(
     seconds: Option<f64>,
 ) -> serde_json::Value {
     println!("\n== 10. Cache and coalescing");
-    let run = Duration::from_secs_f64(seconds.unwrap_or(if quick { 5.0 } else { 20.0 }));
+    let run = Duration::from_secs_f64(seconds.unwrap_or(if quick { 3.0 } else { 20.0 }));
     let s = rt.block_on(spared(run));
     println!("   load average before: {}", s.loadavg);
     println!(
@@ -415,15 +415,17 @@ pub fn scenario(
         verdict(s.write_then_read_sees_change)
     );
     let secs = seconds
-        .unwrap_or(if quick { 3.0 } else { 5.0 })
+        .unwrap_or(if quick { 2.0 } else { 5.0 })
         .round()
         .max(1.0) as u64;
     let workers: &[usize] = if quick { &[1] } else { &[1, 2] };
+    // One round is enough to see that it runs.
+    let rounds = if quick { 1 } else { ROUNDS };
     let mut hits = Vec::new();
     for &n in workers {
-        let hit = match hit_cost(secs, n) {
+        let hit = match hit_cost(secs, n, rounds) {
             Ok(h) => {
-                println!("   hit cost at {n} worker(s) each (crmgate worker_threads, nginx worker_processes), wrk -t1 -c8 for {secs} s each, {ROUNDS} alternating rounds:");
+                println!("   hit cost at {n} worker(s) each (crmgate worker_threads, nginx worker_processes), wrk -t1 -c8 for {secs} s each, {rounds} alternating rounds:");
                 for r in &h.runs {
                     println!(
                     "     {:<18} {:>9.0} req/s  p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  non-2xx {}  errors {}  cpu {:.1}+{:.1} µs/req  load {}",

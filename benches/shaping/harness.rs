@@ -5,6 +5,7 @@
 //! answer's queue wait. Nothing here judges results; `measure` does.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common;
 
-pub use crate::common::{Gate, ACME_CLIENT, BETA_CLIENT};
+pub use crate::common::{Gate, ACME_CLIENT, ACME_CLIENT2, BETA_CLIENT};
 use crate::common::{ACME_KEY, BETA_KEY};
 
 /// The request every caller sends: a general-class read.
@@ -44,7 +45,8 @@ pub fn sim_config(latency: (Duration, Duration)) -> SimConfig {
 }
 
 /// Gateway config with default limits (10/s general, 20 ms jitter allowance,
-/// adaptive on) and two equal-weight tenants whose CRM is `upstream`.
+/// adaptive on) and two equal-weight tenants whose CRM is `upstream`:
+/// acme (two client keys, two services) and beta (one).
 pub fn gateway_config(upstream: &str, limits: &str) -> Config {
     gateway_config_with(upstream, limits, "")
 }
@@ -60,6 +62,8 @@ pub fn gateway_config_with(upstream: &str, limits: &str, sections: &str) -> Conf
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 shutdown_grace = "2s"
+# Stop accepting at once on shutdown: nothing new comes after a run.
+drain_accept = "0s"
 
 [limits]
 {limits}
@@ -70,7 +74,7 @@ shutdown_grace = "2s"
 name = "acme"
 base_url = "{upstream}"
 api_key = "{ACME_KEY}"
-client_keys = ["{ACME_CLIENT}"]
+client_keys = ["{ACME_CLIENT}", "{ACME_CLIENT2}"]
 
 [[tenants]]
 name = "beta"
@@ -198,6 +202,8 @@ pub struct Sample {
     pub status: u16,
     /// `x-crmgate-queue-ms`, when the gateway set it.
     pub queue_ms: Option<u64>,
+    /// Send to the end of the answer's body, as the caller saw it (ms).
+    pub answer_ms: f64,
 }
 
 /// Load generators; every request's outcome lands in `samples`.
@@ -245,8 +251,62 @@ pub async fn flood_and_trickle(
 
 pub use crate::common::client;
 
-async fn one(client: &reqwest::Client, url: &str, key: &str) -> Sample {
-    match client.get(url).header("X-API-KEY", key).send().await {
+/// What a caller sends, and with which client key.
+#[derive(Debug, Clone, Copy)]
+pub enum Req {
+    /// `GET` [`PATH`] with the key in `X-API-KEY`.
+    Get(&'static str),
+    /// `GET` of another path (query included), key in `X-API-KEY`.
+    GetPath(&'static str, &'static str),
+    /// `POST /api/v5/orders/create` as RetailCRM's PHP client sends it: an
+    /// array in `CURLOPT_POSTFIELDS`, which curl encodes as
+    /// `multipart/form-data`, with `apiKey` one of the parts next to
+    /// `order` (a new `externalId` each time).
+    Multipart(&'static str),
+}
+
+/// Numbers the multipart orders' `externalId`s and boundaries.
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A multipart body as libcurl writes one (its boundary style, CRLF line
+/// ends, no part headers beyond `Content-Disposition`): `(content type, body)`.
+pub fn multipart_create(key: &str) -> (String, Vec<u8>) {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let boundary = format!(
+        "------------------------{:016x}",
+        0x6d70_6172_7400_0000u64 ^ n
+    );
+    let order = format!(
+        r#"{{"externalId":"bench-mp-{}-{n}","firstName":"Bench","lastName":"Multipart","phone":"+79990001122","items":[{{"productName":"Item","quantity":1,"initialPrice":100}}]}}"#,
+        std::process::id()
+    );
+    let mut body = String::new();
+    for (name, value) in [("apiKey", key), ("order", order.as_str())] {
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+        ));
+    }
+    body.push_str(&format!("--{boundary}--\r\n"));
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        body.into_bytes(),
+    )
+}
+
+async fn one(client: &reqwest::Client, gate: &str, req: Req) -> Sample {
+    let sent = Instant::now();
+    let request = match req {
+        Req::Get(key) => client.get(format!("{gate}{PATH}")).header("X-API-KEY", key),
+        Req::GetPath(path, key) => client.get(format!("{gate}{path}")).header("X-API-KEY", key),
+        Req::Multipart(key) => {
+            let (content_type, body) = multipart_create(key);
+            client
+                .post(format!("{gate}/api/v5/orders/create"))
+                .header("Content-Type", content_type)
+                .body(body)
+        }
+    };
+    match request.send().await {
         Ok(resp) => {
             let status = resp.status().as_u16();
             let queue_ms = resp
@@ -254,29 +314,46 @@ async fn one(client: &reqwest::Client, url: &str, key: &str) -> Sample {
                 .get("x-crmgate-queue-ms")
                 .and_then(|v| v.to_str().ok()?.parse().ok());
             let _ = resp.bytes().await;
-            Sample { status, queue_ms }
+            Sample {
+                status,
+                queue_ms,
+                answer_ms: sent.elapsed().as_secs_f64() * 1000.0,
+            }
         }
         // 0: transport error (the gateway never answered).
         Err(_) => Sample {
             status: 0,
             queue_ms: None,
+            answer_ms: sent.elapsed().as_secs_f64() * 1000.0,
         },
     }
 }
 
 impl Load {
-    /// `callers` concurrent callers, each sending its next request as soon
-    /// as the previous one is answered.
+    /// `callers` concurrent callers of `GET` [`PATH`], each sending its
+    /// next request as soon as the previous one is answered.
     pub fn flood(client: &reqwest::Client, gate: &str, key: &'static str, callers: usize) -> Load {
+        Load::flood_req(client, gate, Req::Get(key), callers, Duration::ZERO)
+    }
+
+    /// `callers` concurrent callers of `req`, each sending its next request
+    /// as soon as the previous one is answered, or `after_refusal` after a
+    /// 503 (a client's pause before it tries again; zero for none).
+    pub fn flood_req(
+        client: &reqwest::Client,
+        gate: &str,
+        req: Req,
+        callers: usize,
+        after_refusal: Duration,
+    ) -> Load {
         let stop = CancellationToken::new();
         let finish = CancellationToken::new();
         let samples = Arc::new(Mutex::new(Vec::new()));
-        let url = format!("{gate}{PATH}");
         let tasks = (0..callers)
             .map(|_| {
-                let (client, url, stop, finish, samples) = (
+                let (client, gate, stop, finish, samples) = (
                     client.clone(),
-                    url.clone(),
+                    gate.to_string(),
                     stop.clone(),
                     finish.clone(),
                     samples.clone(),
@@ -284,13 +361,20 @@ impl Load {
                 tokio::spawn(async move {
                     while !finish.is_cancelled() {
                         let sample = tokio::select! {
-                            s = one(&client, &url, key) => s,
+                            s = one(&client, &gate, req) => s,
                             _ = stop.cancelled() => return,
                         };
+                        let refused = sample.status == 503;
                         samples
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .push(sample);
+                        if refused && !after_refusal.is_zero() {
+                            tokio::select! {
+                                _ = tokio::time::sleep(after_refusal) => {}
+                                _ = stop.cancelled() => return,
+                            }
+                        }
                     }
                 })
             })
@@ -303,25 +387,38 @@ impl Load {
         }
     }
 
-    /// One request every `every`, each on its own task so a slow answer
-    /// does not delay the next send.
+    /// One `GET` [`PATH`] every `every`, each on its own task so a slow
+    /// answer does not delay the next send.
     pub fn trickle(
         client: &reqwest::Client,
         gate: &str,
         key: &'static str,
         every: Duration,
     ) -> Load {
+        Load::trickle_req(client, gate, Req::Get(key), every)
+    }
+
+    /// One `req` every `every`, each on its own task.
+    pub fn trickle_req(client: &reqwest::Client, gate: &str, req: Req, every: Duration) -> Load {
         let stop = CancellationToken::new();
+        let finish = CancellationToken::new();
         let samples = Arc::new(Mutex::new(Vec::new()));
-        let url = format!("{gate}{PATH}");
-        let (client2, stop2, samples2) = (client.clone(), stop.clone(), samples.clone());
+        let url = gate.to_string();
+        let (client2, stop2, finish2, samples2) = (
+            client.clone(),
+            stop.clone(),
+            finish.clone(),
+            samples.clone(),
+        );
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut sent = Vec::new();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = stop2.cancelled() => return,
+                    _ = finish2.cancelled() => break,
                 }
                 let (client, url, stop, samples) = (
                     client2.clone(),
@@ -329,21 +426,25 @@ impl Load {
                     stop2.clone(),
                     samples2.clone(),
                 );
-                tokio::spawn(async move {
+                sent.push(tokio::spawn(async move {
                     let sample = tokio::select! {
-                        s = one(&client, &url, key) => s,
+                        s = one(&client, &url, req) => s,
                         _ = stop.cancelled() => return,
                     };
                     samples
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push(sample);
-                });
+                }));
+            }
+            // Wound down: the answers to what was sent are still awaited.
+            for request in sent {
+                let _ = request.await;
             }
         });
         Load {
             stop,
-            finish: CancellationToken::new(),
+            finish,
             tasks: vec![task],
             samples,
         }

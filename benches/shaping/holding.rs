@@ -40,6 +40,8 @@ const CONNECTING: usize = 256;
 /// within how many seconds (issue 9, item 3).
 pub const AFTER_UNDER_MIB: u64 = 64;
 pub const AFTER_SECONDS: u32 = 10;
+/// The same in quick mode: enough to see the fall begin.
+pub const AFTER_SECONDS_QUICK: u32 = 3;
 /// How long the ramp to `hold` waiting requests may take.
 const RAMP_LIMIT: Duration = Duration::from_secs(180);
 
@@ -74,6 +76,8 @@ pub struct HoldRun {
 #[derive(Debug, Clone, Serialize)]
 pub struct Holding {
     pub hold: usize,
+    /// Seconds RSS was followed after the release.
+    pub after_seconds: u32,
     pub runs: Vec<HoldRun>,
     /// Why nginx was not measured, when it was not.
     pub nginx_skipped: Option<String>,
@@ -248,6 +252,7 @@ async fn measure<F, Fut>(
     pid: u32,
     port: u16,
     hold: usize,
+    after_seconds: u32,
     held: F,
 ) -> Result<HoldRun, String>
 where
@@ -284,7 +289,7 @@ where
 
     let mut after_rss_kib = Vec::new();
     let mut under_limit_after_s = None;
-    for s in 1..=AFTER_SECONDS {
+    for s in 1..=after_seconds {
         // A measurement interval: RSS once a second.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (rss, _) = memory(pid).ok_or("target exited after the hold")?;
@@ -386,7 +391,11 @@ http {{
 
 /// Runs the scenario with the crmgate binary `gate_bin`, or says why it
 /// cannot.
-pub async fn holding(gate_bin: &std::path::Path, hold: usize) -> Result<Holding, String> {
+pub async fn holding(
+    gate_bin: &std::path::Path,
+    hold: usize,
+    after_seconds: u32,
+) -> Result<Holding, String> {
     // The client needs a descriptor per connection, and so does crmgate,
     // which inherits the limit (nginx sets its own: worker_rlimit_nofile).
     let want = (hold + 1024) as u64;
@@ -430,7 +439,12 @@ pub async fn holding(gate_bin: &std::path::Path, hold: usize) -> Result<Holding,
             &d.join("crmgate.log"),
             any_answer,
         )?;
-        runs.push(measure("crmgate", crmgate.pid(), gate, hold, || gateway_held(admin)).await?);
+        runs.push(
+            measure("crmgate", crmgate.pid(), gate, hold, after_seconds, || {
+                gateway_held(admin)
+            })
+            .await?,
+        );
     }
 
     let nginx_skipped = match nginx_binary() {
@@ -455,9 +469,14 @@ pub async fn holding(gate_bin: &std::path::Path, hold: usize) -> Result<Holding,
                 any_answer,
             )?;
             runs.push(
-                measure("nginx limit_req", proc.pid(), port, hold, || {
-                    nginx_held(status)
-                })
+                measure(
+                    "nginx limit_req",
+                    proc.pid(),
+                    port,
+                    hold,
+                    after_seconds,
+                    || nginx_held(status),
+                )
                 .await?,
             );
             None
@@ -466,6 +485,7 @@ pub async fn holding(gate_bin: &std::path::Path, hold: usize) -> Result<Holding,
     drop(sim);
     Ok(Holding {
         hold,
+        after_seconds,
         runs,
         nginx_skipped,
         loadavg_end: crate::loadavg(),
@@ -506,7 +526,7 @@ pub fn print(h: &Holding) {
     }
     println!(
         "   RSS after every caller went away (MiB, at 1 … {} s):",
-        AFTER_SECONDS
+        h.after_seconds
     );
     for r in &h.runs {
         let after: Vec<String> = r
@@ -540,7 +560,7 @@ pub fn print(h: &Holding) {
         println!(
             "   crmgate under {} MiB within {} s after: {}",
             AFTER_UNDER_MIB,
-            AFTER_SECONDS,
+            h.after_seconds,
             crate::measure::verdict(gate.under_limit_after_s.is_some())
         );
     }

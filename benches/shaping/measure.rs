@@ -94,6 +94,19 @@ pub struct Answers {
     pub other: Vec<(u16, usize)>,
 }
 
+impl Answers {
+    /// Successful answers: 200 plus any other 2xx (201 for a creation).
+    pub fn succeeded(&self) -> usize {
+        self.ok_200
+            + self
+                .other
+                .iter()
+                .filter(|(s, _)| (200..300).contains(s))
+                .map(|(_, n)| n)
+                .sum::<usize>()
+    }
+}
+
 pub fn answers(samples: &[Sample]) -> Answers {
     let mut other: std::collections::BTreeMap<u16, usize> = Default::default();
     let mut ok = 0;
@@ -140,11 +153,12 @@ pub fn percentiles(values: &[f64]) -> Percentiles {
     }
 }
 
-/// Queue waits (ms, from `x-crmgate-queue-ms`) of the 200 answers.
+/// Queue waits (ms, from `x-crmgate-queue-ms`) of the successful (2xx)
+/// answers: 200 for reads, 201 for a created order.
 pub fn queue_waits(samples: &[Sample]) -> Vec<f64> {
     samples
         .iter()
-        .filter(|s| s.status == 200)
+        .filter(|s| (200..300).contains(&s.status))
         .filter_map(|s| s.queue_ms)
         .map(|ms| ms as f64)
         .collect()

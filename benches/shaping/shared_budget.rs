@@ -48,6 +48,8 @@ pub struct Replica {
 /// Scenario 5's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct SharedBudget {
+    /// Which Redis: "one Redis", "a TLS Redis with a password", ….
+    pub through: String,
     pub replicas: usize,
     pub callers: usize,
     pub seconds: f64,
@@ -82,14 +84,29 @@ pub async fn shared_budget(callers: usize, run: Duration) -> Result<SharedBudget
     let redis = common::RedisServer::start()
         .await
         .ok_or("redis-server is not on PATH (apt-get install redis-server)")?;
+    let topology = format!("url = \"{}\"", redis.url());
+    Ok(replicas(callers, run, &topology, "one Redis").await)
+}
+
+/// The scenario through the Redis that `topology` (`[redis]` lines: a URL
+/// with what it needs, such as `ca_file`) names; `through` says which, for
+/// the report.
+pub async fn replicas(
+    callers: usize,
+    run: Duration,
+    topology: &str,
+    through: &str,
+) -> SharedBudget {
     let sim = harness::sim(LATENCY).await;
     // The default `redis.timeout` (250 ms); a prefix of its own so nothing
     // else on this Redis shares the budget.
-    let prefix = format!("crmgate-bench-{}-{}", std::process::id(), redis.port);
-    let sections = format!(
-        "[redis]\nurl = \"{}\"\nexpected_replicas = {REPLICAS}\nkey_prefix = \"{prefix}\"\n",
-        redis.url()
+    let prefix = format!(
+        "crmgate-bench-{}-{}",
+        std::process::id(),
+        common::free_port()
     );
+    let sections =
+        format!("[redis]\n{topology}\nexpected_replicas = {REPLICAS}\nkey_prefix = \"{prefix}\"\n");
     let mut gates = Vec::new();
     for _ in 0..REPLICAS {
         let config =
@@ -132,11 +149,8 @@ pub async fn shared_budget(callers: usize, run: Duration) -> Result<SharedBudget
     }
     let all = sim.records();
     drop(client);
-    for g in gates {
-        g.shutdown().await;
-    }
+    futures_util::future::join_all(gates.into_iter().map(Gate::shutdown)).await;
     sim.shutdown();
-    drop(redis);
 
     let skip = SKIP.min(run / 2);
     let steady: Vec<Received> = records
@@ -175,7 +189,8 @@ pub async fn shared_budget(callers: usize, run: Duration) -> Result<SharedBudget
         })
         .collect();
     let redis_calls = per_replica.iter().map(|r| r.redis_calls).sum::<u64>();
-    Ok(SharedBudget {
+    SharedBudget {
+        through: through.to_string(),
         replicas: REPLICAS,
         callers,
         seconds: run.as_secs_f64(),
@@ -191,7 +206,7 @@ pub async fn shared_budget(callers: usize, run: Duration) -> Result<SharedBudget
         redis_calls,
         round_trips_per_request: redis_calls as f64 / received.max(1) as f64,
         per_replica,
-    })
+    }
 }
 
 /// A gateway's `/status`, or `null` if it would not answer.
@@ -221,10 +236,16 @@ pub const TARGET_UTILISATION_REDIS: f64 = 0.9;
 
 /// Prints scenario 5's table and verdicts.
 pub fn print(s: &SharedBudget) {
+    print_against(s, TARGET_UTILISATION_REDIS, "5")
+}
+
+/// [`print`] against another utilisation goal (the TLS Redis's), under
+/// another section number.
+pub fn print_against(s: &SharedBudget, target: f64, section: &str) {
     let (st, wh) = (&s.steady, &s.whole);
     println!(
-        "\n== 5. Shared budget: {} replicas through one Redis",
-        s.replicas
+        "\n== {section}. Shared budget: {} replicas through {}",
+        s.replicas, s.through
     );
     println!(
         "   {} callers over {} gateways ({}), {:.0} s, CRM latency 20–60 ms, limit {}/s for all of them",
@@ -257,10 +278,10 @@ pub fn print(s: &SharedBudget) {
         "delivered rate (req/s, steady)", st.rate
     );
     println!(
-        "   {:<38} {:>12.4}   target ≥ {TARGET_UTILISATION_REDIS:.2}: {}",
+        "   {:<38} {:>12.4}   target ≥ {target:.2}: {}",
         "combined utilisation (steady)",
         st.utilisation,
-        measure::verdict(st.utilisation >= TARGET_UTILISATION_REDIS)
+        measure::verdict(st.utilisation >= target)
     );
     println!(
         "   {:<38} {:>12.4}",

@@ -3,7 +3,7 @@
 //! travel in clear (`http://` to a host that is not loopback).
 //!
 //! The default roots are the public web roots compiled into crmgate
-//! (reqwest's `rustls-tls`, i.e. `webpki-roots`), not the system store: the
+//! (the `webpki-roots` crate, as the egress clients use them), not the system store: the
 //! container image has no CA certificates, and compiled-in roots make the
 //! binary self-contained and the same everywhere. `ca_file` adds to them
 //! (a self-hosted CRM, a corporate proxy that re-signs TLS, tests); it never
@@ -63,7 +63,7 @@ pub(super) fn read_ca_file(path: &Path) -> Result<CaBundle, String> {
             "{shown} holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")"
         ));
     }
-    // The check reqwest's rustls backend makes when the client is built:
+    // The check the egress clients make when they are built (`egress`):
     // done here, a bad certificate is a `check` error, not a failed start.
     let mut store = RootCertStore::empty();
     for (n, cert) in certs.iter().enumerate() {

@@ -20,11 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderValue, Method};
+use axum::http::{header, HeaderValue, Method, Request, Uri};
 use axum::response::Response;
+use http_body_util::Full;
+use hyper::body::Incoming;
 use rand::Rng;
 use tokio::time::Instant;
-use url::Url;
+use tower_http::timeout::TimeoutBody;
 
 use crate::access::Trace;
 use crate::classify::Class;
@@ -77,7 +79,7 @@ impl Forward for Forwarder {
 struct Sent {
     outcome: SendOutcome,
     /// The CRM's answer, when `outcome` is [`SendOutcome::Answer`].
-    answer: Option<reqwest::Response>,
+    answer: Option<hyper::Response<Incoming>>,
     /// Why it failed, for a 502 (never the URL, never a key).
     cause: Option<String>,
     timeout: Duration,
@@ -154,7 +156,7 @@ impl Forwarder {
             match retry::decide(sent.outcome, attempt, backoff, jitter) {
                 Decision::Answer => {
                     let resp = sent.answer.expect("an answer outcome carries its response");
-                    return Ok(stream_back(resp));
+                    return Ok(stream_back(resp, sent.timeout));
                 }
                 Decision::Fail(failure) => {
                     let error = failed(failure, &tenant.name, trace.attempts, cause, sent.timeout);
@@ -231,21 +233,34 @@ impl Forwarder {
         trace: &mut Trace,
     ) -> Sent {
         let timeout = snap.config.upstream.request_timeout;
-        let mut headers = out.headers.clone();
+        let uri = match target_uri(target, &out.path, out.query.as_deref()) {
+            Ok(uri) => uri,
+            // Nothing was sent: the path and query came in as a valid URI,
+            // so only a base URL `http` cannot hold ends here.
+            Err(e) => {
+                return Sent {
+                    outcome: SendOutcome::ConnectFailed,
+                    answer: None,
+                    cause: Some(format!("the CRM URL is not a valid URI ({e})")),
+                    timeout,
+                }
+            }
+        };
+        let mut req = Request::new(Full::new(out.body.clone()));
+        *req.method_mut() = out.method.clone();
+        *req.uri_mut() = uri;
+        let headers = req.headers_mut();
+        *headers = out.headers.clone();
         headers.insert("x-api-key", key_header(&target.config.api_key));
-        let send = egress
-            .client
-            .request(
-                out.method.clone(),
-                target_url(target, &out.path, out.query.as_deref()),
-            )
-            .headers(headers)
-            .body(out.body.clone());
+        if !headers.contains_key(header::USER_AGENT) {
+            headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        }
+        let send = egress.client.request(req);
         // The CRM sees the spacing of the actual writes: a send leaving
         // late moves its slot (and the next one) with it.
         permit.departed();
         let sent_at = Instant::now();
-        let result = tokio::time::timeout(timeout, send.send()).await;
+        let result = tokio::time::timeout(timeout, send).await;
         let latency = sent_at.elapsed();
         trace.upstream += latency;
         let m = &self.metrics;
@@ -259,8 +274,6 @@ impl Forwarder {
             cause,
             timeout,
         };
-        // reqwest's own read timer can fire while waiting for headers: that
-        // is a timeout too, not a broken connection.
         match result {
             Ok(Ok(resp)) => {
                 let status = resp.status();
@@ -284,21 +297,17 @@ impl Forwarder {
                 m.upstream_attempts
                     .with_label_values(&[&egress.label, class.as_str(), "error"])
                     .inc();
-                // The URL is left out: its query may hold customer data.
-                let (timed_out, connect) = (e.is_timeout() && !e.is_connect(), e.is_connect());
-                let cause = error_chain(&e.without_url());
-                if timed_out {
-                    tracing::warn!(tenant = %tenant, egress = %egress.label, ?timeout, "CRM did not answer in time");
-                    sent(SendOutcome::TimedOut, None, Some(cause))
+                // The client's errors never hold the URL (its query may
+                // hold customer data); the wait for headers is timed above.
+                let connect = e.is_connect();
+                let cause = error_chain(&e);
+                tracing::warn!(tenant = %tenant, egress = %egress.label, connect, cause = %cause, "CRM request failed");
+                let outcome = if connect {
+                    SendOutcome::ConnectFailed
                 } else {
-                    tracing::warn!(tenant = %tenant, egress = %egress.label, connect, cause = %cause, "CRM request failed");
-                    let outcome = if connect {
-                        SendOutcome::ConnectFailed
-                    } else {
-                        SendOutcome::Broken
-                    };
-                    sent(outcome, None, Some(cause))
-                }
+                    SendOutcome::Broken
+                };
+                sent(outcome, None, Some(cause))
             }
             Err(_) => {
                 m.upstream_attempts
@@ -331,20 +340,32 @@ fn failed(
     }
 }
 
-/// The CRM URL of one send: the tenant's (already parsed) base URL, with
-/// the API path appended to its path, and the rewritten query. Starting
-/// from the parsed base saves parsing scheme and host again for every send.
-pub(crate) fn target_url(tenant: &Tenant, path: &str, query: Option<&str>) -> Url {
-    let mut url = tenant.config.base_url.clone();
-    let base = url.path().trim_end_matches('/');
-    if base.is_empty() {
-        url.set_path(path);
-    } else {
-        let joined = format!("{base}{path}");
-        url.set_path(&joined);
+/// What the egress clients say they are, unless the caller said otherwise.
+const USER_AGENT: &str = concat!("crmgate/", env!("CARGO_PKG_VERSION"));
+
+/// The CRM URI of one send: the tenant's base URL (scheme, host, port and
+/// path, already parsed and checked), the API path appended to its path,
+/// and the rewritten query, verbatim. One string built and parsed once:
+/// the client takes an `http::Uri`.
+pub(crate) fn target_uri(
+    tenant: &Tenant,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Uri, axum::http::uri::InvalidUri> {
+    let base = &tenant.config.base_url;
+    let origin = &base[..url::Position::BeforePath];
+    let base_path = base.path().trim_end_matches('/');
+    let mut uri = String::with_capacity(
+        origin.len() + base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+    );
+    uri.push_str(origin);
+    uri.push_str(base_path);
+    uri.push_str(path);
+    if let Some(q) = query {
+        uri.push('?');
+        uri.push_str(q);
     }
-    url.set_query(query);
-    url
+    Uri::try_from(uri)
 }
 
 /// The real key as a header value, marked sensitive so it is never printed.
@@ -372,14 +393,15 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Step 4: the CRM's answer as our response: status, end-to-end headers,
-/// body streamed chunk by chunk.
-fn stream_back(mut resp: reqwest::Response) -> Response {
-    let status = resp.status();
-    let mut headers = std::mem::take(resp.headers_mut());
-    drop_hop_by_hop(&mut headers);
-    let mut response = Response::new(Body::from_stream(resp.bytes_stream()));
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
+/// body streamed chunk by chunk as it arrives (never buffered). A CRM that
+/// stops sending for `read_timeout` between chunks ends the body with an
+/// error, so the caller sees a cut answer rather than a hang.
+fn stream_back(resp: hyper::Response<Incoming>, read_timeout: Duration) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    drop_hop_by_hop(&mut parts.headers);
+    let mut response = Response::new(Body::new(TimeoutBody::new(read_timeout, body)));
+    *response.status_mut() = parts.status;
+    *response.headers_mut() = parts.headers;
     response
 }
 
@@ -394,7 +416,9 @@ mod tests {
             format!("[[tenants]]\nname = \"t\"\nbase_url = \"{base_url}\"\napi_key = \"k-0001\"\n");
         let config = Config::from_toml(&text, "t.toml", &|_| None).unwrap();
         let tenants = Tenants::new(&config.tenants);
-        target_url(tenants.get("t").unwrap(), path, query).to_string()
+        target_uri(tenants.get("t").unwrap(), path, query)
+            .unwrap()
+            .to_string()
     }
 
     #[test]

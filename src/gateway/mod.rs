@@ -91,7 +91,7 @@ impl Gateway {
     pub fn new(
         config: Config,
         config_path: Option<PathBuf>,
-    ) -> Result<Arc<Gateway>, reqwest::Error> {
+    ) -> Result<Arc<Gateway>, egress::BuildError> {
         let scheduler = Scheduler::new(&config);
         let metrics = Arc::new(Metrics::new());
         let egress = egress::build(&config, &scheduler, &metrics.upstream_connections)?;

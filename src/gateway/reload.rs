@@ -2,7 +2,7 @@
 //! and put the rest in force without dropping a queued request.
 //!
 //! A reload is all or nothing: the file is validated (`upstream.ca_file`
-//! re-read) and, when the upstream timeouts or trusted roots change, new
+//! re-read) and, when the upstream connect timeout or trusted roots change, new
 //! egress clients are built before anything is swapped; any failure leaves the old config and clients in force. Requests
 //! already sent finish on the clients they were sent with; the next sends use
 //! the new ones. This module never logs a key or the Redis URL: a refused
@@ -27,7 +27,7 @@ pub enum ReloadError {
     Invalid(#[from] ConfigError),
     /// New outbound clients (for changed timeouts) could not be built.
     #[error("cannot set up outbound HTTP clients: {0}")]
-    Clients(#[from] reqwest::Error),
+    Clients(#[from] crate::egress::BuildError),
 }
 
 /// Where a gateway's reloads read from, and the lock that keeps two reloads
@@ -113,10 +113,9 @@ impl Gateway {
         if clients.is_some() {
             tracing::info!(
                 connect_timeout = ?new.upstream.connect_timeout,
-                request_timeout = ?new.upstream.request_timeout,
                 ca_file = ?new.upstream.ca.as_ref().map(|ca| &ca.path),
                 extra_roots = new.upstream.ca.as_ref().map_or(0, |ca| ca.certs.len()),
-                "upstream timeouts or trusted roots changed: new sends use new clients; requests in flight finish on the old ones"
+                "upstream connect timeout or trusted roots changed: new sends use new clients; requests in flight finish on the old ones"
             );
         }
         self.scheduler.reconfigure(&new);
@@ -130,14 +129,14 @@ impl Gateway {
     }
 }
 
-/// True when `new` sets something that is fixed into a reqwest client when
+/// True when `new` sets something that is fixed into an egress client when
 /// it is built, so the egress clients must be rebuilt to honour it.
+/// (`request_timeout` is not: forward reads it from each send's snapshot.)
 fn clients_outdated(old: &Config, new: &Config) -> bool {
     let (o, n) = (&old.upstream, &new.upstream);
-    // The read timeout is derived from `request_timeout` (see `egress`).
     // `ca` compares the certificates, not just the path: a reload re-reads
     // the file, so a CA rotated in place is picked up too.
-    o.connect_timeout != n.connect_timeout || o.request_timeout != n.request_timeout || o.ca != n.ca
+    o.connect_timeout != n.connect_timeout || o.ca != n.ca
 }
 
 /// Puts back in `new` every setting that only a restart may change, and
@@ -249,13 +248,14 @@ mod tests {
     }
 
     #[test]
-    fn only_timeout_changes_outdate_the_clients() {
+    fn only_a_connect_timeout_change_outdates_the_clients() {
         let old = config("");
         assert!(!clients_outdated(
             &old,
             &config("[limits]\ngeneral_per_second = 3\n")
         ));
-        assert!(clients_outdated(
+        // Read from each send's snapshot, not fixed into a client.
+        assert!(!clients_outdated(
             &old,
             &config("[upstream]\nrequest_timeout = \"7s\"\n")
         ));
