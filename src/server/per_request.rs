@@ -64,9 +64,9 @@ impl PerRequest {
 impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
     type Response = Response;
     type Error = Infallible;
-    type Future = Answer;
+    type Future = ResponseFuture;
 
-    fn call(&self, req: hyper::Request<Incoming>) -> Answer {
+    fn call(&self, req: hyper::Request<Incoming>) -> ResponseFuture {
         // Read per request, so a reload reaches open connections too.
         let timeout = self.gw.snapshot().config.server.body_timeout;
         let number = self.stalls.next.fetch_add(1, Ordering::Relaxed) + 1;
@@ -75,7 +75,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
         req.extensions_mut().insert(ConnectInfo(self.peer));
         // The router is always ready: no `poll_ready` needed.
         let call = self.app.clone().call(req);
-        Answer {
+        ResponseFuture {
             call,
             gw: self.gw.clone(),
             stalls: self.stalls.clone(),
@@ -87,7 +87,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
 
 /// The answer to one request: the router's future, then the finishing
 /// touches.
-pub(super) struct Answer {
+pub(super) struct ResponseFuture {
     call: RouteFuture<Infallible>,
     gw: Arc<Gateway>,
     stalls: Arc<Stalls>,
@@ -95,7 +95,7 @@ pub(super) struct Answer {
     timeout: Duration,
 }
 
-impl Future for Answer {
+impl Future for ResponseFuture {
     type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
