@@ -27,7 +27,17 @@ const BACKLOG: i32 = 1024;
 /// `n` listening sockets on `addr` in one `SO_REUSEPORT` group, non-blocking,
 /// for [`spawn`] to hand one to each worker. With port 0 the first socket
 /// picks the port and the others join it.
+///
+/// A port that something already listens on is refused ("address in use"),
+/// even when that is another crmgate of the same user whose sockets would
+/// let ours join their group: two gateways sharing one port would each
+/// spend the whole budget, and the CRM would see twice the limit.
 pub fn bind_group(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        // A socket without SO_REUSEPORT cannot bind where anyone listens
+        // (a group included); it is closed again before the group binds.
+        drop(std::net::TcpListener::bind(addr)?);
+    }
     let mut sockets = Vec::with_capacity(n);
     let mut at = addr;
     for _ in 0..n.max(1) {
@@ -105,5 +115,21 @@ impl Workers {
 impl Drop for Workers {
     fn drop(&mut self) {
         self.abort.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_another_group_listens_on_is_refused() {
+        let first = bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let taken = first[0].local_addr().unwrap();
+        let err = bind_group(taken, 2).expect_err("a second group on a taken port");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+        drop(first);
+        // Free again once the first group is closed.
+        assert_eq!(bind_group(taken, 2).unwrap().len(), 2);
     }
 }
