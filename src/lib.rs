@@ -60,6 +60,8 @@
 //!   at the CRM (accepted, v5, sites, scopes), through the budget;
 //! - [`server`]: listeners, connection limits and timeouts, graceful drain;
 //!   [`tls_listener`]: the HTTPS listener's certificate and handshake;
+//!   [`workers`]: the worker threads and runtimes that serve the API, each
+//!   with its own socket;
 //! - [`guard`]: who may call at all, from the request head alone;
 //! - [`sim`]: a RetailCRM simulator for tests, benchmarks and `crmgate demo`.
 #![forbid(unsafe_code)]
@@ -97,3 +99,4 @@ pub mod sim;
 pub mod status;
 pub mod tenant;
 pub mod tls_listener;
+pub mod workers;

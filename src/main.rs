@@ -145,13 +145,16 @@ fn init_logging(format: LogFormat) -> log_writer::FlushGuard {
     guard
 }
 
-/// The runtime: `server.worker_threads` threads for `serve` when set, else
-/// one per core.
-fn runtime(config: Option<&Config>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.and_then(|c| c.server.worker_threads) {
-        builder.worker_threads(n.get());
-    }
+/// The runtime `main` blocks on. For `serve` it is the control runtime, one
+/// thread: signals, reloads, the admin port, the scheduler's dispatchers,
+/// Redis and the history sampler; the API is served by the
+/// `server.worker_threads` worker runtimes that [`Server::run`] starts.
+fn runtime(serving: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if serving {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     builder.enable_all().build()
 }
 
@@ -185,7 +188,7 @@ fn main() -> ExitCode {
         },
         command => (None, Some(command)),
     };
-    let runtime = match runtime(serving.as_ref().map(|(_, c)| c)) {
+    let runtime = match runtime(serving.is_some()) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("crmgate: cannot start the async runtime: {e}");

@@ -10,6 +10,11 @@
 //! (counted from the signal), answers what is left with 503 JSON, and
 //! reports how many were drained and cut off.
 //!
+//! The API listeners are served by `server.worker_threads` worker runtimes
+//! ([`crate::workers`]), each accepting on its own socket and keeping its
+//! connections; the admin port, the drain's clock and everything shared
+//! stay on the caller's runtime. Caps and drain span all workers.
+//!
 //! Connections are served by hyper's HTTP/1 server with a timer
 //! (`axum::serve` installs none, so hyper's head timeout would never fire).
 //! A slow or greedy client meets these limits before any handler runs:
@@ -39,7 +44,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -65,6 +70,7 @@ use crate::gateway::Gateway;
 use crate::guard::guard;
 use crate::inbound::body::BodyStalled;
 use crate::tls_listener::{self, Generated};
+use crate::workers;
 use crate::{admin, proxy};
 
 pub use crate::drain::DrainReport;
@@ -103,11 +109,12 @@ pub enum ServeError {
 /// A bound, not yet serving, gateway.
 pub struct Server {
     gateway: Arc<Gateway>,
-    api: TcpListener,
+    /// One API socket per worker, in one `SO_REUSEPORT` group.
+    api: Vec<std::net::TcpListener>,
     admin: TcpListener,
-    /// The HTTPS API listener, and the certificate generated for it when
-    /// no files are configured.
-    tls: Option<(TcpListener, Option<Arc<Generated>>)>,
+    /// The HTTPS API sockets (one per worker), and the certificate
+    /// generated for them when no files are configured.
+    tls: Option<(Vec<std::net::TcpListener>, Option<Arc<Generated>>)>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -116,17 +123,32 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
+/// `n` sockets on `addr`, one per worker.
+fn bind_workers(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, ServeError> {
+    workers::bind_group(addr, n).map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// The worker runtimes `config` asks for: `server.worker_threads`, else one
+/// per core.
+pub fn worker_count(config: &Config) -> usize {
+    config.server.worker_threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n.get(),
+    )
+}
+
 impl Server {
     /// Binds `server.listen`, `server.admin_listen` and, when set,
     /// `server.tls_listen` (generating its certificate and writing its CA to
     /// `server.tls_ca_out` when no certificate files are configured).
     pub async fn bind(config: Config, config_path: Option<PathBuf>) -> Result<Server, ServeError> {
-        let api = bind(config.server.listen).await?;
+        let workers = worker_count(&config);
+        let api = bind_workers(config.server.listen, workers)?;
         let admin = bind(config.server.admin_listen).await?;
         let tls = match &config.server.tls {
             None => None,
             Some(t) => {
-                let listener = bind(t.listen).await?;
+                let listener = bind_workers(t.listen, workers)?;
                 let generated = match &t.cert {
                     crate::config::TlsCert::Files(_) => None,
                     crate::config::TlsCert::Generated { names, ca_out } => {
@@ -151,7 +173,9 @@ impl Server {
 
     /// The HTTPS API address actually bound, when `server.tls_listen` is set.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
-        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+        self.tls
+            .as_ref()
+            .and_then(|(l, _)| l.first()?.local_addr().ok())
     }
 
     /// The CA certificate (PEM) of the certificate generated at start-up,
@@ -165,7 +189,7 @@ impl Server {
 
     /// The API address actually bound.
     pub fn api_addr(&self) -> SocketAddr {
-        self.api
+        self.api[0]
             .local_addr()
             .expect("bound listener has an address")
     }
@@ -200,43 +224,66 @@ impl Server {
 
         // Each router behind the guard, which knows whether its listener is
         // loopback (then the Host rule applies).
-        let loopback = |l: &TcpListener| l.local_addr().is_ok_and(|a| a.ip().is_loopback());
-        let guarded = |router, listener: &_| {
-            guard(
-                router,
-                gw.live.clone(),
-                gw.metrics.clone(),
-                loopback(listener),
-            )
+        let guarded = |router, addr: Option<SocketAddr>| {
+            let loopback = addr.is_some_and(|a| a.ip().is_loopback());
+            guard(router, gw.live.clone(), gw.metrics.clone(), loopback)
         };
-        let api_app = guarded(proxy::router(gw.clone()), &api);
-        let admin_app = guarded(admin::router(gw.clone()), &admin);
-        // The HTTPS listener serves the same API and drains with it: one
-        // task, so aborting it closes both listeners' connections.
-        let tls_serve = tls.map(|(listener, generated)| {
-            let app = guarded(proxy::router(gw.clone()), &listener);
-            let side = Side::Tls(generated);
-            serve(gw.clone(), listener, side, app, stopped(stop_rx.clone()))
-        });
-        let api_serve = serve(
-            gw.clone(),
-            api,
-            Side::Api,
-            api_app,
-            stopped(stop_rx.clone()),
+        let admin_app = guarded(admin::router(gw.clone()), admin.local_addr().ok());
+        let api_app = guarded(
+            proxy::router(gw.clone()),
+            api.first().and_then(|l| l.local_addr().ok()),
         );
-        let api_task = tokio::spawn(async move {
-            tokio::join!(api_serve, async {
-                if let Some(tls) = tls_serve {
-                    tls.await;
-                }
+        // Each worker serves its API socket and, when configured, its HTTPS
+        // socket: one runtime, so aborting it closes both kinds of its
+        // connections. The caps count across all workers.
+        let (tls_sockets, tls_app) = match tls {
+            None => (Vec::new(), None),
+            Some((sockets, generated)) => {
+                let addr = sockets.first().and_then(|l| l.local_addr().ok());
+                let app = guarded(proxy::router(gw.clone()), addr);
+                (sockets, Some((app, Side::Tls(generated))))
+            }
+        };
+        let mut tls_sockets = tls_sockets.into_iter();
+        let inputs: Vec<_> = api.into_iter().map(|a| (a, tls_sockets.next())).collect();
+        let (api_open, tls_open) = (Arc::default(), Arc::default());
+        let (wgw, wstop) = (gw.clone(), stop_rx.clone());
+        let mut workers = workers::spawn(inputs, move |worker, (api, tls)| {
+            let worker = worker.to_string();
+            let api_side = Listening {
+                gw: wgw.clone(),
+                side: Side::Api,
+                worker: worker.clone(),
+                app: api_app.clone(),
+                open: Arc::clone(&api_open),
+            };
+            let tls_side = tls_app.clone().map(|(app, side)| Listening {
+                gw: wgw.clone(),
+                side,
+                worker,
+                app,
+                open: Arc::clone(&tls_open),
             });
-        });
+            let (api_stop, tls_stop) = (stopped(wstop.clone()), stopped(wstop.clone()));
+            async move {
+                let api_serve = serve_std(api_side, api, api_stop);
+                let tls_serve = async {
+                    if let (Some(side), Some(tls)) = (tls_side, tls) {
+                        serve_std(side, tls, tls_stop).await;
+                    }
+                };
+                tokio::join!(api_serve, tls_serve);
+            }
+        })?;
         let admin_task = tokio::spawn(serve(
-            gw.clone(),
+            Listening {
+                gw: gw.clone(),
+                side: Side::Admin,
+                worker: "control".into(),
+                app: admin_app,
+                open: Arc::default(),
+            },
             admin,
-            Side::Admin,
-            admin_app,
             stopped(admin_stop_rx),
         ));
         gw.drain.set_ready(true);
@@ -269,9 +316,8 @@ impl Server {
         gw.scheduler.close();
         let _ = stop_tx.send(true);
 
-        let mut api_task = api_task;
         let left = grace.saturating_sub(signalled.elapsed());
-        let drained_in_time = tokio::time::timeout(left, &mut api_task).await.is_ok();
+        let drained_in_time = tokio::time::timeout(left, workers.finished()).await.is_ok();
         // Shutdown 503s so far were new requests refused during the drain;
         // from here on they are requests the grace could not serve.
         gw.drain.grace_over();
@@ -283,12 +329,13 @@ impl Server {
             gw.scheduler.cut_off();
             // Queued requests now answer at once; requests already sent to
             // the CRM get a short last chance to finish.
-            if tokio::time::timeout(Duration::from_secs(5), &mut api_task)
+            if tokio::time::timeout(Duration::from_secs(5), workers.finished())
                 .await
                 .is_err()
             {
                 tracing::warn!("some in-flight requests did not finish; closing their connections");
-                api_task.abort();
+                workers.abort();
+                workers.finished().await;
             }
         }
         let _ = admin_stop_tx.send(true);
@@ -332,7 +379,7 @@ impl Side {
     }
 
     /// Open connections allowed now (the API cap follows reloads, and
-    /// holds for each API listener).
+    /// holds for each API listener, across all workers).
     fn cap(&self, gw: &Gateway) -> usize {
         match self {
             Side::Api | Side::Tls(_) => gw.snapshot().config.server.max_connections.get(),
@@ -364,17 +411,37 @@ fn http2_builder(header_timeout: Duration) -> http2::Builder<TokioExecutor> {
     b
 }
 
+/// What one listener serves, and the count of its open connections
+/// (shared by every worker's socket of that listener).
+struct Listening {
+    gw: Arc<Gateway>,
+    side: Side,
+    /// The worker runtime's label in the metrics.
+    worker: String,
+    app: Router,
+    open: Arc<AtomicUsize>,
+}
+
+/// [`serve`] on a worker's socket, registered with the worker's runtime.
+async fn serve_std(on: Listening, socket: std::net::TcpListener, stop: impl Future<Output = ()>) {
+    match TcpListener::from_std(socket) {
+        Ok(listener) => serve(on, listener, stop).await,
+        Err(err) => tracing::error!(listener = on.side.label(), %err, "cannot serve"),
+    }
+}
+
 /// Accepts and serves connections on `listener` until `stop` resolves, then
 /// asks every connection to finish its request in progress and close, and
 /// returns when all have. Dropping the returned future (aborting its task)
 /// closes every connection at once.
-async fn serve(
-    gw: Arc<Gateway>,
-    listener: TcpListener,
-    side: Side,
-    app: Router,
-    stop: impl Future<Output = ()>,
-) {
+async fn serve(on: Listening, listener: TcpListener, stop: impl Future<Output = ()>) {
+    let Listening {
+        gw,
+        side,
+        worker,
+        app,
+        open: count,
+    } = on;
     let graceful = GracefulShutdown::new();
     // Connections live in this set, so they end with this future.
     let mut connections = JoinSet::new();
@@ -386,6 +453,10 @@ async fn serve(
         .metrics
         .connections_refused
         .with_label_values(&[side.label()]);
+    let accepted = gw
+        .metrics
+        .connections_accepted
+        .with_label_values(&[side.label(), &worker]);
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -402,16 +473,17 @@ async fn serve(
                 }
             },
         };
-        // Only this loop opens connections, so the count cannot grow
-        // between the check and the increment.
-        if open.get() >= side.cap(&gw) as i64 {
+        accepted.inc();
+        // Every worker's loop opens connections: reserve the place first.
+        if count.fetch_add(1, Ordering::AcqRel) >= side.cap(&gw) {
+            count.fetch_sub(1, Ordering::AcqRel);
             refused.inc();
             drop(stream);
             continue;
         }
         // Answers are small JSON writes: send them now, not after Nagle's delay.
         let _ = stream.set_nodelay(true);
-        let counted = Counted::new(open.clone());
+        let counted = Counted::new(open.clone(), count.clone());
         let snap = gw.snapshot();
         let header_timeout = snap.config.server.header_timeout;
         let service = PerRequest {
@@ -510,19 +582,21 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
     }
 }
 
-/// One open connection, counted in the gauge until dropped.
-struct Counted(IntGauge);
+/// One open connection, counted in the gauge and its listener's count
+/// (already reserved) until dropped.
+struct Counted(IntGauge, Arc<AtomicUsize>);
 
 impl Counted {
-    fn new(gauge: IntGauge) -> Counted {
+    fn new(gauge: IntGauge, count: Arc<AtomicUsize>) -> Counted {
         gauge.inc();
-        Counted(gauge)
+        Counted(gauge, count)
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
         self.0.dec();
+        self.1.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -65,6 +65,9 @@ pub struct Metrics {
     pub connections_open: IntGaugeVec,
     /// Connections closed at once because the listener was full, by listener.
     pub connections_refused: IntCounterVec,
+    /// Connections accepted, by listener and worker runtime (`control` for
+    /// the admin port): how the kernel spread them over the workers.
+    pub connections_accepted: IntCounterVec,
     /// Exports streaming now.
     pub exports_in_progress: IntGauge,
     /// Exports by how they ended ([`EXPORT_OUTCOMES`]).
@@ -209,6 +212,11 @@ impl Metrics {
             "crmgate_connections_refused_total",
             "Client connections accepted and closed at once because the listener was at its cap, by listener.",
             &["listener"],
+        );
+        let connections_accepted = counter(
+            "crmgate_connections_accepted_total",
+            "Client connections accepted, by listener and worker runtime (control: the admin port's).",
+            &["listener", "worker"],
         );
         let connections_open = reg(
             &registry,
@@ -385,6 +393,7 @@ impl Metrics {
             tenant_queue_wait: WaitWindows::new(),
             connections_open,
             connections_refused,
+            connections_accepted,
             exports_in_progress,
             exports,
             export_pages,

@@ -82,6 +82,10 @@ struct Inner {
     stop: CancellationToken,
     /// The Redis budget, with `limits.backend = "redis"`.
     shared: Option<Arc<Shared>>,
+    /// The runtime the scheduler was made on, where every lane's
+    /// dispatcher runs: a lane first used by a request on a worker runtime
+    /// must not depend on that worker (its timers, its life).
+    runtime: tokio::runtime::Handle,
 }
 
 /// The scheduler. Cheap to clone; all clones share the queues and budgets.
@@ -114,7 +118,8 @@ fn class_index(class: Class) -> usize {
 impl Scheduler {
     /// A scheduler for `config`, with one budget per egress IP (one in all
     /// when no egress IPs are configured). Must be created inside a tokio
-    /// runtime: dispatchers are spawned on it as lanes come into use.
+    /// runtime: dispatchers are spawned on it as lanes come into use, also
+    /// for requests served on other runtimes.
     pub fn new(config: &Config) -> Scheduler {
         let scheduler = Scheduler {
             inner: Arc::new(Inner {
@@ -132,6 +137,7 @@ impl Scheduler {
                 stop: CancellationToken::new(),
                 shared: (config.limits.backend == Backend::Redis)
                     .then(|| Arc::new(Shared::new(config))),
+                runtime: tokio::runtime::Handle::current(),
             }),
         };
         if let Some(shared) = &scheduler.inner.shared {
@@ -200,7 +206,7 @@ impl Scheduler {
                     reshaped: Notify::new(),
                     shared: self.inner.shared.clone(),
                 });
-                tokio::spawn(dispatch(
+                self.inner.runtime.spawn(dispatch(
                     lane.clone(),
                     self.inner.stop.clone(),
                     self.inner.shared.clone(),
