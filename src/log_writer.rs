@@ -44,12 +44,14 @@ impl State {
     }
 }
 
-struct Shared {
+/// What the writer thread and the loggers share: the lines waiting to be
+/// written, and the signal that more came.
+struct Handoff {
     state: Mutex<State>,
     tick: Condvar,
 }
 
-impl Shared {
+impl Handoff {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -57,18 +59,18 @@ impl Shared {
 
 /// The [`MakeWriter`] for `tracing_subscriber::fmt`.
 #[derive(Clone)]
-pub struct BufferedLog(Arc<Shared>);
+pub struct BufferedLog(Arc<Handoff>);
 
 /// Writes what is buffered and stops the flushing thread when dropped:
 /// keep it alive until the process ends.
 pub struct FlushGuard {
-    shared: Arc<Shared>,
+    shared: Arc<Handoff>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// A writer over `out` and the guard that flushes it.
 pub fn buffered(out: impl Write + Send + 'static) -> (BufferedLog, FlushGuard) {
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(Handoff {
         state: Mutex::new(State {
             buf: Vec::with_capacity(BLOCK),
             out: Box::new(out),
@@ -130,7 +132,7 @@ impl Drop for FlushGuard {
 
 /// One line's writer.
 pub struct Line<'a> {
-    shared: &'a Shared,
+    shared: &'a Handoff,
     at_once: bool,
 }
 

@@ -89,9 +89,9 @@ impl TenantReport {
 
 /// Checks every tenant in the config in force, one after another.
 pub async fn check_all(gw: &Gateway) -> Vec<TenantReport> {
-    let rt = gw.snapshot();
+    let snap = gw.snapshot();
     let mut reports = Vec::new();
-    for tenant in rt.tenants.iter() {
+    for tenant in snap.tenants.iter() {
         reports.push(check_tenant(gw, tenant).await);
     }
     reports
@@ -141,7 +141,7 @@ pub async fn check_tenant(gw: &Gateway, tenant: &Arc<Tenant>) -> TenantReport {
 }
 
 /// An answer from the CRM: its status and JSON body (`Null` if not JSON).
-struct Answer {
+struct CrmReply {
     status: u16,
     body: Value,
 }
@@ -153,8 +153,8 @@ async fn call(
     tenant: &Arc<Tenant>,
     path: &str,
     egress_label: &mut String,
-) -> Result<Answer, String> {
-    let rt = gw.snapshot();
+) -> Result<CrmReply, String> {
+    let snap = gw.snapshot();
     let key = tenant.config.api_key.expose();
     let ticket = Ticket {
         tenant: tenant.name.clone(),
@@ -163,7 +163,7 @@ async fn call(
         client: Arc::from("crmgate check --online"),
         priority: Priority::Normal,
         class: Class::General,
-        deadline: tokio::time::Instant::now() + rt.config.limits.max_queue_wait,
+        deadline: tokio::time::Instant::now() + snap.config.limits.max_queue_wait,
     };
     let mut last = String::new();
     for attempt in 0..ATTEMPTS {
@@ -182,7 +182,7 @@ async fn call(
         req.headers_mut()
             .insert("x-api-key", key_header(&tenant.config.api_key));
         let send = egress.client.request(req);
-        let resp = match tokio::time::timeout(rt.config.upstream.request_timeout, send).await {
+        let resp = match tokio::time::timeout(snap.config.upstream.request_timeout, send).await {
             Err(_) => return Err(format!("{path}: no answer within upstream.request_timeout")),
             Ok(Err(e)) => return Err(scrub(&format!("{path}: {}", chain(&e)), key)),
             Ok(Ok(resp)) => resp,
@@ -200,7 +200,7 @@ async fn call(
             continue;
         }
         let bytes = tokio::time::timeout(
-            rt.config.upstream.request_timeout,
+            snap.config.upstream.request_timeout,
             resp.into_body().collect(),
         )
         .await
@@ -208,13 +208,13 @@ async fn call(
         .map_err(|e| scrub(&format!("{path}: {}", chain(&e)), key))?
         .to_bytes();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        return Ok(Answer { status, body });
+        return Ok(CrmReply { status, body });
     }
     Err(last)
 }
 
 /// Accepted, refused or not understood, from the `credentials` answer.
-fn judge_key(answer: &Answer) -> KeyState {
+fn judge_key(answer: &CrmReply) -> KeyState {
     let success = answer.body["success"].as_bool();
     let message = answer.body["errorMsg"].as_str().unwrap_or("").to_string();
     match (answer.status, success) {
@@ -360,7 +360,7 @@ mod tests {
     use serde_json::json;
 
     fn judged(status: u16, body: Value) -> KeyState {
-        judge_key(&Answer { status, body })
+        judge_key(&CrmReply { status, body })
     }
 
     #[test]

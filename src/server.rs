@@ -534,7 +534,7 @@ async fn serve(on: Listening, listener: TcpListener, stop: impl Future<Output = 
 }
 
 /// The answer to one request, boxed: hyper names the service's future type.
-type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 /// The per-request service of one connection: gives the handler the peer
 /// address, bounds pauses in the body, and turns a stalled body into 408.
@@ -547,9 +547,9 @@ struct PerRequest {
 impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
     type Response = Response;
     type Error = Infallible;
-    type Future = Answer;
+    type Future = ResponseFuture;
 
-    fn call(&self, req: hyper::Request<Incoming>) -> Answer {
+    fn call(&self, req: hyper::Request<Incoming>) -> ResponseFuture {
         // Read per request, so a reload reaches open connections too.
         let timeout = self.gw.snapshot().config.server.body_timeout;
         let stalled = Arc::new(AtomicBool::new(false));

@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use common::*;
 use crmgate::cache::fleet::{Fill, FleetStore, Lookup};
 use crmgate::cache::key::Key;
-use crmgate::cache::store::Answer;
+use crmgate::cache::store::BufferedAnswer;
 use crmgate::config::Config;
 use crmgate::redis_link::RedisLink;
 
@@ -35,12 +35,12 @@ fn key(path: &str) -> Key {
     Key::new(&"acme".into(), path, Some("limit=100"))
 }
 
-fn answer(body: &str) -> Answer {
+fn answer(body: &str) -> BufferedAnswer {
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     headers.append("x-extra", HeaderValue::from_static("a"));
     headers.append("x-extra", HeaderValue::from_static("b"));
-    Answer {
+    BufferedAnswer {
         status: StatusCode::OK,
         headers,
         body: Bytes::from(body.to_string()),

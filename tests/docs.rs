@@ -128,7 +128,7 @@ fn troubleshooting_covers_every_error() {
     let ops = read("docs/operations.md");
     let trouble = section(&ops, "## Troubleshooting");
     let errors = variants(&read("src/error.rs"), "GatewayError");
-    let queue = variants(&read("src/scheduler/mod.rs"), "QueueError");
+    let queue = variants(&read("src/scheduler/ticket.rs"), "QueueError");
     assert!(errors.len() >= 20, "parsed only {errors:?}");
     assert_eq!(queue.len(), 4, "{queue:?}");
     let mut missing = Vec::new();

@@ -280,7 +280,7 @@ async fn a_slow_connect_moves_the_shared_window() {
         redis.url()
     );
     let config = crmgate::config::Config::from_toml(&text, "test", &|_| None).unwrap();
-    let shared = crmgate::scheduler::Shared::new(&config);
+    let shared = crmgate::scheduler::RedisBudget::new(&config);
     let first = shared
         .reserve(Class::General, None, u64::MAX)
         .await
@@ -339,7 +339,7 @@ async fn a_late_departure_moves_only_its_own_slot_in_the_shared_log() {
     // paced 510 ms apart.
     const BASE: u64 = 1_000_000_000_000;
     let clock = Arc::new(AtomicU64::new(BASE));
-    let shared = crmgate::scheduler::Shared::with_clock(&config, clock.clone());
+    let shared = crmgate::scheduler::RedisBudget::with_clock(&config, clock.clone());
     let at = |ms: u64| clock.store(BASE + ms * 1000, Ordering::Relaxed);
     let reserve = || async {
         let r = shared

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use crmgate::classify::Class;
 use crmgate::config::Config;
-use crmgate::scheduler::Shared;
+use crmgate::scheduler::RedisBudget;
 
 /// A TCP listener that accepts and then never says a word: a Redis that
 /// hangs. Returns its port; the task holds the connections until the test ends.
@@ -171,7 +171,7 @@ async fn tls_with_a_private_ca_and_a_password() {
             pw_file.display()
         ),
     );
-    let shared = Shared::new(&config);
+    let shared = RedisBudget::new(&config);
     let wait = shared
         .reserve(Class::General, None, u64::MAX)
         .await

@@ -102,8 +102,38 @@ pub struct FleetCache {
     pub ttl_periods: usize,
     /// Most CRM reads in any TTL-long window (1 when the fleet shares).
     pub most_reads_in_a_ttl: usize,
+    /// When the CRM received them (seconds after the readers started).
+    pub reads_at_s: Vec<f64>,
+    /// Per replica, from `/status` (tenant acme's `cache_last_minute`):
+    /// answers served from Redis, and reads that waited for another
+    /// replica's fill; and its `budget_backend` at the end.
+    pub per_replica: Vec<ReplicaCache>,
     /// What the readers got.
     pub answers: Answers,
+}
+
+/// One replica's share of the fleet cache.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaCache {
+    pub shared_hits: u64,
+    pub fill_waits: u64,
+    pub backend: String,
+}
+
+/// Tenant acme's cache counters and the backend state of `gate`.
+fn replica_cache(gate: &Gate) -> ReplicaCache {
+    let doc = common::status_now(gate);
+    let acme = doc["tenants"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == "acme"))
+        .cloned()
+        .unwrap_or_default();
+    let count = |field: &str| acme["cache_last_minute"][field].as_u64().unwrap_or(0);
+    ReplicaCache {
+        shared_hits: count("shared_hits_last_minute"),
+        fill_waits: count("fill_waits_last_minute"),
+        backend: gate.gateway.backend_state().to_string(),
+    }
 }
 
 /// `fleet_cache`: [`READERS`] per replica read the statuses for `run`.
@@ -117,6 +147,7 @@ pub async fn reference(run: Duration) -> Result<FleetCache, String> {
     let topology = format!("url = \"{}\"", redis.url());
     let gates = fleet(&sim.base_url(), &topology, &cache).await;
     let client = harness::client();
+    let started = Instant::now();
     let loads: Vec<Load> = gates
         .iter()
         .map(|g| {
@@ -130,6 +161,7 @@ pub async fn reference(run: Duration) -> Result<FleetCache, String> {
         samples.extend(load.stop().await);
     }
     let records = sim.records();
+    let per_replica = gates.iter().map(replica_cache).collect();
     futures_util::future::join_all(gates.into_iter().map(Gate::shutdown)).await;
     sim.shutdown();
     drop(redis);
@@ -157,6 +189,11 @@ pub async fn reference(run: Duration) -> Result<FleetCache, String> {
         crm_reads: reads.len(),
         ttl_periods: (run.as_secs_f64() / TTL.as_secs_f64()).floor() as usize + 1,
         most_reads_in_a_ttl,
+        reads_at_s: reads
+            .iter()
+            .map(|t| t.saturating_duration_since(started).as_secs_f64())
+            .collect(),
+        per_replica,
         answers: measure::answers(&samples),
     })
 }
@@ -185,6 +222,17 @@ pub fn print_reference(c: &FleetCache) {
         "   {:<38} {:>12}   other: {:?}",
         "reader answers (200)", c.answers.ok_200, c.answers.other
     );
+    let at: Vec<String> = c.reads_at_s.iter().map(|t| format!("{t:.2}")).collect();
+    println!("   CRM reads at (s): {}", at.join(", "));
+    for (i, r) in c.per_replica.iter().enumerate() {
+        println!(
+            "   replica {}: shared hits {}, fill waits {}, backend {}",
+            i + 1,
+            r.shared_hits,
+            r.fill_waits,
+            r.backend
+        );
+    }
 }
 
 /// `failover`'s figures.

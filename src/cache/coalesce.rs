@@ -19,14 +19,14 @@ use tokio::task::AbortHandle;
 use tokio::time::{sleep_until, Instant};
 
 use super::key::Key;
-use super::store::Answer;
+use super::store::BufferedAnswer;
 use crate::error::GatewayError;
 use crate::scheduler::{Lift, Priority, QueueError};
 
 /// What the shared request came to: the answer and how it was obtained.
-pub struct Shared {
+pub struct FlightOutcome {
     /// The whole answer, or why there is none.
-    pub answer: Result<Arc<Answer>, GatewayError>,
+    pub answer: Result<Arc<BufferedAnswer>, GatewayError>,
     /// Sends made to the CRM.
     pub attempts: u32,
     /// Time the shared request spent queued.
@@ -45,7 +45,7 @@ pub struct Shared {
 pub struct Flight {
     /// Priority and deadline of the shared request, raised by joiners.
     pub lift: Arc<Lift>,
-    result: watch::Sender<Option<Arc<Shared>>>,
+    result: watch::Sender<Option<Arc<FlightOutcome>>>,
     /// Seats taken and the task, under the flights' lock.
     state: Mutex<FlightState>,
 }
@@ -58,12 +58,12 @@ struct FlightState {
 
 impl Flight {
     /// Publishes the outcome to every seat.
-    pub fn finish(&self, shared: Shared) {
+    pub fn finish(&self, shared: FlightOutcome) {
         self.result.send_replace(Some(Arc::new(shared)));
     }
 
     /// Publishes `shared()` unless an outcome was published already.
-    pub fn finish_if_unfinished(&self, shared: impl FnOnce() -> Shared) {
+    pub fn finish_if_unfinished(&self, shared: impl FnOnce() -> FlightOutcome) {
         self.result.send_if_modified(|r| {
             if r.is_some() {
                 return false;
@@ -192,7 +192,7 @@ impl Seat {
 
     /// Waits for the shared outcome, or until `deadline` while the shared
     /// request is still queued (a queue deadline of this caller's own).
-    pub async fn wait(&self, deadline: Instant) -> Result<Arc<Shared>, GatewayError> {
+    pub async fn wait(&self, deadline: Instant) -> Result<Arc<FlightOutcome>, GatewayError> {
         let mut rx = self.flight.result.subscribe();
         let mut patient = false;
         loop {

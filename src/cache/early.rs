@@ -14,7 +14,7 @@ use axum::response::Response;
 use tokio::time::Instant;
 
 use super::key::Key;
-use super::stats::Outcome;
+use super::stats::CacheOutcome;
 use crate::access::Trace;
 use crate::classify::classify;
 use crate::inbound::split_path;
@@ -80,6 +80,6 @@ pub fn lookup(
     }
     trace.tenant = Some(tenant.name.clone());
     trace.class = Some(classify(api_path));
-    cache.stats.count(&tenant.name, Outcome::Hit);
-    Some(super::from_entry(&entry, Outcome::Hit, now))
+    cache.stats.count(&tenant.name, CacheOutcome::Hit);
+    Some(super::from_entry(&entry, CacheOutcome::Hit, now))
 }

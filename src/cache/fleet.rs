@@ -23,7 +23,7 @@ use redis::{Script, Value};
 use sha2::{Digest, Sha256};
 
 use super::key::{dictionary, Key};
-use super::store::{Answer, Entry};
+use super::store::{BufferedAnswer, Entry};
 use crate::redis_link::RedisLink;
 
 const GET: &str = include_str!("lua/fleet_get.lua");
@@ -40,7 +40,7 @@ const FILL_POLL: Duration = Duration::from_millis(20);
 #[derive(Debug)]
 pub struct FleetEntry {
     /// The answer.
-    pub answer: Arc<Answer>,
+    pub answer: Arc<BufferedAnswer>,
     /// Time since it was stored (Redis's clock).
     pub age: Duration,
     /// Its TTL.
@@ -190,7 +190,7 @@ impl FleetStore {
         };
         Lookup::Found {
             entry: FleetEntry {
-                answer: Arc::new(Answer {
+                answer: Arc::new(BufferedAnswer {
                     status,
                     headers: decode_headers(&headers),
                     body: Bytes::from(body),
@@ -208,7 +208,7 @@ impl FleetStore {
     pub async fn put(
         &self,
         key: &Key,
-        answer: &Answer,
+        answer: &BufferedAnswer,
         ttl: Duration,
         stale: Duration,
         generation: &str,

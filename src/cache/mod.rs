@@ -49,11 +49,11 @@ use crate::config::Config;
 use crate::error::GatewayError;
 use crate::forward::{Forward, Forwarder};
 use crate::inbound::Inbound;
-use coalesce::{Flight, Flights, Role, Shared};
+use coalesce::{Flight, FlightOutcome, Flights, Role};
 use fleet::{Fill, FleetStore, Lookup};
 use key::Key;
-use stats::{Outcome, Stats};
-use store::{Answer, Entry, Store};
+use stats::{CacheOutcome, Stats};
+use store::{BufferedAnswer, Entry, Store};
 
 /// Response header: what the cache stage did (`hit`, `miss`, `coalesced`,
 /// `stale`, `bypass`).
@@ -162,7 +162,7 @@ fn directive(headers: &HeaderMap) -> Directive {
     d
 }
 
-fn outcome_header(o: Outcome) -> HeaderValue {
+fn outcome_header(o: CacheOutcome) -> HeaderValue {
     HeaderValue::from_static(o.as_str())
 }
 
@@ -186,8 +186,8 @@ pub async fn serve(
     let stats = cache.stats.tenant(&tenant);
     let asked = directive(&req.out.headers);
     if asked == Directive::NoStore {
-        stats.count(Outcome::Bypass);
-        return with_outcome(forward.send(req, trace).await, Outcome::Bypass);
+        stats.count(CacheOutcome::Bypass);
+        return with_outcome(forward.send(req, trace).await, CacheOutcome::Bypass);
     }
     let ttl = cfg.ttl_for(&req.out.path);
     if ttl.is_none() && forward.free_now(req.ticket.class, &tenant) {
@@ -195,8 +195,8 @@ pub async fn serve(
         // kept: it streams back as it comes, unbuffered. (Should another
         // request take the slot first, this one waits unjoinable: rare, and
         // only a missed saving.)
-        stats.count(Outcome::Miss);
-        return with_outcome(forward.send(req, trace).await, Outcome::Miss);
+        stats.count(CacheOutcome::Miss);
+        return with_outcome(forward.send(req, trace).await, CacheOutcome::Miss);
     }
     let key = Key::new(&tenant, &req.out.path, req.out.query.as_deref());
     let store = cache.store.load_full();
@@ -208,15 +208,15 @@ pub async fn serve(
         if asked == Directive::Normal && cache.flights.wait_for_sent(&key).await {
             let now = Instant::now();
             if let Some(e) = store.get(&key).filter(|e| e.fresh(now)) {
-                stats.count(Outcome::Hit);
-                return Ok(from_entry(&e, Outcome::Hit, now));
+                stats.count(CacheOutcome::Hit);
+                return Ok(from_entry(&e, CacheOutcome::Hit, now));
             }
         }
         if let Some(e) = store.get(&key) {
             let now = Instant::now();
             if asked != Directive::NoCache && e.fresh(now) {
-                stats.count(Outcome::Hit);
-                return Ok(from_entry(&e, Outcome::Hit, now));
+                stats.count(CacheOutcome::Hit);
+                return Ok(from_entry(&e, CacheOutcome::Hit, now));
             }
             if e.usable_stale(now, cfg.stale_if_error) {
                 stale = Some(e);
@@ -238,8 +238,8 @@ pub async fn serve(
                         ZERO,
                         store.generation(),
                     );
-                    stats.count(Outcome::Shared);
-                    return Ok(from_fleet(&entry, Outcome::Shared));
+                    stats.count(CacheOutcome::Shared);
+                    return Ok(from_fleet(&entry, CacheOutcome::Shared));
                 }
                 if stale.is_none() {
                     stale = Some(Arc::new(entry.as_stale(store.generation())));
@@ -276,12 +276,12 @@ pub async fn serve(
                 plan,
             ));
             seat.attach(task.abort_handle());
-            Outcome::Miss
+            CacheOutcome::Miss
         }
         Role::Joined => {
             // The joiner's own request is never sent.
             drop(req);
-            Outcome::Coalesced
+            CacheOutcome::Coalesced
         }
     };
     let shared = seat.wait(deadline).await;
@@ -301,12 +301,12 @@ pub async fn serve(
         Err(_) => true,
     };
     if let (true, Some(e)) = (failed, &stale) {
-        stats.count(Outcome::Stale);
-        return Ok(from_entry(e, Outcome::Stale, Instant::now()));
+        stats.count(CacheOutcome::Stale);
+        return Ok(from_entry(e, CacheOutcome::Stale, Instant::now()));
     }
     let shared = shared?;
-    let outcome = if shared.from_fleet && outcome == Outcome::Miss {
-        Outcome::Shared
+    let outcome = if shared.from_fleet && outcome == CacheOutcome::Miss {
+        CacheOutcome::Shared
     } else {
         outcome
     };
@@ -365,14 +365,17 @@ impl Drop for DictionaryWrite {
     }
 }
 
-fn with_outcome(r: Result<Response, GatewayError>, o: Outcome) -> Result<Response, GatewayError> {
+fn with_outcome(
+    r: Result<Response, GatewayError>,
+    o: CacheOutcome,
+) -> Result<Response, GatewayError> {
     r.map(|mut resp| {
         resp.headers_mut().insert(CACHE_HEADER, outcome_header(o));
         resp
     })
 }
 
-fn from_entry(e: &Entry, o: Outcome, now: Instant) -> Response {
+fn from_entry(e: &Entry, o: CacheOutcome, now: Instant) -> Response {
     let mut resp = e.answer.response(outcome_header(o));
     resp.headers_mut()
         .insert(header::AGE, HeaderValue::from(e.age(now)));
@@ -399,7 +402,7 @@ fn local_ttl(cfg: &crate::config::CacheConfig, ttl: std::time::Duration) -> std:
 }
 
 /// A response from a fleet entry, with its `Age` on Redis's clock.
-fn from_fleet(e: &fleet::FleetEntry, o: Outcome) -> Response {
+fn from_fleet(e: &fleet::FleetEntry, o: CacheOutcome) -> Response {
     let mut resp = e.answer.response(outcome_header(o));
     resp.headers_mut()
         .insert(header::AGE, HeaderValue::from(e.age.as_secs()));
@@ -446,7 +449,7 @@ async fn fly(
                                 p.generation,
                             );
                         }
-                        flight.finish(Shared {
+                        flight.finish(FlightOutcome {
                             answer: Ok(entry.answer),
                             attempts: 0,
                             queue: std::time::Duration::ZERO,
@@ -491,7 +494,7 @@ async fn fly(
             fleet.release(&key, token).await;
         }
     }
-    flight.finish(Shared {
+    flight.finish(FlightOutcome {
         answer,
         attempts: trace.attempts,
         queue: trace.queue,
@@ -509,7 +512,7 @@ struct Unfinished(Arc<Flight>, String);
 
 impl Drop for Unfinished {
     fn drop(&mut self) {
-        self.0.finish_if_unfinished(|| Shared {
+        self.0.finish_if_unfinished(|| FlightOutcome {
             answer: Err(GatewayError::UpstreamUnreachable {
                 tenant: std::mem::take(&mut self.1),
                 cause: "the shared request ended without an answer".into(),
@@ -531,7 +534,7 @@ async fn buffer(
     pool: &Arc<BodyPool>,
     limit: usize,
     tenant: String,
-) -> Result<(Arc<Answer>, BodyLease), GatewayError> {
+) -> Result<(Arc<BufferedAnswer>, BodyLease), GatewayError> {
     let (parts, mut body) = resp.into_parts();
     let mut lease = BodyLease::new(pool);
     let mut bytes = BytesMut::new();
@@ -551,7 +554,7 @@ async fn buffer(
     // A kept answer must not carry the time it was first read: the server
     // adds the current `Date` to each response (and `Age` says how old).
     headers.remove(header::DATE);
-    let answer = Answer {
+    let answer = BufferedAnswer {
         status: parts.status,
         headers,
         body: bytes.freeze(),
@@ -560,7 +563,7 @@ async fn buffer(
 }
 
 /// Only `200` with `"success": true` is kept.
-fn cacheable(a: &Answer) -> bool {
+fn cacheable(a: &BufferedAnswer) -> bool {
     #[derive(Deserialize)]
     struct Success {
         success: bool,

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 /// What happened to a GET, as `X-Crmgate-Cache` and the `result` label say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum CacheOutcome {
     /// Answered from a fresh entry.
     Hit,
     /// Sent to the CRM as its own request.
@@ -30,26 +30,26 @@ pub enum Outcome {
     Shared,
 }
 
-impl Outcome {
+impl CacheOutcome {
     /// Every outcome, in label order.
-    pub const ALL: [Outcome; 6] = [
-        Outcome::Hit,
-        Outcome::Miss,
-        Outcome::Coalesced,
-        Outcome::Stale,
-        Outcome::Bypass,
-        Outcome::Shared,
+    pub const ALL: [CacheOutcome; 6] = [
+        CacheOutcome::Hit,
+        CacheOutcome::Miss,
+        CacheOutcome::Coalesced,
+        CacheOutcome::Stale,
+        CacheOutcome::Bypass,
+        CacheOutcome::Shared,
     ];
 
     /// The header value and label.
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Hit => "hit",
-            Outcome::Miss => "miss",
-            Outcome::Coalesced => "coalesced",
-            Outcome::Stale => "stale",
-            Outcome::Bypass => "bypass",
-            Outcome::Shared => "shared",
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Coalesced => "coalesced",
+            CacheOutcome::Stale => "stale",
+            CacheOutcome::Bypass => "bypass",
+            CacheOutcome::Shared => "shared",
         }
     }
 
@@ -57,7 +57,10 @@ impl Outcome {
     pub fn saved(self) -> bool {
         matches!(
             self,
-            Outcome::Hit | Outcome::Coalesced | Outcome::Stale | Outcome::Shared
+            CacheOutcome::Hit
+                | CacheOutcome::Coalesced
+                | CacheOutcome::Stale
+                | CacheOutcome::Shared
         )
     }
 
@@ -170,7 +173,7 @@ impl Stats {
             .entry(name.clone())
             .or_insert_with(|| {
                 Arc::new(TenantCache {
-                    by_outcome: Outcome::ALL
+                    by_outcome: CacheOutcome::ALL
                         .map(|o| self.requests.with_label_values(&[name, o.as_str()])),
                     coalesced: self.coalesced.with_label_values(&[name]),
                     fill_waits: self.fill_waits.with_label_values(&[name]),
@@ -184,7 +187,7 @@ impl Stats {
     }
 
     /// Counts one GET's outcome for `tenant`.
-    pub fn count(&self, tenant: &Arc<str>, outcome: Outcome) {
+    pub fn count(&self, tenant: &Arc<str>, outcome: CacheOutcome) {
         self.tenant(tenant).count(outcome);
     }
 
@@ -214,9 +217,9 @@ impl Stats {
 
 impl TenantCache {
     /// Counts one outcome.
-    pub fn count(&self, outcome: Outcome) {
+    pub fn count(&self, outcome: CacheOutcome) {
         self.by_outcome[outcome.index()].inc();
-        if outcome == Outcome::Coalesced {
+        if outcome == CacheOutcome::Coalesced {
             self.coalesced.inc();
         }
         self.minute
@@ -225,8 +228,8 @@ impl TenantCache {
             .add(Instant::now(), |c| {
                 c.requests += 1;
                 c.saved += u64::from(outcome.saved());
-                c.l1 += u64::from(outcome == Outcome::Hit);
-                c.shared += u64::from(outcome == Outcome::Shared);
+                c.l1 += u64::from(outcome == CacheOutcome::Hit);
+                c.shared += u64::from(outcome == CacheOutcome::Shared);
             });
     }
 

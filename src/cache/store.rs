@@ -23,7 +23,7 @@ use super::key::{dictionary, Key};
 
 /// A whole answer, buffered: what every joiner and every hit gets.
 #[derive(Debug)]
-pub struct Answer {
+pub struct BufferedAnswer {
     /// The CRM's status.
     pub status: StatusCode,
     /// The CRM's end-to-end headers.
@@ -36,7 +36,7 @@ pub struct Answer {
 const CACHE_HEADER_NAME: axum::http::HeaderName =
     axum::http::HeaderName::from_static(super::CACHE_HEADER);
 
-impl Answer {
+impl BufferedAnswer {
     /// The answer as a response, with `X-Crmgate-Cache: {result}`.
     pub fn response(&self, result: HeaderValue) -> Response {
         let mut resp = Response::new(Body::from(self.body.clone()));
@@ -61,7 +61,7 @@ impl Answer {
 #[derive(Debug)]
 pub struct Entry {
     /// The answer.
-    pub answer: Arc<Answer>,
+    pub answer: Arc<BufferedAnswer>,
     /// When the answer arrived.
     pub stored: Instant,
     /// Fresh for this long.
@@ -85,7 +85,12 @@ impl Entry {
 
     /// An entry stored `age` ago (read from the fleet's cache), under
     /// `generation`.
-    pub fn stored_ago(answer: Arc<Answer>, age: Duration, ttl: Duration, generation: u64) -> Entry {
+    pub fn stored_ago(
+        answer: Arc<BufferedAnswer>,
+        age: Duration,
+        ttl: Duration,
+        generation: u64,
+    ) -> Entry {
         let now = Instant::now();
         Entry {
             answer,
@@ -192,7 +197,7 @@ impl Store {
     pub fn insert(
         &self,
         key: Key,
-        answer: Arc<Answer>,
+        answer: Arc<BufferedAnswer>,
         ttl: Duration,
         grace: Duration,
         generation: u64,
@@ -231,8 +236,8 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn answer(bytes: usize) -> Arc<Answer> {
-        Arc::new(Answer {
+    fn answer(bytes: usize) -> Arc<BufferedAnswer> {
+        Arc::new(BufferedAnswer {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: Bytes::from(vec![b'x'; bytes]),

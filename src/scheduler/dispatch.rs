@@ -13,7 +13,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::lane::{Lane, LaneState, SharedSlot, DISPATCHED, QUEUED};
-use super::{Level, Shared};
+use super::{Level, RedisBudget};
 
 /// How late a timer may fire and still count as on time: tokio's wheel
 /// ticks in milliseconds, and a busy machine adds about one more (measured
@@ -40,7 +40,7 @@ pub(super) const TRANSITION: Duration = Duration::from_millis(2500);
 pub(super) async fn dispatch(
     lane: Arc<Lane>,
     stop: CancellationToken,
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<RedisBudget>>,
 ) {
     // Start careful: other replicas may be in fallback right now.
     let mut mode = Mode::Fallback;

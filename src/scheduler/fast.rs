@@ -24,7 +24,7 @@ use super::{Permit, Ticket};
 /// fair queue changes no later order. A request granted here never waits in
 /// the queue, so it never counts against `queue_capacity` or `max_queued`.
 /// A request whose deadline has passed, and every request of a lane whose
-/// slots come from Redis, take the queue as before.
+/// slots come from Redis, go through the queue.
 ///
 /// A slot due within [`SHORT_WAIT`] is taken too and waited for by the
 /// caller ([`wait_short`]): the dispatcher would sleep for it on tokio's

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use super::{Budget, Inner, Level, Priority, Shared, Ticket, Wfq};
+use super::{Budget, Inner, Level, Priority, RedisBudget, Ticket, Wfq};
 use crate::classify::Class;
 
 /// A waiter's state: waiting, granted a slot, or gone (skipped when popped).
@@ -183,7 +183,7 @@ pub(super) struct Lane {
     /// Budgets changed (reload, 503): recompute the wake-up time.
     pub(super) reshaped: Notify,
     /// The Redis budget, with `limits.backend = "redis"`.
-    pub(super) shared: Option<Arc<Shared>>,
+    pub(super) shared: Option<Arc<RedisBudget>>,
 }
 
 impl Lane {

@@ -49,7 +49,7 @@ pub use budget::{Budget, BudgetShape};
 pub use fair::{Level, Wfq};
 pub use lift::Lift;
 pub use permit::Permit;
-pub use shared::{Reservation, Shared};
+pub use shared::{RedisBudget, Reservation};
 pub use ticket::{Priority, QueueError, Ticket};
 
 use dispatch::dispatch;
@@ -81,7 +81,7 @@ struct Inner {
     /// Dispatchers exit once this is cancelled.
     stop: CancellationToken,
     /// The Redis budget, with `limits.backend = "redis"`.
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<RedisBudget>>,
     /// The runtime the scheduler was made on, where every lane's
     /// dispatcher runs: a lane first used by a request on a worker runtime
     /// must not depend on that worker (its timers, its life).
@@ -136,7 +136,7 @@ impl Scheduler {
                 cut_off: CancellationToken::new(),
                 stop: CancellationToken::new(),
                 shared: (config.limits.backend == Backend::Redis)
-                    .then(|| Arc::new(Shared::new(config))),
+                    .then(|| Arc::new(RedisBudget::new(config))),
                 runtime: tokio::runtime::Handle::current(),
             }),
         };

@@ -44,7 +44,7 @@ impl Permit {
     /// machine, a slow pool checkout, a slow Redis), the budget counts the
     /// send from now, so the next slot moves with it and no window at the
     /// CRM holds more than the limit ([`super::Budget::left_late`], and
-    /// [`super::Shared::departed`] for a slot Redis reserved). On time
+    /// [`super::RedisBudget::departed`] for a slot Redis reserved). On time
     /// (within the timer granularity): nothing.
     pub fn departed(&self) {
         let now = Instant::now();

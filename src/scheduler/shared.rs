@@ -38,7 +38,7 @@ use crate::redis_link::{LinkState, RedisLink};
 // Each script is a clock prelude (defining `now`) followed by its body.
 /// Defines `now` from Redis's `TIME` (production).
 const CLOCK_REDIS: &str = include_str!("lua/clock_redis.lua");
-/// Defines `now` from the last ARGV (tests, see [`Shared::with_clock`]).
+/// Defines `now` from the last ARGV (tests, see [`RedisBudget::with_clock`]).
 const CLOCK_ARGV: &str = include_str!("lua/clock_argv.lua");
 const RESERVE: &str = include_str!("lua/reserve.lua");
 const THROTTLE: &str = include_str!("lua/throttle.lua");
@@ -55,7 +55,7 @@ pub struct Reservation {
     /// How long to wait for the slot, from when the script ran.
     pub wait: Duration,
     /// The slot in the log's own time base (Redis µs): what
-    /// [`Shared::departed`] takes when the send leaves late.
+    /// [`RedisBudget::departed`] takes when the send leaves late.
     pub slot_us: u64,
 }
 
@@ -65,7 +65,7 @@ fn window_us(config: &Config) -> u64 {
 }
 
 /// The Redis side of shared budgets.
-pub struct Shared {
+pub struct RedisBudget {
     link: Arc<RedisLink>,
     prefix: String,
     /// Budget name of each egress, in config order.
@@ -82,27 +82,27 @@ pub struct Shared {
     clock: Option<Arc<AtomicU64>>,
 }
 
-impl Shared {
+impl RedisBudget {
     /// Prepares the client; nothing is connected until the first slot (a
     /// Redis that cannot be reached, or a URL it rejects, means fallback).
-    pub fn new(config: &Config) -> Shared {
-        Shared::build(config, Arc::new(RedisLink::new(&config.redis)), None)
+    pub fn new(config: &Config) -> RedisBudget {
+        RedisBudget::build(config, Arc::new(RedisLink::new(&config.redis)), None)
     }
 
-    /// Like [`Shared::new`], on a link other users share (the fleet cache).
-    pub fn with_link(config: &Config, link: Arc<RedisLink>) -> Shared {
-        Shared::build(config, link, None)
+    /// Like [`RedisBudget::new`], on a link other users share (the fleet cache).
+    pub fn with_link(config: &Config, link: Arc<RedisLink>) -> RedisBudget {
+        RedisBudget::build(config, link, None)
     }
 
-    /// For tests only: like [`Shared::new`], but the scripts take "now" (µs
+    /// For tests only: like [`RedisBudget::new`], but the scripts take "now" (µs
     /// since any epoch) from `clock` instead of Redis's `TIME`, so a test can
     /// drive Redis and a local [`super::Budget`] on one time base.
     #[doc(hidden)]
-    pub fn with_clock(config: &Config, clock: Arc<AtomicU64>) -> Shared {
-        Shared::build(config, Arc::new(RedisLink::new(&config.redis)), Some(clock))
+    pub fn with_clock(config: &Config, clock: Arc<AtomicU64>) -> RedisBudget {
+        RedisBudget::build(config, Arc::new(RedisLink::new(&config.redis)), Some(clock))
     }
 
-    fn build(config: &Config, link: Arc<RedisLink>, clock: Option<Arc<AtomicU64>>) -> Shared {
+    fn build(config: &Config, link: Arc<RedisLink>, clock: Option<Arc<AtomicU64>>) -> RedisBudget {
         let r = &config.redis;
         let ids = if config.upstream.egress_ips.is_empty() {
             vec![config
@@ -126,7 +126,7 @@ impl Shared {
         } else {
             CLOCK_REDIS
         };
-        Shared {
+        RedisBudget {
             link,
             prefix: r.key_prefix.clone(),
             ids,
@@ -275,7 +275,7 @@ impl Shared {
 
     /// Reports that sends through `egress` that were due within the last
     /// `by` left only now (they waited for a new connection): the shared log
-    /// counts them from now. Best effort, like [`Shared::throttled`].
+    /// counts them from now. Best effort, like [`RedisBudget::throttled`].
     pub async fn delayed(&self, egress: usize, class: Class, tenant: Option<&str>, by: Duration) {
         if self.in_fallback() {
             return;
@@ -293,7 +293,7 @@ impl Shared {
     /// Reports that the send reserved at `slot_us` (a [`Reservation`]'s)
     /// left `late` after it: the shared log counts it, and any send between
     /// its slot and its departure, from then ([`super::Budget::left_late`]'s
-    /// rule). Best effort, like [`Shared::throttled`].
+    /// rule). Best effort, like [`RedisBudget::throttled`].
     pub async fn departed(
         &self,
         egress: usize,

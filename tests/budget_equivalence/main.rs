@@ -3,7 +3,7 @@
 //! which is the reference (docs/architecture.md). One sequence of events —
 //! slots asked for by several replicas, 503s with and without Retry-After, a
 //! slow connect, a late send, recovery over time — goes to both: to one
-//! `Budget` per egress, picked the way a lane picks, and to `Shared` on a
+//! `Budget` per egress, picked the way a lane picks, and to `RedisBudget` on a
 //! real redis-server whose scripts read "now" from the test's clock instead
 //! of `TIME`, so both run on one time base and nothing here sleeps.
 //!
@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use common::{Cluster, RedisServer};
 use crmgate::classify::Class;
-use crmgate::scheduler::Shared;
+use crmgate::scheduler::RedisBudget;
 use crmgate::sim::limiter::LimiterKind;
 use reference::*;
 use sequence::{sequence, Event};
@@ -49,12 +49,12 @@ const BASE_US: u64 = 1_700_000_000_000_000;
 const TOLERANCE_US: f64 = 80.0;
 const MAX_RESERVATIONS: usize = 80;
 
-/// The slots the Redis scripts give for `events`, through [`Shared`]'s own
+/// The slots the Redis scripts give for `events`, through [`RedisBudget`]'s own
 /// calls, on the test's clock.
 async fn redis_slots(topology: &str, prefix: &str, events: &[(u64, Event)]) -> Vec<Slot> {
     let config = config(topology, prefix, true);
     let clock = Arc::new(AtomicU64::new(BASE_US));
-    let shared = Shared::with_clock(&config, clock.clone());
+    let shared = RedisBudget::with_clock(&config, clock.clone());
     let class = Class::General;
     let mut slots = Vec::new();
     // Each egress's latest slot as the log holds it.
@@ -243,8 +243,8 @@ async fn the_redis_scripts_adapt_as_the_rust_budget_against_model_crms() {
 /// sliding-log bound decides a slot by far more than the tolerance), and
 /// changing any other rule in the reference moves some slot by far more
 /// than the tolerance; a script that broke that rule would move the same
-/// slots. Checked the other way round too, by hand, before adaptation
-/// became a test (issue 10): breaking any one rule in the scripts (the
+/// slots. Checked the other way round too, by hand: breaking any one rule
+/// in the scripts (the
 /// window term, the pacing gap, the pause, a shorter Retry-After not
 /// shortening a pause, connect moves and their slack, the choice of the
 /// egress free longest, adaptation switched off) fails the Redis test. Each

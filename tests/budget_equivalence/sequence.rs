@@ -19,7 +19,7 @@ pub(crate) enum Event {
     /// The connection through `egress` that started at `started` (ms) is open.
     ConnectFinished { egress: usize, started: u64 },
     /// The send in `egress`'s latest slot left `by` after it (a late
-    /// wake-up, a slow hand-off): `Budget::left_late`, `Shared::departed`.
+    /// wake-up, a slow hand-off): `Budget::left_late`, `RedisBudget::departed`.
     Late { egress: usize, by: Duration },
     /// The config is reloaded with adaptation switched on or off.
     Reload { adaptive: bool },
