@@ -39,21 +39,14 @@
 //! `server.header_timeout`, then HTTP/1.1, or HTTP/2 when ALPN chose `h2`
 //! (its idle peers found by pings). The admin port stays plain HTTP. This module never reads a body itself.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::ConnectInfo;
-use axum::response::Response;
 use axum::Router;
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -61,19 +54,19 @@ use prometheus::IntGauge;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, Sleep};
-use tower::ServiceExt;
+use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::error::{reject, GatewayError};
 use crate::gateway::Gateway;
 use crate::guard::guard;
-use crate::inbound::body::BodyStalled;
 use crate::tls_listener::{self, Generated};
 use crate::workers;
 use crate::{admin, proxy};
 
 pub use crate::drain::DrainReport;
+
+mod per_request;
+use per_request::PerRequest;
 
 /// Open connections the admin port holds at most. Probes and scrapes need a
 /// handful; the cap keeps a flood there from taking the process's file
@@ -486,11 +479,7 @@ async fn serve(on: Listening, listener: TcpListener, stop: impl Future<Output = 
         let counted = Counted::new(open.clone(), count.clone());
         let snap = gw.snapshot();
         let header_timeout = snap.config.server.header_timeout;
-        let service = PerRequest {
-            gw: gw.clone(),
-            app: app.clone(),
-            peer,
-        };
+        let service = PerRequest::new(gw.clone(), app.clone(), peer);
         if let Side::Tls(generated) = &side {
             let cert = snap.config.server.tls.as_ref().map(|t| &t.cert);
             let Some(acceptor) = tls_listener::acceptor(cert, generated.as_deref()) else {
@@ -533,55 +522,6 @@ async fn serve(on: Listening, listener: TcpListener, stop: impl Future<Output = 
     graceful.shutdown().await;
 }
 
-/// The answer to one request, boxed: hyper names the service's future type.
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
-/// The per-request service of one connection: gives the handler the peer
-/// address, bounds pauses in the body, and turns a stalled body into 408.
-struct PerRequest {
-    gw: Arc<Gateway>,
-    app: Router,
-    peer: SocketAddr,
-}
-
-impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = ResponseFuture;
-
-    fn call(&self, req: hyper::Request<Incoming>) -> ResponseFuture {
-        // Read per request, so a reload reaches open connections too.
-        let timeout = self.gw.snapshot().config.server.body_timeout;
-        let stalled = Arc::new(AtomicBool::new(false));
-        let mut req = req.map(|body| Body::new(IdleBody::new(body, timeout, stalled.clone())));
-        req.extensions_mut().insert(ConnectInfo(self.peer));
-        let call = self.app.clone().oneshot(req);
-        let gw = self.gw.clone();
-        Box::pin(async move {
-            let mut response = call.await?;
-            // Draining: this connection is not reused, so the caller's
-            // next request opens a new one (while the listener still
-            // accepts, or elsewhere).
-            if gw.drain.is_draining() {
-                response.headers_mut().insert(
-                    axum::http::header::CONNECTION,
-                    axum::http::HeaderValue::from_static("close"),
-                );
-            }
-            // Already a 408 (a handler that maps BodyStalled itself) was
-            // counted where it was made.
-            if !stalled.load(Ordering::Relaxed)
-                || response.status() == axum::http::StatusCode::REQUEST_TIMEOUT
-            {
-                return Ok(response);
-            }
-            // Whatever the handler made of the failed read, the client
-            // stalled: say so, and close (the rest of the body is unread).
-            Ok(reject(GatewayError::BodyTimeout { timeout }, &gw.metrics))
-        })
-    }
-}
-
 /// One open connection, counted in the gauge and its listener's count
 /// (already reserved) until dropped.
 struct Counted(IntGauge, Arc<AtomicUsize>);
@@ -597,69 +537,5 @@ impl Drop for Counted {
     fn drop(&mut self) {
         self.0.dec();
         self.1.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A request body that fails with [`BodyStalled`] when no frame arrives for
-/// `timeout` while it is being read, and marks `stalled` so the answer can
-/// say 408. The timer is armed only while a read waits, so a body that is
-/// never read (or already complete) costs no timer.
-struct IdleBody {
-    inner: Incoming,
-    timeout: Duration,
-    last_progress: Instant,
-    sleep: Option<Pin<Box<Sleep>>>,
-    stalled: Arc<AtomicBool>,
-}
-
-impl IdleBody {
-    fn new(inner: Incoming, timeout: Duration, stalled: Arc<AtomicBool>) -> IdleBody {
-        IdleBody {
-            inner,
-            timeout,
-            last_progress: Instant::now(),
-            sleep: None,
-            stalled,
-        }
-    }
-}
-
-impl HttpBody for IdleBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.last_progress = Instant::now();
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-            }
-            Poll::Pending => {
-                let deadline = this.last_progress + this.timeout;
-                let sleep = this
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if sleep.deadline() != deadline {
-                    sleep.as_mut().reset(deadline);
-                }
-                if sleep.as_mut().poll(cx).is_ready() {
-                    this.stalled.store(true, Ordering::Relaxed);
-                    return Poll::Ready(Some(Err(Box::new(BodyStalled(this.timeout)))));
-                }
-                Poll::Pending
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -166,39 +166,72 @@ fn outcome_header(o: CacheOutcome) -> HeaderValue {
     HeaderValue::from_static(o.as_str())
 }
 
+/// How one read is served, decided once by [`decide`] before any call.
+enum Way {
+    /// Straight to forward, neither kept nor joinable: the cache is off,
+    /// not a GET, `no-store`, or an uncached path with a slot free now. The
+    /// outcome is what the answer's header says (none when the cache is
+    /// not involved at all).
+    Pass(Option<CacheOutcome>),
+    /// Answered from an entry already in hand (local, or the fleet's).
+    Answered(Response),
+    /// Through a flight of the cache: start one or join one.
+    Fly(Takeoff),
+}
+
+/// What a read that no entry answered takes to its flight, found while
+/// deciding.
+struct Takeoff {
+    key: Key,
+    /// How a flight this read starts keeps its answer (`None`: not kept).
+    plan: Option<Plan>,
+    /// An expired entry within `stale_if_error`, served if the CRM fails.
+    stale: Option<Arc<Entry>>,
+}
+
 /// The stage for reads: serves a GET from the cache, a shared request, or
-/// forwards it (writes go through [`DictionaryWrite`] instead).
+/// forwards it (writes go through [`DictionaryWrite`] instead). It decides
+/// once how ([`decide`]), then makes one call.
 pub async fn serve(
     cache: &Arc<Cache>,
     forward: &Forwarder,
     req: Inbound,
     trace: &mut Trace,
 ) -> Result<Response, GatewayError> {
+    match decide(cache, forward, &req).await {
+        Way::Pass(None) => forward.send(req, trace).await,
+        Way::Pass(Some(outcome)) => with_outcome(forward.send(req, trace).await, outcome),
+        Way::Answered(response) => Ok(response),
+        Way::Fly(takeoff) => fly_or_join(cache, forward, req, takeoff, trace).await,
+    }
+}
+
+/// Decides how `req` is served, counting the outcome it already knows (a
+/// pass or a hit); only the fleet lookup and a wait for a fill already sent
+/// happen here, never a send.
+async fn decide(cache: &Arc<Cache>, forward: &Forwarder, req: &Inbound) -> Way {
     let snap = forward.snapshot();
     let cfg = &snap.config.cache;
-    if !cfg.enabled {
-        return forward.send(req, trace).await;
+    if !cfg.enabled || req.out.method != Method::GET {
+        return Way::Pass(None);
     }
-    if req.out.method != Method::GET {
-        return forward.send(req, trace).await;
-    }
-    let tenant = req.tenant.name.clone();
-    let stats = cache.stats.tenant(&tenant);
+    let tenant = &req.tenant.name;
+    let stats = cache.stats.tenant(tenant);
     let asked = directive(&req.out.headers);
     if asked == Directive::NoStore {
         stats.count(CacheOutcome::Bypass);
-        return with_outcome(forward.send(req, trace).await, CacheOutcome::Bypass);
+        return Way::Pass(Some(CacheOutcome::Bypass));
     }
     let ttl = cfg.ttl_for(&req.out.path);
-    if ttl.is_none() && forward.free_now(req.ticket.class, &tenant) {
+    if ttl.is_none() && forward.free_now(req.ticket.class, tenant) {
         // It goes at once, so nobody could join it, and the answer is not
         // kept: it streams back as it comes, unbuffered. (Should another
         // request take the slot first, this one waits unjoinable: rare, and
         // only a missed saving.)
         stats.count(CacheOutcome::Miss);
-        return with_outcome(forward.send(req, trace).await, CacheOutcome::Miss);
+        return Way::Pass(Some(CacheOutcome::Miss));
     }
-    let key = Key::new(&tenant, &req.out.path, req.out.query.as_deref());
+    let key = Key::new(tenant, &req.out.path, req.out.query.as_deref());
     let store = cache.store.load_full();
     let mut stale = None;
     if ttl.is_some() {
@@ -209,14 +242,14 @@ pub async fn serve(
             let now = Instant::now();
             if let Some(e) = store.get(&key).filter(|e| e.fresh(now)) {
                 stats.count(CacheOutcome::Hit);
-                return Ok(from_entry(&e, CacheOutcome::Hit, now));
+                return Way::Answered(from_entry(&e, CacheOutcome::Hit, now));
             }
         }
         if let Some(e) = store.get(&key) {
             let now = Instant::now();
             if asked != Directive::NoCache && e.fresh(now) {
                 stats.count(CacheOutcome::Hit);
-                return Ok(from_entry(&e, CacheOutcome::Hit, now));
+                return Way::Answered(from_entry(&e, CacheOutcome::Hit, now));
             }
             if e.usable_stale(now, cfg.stale_if_error) {
                 stale = Some(e);
@@ -239,7 +272,7 @@ pub async fn serve(
                         store.generation(),
                     );
                     stats.count(CacheOutcome::Shared);
-                    return Ok(from_fleet(&entry, CacheOutcome::Shared));
+                    return Way::Answered(from_fleet(&entry, CacheOutcome::Shared));
                 }
                 if stale.is_none() {
                     stale = Some(Arc::new(entry.as_stale(store.generation())));
@@ -250,23 +283,36 @@ pub async fn serve(
             Lookup::Unavailable => {}
         }
     }
+    let plan = ttl.map(|ttl| Plan {
+        ttl,
+        local_ttl: if fleet_plan.is_some() {
+            local_ttl(cfg, ttl)
+        } else {
+            ttl
+        },
+        grace: cfg.stale_if_error,
+        generation: store.generation(),
+        store: store.clone(),
+        fleet: fleet_plan,
+    });
+    Way::Fly(Takeoff { key, plan, stale })
+}
 
+/// Starts a flight for `req`'s key, or joins the one in the air, and
+/// answers from its result (or from the stale entry if the CRM failed).
+async fn fly_or_join(
+    cache: &Arc<Cache>,
+    forward: &Forwarder,
+    req: Inbound,
+    takeoff: Takeoff,
+    trace: &mut Trace,
+) -> Result<Response, GatewayError> {
+    let Takeoff { key, plan, stale } = takeoff;
+    let stats = cache.stats.tenant(&req.tenant.name);
     let deadline = req.ticket.deadline;
     let (seat, role) = cache.flights.take_seat(&key, req.ticket.priority, deadline);
     let outcome = match role {
         Role::Started => {
-            let plan = ttl.map(|ttl| Plan {
-                ttl,
-                local_ttl: if fleet_plan.is_some() {
-                    local_ttl(cfg, ttl)
-                } else {
-                    ttl
-                },
-                grace: cfg.stale_if_error,
-                generation: store.generation(),
-                store: store.clone(),
-                fleet: fleet_plan.take(),
-            });
             let task = tokio::spawn(fly(
                 cache.clone(),
                 forward.clone(),
