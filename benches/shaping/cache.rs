@@ -133,7 +133,7 @@ pub async fn spared(run: Duration) -> Spared {
             .filter(|r| r.headers.iter().any(|(n, v)| n == "x-api-key" && v == key))
             .count()
     };
-    let acme_key = "bench-acme-real-key";
+    let acme_key = crate::common::ACME_KEY;
     let statuses_at_crm = at_crm(STATUSES, None, acme_key);
 
     // The list page while beta keeps the budget busy.
