@@ -9,9 +9,18 @@
 //! is one `Client::request`: no middleware stack, redirect policy or URL
 //! conversion on the request path.
 //!
-//! Every connection a client opens is reported to the scheduler (start and
-//! end), because a request that waits for a new connection reaches the CRM
-//! later than its slot said: the budget accounts for that.
+//! Every connection a client opens for a request is reported to the
+//! scheduler (start and end), because a request that waits for a new
+//! connection reaches the CRM later than its slot said: the budget accounts
+//! for that.
+//!
+//! Warm connections: each egress keeps one connection per CRM origin open
+//! ahead of need ([`keep_warm`]), so the first request after start-up, a
+//! reload or a quiet spell does not pay the TCP and TLS handshakes inside
+//! its slot. A spare is a connect, never a request: the CRM counts nothing,
+//! and the scheduler is not told (no request waits on it). It is handed to
+//! the pool the first time the pool needs a new connection to that origin,
+//! and replaced after [`SPARE_TTL`] unused.
 //!
 //! TLS is rustls (ring) with the public web roots compiled in (no system
 //! store: the container image has none), plus the roots of
@@ -24,22 +33,28 @@
 //! client is never mutated. The wait for an answer and between its chunks
 //! is timed by the caller (`forward`), from the config of each send.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
+use hyper::Uri;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::IntCounter;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::rustls;
+use tower::{Service, ServiceExt};
 
 use crate::config::Config;
 use crate::scheduler::Scheduler;
@@ -47,9 +62,27 @@ use crate::scheduler::Scheduler;
 /// How long an unused pooled connection is kept open.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
+/// How long a warm connection waits for its first request before it is
+/// replaced: well under the 60 s after which nginx closes a connection
+/// that has sent nothing (`client_header_timeout`).
+pub const SPARE_TTL: Duration = Duration::from_secs(30);
+
+/// How often the keeper looks at its spares (and retries a failed one).
+const KEEPER_ROUND: Duration = Duration::from_secs(5);
+
+/// The longest a warm connect (TCP and TLS) may take before it is dropped.
+const WARM_CONNECT_LIMIT: Duration = Duration::from_secs(10);
+
 /// The connector of an egress: TCP bound to its address, TLS when the URL
-/// says `https`, every connect reported to the scheduler.
-pub type Connector = Watched<HttpsConnector<HttpConnector>>;
+/// says `https`, a warm spare when there is one, every other connect
+/// reported to the scheduler.
+pub type Connector = Watched;
+
+/// What the connector hands the pool: plain TCP or TLS over it.
+type Conn = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// The TCP and TLS part of a connector, without the scheduler's reports.
+type Dial = HttpsConnector<HttpConnector>;
 
 /// An egress's pooled client. Requests carry their whole body.
 pub type Client = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
@@ -64,7 +97,7 @@ pub enum BuildError {
 }
 
 /// One way out.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Egress {
     /// Source address, or `None` for the OS default.
     pub ip: Option<IpAddr>,
@@ -72,6 +105,17 @@ pub struct Egress {
     pub label: String,
     /// Pooled client bound to `ip`.
     pub client: Client,
+    /// Opens this egress's warm connections (see [`keep_warm`]).
+    warmer: Warmer,
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress")
+            .field("ip", &self.ip)
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The egress clients in force, indexed like the scheduler's budgets.
@@ -115,11 +159,135 @@ struct ConnectWatch {
     opened: IntCounter,
 }
 
-/// A connector, watched: every connect it makes is reported.
+/// A connector, watched: it hands over a warm spare when it has one, and
+/// every connect it makes is reported.
 #[derive(Clone)]
-pub struct Watched<S> {
-    inner: S,
+pub struct Watched {
+    inner: Dial,
     watch: ConnectWatch,
+    spares: Arc<Spares>,
+}
+
+/// One egress's warm connections, one per CRM origin (`scheme://host:port`),
+/// each with the instant it opened.
+#[derive(Default)]
+struct Spares {
+    ready: Mutex<HashMap<String, (Conn, Instant)>>,
+    /// A spare was taken: the keeper opens the next one at once.
+    taken: Notify,
+}
+
+impl Spares {
+    /// The spare for `origin`, if it is young enough and still open.
+    fn take(&self, origin: &str) -> Option<Conn> {
+        let (conn, opened) = self
+            .ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(origin)?;
+        self.taken.notify_one();
+        (opened.elapsed() < SPARE_TTL && still_open(&conn)).then_some(conn)
+    }
+
+    /// Whether `origin` needs a new spare: none, or one that will age out
+    /// before the keeper's next round.
+    fn needs(&self, origin: &str) -> bool {
+        self.ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(origin)
+            .is_none_or(|(_, opened)| opened.elapsed() + KEEPER_ROUND >= SPARE_TTL)
+    }
+
+    fn put(&self, origin: String, conn: Conn) {
+        self.ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(origin, (conn, Instant::now()));
+    }
+}
+
+/// Whether the peer has not closed `conn`: the socket is not at its end
+/// (bytes waiting, such as TLS 1.3 session tickets, are fine).
+fn still_open(conn: &Conn) -> bool {
+    let tcp: &TcpStream = match conn {
+        MaybeHttpsStream::Http(io) => io.inner(),
+        MaybeHttpsStream::Https(io) => io.inner().get_ref().0.inner().inner(),
+    };
+    let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+    match socket2::SockRef::from(tcp).peek(&mut byte) {
+        Ok(n) => n > 0,
+        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+    }
+}
+
+/// The origin a connection serves, as the spares are keyed.
+fn origin_of(uri: &Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = uri.host().unwrap_or("");
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    format!("{scheme}://{host}:{port}")
+}
+
+/// Opens one egress's warm connections: a clone of its connector's dialer
+/// (no scheduler reports) and a weak hold on its spares, so the keeper ends
+/// once the client it serves is gone.
+#[derive(Clone)]
+struct Warmer {
+    dial: Dial,
+    spares: Weak<Spares>,
+    label: String,
+    opened: IntCounter,
+}
+
+impl Warmer {
+    /// Keeps one spare per origin of `origins()` until the spares are
+    /// dropped (the client was replaced by a reload, or the gateway ended).
+    async fn run(mut self, origins: Arc<dyn Fn() -> Vec<Uri> + Send + Sync>) {
+        loop {
+            let Some(spares) = self.spares.upgrade() else {
+                return;
+            };
+            for uri in origins() {
+                let origin = origin_of(&uri);
+                if !spares.needs(&origin) {
+                    continue;
+                }
+                let dial = async { self.dial.ready().await?.call(uri).await };
+                match tokio::time::timeout(WARM_CONNECT_LIMIT, dial).await {
+                    Ok(Ok(conn)) => {
+                        self.opened.inc();
+                        spares.put(origin, conn);
+                    }
+                    // The next round tries again; a request meanwhile
+                    // connects as it would without warm connections.
+                    Ok(Err(e)) => {
+                        tracing::debug!(egress = %self.label, error = %e, "warm connection failed")
+                    }
+                    Err(_) => tracing::debug!(egress = %self.label, "warm connection timed out"),
+                }
+            }
+            tokio::select! {
+                () = spares.taken.notified() => {}
+                () = tokio::time::sleep(KEEPER_ROUND) => {}
+            }
+        }
+    }
+}
+
+/// Keeps one warm connection per CRM origin of `origins()` (read each
+/// round, so a reload that adds a tenant is followed) on every egress of
+/// `egress`, until those clients are dropped. Spawned on the current
+/// runtime; outside one it does nothing.
+pub fn keep_warm(egress: &[Egress], origins: Arc<dyn Fn() -> Vec<Uri> + Send + Sync>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    for e in egress {
+        rt.spawn(e.warmer.clone().run(origins.clone()));
+    }
 }
 
 /// Ends a connect's report when the connect finishes or is dropped.
@@ -136,20 +304,20 @@ impl Drop for Connecting {
     }
 }
 
-impl<S, R> tower::Service<R> for Watched<S>
-where
-    S: tower::Service<R>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+impl Service<Uri> for Watched {
+    type Response = Conn;
+    type Error = <Dial as Service<Uri>>::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Conn, Self::Error>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, dst: R) -> Self::Future {
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        if let Some(conn) = self.spares.take(&origin_of(&dst)) {
+            // Open already: nothing for the request to wait on.
+            return Box::pin(async move { Ok(conn) });
+        }
         let started = self.watch.scheduler.connect_started(self.watch.egress);
         self.watch.opened.inc();
         let connecting = Connecting {
@@ -185,12 +353,14 @@ fn tls_config(config: &Config) -> Result<rustls::ClientConfig, BuildError> {
 }
 
 /// Builds one client per configured egress IP (one in all when none are),
-/// reporting connection set-up to `scheduler` and counting it in `opened`
-/// (labelled by egress).
+/// reporting connection set-up to `scheduler` and counting it in `opened`,
+/// and warm connections in `warmed` (both labelled by egress). The warm
+/// connections start with [`keep_warm`].
 pub fn build(
     config: &Config,
     scheduler: &Scheduler,
     opened: &prometheus::IntCounterVec,
+    warmed: &prometheus::IntCounterVec,
 ) -> Result<Vec<Egress>, BuildError> {
     let ips: Vec<Option<IpAddr>> = if config.upstream.egress_ips.is_empty() {
         vec![None]
@@ -219,6 +389,13 @@ pub fn build(
                 .https_or_http()
                 .enable_all_versions()
                 .wrap_connector(tcp);
+            let spares = Arc::new(Spares::default());
+            let warmer = Warmer {
+                dial: https.clone(),
+                spares: Arc::downgrade(&spares),
+                label: label.clone(),
+                opened: warmed.with_label_values(&[&label]),
+            };
             let connector = Watched {
                 inner: https,
                 watch: ConnectWatch {
@@ -226,13 +403,19 @@ pub fn build(
                     scheduler: scheduler.clone(),
                     opened: opened.with_label_values(&[&label]),
                 },
+                spares,
             };
             let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(POOL_IDLE)
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
                 .build(connector);
-            Egress { ip, label, client }
+            Egress {
+                ip,
+                label,
+                client,
+                warmer,
+            }
         })
         .collect())
 }

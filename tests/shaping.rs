@@ -173,7 +173,8 @@ async fn two_egress_ips_double_the_delivered_rate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_setup_is_reported_to_the_scheduler() {
     let _load = LOAD.lock().await;
-    let (_sim, gate) = setup("").await;
+    // Without warm connections, so that the first request connects itself.
+    let (_sim, gate) = setup("[upstream]\nwarm_connections = false\n").await;
     let c = client();
     for n in 0..3 {
         let o = Call::get("/api/v5/orders", Some(ACME_CLIENT))

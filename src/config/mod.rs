@@ -201,6 +201,8 @@ pub struct UpstreamConfig {
     /// Roots trusted in addition to the compiled-in web roots
     /// (`upstream.ca_file`), read and checked when the config is validated.
     pub ca: Option<CaBundle>,
+    /// Keep one connection per (egress, CRM host) open ahead of need.
+    pub warm_connections: bool,
 }
 
 /// Which requests share one budget.

@@ -113,6 +113,7 @@ pub struct RawUpstream {
     pub egress_ips: Option<Vec<String>>,
     pub egress_id: Option<String>,
     pub ca_file: Option<String>,
+    pub warm_connections: Option<bool>,
 }
 
 /// `[limits]`

@@ -165,6 +165,7 @@ pub(super) fn validate(
                 .map_err(|e| p.push("upstream.ca_file", e))
                 .ok()
         }),
+        warm_connections: u.warm_connections.unwrap_or(true),
     };
     for (path, d) in [
         ("upstream.connect_timeout", upstream.connect_timeout),

@@ -94,13 +94,19 @@ impl Gateway {
     ) -> Result<Arc<Gateway>, egress::BuildError> {
         let scheduler = Scheduler::new(&config);
         let metrics = Arc::new(Metrics::new());
-        let egress = egress::build(&config, &scheduler, &metrics.upstream_connections)?;
+        let egress = egress::build(
+            &config,
+            &scheduler,
+            &metrics.upstream_connections,
+            &metrics.upstream_warm_connections,
+        )?;
         // Counters exist from the start at 0, so `increase()` in alerts sees
         // the very first 503 or rejection.
         let labels: Vec<&str> = egress.iter().map(|e| e.label.as_str()).collect();
         metrics.init_series(&config, &labels);
         let cache = Arc::new(Cache::new(&config, &metrics, scheduler.redis_link()));
         let live = Arc::new(Live::new(config));
+        egress::keep_warm(&egress, crm_origins(&live));
         let clients = Arc::new(Clients::new(egress));
         let forwarder = Forwarder::new(
             scheduler.clone(),
@@ -139,6 +145,8 @@ impl Gateway {
     /// Only [`reload`] calls this, under its lock.
     fn put_in_force(&self, snapshot: Snapshot, egress: Option<Vec<Egress>>) {
         if let Some(egress) = egress {
+            // The old clients' keepers end with them.
+            egress::keep_warm(&egress, crm_origins(&self.live));
             self.clients.replace(egress);
         }
         self.live.put(snapshot);
@@ -189,4 +197,29 @@ impl Gateway {
                     .redis_state()
                     .is_none_or(|s| s == LinkState::Up))
     }
+}
+
+/// The CRM origins (`scheme://host:port`) of the tenants in force, for the
+/// warm-connection keepers, which read them each round: a reload that adds
+/// a tenant on a new host, or sets `upstream.warm_connections = false`, is
+/// followed without new keepers.
+fn crm_origins(live: &Arc<Live>) -> Arc<dyn Fn() -> Vec<hyper::Uri> + Send + Sync> {
+    let live = Arc::downgrade(live);
+    Arc::new(move || {
+        let Some(live) = live.upgrade() else {
+            return Vec::new();
+        };
+        let snap = live.snapshot();
+        if !snap.config.upstream.warm_connections {
+            return Vec::new();
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        snap.config
+            .tenants
+            .iter()
+            .map(|t| &t.base_url[..url::Position::BeforePath])
+            .filter(|origin| seen.insert(*origin))
+            .filter_map(|origin| origin.parse().ok())
+            .collect()
+    })
 }

@@ -103,6 +103,7 @@ impl Gateway {
                 &new,
                 &self.scheduler,
                 &self.metrics.upstream_connections,
+                &self.metrics.upstream_warm_connections,
             )?)
         } else {
             None

@@ -27,8 +27,10 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Sends to the CRM by egress, class and status ("error" for no answer).
     pub upstream_attempts: IntCounterVec,
-    /// Connections opened to the CRM, by egress.
+    /// Connections opened to the CRM for a request, by egress.
     pub upstream_connections: IntCounterVec,
+    /// Connections opened to the CRM ahead of need (warm), by egress.
+    pub upstream_warm_connections: IntCounterVec,
     /// Upstream 503/429 answers.
     pub upstream_throttled: IntCounterVec,
     /// Retries by class and reason.
@@ -175,7 +177,12 @@ impl Metrics {
         );
         let upstream_connections = counter(
             "crmgate_upstream_connections_total",
-            "Connections opened to the CRM, by egress.",
+            "Connections opened to the CRM while a request waited, by egress.",
+            &["egress"],
+        );
+        let upstream_warm_connections = counter(
+            "crmgate_upstream_warm_connections_total",
+            "Connections opened to the CRM ahead of need (warm), by egress.",
             &["egress"],
         );
         let upstream_throttled = counter(
@@ -376,6 +383,7 @@ impl Metrics {
             requests,
             upstream_attempts,
             upstream_connections,
+            upstream_warm_connections,
             upstream_throttled,
             retries,
             rejections,

@@ -1,0 +1,78 @@
+//! Warm connections: each egress opens one connection per CRM origin
+//! ahead of need, and the first request uses it instead of connecting
+//! while its slot runs. Counted, never timed: the warm counter rises with
+//! no request at the simulator, and the first request opens no connection
+//! of its own (`crmgate_upstream_connections_total` counts only those).
+mod common;
+
+use common::*;
+
+/// Waits until `name`{egress=default} reaches `at_least` (the keeper runs in
+/// the background), for at most 10 s.
+async fn wait_for_metric(gate: &Gate, name: &str, at_least: f64) -> f64 {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let v = metric_now(&gate.admin, name, &[("egress", "default")]).await;
+        if v >= at_least || tokio::time::Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+const WARM: &str = "crmgate_upstream_warm_connections_total";
+const ON_DEMAND: &str = "crmgate_upstream_connections_total";
+
+/// Sends one GET and checks it was answered.
+async fn one_get(gate: &Gate, id: &str) {
+    let o = Call::get("/api/v5/orders", Some(ACME_CLIENT))
+        .send(&client(), &gate.url, id)
+        .await;
+    assert_eq!(o.status, 200, "{o:?}");
+}
+
+#[tokio::test]
+async fn the_first_request_finds_a_warm_connection() {
+    let (sim, gate) = setup("").await;
+    // Opened with no request in sight: a connect, not a request.
+    assert!(wait_for_metric(&gate, WARM, 1.0).await >= 1.0);
+    assert!(sim.records().is_empty(), "{:?}", sim.records());
+    one_get(&gate, "warm-1").await;
+    assert_eq!(sim.records().len(), 1);
+    // The request took the spare: it opened nothing while it waited.
+    assert_eq!(
+        metric_now(&gate.admin, ON_DEMAND, &[("egress", "default")]).await,
+        0.0
+    );
+    // The keeper replaces a spare that was taken.
+    assert!(wait_for_metric(&gate, WARM, 2.0).await >= 2.0);
+}
+
+#[tokio::test]
+async fn a_warm_tls_connection_serves_the_first_request() {
+    let (sim, gate) = tls_setup(tls_sim_config(false), "").await;
+    assert!(wait_for_metric(&gate, WARM, 1.0).await >= 1.0);
+    assert!(sim.records().is_empty());
+    one_get(&gate, "warm-tls").await;
+    assert_eq!(sim.records().len(), 1);
+    assert_eq!(
+        metric_now(&gate.admin, ON_DEMAND, &[("egress", "default")]).await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn warm_connections_can_be_switched_off() {
+    let (sim, gate) = setup("[upstream]\nwarm_connections = false\n").await;
+    one_get(&gate, "cold").await;
+    assert_eq!(sim.records().len(), 1);
+    // The request connected itself; nothing was opened ahead of it.
+    assert_eq!(
+        metric_now(&gate.admin, ON_DEMAND, &[("egress", "default")]).await,
+        1.0
+    );
+    assert_eq!(
+        metric_now(&gate.admin, WARM, &[("egress", "default")]).await,
+        0.0
+    );
+}
