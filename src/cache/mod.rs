@@ -28,6 +28,7 @@ pub mod coalesce;
 /// head, before inbound reads it.
 pub mod early;
 pub mod fleet;
+mod flight;
 pub mod key;
 pub mod stats;
 pub mod store;
@@ -38,22 +39,19 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::response::Response;
-use bytes::BytesMut;
-use http_body_util::BodyExt;
-use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::access::Trace;
-use crate::bodies::{BodyLease, BodyPool};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::forward::{Forward, Forwarder};
 use crate::inbound::Inbound;
-use coalesce::{Flight, FlightOutcome, Flights, Role};
-use fleet::{Fill, FleetStore, Lookup};
+use coalesce::{Flights, Role};
+use fleet::{FleetStore, Lookup};
+use flight::{fly, Plan};
 use key::Key;
 use stats::{CacheOutcome, Stats};
-use store::{BufferedAnswer, Entry, Store};
+use store::{Entry, Store};
 
 /// Response header: what the cache stage did (`hit`, `miss`, `coalesced`,
 /// `stale`, `bypass`).
@@ -428,18 +426,6 @@ fn from_entry(e: &Entry, o: CacheOutcome, now: Instant) -> Response {
     resp
 }
 
-/// Where a shared request's answer is kept, if it is cacheable.
-struct Plan {
-    ttl: std::time::Duration,
-    /// How long this replica keeps it (the TTL, or `local_ttl` with the fleet).
-    local_ttl: std::time::Duration,
-    grace: std::time::Duration,
-    generation: u64,
-    store: Arc<Store>,
-    /// The fleet's store and the generation the read starts under.
-    fleet: Option<(Arc<FleetStore>, String)>,
-}
-
 const ZERO: std::time::Duration = std::time::Duration::ZERO;
 
 /// How long this replica keeps an answer the fleet also keeps.
@@ -453,167 +439,4 @@ fn from_fleet(e: &fleet::FleetEntry, o: CacheOutcome) -> Response {
     resp.headers_mut()
         .insert(header::AGE, HeaderValue::from(e.age.as_secs()));
     resp
-}
-
-/// The shared request: sent once, answer buffered, kept when cacheable,
-/// handed to every seat.
-async fn fly(
-    cache: Arc<Cache>,
-    forward: Forwarder,
-    mut req: Inbound,
-    flight: Arc<Flight>,
-    key: Key,
-    plan: Option<Plan>,
-) {
-    // Every seat gets the same bytes: ask for them unencoded, so no joiner
-    // receives an encoding it did not accept.
-    req.out.headers.remove(header::ACCEPT_ENCODING);
-    let tenant = req.tenant.name.to_string();
-    // Should this task end without an answer (a panic), the seats still
-    // get one instead of waiting forever.
-    let _unfinished = Unfinished(flight.clone(), tenant.clone());
-    let limit = forward.snapshot().config.limits.max_buffered_bytes.get();
-    let bodies = req.lease.pool().clone();
-    let mut trace = Trace::default();
-    // The fleet: take the fill lock, or wait for the replica that holds it
-    // and answer with its entry (no CRM read here at all).
-    let mut lock = None;
-    if let Some((fleet, _)) = plan.as_ref().and_then(|p| p.fleet.as_ref()) {
-        match fleet.fill(&key).await {
-            Fill::Mine(token) => lock = Some(token),
-            Fill::Theirs => {
-                cache.stats.tenant(&req.tenant.name).fill_waited();
-                if let Lookup::Found { entry, .. } = fleet.wait_for_fill(&key).await {
-                    if entry.fresh() {
-                        if let Some(p) = &plan {
-                            let kept = p.local_ttl.min(entry.remaining());
-                            p.store.insert(
-                                key.clone(),
-                                entry.answer.clone(),
-                                kept,
-                                ZERO,
-                                p.generation,
-                            );
-                        }
-                        flight.finish(FlightOutcome {
-                            answer: Ok(entry.answer),
-                            attempts: 0,
-                            queue: std::time::Duration::ZERO,
-                            upstream: std::time::Duration::ZERO,
-                            egress: None,
-                            lease: None,
-                            from_fleet: true,
-                        });
-                        cache.flights.done(&key, &flight);
-                        return;
-                    }
-                }
-            }
-            Fill::Unavailable => {}
-        }
-    }
-    let result = match forward
-        .send_lifted(req, &mut trace, Some(&flight.lift))
-        .await
-    {
-        Ok(resp) => buffer(resp, &bodies, limit, tenant).await,
-        Err(e) => Err(e),
-    };
-    let (answer, lease) = match result {
-        Ok((a, lease)) => (Ok(a), Some(lease)),
-        Err(e) => (Err(e), None),
-    };
-    if let (Ok(a), Some(plan)) = (&answer, plan) {
-        if cacheable(a) {
-            plan.store.insert(
-                key.clone(),
-                a.clone(),
-                plan.local_ttl,
-                plan.grace,
-                plan.generation,
-            );
-            if let Some((fleet, generation)) = &plan.fleet {
-                fleet.put(&key, a, plan.ttl, plan.grace, generation).await;
-            }
-        }
-        if let (Some((fleet, _)), Some(token)) = (&plan.fleet, &lock) {
-            fleet.release(&key, token).await;
-        }
-    }
-    flight.finish(FlightOutcome {
-        answer,
-        attempts: trace.attempts,
-        queue: trace.queue,
-        upstream: trace.upstream,
-        egress: trace.egress,
-        lease,
-        from_fleet: false,
-    });
-    cache.flights.done(&key, &flight);
-}
-
-/// Publishes an error to the seats of a flight whose task ended without
-/// an answer; a no-op after [`Flight::finish`].
-struct Unfinished(Arc<Flight>, String);
-
-impl Drop for Unfinished {
-    fn drop(&mut self) {
-        self.0.finish_if_unfinished(|| FlightOutcome {
-            answer: Err(GatewayError::UpstreamUnreachable {
-                tenant: std::mem::take(&mut self.1),
-                cause: "the shared request ended without an answer".into(),
-            }),
-            attempts: 0,
-            queue: std::time::Duration::ZERO,
-            upstream: std::time::Duration::ZERO,
-            egress: None,
-            lease: None,
-            from_fleet: false,
-        });
-    }
-}
-
-/// Reads the CRM's whole answer, holding its bytes in the pool of buffered
-/// bodies (`limits.max_buffered_bytes`) while it is shared.
-async fn buffer(
-    resp: Response,
-    pool: &Arc<BodyPool>,
-    limit: usize,
-    tenant: String,
-) -> Result<(Arc<BufferedAnswer>, BodyLease), GatewayError> {
-    let (parts, mut body) = resp.into_parts();
-    let mut lease = BodyLease::new(pool);
-    let mut bytes = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| GatewayError::UpstreamUnreachable {
-            tenant: tenant.clone(),
-            cause: "the answer broke off".into(),
-        })?;
-        if let Ok(data) = frame.into_data() {
-            if !lease.grow(data.len(), limit) {
-                return Err(GatewayError::BuffersFull);
-            }
-            bytes.extend_from_slice(&data);
-        }
-    }
-    let mut headers = parts.headers;
-    // A kept answer must not carry the time it was first read: the server
-    // adds the current `Date` to each response (and `Age` says how old).
-    headers.remove(header::DATE);
-    let answer = BufferedAnswer {
-        status: parts.status,
-        headers,
-        body: bytes.freeze(),
-    };
-    Ok((Arc::new(answer), lease))
-}
-
-/// Only `200` with `"success": true` is kept.
-fn cacheable(a: &BufferedAnswer) -> bool {
-    #[derive(Deserialize)]
-    struct Success {
-        success: bool,
-    }
-    a.status == axum::http::StatusCode::OK
-        && serde_json::from_slice::<Success>(&a.body).is_ok_and(|s| s.success)
 }
