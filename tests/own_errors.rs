@@ -7,12 +7,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A port nothing listens on (bound, read, released).
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 #[tokio::test]
 async fn bad_requests_get_retailcrm_json_errors_and_never_reach_the_crm() {
     let (sim, gate) = start("").await;
@@ -209,7 +203,8 @@ async fn oversized_bodies_get_413_with_or_without_content_length() {
 
 #[tokio::test]
 async fn an_unreachable_crm_is_502_json_naming_the_tenant_without_keys() {
-    let port = closed_port();
+    // Nothing listens there: bound, read and released.
+    let port = free_port();
     let (sim, gate) = start(&format!(
         "[retry]\nmax_attempts = 2\ninitial_backoff = \"10ms\"\nmax_backoff = \"20ms\"\n\
          [[tenants]]\nname = \"dead\"\nbase_url = \"http://127.0.0.1:{port}\"\n\
