@@ -15,7 +15,9 @@
 //!    other refusal: nothing to test, back to where it came from. Any other
 //!    refusal is tested: a CRM that does not count refused arrivals refuses
 //!    only a share of them, which is not evidence of noise.
-//! 2. **Test.** The rate drops to `before × decrease_factor` (at least
+//! 2. **Test.** The rate drops to [`Params::test_rate`]: a little under
+//!    the rate the CRM accepted while observed, `before × (1 − refused
+//!    share)`, but never above `before × decrease_factor` (at least
 //!    `min_rate`). The first window after the cut is ignored (the CRM's
 //!    window still holds the old rate's arrivals); then the sample runs in
 //!    rounds of two windows.
@@ -35,8 +37,9 @@
 //!    good rate and the next probe starts. A 503 on a send above the good
 //!    rate is a failed probe: its rate is the new ceiling, one window at
 //!    `good × decrease_factor` (with a strict CRM the refused probe would
-//!    otherwise keep the window over its limit), then the good rate again
-//!    and the hold doubles (at most 5 min). A 503 at a good rate above the
+//!    otherwise keep the window over its limit), then half way between the
+//!    good rate and the ceiling is the good rate, and the hold doubles (at
+//!    most 5 min). A 503 at a good rate above the
 //!    tested one goes back to the tested one (a burst hid the excess); at
 //!    the tested rate itself it starts a new onset from it. A probe held
 //!    at the limit ends it.
@@ -80,6 +83,8 @@ pub const PLATEAU: Duration = Duration::from_secs(5);
 /// A probe closer than this to the rate that failed is not worth its cost:
 /// the next probe aims at the limit instead, after the (doubled) hold.
 pub const MIN_GAP: f64 = 0.5;
+/// The test rate's margin under the rate the CRM accepted while observed.
+pub const ESTIMATE_MARGIN: f64 = 0.95;
 
 /// Where a budget's adaptation stands.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -114,6 +119,11 @@ pub enum Phase {
         dip_until: Instant,
         /// The probe starts here.
         hold_until: Instant,
+        /// The tested rate was the factor's blind cut, not an estimate from
+        /// the refused share, and no probe has failed since: the first
+        /// failed probe's rate is the best estimate, and half way to it the
+        /// good rate.
+        blind: bool,
     },
 }
 
@@ -156,9 +166,27 @@ impl Params<'_> {
         self.config.min_rate.min(self.limit)
     }
 
-    /// The test rate after an onset at `before`.
+    /// `before × decrease_factor`, at least the floor: the test rate when
+    /// the observation says nothing better, and a failed probe's dip.
     pub fn lowered(&self, before: f64) -> f64 {
         (before * self.config.decrease_factor).max(self.floor())
+    }
+
+    /// The test rate of a sample: [`ESTIMATE_MARGIN`] under the rate the
+    /// CRM accepted while observed, `before × (1 − refused share)`, but at
+    /// most as low as [`Params::lowered`]. A CRM that does not count
+    /// refused arrivals (nginx `limit_req`, a lenient or fixed window)
+    /// accepts its real limit while refusing the rest, so its share says
+    /// where the limit is; a strict one refuses nearly everything, and an
+    /// outage or noise refuse a share whatever the rate, and then the
+    /// factor's cut decides.
+    pub fn test_rate(&self, s: &Sample) -> f64 {
+        let lowered = self.lowered(s.before);
+        if s.sent == 0 {
+            return lowered;
+        }
+        let accepted = 1.0 - (f64::from(s.refused) / f64::from(s.sent)).min(1.0);
+        (s.before * accepted * ESTIMATE_MARGIN).max(lowered)
     }
 
     fn windows(&self, n: f64) -> Duration {
@@ -220,7 +248,7 @@ pub fn could_prove(s: &Sample, p: &Params) -> bool {
     } else {
         s.rounds + 1
     };
-    let most = (f64::from(2 * rounds) * p.lowered(s.before)).ceil() as u32;
+    let most = (f64::from(2 * rounds) * p.test_rate(s)).ceil() as u32;
     rate_was_the_cause(&Sample {
         test_sent: s.test_sent.max(most),
         ..*s
@@ -304,10 +332,11 @@ impl Adapt {
                     if rate_was_the_cause(&s) && s.test_sent >= MIN_TEST_SENDS {
                         self.ignore_before = Some(at);
                         self.noise_hold = NOISE_HOLD;
-                        let good = p.lowered(s.before);
+                        let good = p.test_rate(&s);
                         self.phase = Phase::Limited {
                             good,
                             base: good,
+                            blind: good <= p.lowered(s.before),
                             // The first probe aims at the limit.
                             ceil: f64::INFINITY,
                             dip_until: at,
@@ -360,6 +389,7 @@ impl Adapt {
                         good: target,
                         base,
                         ceil,
+                        blind: false,
                         dip_until: passed,
                         hold_until: passed,
                     };
@@ -375,6 +405,7 @@ impl Adapt {
         self.phase = match s.limited {
             Some((base, ceil)) => Phase::Limited {
                 good: s.before,
+                blind: false,
                 base,
                 ceil,
                 dip_until: at,
@@ -410,7 +441,7 @@ impl Adapt {
                 rate + rec * now.saturating_duration_since(since).as_secs_f64()
             }
             Phase::Observe(s) => s.before,
-            Phase::Test(s) => p.lowered(s.before),
+            Phase::Test(s) => p.test_rate(&s),
             Phase::Limited {
                 good,
                 ceil,
@@ -492,16 +523,25 @@ impl Adapt {
                 ceil,
                 dip_until,
                 hold_until,
+                blind,
             } => {
                 if sent_at >= hold_until {
                     // A failed probe: its rate at the send is too high. Dip
                     // below the good rate for a window so the CRM's window
-                    // sheds the refused arrivals, then hold longer.
+                    // sheds the refused arrivals, then hold longer. After a
+                    // blind cut the real limit lies between the two: half
+                    // way is the good rate (a refusal there goes back to
+                    // the tested rate).
                     let failed = self.rate(sent_at, p).min(ceil);
                     self.limit_hold = (self.limit_hold * 2).min(LIMIT_HOLD_MAX);
                     let dip_until = now + p.window;
                     self.phase = Phase::Limited {
-                        good,
+                        good: if blind {
+                            good.max((good + failed) / 2.0)
+                        } else {
+                            good
+                        },
+                        blind: false,
                         base,
                         ceil: failed,
                         dip_until,
@@ -516,6 +556,7 @@ impl Adapt {
                     let dip_until = now + p.window;
                     self.phase = Phase::Limited {
                         good: base,
+                        blind: false,
                         base,
                         ceil: good,
                         dip_until,

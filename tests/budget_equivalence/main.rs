@@ -250,8 +250,10 @@ async fn the_redis_scripts_adapt_as_the_rust_budget_against_model_crms() {
 /// egress free longest, adaptation switched off) fails the Redis test. Each
 /// step of adaptation's machine moves a slot here (the sequence's comments
 /// say which): a lone 503, an observation too weak to test, a test that
-/// proves the rate guilty, one that ends early as noise, the hold-off, a
-/// failed probe and its dip, an onset at the kept rate.
+/// proves the rate guilty (its test rate estimated from the refused share,
+/// then the factor's blind cut), one that ends early as noise, the
+/// hold-off, a failed probe, its dip and the half-way good rate after a
+/// blind cut, a refusal at that good rate, an onset at the tested rate.
 #[test]
 fn the_sequence_exercises_every_rule() {
     let config = config("url = \"redis://127.0.0.1:1\"", "unused", true);

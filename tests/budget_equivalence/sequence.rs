@@ -78,7 +78,10 @@ pub(crate) fn sequence() -> Vec<(u64, Event)> {
         (2700, Reserve), // e0 @ 3275
         (2700, Reserve), // e0 @ 3530
         (2700, Reserve), // e0 @ 3785 (paced from 3530 at 4/s)
-        (2700, Reserve), // e0 @ 4295 (the cut: 2/s)
+        // The cut: 0.95 × the rate the CRM accepted while observed (4/s ×
+        // 4 of 7), 2.17/s; once the late refusal below is in, 4/s × 3 of 7
+        // is under the factor's 2/s, which then decides (a blind cut).
+        (2700, Reserve), // e0 @ 4254.737
         // A late refusal of a send made before the cut.
         (5100, throttled(0, 3530, None)),
         (6300, Reserve), // e0 @ 6300
@@ -111,34 +114,36 @@ pub(crate) fn sequence() -> Vec<(u64, Event)> {
         (10_000, throttled(1, 9665, None)),
         (10_000, Reserve), // e1 @ 10175
         (10_000, Reserve), // e0 @ 10241.025
-        // A refusal of a send above e0's good rate is a failed probe: one
-        // window at good × 0.5 = 1/s, then the good rate (2/s) again.
+        // A refusal of a send above e0's good rate is a failed probe. e0's
+        // tested rate was the factor's blind cut, so half way to the failed
+        // rate is the good rate now: one window at good × 0.5, then good.
         (12_400, Reserve), // e0 @ 12400
         (12_450, throttled(0, 12_400, None)),
         (12_450, Reserve), // e1 @ 12450
         (12_450, Reserve), // e1 @ 12960 (e1's test goes on at 2/s)
-        (12_450, Reserve), // e0 @ 13420: 1/s during the dip
+        (12_450, Reserve), // e0 @ 13080: 1.5/s during the dip (good 3/s)
         (12_450, Reserve), // e1 @ 13470
-        (12_450, Reserve), // e1 @ 13980
+        (12_450, Reserve), // e0 @ 13760 (1.5/s: the dip lasts to 13470)
+        // A refusal at that good rate, above the tested one: back to the
+        // tested rate (2/s) after a window at 1/s.
+        (14_000, Reserve), // e1 @ 14000
+        (14_000, Reserve), // e0 @ 14100
+        (14_200, throttled(0, 14_100, None)),
+        (14_200, Reserve), // e1 @ 14510
+        (14_200, Reserve), // e1 @ 15020 (e0 waits: 1/s until 15220)
         // A refusal at the tested rate itself is a new onset from it.
-        (14_000, Reserve), // e0 @ 14000
-        (14_000, Reserve), // e1 @ 14490
-        (14_100, throttled(0, 14_000, None)),
-        (14_100, Reserve), // e0 @ 14510
-        (14_100, Reserve), // e1 @ 15000
-        (14_600, throttled(0, 14_510, None)),
-        (15_100, Reserve), // e0 @ 15100
-        (15_100, Reserve), // e1 @ 15510
-        (15_100, Reserve), // e0 @ 15610
-        (15_100, Reserve), // e1 @ 16020
-        // The send in e0's latest slot (15610) left 90 ms late: it and any
-        // send between its slot and its departure count from 15700.
-        (15_700, Late { egress: 0, by: ms(90) }),
-        (16_000, Reserve), // e0 @ 16210 (paced from 15700)
-        (16_000, Reserve), // e1 @ 16530
+        (15_300, Reserve), // e0 @ 15300
+        (15_400, throttled(0, 15_300, None)),
+        (15_400, Reserve), // e1 @ 15530
+        (15_400, Reserve), // e0 @ 15810
+        // The send in e0's latest slot (15810) left 90 ms late: it and any
+        // send between its slot and its departure count from 15900.
+        (15_900, Late { egress: 0, by: ms(90) }),
+        (16_000, Reserve), // e1 @ 16040
+        (16_000, Reserve), // e0 @ 16410 (paced from 15900)
         // A reload that switches adaptation off ends any cut at once.
         (16_100, Reload { adaptive: false }),
-        (16_100, Reserve), // e0 @ 16465 (4/s)
-        (16_100, Reserve), // e0 @ 16720
+        (16_100, Reserve), // e1 @ 16295 (4/s)
+        (16_100, Reserve), // e1 @ 16550
     ]
 }

@@ -10,8 +10,10 @@
 --   before from n1 k1 n2 k2 rd sb sc   observe/test: the sample since the
 --                      onset, its rounds judged, and the limited state it
 --                      came from (sb base, sc ceiling; sb -1: from free)
---   good base ceil dip hold   limited: good rate, tested rate, lowest
---                      refused rate (-1: none), end of a dip, probe start
+--   good base ceil dip hold bl   limited: good rate, tested rate, lowest
+--                      refused rate (-1: none), end of a dip, probe start,
+--                      1 while the tested rate is a blind cut no probe
+--                      has failed above
 --   quiet ignore lhold nhold   hold-off end, judged-before time, next holds
 -- Times in µs on the scripts' clock, rates in sends per window.
 -- `c` is {limit, window, factor, recovery (per s), floor}.
@@ -26,9 +28,10 @@ local OBSERVE_WINDOWS = 2
 local MAX_ROUNDS = 4
 local PLATEAU = 5000000
 local MIN_GAP = 0.5
+local ESTIMATE_MARGIN = 0.95
 local FIELDS = {'ph', 'r', 'since', 'before', 'from', 'n1', 'k1', 'n2', 'k2',
-  'rd', 'sb', 'sc', 'good', 'base', 'ceil', 'dip', 'hold', 'quiet', 'ignore',
-  'lhold', 'nhold'}
+  'rd', 'sb', 'sc', 'good', 'base', 'ceil', 'dip', 'hold', 'bl', 'quiet',
+  'ignore', 'lhold', 'nhold'}
 
 local function adapt_load(key)
   local raw = redis.call('HMGET', key, unpack(FIELDS))
@@ -59,6 +62,15 @@ local function lowered(c, before)
   return math.max(before * c.factor, c.floor)
 end
 
+-- The test rate of the sample in `a`: a margin under the rate the CRM
+-- accepted while observed, never above `lowered`.
+local function test_rate(c, a)
+  local low = lowered(c, a.before)
+  if a.n1 == 0 then return low end
+  local accepted = 1 - math.min(a.k1 / a.n1, 1)
+  return math.max(a.before * accepted * ESTIMATE_MARGIN, low)
+end
+
 -- Times of the test's timeline for an onset at `from`.
 local function observed(c, from) return from + OBSERVE_WINDOWS * c.window end
 local function sample_start(c, from) return from + (OBSERVE_WINDOWS + 1) * c.window end
@@ -87,7 +99,7 @@ end
 local function could_prove(a, c)
   local rounds = a.rd + 1
   if a.k2 == 0 then rounds = MAX_ROUNDS end
-  local most = math.ceil(2 * rounds * lowered(c, a.before))
+  local most = math.ceil(2 * rounds * test_rate(c, a))
   local b = {n1 = a.n1, k1 = a.k1, n2 = math.max(a.n2, most), k2 = a.k2}
   return cause(b)
 end
@@ -96,6 +108,7 @@ end
 local function back(a, at)
   if a.sb and a.sb >= 0 then
     a.ph, a.good, a.base, a.ceil, a.dip, a.hold = 'L', a.before, a.sb, a.sc, at, at + a.lhold
+    a.bl = 0
   else
     a.ph, a.r, a.since = 'F', a.before, at
   end
@@ -126,8 +139,9 @@ local function advance(a, now, c)
       if cause(a) and a.n2 >= MIN_TEST_SENDS then
         a.ignore = at
         a.nhold = NOISE_HOLD
-        local good = lowered(c, a.before)
+        local good = test_rate(c, a)
         a.ph, a.good, a.base, a.ceil, a.dip = 'L', good, good, -1, at
+        if good <= lowered(c, a.before) then a.bl = 1 else a.bl = 0 end
         a.hold = math.max(at, observed(c, a.from) + a.lhold)
       elseif rounds < MAX_ROUNDS and a.k2 == 0 and could_prove(a, c) then
         a.rd = rounds
@@ -145,7 +159,7 @@ local function advance(a, now, c)
       if target >= c.limit then
         a.ph, a.r, a.since = 'F', -1, passed
       else
-        a.good, a.dip, a.hold = target, passed, passed
+        a.good, a.dip, a.hold, a.bl = target, passed, passed, 0
       end
     else
       return
@@ -167,7 +181,7 @@ local function adapt_rate(a, now, c)
   if b.ph == 'O' then
     rate = b.before
   elseif b.ph == 'T' then
-    rate = lowered(c, b.before)
+    rate = test_rate(c, b)
   elseif b.ph == 'L' then
     if now < b.dip then
       rate = lowered(c, b.good)
@@ -217,10 +231,13 @@ local function adapt_refused(a, now, sent, c, log)
     end
   elseif a.ph == 'L' then
     if sent >= a.hold then
-      -- A failed probe: its rate at the send is the new ceiling.
+      -- A failed probe: its rate at the send is the new ceiling; after a
+      -- blind cut, half way to it is the good rate.
       local failed = adapt_rate(a, sent, c)
       if a.ceil >= 0 then failed = math.min(failed, a.ceil) end
       a.lhold = math.min(a.lhold * 2, LIMIT_HOLD_MAX)
+      if a.bl == 1 then a.good = math.max(a.good, (a.good + failed) / 2) end
+      a.bl = 0
       a.ceil = failed
       a.dip = now + c.window
       a.hold = a.dip + a.lhold
@@ -230,6 +247,7 @@ local function adapt_refused(a, now, sent, c, log)
       a.lhold = math.min(a.lhold * 2, LIMIT_HOLD_MAX)
       a.ceil = a.good
       a.good = a.base
+      a.bl = 0
       a.dip = now + c.window
       a.hold = a.dip + a.lhold
       a.ignore = a.dip
