@@ -530,14 +530,17 @@ impl Adapt {
                     // below the good rate for a window so the CRM's window
                     // sheds the refused arrivals, then hold longer. After a
                     // blind cut the real limit lies between the two: half
-                    // way is the good rate (a refusal there goes back to
-                    // the tested rate).
+                    // way is the good rate, at least the estimate's margin
+                    // under the failed rate (a CRM that refuses at once,
+                    // nginx `limit_req` without burst, fails a probe just
+                    // over its limit, and a send's jitter would cross it);
+                    // a refusal there goes back to the tested rate.
                     let failed = self.rate(sent_at, p).min(ceil);
                     self.limit_hold = (self.limit_hold * 2).min(LIMIT_HOLD_MAX);
                     let dip_until = now + p.window;
                     self.phase = Phase::Limited {
                         good: if blind {
-                            good.max((good + failed) / 2.0)
+                            good.max(((good + failed) / 2.0).min(failed * ESTIMATE_MARGIN))
                         } else {
                             good
                         },

@@ -232,11 +232,14 @@ local function adapt_refused(a, now, sent, c, log)
   elseif a.ph == 'L' then
     if sent >= a.hold then
       -- A failed probe: its rate at the send is the new ceiling; after a
-      -- blind cut, half way to it is the good rate.
+      -- blind cut, half way to it is the good rate (at least the
+      -- estimate's margin under it).
       local failed = adapt_rate(a, sent, c)
       if a.ceil >= 0 then failed = math.min(failed, a.ceil) end
       a.lhold = math.min(a.lhold * 2, LIMIT_HOLD_MAX)
-      if a.bl == 1 then a.good = math.max(a.good, (a.good + failed) / 2) end
+      if a.bl == 1 then
+        a.good = math.max(a.good, math.min((a.good + failed) / 2, failed * ESTIMATE_MARGIN))
+      end
       a.bl = 0
       a.ceil = failed
       a.dip = now + c.window
