@@ -11,9 +11,11 @@
 //! reports how many were drained and cut off.
 //!
 //! The API listeners are served by `server.worker_threads` worker runtimes
-//! ([`crate::workers`]), each accepting on its own socket and keeping its
-//! connections; the admin port, the drain's clock and everything shared
-//! stay on the caller's runtime. Caps and drain span all workers.
+//! ([`crate::workers`]): one acceptor per listener, on the caller's
+//! runtime, hands each new connection to the worker with the fewest open
+//! connections, which keeps it to the end (`accept.rs`). The admin port,
+//! the acceptors, the drain's clock and everything shared stay on the
+//! caller's runtime. Caps and drain span all workers.
 //!
 //! Connections are served by hyper's HTTP/1 server with a timer
 //! (`axum::serve` installs none, so hyper's head timeout would never fire).
@@ -52,7 +54,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::IntGauge;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -65,7 +67,9 @@ use crate::{admin, proxy};
 
 pub use crate::drain::DrainReport;
 
+mod accept;
 mod per_request;
+use accept::{Acceptor, Worker};
 use per_request::PerRequest;
 
 /// Open connections the admin port holds at most. Probes and scrapes need a
@@ -102,12 +106,14 @@ pub enum ServeError {
 /// A bound, not yet serving, gateway.
 pub struct Server {
     gateway: Arc<Gateway>,
-    /// One API socket per worker, in one `SO_REUSEPORT` group.
-    api: Vec<std::net::TcpListener>,
+    /// The API socket, which one acceptor serves every worker from.
+    api: std::net::TcpListener,
     admin: TcpListener,
-    /// The HTTPS API sockets (one per worker), and the certificate
-    /// generated for them when no files are configured.
-    tls: Option<(Vec<std::net::TcpListener>, Option<Arc<Generated>>)>,
+    /// The HTTPS API socket, and the certificate generated for it when no
+    /// files are configured.
+    tls: Option<(std::net::TcpListener, Option<Arc<Generated>>)>,
+    /// Worker runtimes to start.
+    workers: usize,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -116,9 +122,9 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// `n` sockets on `addr`, one per worker.
-fn bind_workers(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, ServeError> {
-    workers::bind_group(addr, n).map_err(|source| ServeError::Bind { addr, source })
+/// The socket on `addr` that the workers' acceptor serves.
+fn bind_workers(addr: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
+    workers::bind(addr).map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// The worker runtimes `config` asks for: `server.worker_threads`, else one
@@ -136,12 +142,12 @@ impl Server {
     /// `server.tls_ca_out` when no certificate files are configured).
     pub async fn bind(config: Config, config_path: Option<PathBuf>) -> Result<Server, ServeError> {
         let workers = worker_count(&config);
-        let api = bind_workers(config.server.listen, workers)?;
+        let api = bind_workers(config.server.listen)?;
         let admin = bind(config.server.admin_listen).await?;
         let tls = match &config.server.tls {
             None => None,
             Some(t) => {
-                let listener = bind_workers(t.listen, workers)?;
+                let listener = bind_workers(t.listen)?;
                 let generated = match &t.cert {
                     crate::config::TlsCert::Files(_) => None,
                     crate::config::TlsCert::Generated { names, ca_out } => {
@@ -161,14 +167,13 @@ impl Server {
             api,
             admin,
             tls,
+            workers,
         })
     }
 
     /// The HTTPS API address actually bound, when `server.tls_listen` is set.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
-        self.tls
-            .as_ref()
-            .and_then(|(l, _)| l.first()?.local_addr().ok())
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The CA certificate (PEM) of the certificate generated at start-up,
@@ -182,7 +187,7 @@ impl Server {
 
     /// The API address actually bound.
     pub fn api_addr(&self) -> SocketAddr {
-        self.api[0]
+        self.api
             .local_addr()
             .expect("bound listener has an address")
     }
@@ -206,6 +211,7 @@ impl Server {
             api,
             admin,
             tls,
+            workers,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         // The admin listener outlives the drain, so probes see /readyz turn
@@ -222,52 +228,60 @@ impl Server {
             guard(router, gw.live.clone(), gw.metrics.clone(), loopback)
         };
         let admin_app = guarded(admin::router(gw.clone()), admin.local_addr().ok());
-        let api_app = guarded(
-            proxy::router(gw.clone()),
-            api.first().and_then(|l| l.local_addr().ok()),
-        );
-        // Each worker serves its API socket and, when configured, its HTTPS
-        // socket: one runtime, so aborting it closes both kinds of its
-        // connections. The caps count across all workers.
-        let (tls_sockets, tls_app) = match tls {
-            None => (Vec::new(), None),
-            Some((sockets, generated)) => {
-                let addr = sockets.first().and_then(|l| l.local_addr().ok());
-                let app = guarded(proxy::router(gw.clone()), addr);
-                (sockets, Some((app, Side::Tls(generated))))
+        let api_app = guarded(proxy::router(gw.clone()), api.local_addr().ok());
+        let (tls_socket, tls_app) = match tls {
+            None => (None, None),
+            Some((socket, generated)) => {
+                let app = guarded(proxy::router(gw.clone()), socket.local_addr().ok());
+                (Some(socket), Some((app, Side::Tls(generated))))
             }
         };
-        let mut tls_sockets = tls_sockets.into_iter();
-        let inputs: Vec<_> = api.into_iter().map(|a| (a, tls_sockets.next())).collect();
-        let (api_open, tls_open) = (Arc::default(), Arc::default());
-        let (wgw, wstop) = (gw.clone(), stop_rx.clone());
-        let mut workers = workers::spawn(inputs, move |worker, (api, tls)| {
-            let worker = worker.to_string();
-            let api_side = Listening {
+        // Each worker serves what the acceptors hand it, of both listeners:
+        // one runtime, so aborting it closes both kinds of its connections.
+        let spread = workers::Spread::new(workers);
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+        for w in 0..workers {
+            // Every worker's series exists from the start.
+            gw.metrics
+                .worker_connections
+                .with_label_values(&[&w.to_string()]);
+        }
+        let wgw = gw.clone();
+        let tls_side = tls_app.as_ref().map(|(_, side)| side.clone());
+        let mut workers = workers::spawn(receivers, move |_, incoming| {
+            let on = Worker {
                 gw: wgw.clone(),
-                side: Side::Api,
-                worker: worker.clone(),
-                app: api_app.clone(),
-                open: Arc::clone(&api_open),
+                api: api_app.clone(),
+                tls: tls_app.clone(),
             };
-            let tls_side = tls_app.clone().map(|(app, side)| Listening {
-                gw: wgw.clone(),
-                side,
-                worker,
-                app,
-                open: Arc::clone(&tls_open),
-            });
-            let (api_stop, tls_stop) = (stopped(wstop.clone()), stopped(wstop.clone()));
-            async move {
-                let api_serve = serve_std(api_side, api, api_stop);
-                let tls_serve = async {
-                    if let (Some(side), Some(tls)) = (tls_side, tls) {
-                        serve_std(side, tls, tls_stop).await;
-                    }
-                };
-                tokio::join!(api_serve, tls_serve);
-            }
+            accept::serve_worker(on, incoming)
         })?;
+        // The acceptors hold the only senders: once both have stopped, each
+        // worker's channel closes and the worker drains.
+        let senders = Arc::new(senders);
+        let mut acceptors = JoinSet::new();
+        let (api_open, tls_open) = (Arc::default(), Arc::default());
+        let acceptor = |side, open| Acceptor {
+            gw: gw.clone(),
+            side,
+            open,
+            spread: spread.clone(),
+            workers: senders.clone(),
+        };
+        acceptors.spawn(accept::accept(
+            acceptor(Side::Api, api_open),
+            api,
+            stopped(stop_rx.clone()),
+        ));
+        if let (Some(socket), Some(side)) = (tls_socket, tls_side) {
+            acceptors.spawn(accept::accept(
+                acceptor(side, tls_open),
+                socket,
+                stopped(stop_rx.clone()),
+            ));
+        }
+        drop(senders);
         let admin_task = tokio::spawn(serve(
             Listening {
                 gw: gw.clone(),
@@ -308,6 +322,8 @@ impl Server {
         );
         gw.scheduler.close();
         let _ = stop_tx.send(true);
+        // The listeners close at once; the workers drain what they hold.
+        while acceptors.join_next().await.is_some() {}
 
         let left = grace.saturating_sub(signalled.elapsed());
         let drained_in_time = tokio::time::timeout(left, workers.finished()).await.is_ok();
@@ -404,29 +420,21 @@ fn http2_builder(header_timeout: Duration) -> http2::Builder<TokioExecutor> {
     b
 }
 
-/// What one listener serves, and the count of its open connections
-/// (shared by every worker's socket of that listener).
+/// What one listener serves, and the count of its open connections.
 struct Listening {
     gw: Arc<Gateway>,
     side: Side,
-    /// The worker runtime's label in the metrics.
+    /// The runtime's label in the metrics.
     worker: String,
     app: Router,
     open: Arc<AtomicUsize>,
 }
 
-/// [`serve`] on a worker's socket, registered with the worker's runtime.
-async fn serve_std(on: Listening, socket: std::net::TcpListener, stop: impl Future<Output = ()>) {
-    match TcpListener::from_std(socket) {
-        Ok(listener) => serve(on, listener, stop).await,
-        Err(err) => tracing::error!(listener = on.side.label(), %err, "cannot serve"),
-    }
-}
-
-/// Accepts and serves connections on `listener` until `stop` resolves, then
-/// asks every connection to finish its request in progress and close, and
-/// returns when all have. Dropping the returned future (aborting its task)
-/// closes every connection at once.
+/// Accepts and serves connections on `listener` (the admin port's, on the
+/// caller's runtime) until `stop` resolves, then asks every connection to
+/// finish its request in progress and close, and returns when all have.
+/// Dropping the returned future (aborting its task) closes every
+/// connection at once.
 async fn serve(on: Listening, listener: TcpListener, stop: impl Future<Output = ()>) {
     let Listening {
         gw,
@@ -452,7 +460,7 @@ async fn serve(on: Listening, listener: TcpListener, stop: impl Future<Output = 
         .with_label_values(&[side.label(), &worker]);
     tokio::pin!(stop);
     loop {
-        let (stream, peer) = tokio::select! {
+        let conn = tokio::select! {
             () = &mut stop => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
@@ -466,76 +474,108 @@ async fn serve(on: Listening, listener: TcpListener, stop: impl Future<Output = 
                 }
             },
         };
-        accepted.inc();
-        // Every worker's loop opens connections: reserve the place first.
         if count.fetch_add(1, Ordering::AcqRel) >= side.cap(&gw) {
             count.fetch_sub(1, Ordering::AcqRel);
             refused.inc();
-            drop(stream);
+            drop(conn);
             continue;
         }
-        // Answers are small JSON writes: send them now, not after Nagle's delay.
-        let _ = stream.set_nodelay(true);
-        let counted = Counted::new(open.clone(), count.clone());
-        let snap = gw.snapshot();
-        let header_timeout = snap.config.server.header_timeout;
-        let service = PerRequest::new(gw.clone(), app.clone(), peer);
-        if let Side::Tls(generated) = &side {
-            let cert = snap.config.server.tls.as_ref().map(|t| &t.cert);
-            let Some(acceptor) = tls_listener::acceptor(cert, generated.as_deref()) else {
-                continue;
-            };
-            let watcher = graceful.watcher();
-            connections.spawn(async move {
-                let _counted = counted;
-                let Some((tls, h2)) =
-                    tls_listener::handshake(acceptor, stream, header_timeout).await
-                else {
-                    return;
-                };
-                let io = TokioIo::new(tls);
-                let served = if h2 {
-                    let conn = http2_builder(header_timeout).serve_connection(io, service);
-                    watcher.watch(conn).await
-                } else {
-                    let conn = http1_builder(header_timeout).serve_connection(io, service);
-                    watcher.watch(conn).await
-                };
-                if let Err(err) = served {
-                    tracing::debug!(%err, "client connection ended with an error");
-                }
-            });
-            continue;
-        }
-        let conn = http1_builder(header_timeout).serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        connections.spawn(async move {
-            let _counted = counted;
-            if let Err(err) = conn.await {
-                // A head timeout, a reset, a malformed request: the
-                // client's doing, and hyper has answered what it could.
-                tracing::debug!(%err, "client connection ended with an error");
-            }
-        });
+        accepted.inc();
+        let counted = Counted::new(open.clone(), count.clone(), None);
+        spawn_connection(&gw, &side, &app, &graceful, &mut connections, conn, counted);
     }
     drop(listener);
     graceful.shutdown().await;
 }
 
-/// One open connection, counted in the gauge and its listener's count
-/// (already reserved) until dropped.
-struct Counted(IntGauge, Arc<AtomicUsize>);
+/// Serves one accepted connection of `side` in a task of `connections`
+/// (on the current runtime), watched by `graceful`; `counted` lives as long
+/// as the connection.
+fn spawn_connection(
+    gw: &Arc<Gateway>,
+    side: &Side,
+    app: &Router,
+    graceful: &GracefulShutdown,
+    connections: &mut JoinSet<()>,
+    (stream, peer): (tokio::net::TcpStream, SocketAddr),
+    counted: Counted,
+) {
+    // Answers are small JSON writes: send them now, not after Nagle's delay.
+    let _ = stream.set_nodelay(true);
+    let snap = gw.snapshot();
+    let header_timeout = snap.config.server.header_timeout;
+    let service = PerRequest::new(gw.clone(), app.clone(), peer);
+    if let Side::Tls(generated) = side {
+        let cert = snap.config.server.tls.as_ref().map(|t| &t.cert);
+        let Some(acceptor) = tls_listener::acceptor(cert, generated.as_deref()) else {
+            return;
+        };
+        let watcher = graceful.watcher();
+        connections.spawn(async move {
+            let _counted = counted;
+            let Some((tls, h2)) = tls_listener::handshake(acceptor, stream, header_timeout).await
+            else {
+                return;
+            };
+            let io = TokioIo::new(tls);
+            let served = if h2 {
+                let conn = http2_builder(header_timeout).serve_connection(io, service);
+                watcher.watch(conn).await
+            } else {
+                let conn = http1_builder(header_timeout).serve_connection(io, service);
+                watcher.watch(conn).await
+            };
+            if let Err(err) = served {
+                tracing::debug!(%err, "client connection ended with an error");
+            }
+        });
+        return;
+    }
+    let conn = http1_builder(header_timeout).serve_connection(TokioIo::new(stream), service);
+    let conn = graceful.watch(conn);
+    connections.spawn(async move {
+        let _counted = counted;
+        if let Err(err) = conn.await {
+            // A head timeout, a reset, a malformed request: the
+            // client's doing, and hyper has answered what it could.
+            tracing::debug!(%err, "client connection ended with an error");
+        }
+    });
+}
+
+/// One open connection, counted in its listener's gauge and count (already
+/// reserved) and, on a worker, in that worker's gauge and load, until
+/// dropped.
+struct Counted {
+    gauge: IntGauge,
+    count: Arc<AtomicUsize>,
+    worker: Option<(IntGauge, workers::Slot)>,
+}
 
 impl Counted {
-    fn new(gauge: IntGauge, count: Arc<AtomicUsize>) -> Counted {
+    fn new(
+        gauge: IntGauge,
+        count: Arc<AtomicUsize>,
+        worker: Option<(IntGauge, workers::Slot)>,
+    ) -> Counted {
         gauge.inc();
-        Counted(gauge, count)
+        if let Some((worker_gauge, _)) = &worker {
+            worker_gauge.inc();
+        }
+        Counted {
+            gauge,
+            count,
+            worker,
+        }
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.dec();
-        self.1.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        if let Some((worker_gauge, _)) = &self.worker {
+            worker_gauge.dec();
+        }
     }
 }

@@ -1,59 +1,121 @@
 //! Worker runtimes: one OS thread per worker, each with its own
-//! current-thread tokio runtime and its own listening socket in a
-//! `SO_REUSEPORT` group, so a connection stays on the thread that accepted
-//! it (no work stealing, no hand-over between threads).
+//! current-thread tokio runtime, and the spread of new connections over
+//! them by load. A connection stays on the worker it was handed to (no
+//! work stealing, no hand-over between threads after that).
 //!
-//! This module owns the threads and the sockets' creation; what a worker
-//! serves is the caller's future. It never touches a request, and never
-//! holds process-wide state: the scheduler, budgets, metrics and the admin
-//! port live on the caller's runtime and are shared by reference.
+//! This module owns the threads, the listening socket's creation and the
+//! count of each worker's open connections ([`Spread`]); what a worker
+//! serves, and how a connection reaches it, is the caller's. It never
+//! touches a request or a connection, and never holds process-wide state:
+//! the scheduler, budgets, metrics and the admin port live on the caller's
+//! runtime and are shared by reference.
 //!
-//! The kernel spreads new connections over a `SO_REUSEPORT` group by a hash
-//! of the connection's addresses and ports, not by load: with few
-//! long-lived connections (a benchmark's `-c8`) one worker may get more
-//! than its share. See docs/architecture.md, "Threads and runtimes".
+//! One socket listens and one acceptor hands each new connection to the
+//! worker with the fewest open connections (ties: round robin), so 8
+//! keep-alive connections on 2 workers are always 4 and 4. A
+//! `SO_REUSEPORT` group per worker, as before, let the kernel pick by a
+//! hash of addresses and ports: 4/4 in only 15 of 50 trials. See
+//! docs/architecture.md, "Threads and runtimes".
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// The listen backlog of each socket (tokio's default for `bind`).
+/// The listen backlog (tokio's default for `bind`).
 const BACKLOG: i32 = 1024;
 
-/// `n` listening sockets on `addr` in one `SO_REUSEPORT` group, non-blocking,
-/// for [`spawn`] to hand one to each worker. With port 0 the first socket
-/// picks the port and the others join it.
+/// The listening socket on `addr`, non-blocking, for one acceptor to serve
+/// every worker from.
 ///
 /// A port that something already listens on is refused ("address in use"),
-/// even when that is another crmgate of the same user whose sockets would
-/// let ours join their group: two gateways sharing one port would each
-/// spend the whole budget, and the CRM would see twice the limit.
-pub fn bind_group(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    if addr.port() != 0 {
-        // A socket without SO_REUSEPORT cannot bind where anyone listens
-        // (a group included); it is closed again before the group binds.
-        drop(std::net::TcpListener::bind(addr)?);
+/// even a `SO_REUSEPORT` group of another crmgate of the same user (an
+/// older one bound its workers' sockets that way): this socket does not
+/// set `SO_REUSEPORT`, so it can join no group, and two gateways can never
+/// share one port and each spend the whole budget.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As tokio's `TcpListener::bind`: a restart may bind while old
+    // connections sit in TIME_WAIT. (Not SO_REUSEPORT: see above.)
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// The open connections of each worker, and the choice of a worker for
+/// the next one: the fewest open, ties broken round robin (the scan starts
+/// just after the last worker chosen). Shared by the acceptors of every
+/// listener, so a worker's load counts its cleartext and HTTPS connections
+/// alike.
+pub struct Spread {
+    open: Box<[AtomicUsize]>,
+    /// Where the next scan starts.
+    next: AtomicUsize,
+}
+
+/// One connection counted on its worker until dropped: drop it when the
+/// connection ends, however it ends (closed, drained, aborted with its
+/// runtime, or never served because its worker was gone).
+pub struct Slot {
+    spread: Arc<Spread>,
+    worker: usize,
+}
+
+impl Spread {
+    /// The counts of `n` workers (at least 1), all 0.
+    pub fn new(n: usize) -> Arc<Spread> {
+        Arc::new(Spread {
+            open: (0..n.max(1)).map(|_| AtomicUsize::new(0)).collect(),
+            next: AtomicUsize::new(0),
+        })
     }
-    let mut sockets = Vec::with_capacity(n);
-    let mut at = addr;
-    for _ in 0..n.max(1) {
-        let socket = Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP))?;
-        // As tokio's `TcpListener::bind`: a restart may bind while old
-        // connections sit in TIME_WAIT.
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&at.into())?;
-        socket.listen(BACKLOG)?;
-        let listener: std::net::TcpListener = socket.into();
-        at = listener.local_addr()?;
-        sockets.push(listener);
+
+    /// Open connections on `worker` now.
+    pub fn open(&self, worker: usize) -> usize {
+        self.open[worker].load(Ordering::Acquire)
     }
-    Ok(sockets)
+
+    /// Chooses the worker for a new connection and counts it there. Two
+    /// acceptors choosing at the same instant may both see the same counts
+    /// (a choice off by one connection, corrected by the next ones); one
+    /// acceptor's choices are exact.
+    pub fn assign(self: &Arc<Self>) -> Slot {
+        let n = self.open.len();
+        let start = self.next.load(Ordering::Relaxed) % n;
+        let (mut worker, mut least) = (start, usize::MAX);
+        for k in 0..n {
+            let i = (start + k) % n;
+            let open = self.open(i);
+            if open < least {
+                (worker, least) = (i, open);
+            }
+        }
+        self.open[worker].fetch_add(1, Ordering::AcqRel);
+        self.next.store(worker + 1, Ordering::Relaxed);
+        Slot {
+            spread: Arc::clone(self),
+            worker,
+        }
+    }
+}
+
+impl Slot {
+    /// The worker this connection is counted on (and must be served by).
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.spread.open[self.worker].fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Running worker threads. Dropping this aborts them (as
@@ -123,13 +185,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_port_another_group_listens_on_is_refused() {
-        let first = bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
-        let taken = first[0].local_addr().unwrap();
-        let err = bind_group(taken, 2).expect_err("a second group on a taken port");
+    fn a_port_anyone_listens_on_is_refused() {
+        let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let taken = first.local_addr().unwrap();
+        let err = bind(taken).expect_err("a second listener on a taken port");
         assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
         drop(first);
-        // Free again once the first group is closed.
-        assert_eq!(bind_group(taken, 2).unwrap().len(), 2);
+        // Free again once the first is closed.
+        bind(taken).unwrap();
+    }
+
+    #[test]
+    fn a_port_a_reuseport_group_listens_on_is_refused() {
+        // What a crmgate of the same user that binds SO_REUSEPORT sockets
+        // (an older version) holds.
+        let group = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        group.set_reuse_port(true).unwrap();
+        group
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        group.listen(8).unwrap();
+        let taken = group.local_addr().unwrap().as_socket().unwrap();
+        let err = bind(taken).expect_err("joined another gateway's group");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+    }
+
+    /// The workers' counts after assigning `n` connections from empty.
+    fn counts(spread: &Spread, n: usize) -> Vec<usize> {
+        (0..n).map(|i| spread.open(i)).collect()
+    }
+
+    #[test]
+    fn connections_go_to_the_worker_with_the_fewest() {
+        let spread = Spread::new(2);
+        let mut slots: Vec<Slot> = (0..8).map(|_| spread.assign()).collect();
+        assert_eq!(counts(&spread, 2), [4, 4]);
+        slots.push(spread.assign());
+        assert_eq!(counts(&spread, 2), [5, 4]);
+        // Closing three of worker 0's connections frees its count, and the
+        // next two both go there.
+        let mut on_0 = 0;
+        slots.retain(|s| {
+            let close = s.worker() == 0 && on_0 < 3;
+            on_0 += usize::from(close);
+            !close
+        });
+        assert_eq!(counts(&spread, 2), [2, 4]);
+        let more: Vec<Slot> = (0..2).map(|_| spread.assign()).collect();
+        assert!(more.iter().all(|s| s.worker() == 0));
+        assert_eq!(counts(&spread, 2), [4, 4]);
+        drop((slots, more));
+        assert_eq!(counts(&spread, 2), [0, 0]);
+    }
+
+    #[test]
+    fn ties_rotate_over_the_workers() {
+        let spread = Spread::new(3);
+        // One short connection at a time: each finds every count at 0.
+        let chosen: Vec<usize> = (0..6).map(|_| spread.assign().worker()).collect();
+        assert_eq!(chosen, [0, 1, 2, 0, 1, 2]);
+        let held: Vec<Slot> = (0..7).map(|_| spread.assign()).collect();
+        assert_eq!(counts(&spread, 3), [3, 2, 2]);
+        drop(held);
     }
 }

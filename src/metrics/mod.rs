@@ -67,9 +67,12 @@ pub struct Metrics {
     pub connections_open: IntGaugeVec,
     /// Connections closed at once because the listener was full, by listener.
     pub connections_refused: IntCounterVec,
-    /// Connections accepted, by listener and worker runtime (`control` for
-    /// the admin port): how the kernel spread them over the workers.
+    /// Connections accepted and served (not refused at the cap), by
+    /// listener and worker runtime (`control` for the admin port).
     pub connections_accepted: IntCounterVec,
+    /// Open API connections (cleartext and HTTPS) on each worker runtime:
+    /// what the acceptor balances.
+    pub worker_connections: IntGaugeVec,
     /// Exports streaming now.
     pub exports_in_progress: IntGauge,
     /// Exports by how they ended ([`EXPORT_OUTCOMES`]).
@@ -222,8 +225,19 @@ impl Metrics {
         );
         let connections_accepted = counter(
             "crmgate_connections_accepted_total",
-            "Client connections accepted, by listener and worker runtime (control: the admin port's).",
+            "Client connections accepted and served (not refused at the cap), by listener and worker runtime (control: the admin port's).",
             &["listener", "worker"],
+        );
+        let worker_connections = reg(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "crmgate_worker_connections",
+                    "Open API connections (cleartext and HTTPS) on each worker runtime; a new connection goes to the worker with the fewest.",
+                ),
+                &["worker"],
+            )
+            .expect("valid gauge"),
         );
         let connections_open = reg(
             &registry,
@@ -402,6 +416,7 @@ impl Metrics {
             connections_open,
             connections_refused,
             connections_accepted,
+            worker_connections,
             exports_in_progress,
             exports,
             export_pages,
