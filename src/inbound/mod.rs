@@ -310,6 +310,26 @@ pub fn max_wait(headers: &HeaderMap, configured: Duration) -> Result<Duration, G
     Ok(configured.min(asked))
 }
 
+/// Appends `ip` as its `Display` writes it; an IPv4 address octet by
+/// octet, without `core::fmt` (about 1,600 instructions per request under
+/// callgrind, for a header every request carries).
+fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(itoa::Buffer::new().format(octet));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// The request as the CRM will receive it, minus base URL and real key.
 #[allow(clippy::too_many_arguments)]
 fn outgoing(
@@ -349,7 +369,7 @@ fn outgoing(
         forwarded.push_str(hop);
         forwarded.push_str(", ");
     }
-    forwarded.push_str(&peer.ip().to_string());
+    push_ip(&mut forwarded, peer.ip());
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
         headers.insert("x-forwarded-for", v);
     }

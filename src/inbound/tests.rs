@@ -354,3 +354,21 @@ async fn a_malformed_multipart_body_is_refused_even_with_a_header_key() {
         Err(GatewayError::WrongKey)
     ));
 }
+
+#[test]
+fn addresses_are_written_as_display_writes_them() {
+    for ip in [
+        "0.0.0.0",
+        "127.0.0.1",
+        "10.20.255.9",
+        "255.255.255.255",
+        "::1",
+        "2001:db8::8a2e:370:7334",
+        "::ffff:192.0.2.1",
+    ] {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        let mut out = String::from("a, ");
+        push_ip(&mut out, ip);
+        assert_eq!(out, format!("a, {ip}"));
+    }
+}
