@@ -58,10 +58,15 @@ pub fn logged_path(target: &str, mode: LogQuery) -> String {
             out.push('&');
         }
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let decoded = form_urlencoded::parse(name.as_bytes())
-            .next()
-            .map(|(n, _)| n.into_owned())
-            .unwrap_or_default();
+        // Decoded only when it has to be (a name with no escape is itself).
+        let decoded = if name.contains(['%', '+']) {
+            form_urlencoded::parse(name.as_bytes())
+                .next()
+                .map(|(n, _)| n)
+                .unwrap_or_default()
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        };
         out.push_str(name);
         if pair.contains('=') {
             out.push('=');

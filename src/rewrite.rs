@@ -135,13 +135,28 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// [`HOP_BY_HOP`] as header names: removing by a `&str` parses the name
+/// again for every call (about 450 instructions each under callgrind).
+const HOP_BY_HOP_NAMES: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn drop_hop_by_hop(headers: &mut HeaderMap) {
     for name in connection_named(headers) {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for name in &HOP_BY_HOP_NAMES {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
     }
 }
 
@@ -285,6 +300,24 @@ mod tests {
         assert!(out.contains_key("accept"));
         let langs: Vec<_> = out.get_all("accept-language").iter().collect();
         assert_eq!(langs, ["ru", "en"], "repeated headers keep their order");
+    }
+
+    #[test]
+    fn answers_lose_every_hop_by_hop_header() {
+        let mut h = HeaderMap::new();
+        for name in HOP_BY_HOP {
+            h.insert(HeaderName::from_static(name), "x".parse().unwrap());
+        }
+        h.append("connection", "X-Resp-Hop".parse().unwrap());
+        h.insert("x-resp-hop", "1".parse().unwrap());
+        h.insert("content-type", "application/json".parse().unwrap());
+        drop_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("content-type"));
+        // The names and their typed form agree.
+        for (name, typed) in HOP_BY_HOP.iter().zip(&HOP_BY_HOP_NAMES) {
+            assert_eq!(typed.as_str(), *name);
+        }
     }
 
     #[test]
