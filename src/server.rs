@@ -49,6 +49,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use futures_util::FutureExt;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -532,15 +533,18 @@ fn spawn_connection(
         return;
     }
     let conn = http1_builder(header_timeout).serve_connection(TokioIo::new(stream), service);
-    let conn = graceful.watch(conn);
-    connections.spawn(async move {
-        let _counted = counted;
-        if let Err(err) = conn.await {
+    // `map`, not `async move { conn.await }`: an async block keeps the
+    // moved-in connection and the one it awaits in separate slots, so every
+    // connection's task would hold hyper's state twice.
+    let conn = graceful.watch(conn).map(move |served| {
+        drop(counted);
+        if let Err(err) = served {
             // A head timeout, a reset, a malformed request: the
             // client's doing, and hyper has answered what it could.
             tracing::debug!(%err, "client connection ended with an error");
         }
     });
+    connections.spawn(conn);
 }
 
 /// One open connection, counted in its listener's gauge and count (already
