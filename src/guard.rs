@@ -1,8 +1,8 @@
 //! The edge guard: who may call at all, decided from the request head alone.
 //!
-//! One axum middleware, put in front of both routers (API and admin) by
-//! [`crate::server`], so it runs before everything else. In order, it
-//! refuses:
+//! One check on the request head, run by [`crate::server`]'s per-request
+//! service for both listeners (API and admin) before anything else. In
+//! order, it refuses:
 //! 1. a head with more than [`MAX_HEADER_FIELDS`] fields or
 //!    [`MAX_HEADER_BYTES`] bytes of them (431, connection closed): such a
 //!    head would be copied upstream and held while the request queues;
@@ -20,19 +20,12 @@
 //! a header value: they are the caller's text.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use axum::extract::{Request, State};
 use axum::http::uri::Authority;
 use axum::http::{header, HeaderMap, Uri};
-use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::Router;
 
 use crate::config::{normalize_origin, ServerConfig};
-use crate::error::{reject, GatewayError};
-use crate::live::Live;
-use crate::metrics::Metrics;
+use crate::error::GatewayError;
 
 /// Most header fields a request may carry (each repeated field counts).
 /// RetailCRM clients send about ten; browsers about twenty.
@@ -42,41 +35,6 @@ pub const MAX_HEADER_FIELDS: usize = 64;
 /// may carry. hyper itself refuses a head over 64 KiB, or with more than
 /// 100 fields, without a body: see [`crate::server`].
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-
-/// The guard's state: the config in force, where refusals are counted,
-/// and whether the listener it guards is a loopback one.
-#[derive(Clone)]
-struct Guard {
-    live: Arc<Live>,
-    metrics: Arc<Metrics>,
-    loopback: bool,
-}
-
-/// Puts the guard in front of `router`: its rules read the server settings
-/// in `live`, and refusals are counted in `metrics`. `loopback` says whether
-/// the listener serving it is bound to a loopback address (then the Host
-/// rule applies).
-pub fn guard(router: Router, live: Arc<Live>, metrics: Arc<Metrics>, loopback: bool) -> Router {
-    let state = Guard {
-        live,
-        metrics,
-        loopback,
-    };
-    router.layer(middleware::from_fn_with_state(state, run))
-}
-
-async fn run(State(g): State<Guard>, req: Request, next: Next) -> Response {
-    let verdict = check(
-        &g.live.snapshot().config.server,
-        g.loopback,
-        req.headers(),
-        req.uri(),
-    );
-    match verdict {
-        Ok(()) => next.run(req).await,
-        Err(e) => reject(e, &g.metrics),
-    }
-}
 
 /// The guard's rules, on a request head. `loopback_listener` says whether
 /// the listener is bound to a loopback address.

@@ -22,10 +22,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::Response;
-use axum::Router;
 use tokio::time::Instant;
 
 use crate::access::{self, Trace};
@@ -45,16 +44,9 @@ const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 const ATTEMPTS: HeaderName = HeaderName::from_static(ATTEMPTS_HEADER);
 const QUEUE_MS: HeaderName = HeaderName::from_static(QUEUE_MS_HEADER);
 
-/// The API router: every path goes to the proxy handler.
-pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new().fallback(handle).with_state(gateway)
-}
-
-async fn handle(
-    State(gw): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
-) -> Response {
+/// The API's one handler: every request on an API listener, called by the
+/// server's per-request service (behind the guard) with the peer address.
+pub async fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request) -> Response {
     let started = Instant::now();
     let request_id = request_id(&req);
     let method = req.method().clone();

@@ -48,7 +48,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use futures_util::FutureExt;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -59,19 +58,18 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::admin;
 use crate::config::Config;
 use crate::gateway::Gateway;
-use crate::guard::guard;
 use crate::tls_listener::{self, Generated};
 use crate::workers;
-use crate::{admin, proxy};
 
 pub use crate::drain::DrainReport;
 
 mod accept;
 mod per_request;
 use accept::{Acceptor, Worker};
-use per_request::PerRequest;
+use per_request::{App, PerRequest, Served};
 
 /// Open connections the admin port holds at most. Probes and scrapes need a
 /// handful; the cap keeps a flood there from taking the process's file
@@ -222,18 +220,21 @@ impl Server {
             let _ = rx.wait_for(|s| *s).await;
         };
 
-        // Each router behind the guard, which knows whether its listener is
-        // loopback (then the Host rule applies).
-        let guarded = |router, addr: Option<SocketAddr>| {
-            let loopback = addr.is_some_and(|a| a.ip().is_loopback());
-            guard(router, gw.live.clone(), gw.metrics.clone(), loopback)
+        // The guard runs in front of each app (see `per_request`); it knows
+        // whether its listener is loopback (then the Host rule applies).
+        let served = |app, addr: Option<SocketAddr>| Served {
+            app,
+            loopback: addr.is_some_and(|a| a.ip().is_loopback()),
         };
-        let admin_app = guarded(admin::router(gw.clone()), admin.local_addr().ok());
-        let api_app = guarded(proxy::router(gw.clone()), api.local_addr().ok());
+        let admin_app = served(
+            App::Router(admin::router(gw.clone())),
+            admin.local_addr().ok(),
+        );
+        let api_app = served(App::Api, api.local_addr().ok());
         let (tls_socket, tls_app) = match tls {
             None => (None, None),
             Some((socket, generated)) => {
-                let app = guarded(proxy::router(gw.clone()), socket.local_addr().ok());
+                let app = served(App::Api, socket.local_addr().ok());
                 (Some(socket), Some((app, Side::Tls(generated))))
             }
         };
@@ -427,7 +428,7 @@ struct Listening {
     side: Side,
     /// The runtime's label in the metrics.
     worker: String,
-    app: Router,
+    app: Served,
     open: Arc<AtomicUsize>,
 }
 
@@ -495,7 +496,7 @@ async fn serve(on: Listening, listener: TcpListener, stop: impl Future<Output = 
 fn spawn_connection(
     gw: &Arc<Gateway>,
     side: &Side,
-    app: &Router,
+    app: &Served,
     graceful: &GracefulShutdown,
     connections: &mut JoinSet<()>,
     (stream, peer): (tokio::net::TcpStream, SocketAddr),
@@ -505,7 +506,7 @@ fn spawn_connection(
     let _ = stream.set_nodelay(true);
     let snap = gw.snapshot();
     let header_timeout = snap.config.server.header_timeout;
-    let service = PerRequest::new(gw.clone(), app.clone(), peer);
+    let service = PerRequest::new(gw.clone(), app, peer);
     if let Side::Tls(generated) = side {
         let cert = snap.config.server.tls.as_ref().map(|t| &t.cert);
         let Some(acceptor) = tls_listener::acceptor(cert, generated.as_deref()) else {

@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinSet;
 
+use super::per_request::Served;
 use super::{spawn_connection, Counted, Side};
 use crate::gateway::Gateway;
 use crate::workers::Spread;
@@ -135,12 +135,12 @@ pub(super) async fn accept(
     }
 }
 
-/// What a worker serves: the API router and, with `server.tls_listen`, the
-/// HTTPS side's router and certificate.
+/// What a worker serves: the API and, with `server.tls_listen`, the HTTPS
+/// side's API and certificate.
 pub(super) struct Worker {
     pub gw: Arc<Gateway>,
-    pub api: Router,
-    pub tls: Option<(Router, Side)>,
+    pub api: Served,
+    pub tls: Option<(Served, Side)>,
 }
 
 /// Serves every connection sent on `incoming`, on the current (worker)

@@ -1,12 +1,14 @@
-//! The per-request service of one connection: gives the handler the peer
-//! address, bounds pauses in the request body (`server.body_timeout`),
-//! turns a stalled body into 408, and marks answers `Connection: close`
-//! while draining.
+//! The per-request service of one connection: runs the edge guard
+//! ([`crate::guard::check`]) on the head, gives the app the peer address,
+//! bounds pauses in the request body (`server.body_timeout`), turns a
+//! stalled body into 408, and marks answers `Connection: close` while
+//! draining.
 //!
 //! A waiting request keeps whatever its service future holds, so nothing
-//! here allocates per request beyond what the router needs: the answer is
-//! a named future (no box), and the stall flag is one per connection.
-//! This module never reads a body itself.
+//! here allocates per request beyond what the app needs: the API handler
+//! is called directly (no router, no middleware layer, one box for its
+//! future), the answer is a named future, and the stall flag is one per
+//! connection. This module never reads a body itself.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,7 +20,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::ConnectInfo;
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
 use axum::Router;
@@ -28,7 +29,9 @@ use tower::Service;
 
 use crate::error::{reject, GatewayError};
 use crate::gateway::Gateway;
+use crate::guard;
 use crate::inbound::body::BodyStalled;
+use crate::proxy;
 
 /// Which of a connection's requests had a stalled body: requests are
 /// numbered from 1 as they come, and a stall records its number. On
@@ -41,21 +44,43 @@ struct Stalls {
     stalled: AtomicU64,
 }
 
+/// What a connection serves.
+#[derive(Clone)]
+pub(super) enum App {
+    /// The API: every request goes to [`proxy::handle`], called directly.
+    Api,
+    /// A router (the admin port).
+    Router(Router),
+}
+
+/// What a listener serves, and whether it is bound to a loopback address
+/// (then the guard's Host rule applies).
+#[derive(Clone)]
+pub(super) struct Served {
+    pub app: App,
+    pub loopback: bool,
+}
+
 /// The service of one connection.
 pub(super) struct PerRequest {
     gw: Arc<Gateway>,
-    app: Router,
+    app: App,
     peer: SocketAddr,
+    /// Whether the listener is bound to a loopback address (the guard's
+    /// Host rule applies).
+    loopback: bool,
     stalls: Arc<Stalls>,
 }
 
 impl PerRequest {
-    /// The service for a connection from `peer`.
-    pub(super) fn new(gw: Arc<Gateway>, app: Router, peer: SocketAddr) -> PerRequest {
+    /// The service for a connection from `peer` to a listener serving
+    /// `served`.
+    pub(super) fn new(gw: Arc<Gateway>, served: &Served, peer: SocketAddr) -> PerRequest {
         PerRequest {
             gw,
-            app,
+            app: served.app.clone(),
             peer,
+            loopback: served.loopback,
             stalls: Arc::default(),
         }
     }
@@ -68,13 +93,22 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
 
     fn call(&self, req: hyper::Request<Incoming>) -> ResponseFuture {
         // Read per request, so a reload reaches open connections too.
-        let timeout = self.gw.snapshot().config.server.body_timeout;
+        let snap = self.gw.snapshot();
+        let server = &snap.config.server;
+        let timeout = server.body_timeout;
         let number = self.stalls.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let stalls = (self.stalls.clone(), number);
-        let mut req = req.map(|body| Body::new(IdleBody::new(body, timeout, stalls)));
-        req.extensions_mut().insert(ConnectInfo(self.peer));
-        // The router is always ready: no `poll_ready` needed.
-        let call = self.app.clone().call(req);
+        let call = match guard::check(server, self.loopback, req.headers(), req.uri()) {
+            Err(e) => Call::Ready(Some(reject(e, &self.gw.metrics))),
+            Ok(()) => {
+                let stalls = (self.stalls.clone(), number);
+                let req = req.map(|body| Body::new(IdleBody::new(body, timeout, stalls)));
+                match &self.app {
+                    App::Api => Call::Api(Box::pin(proxy::handle(self.gw.clone(), self.peer, req))),
+                    // The router is always ready: no `poll_ready` needed.
+                    App::Router(router) => Call::Router(Box::pin(router.clone().call(req))),
+                }
+            }
+        };
         ResponseFuture {
             call,
             gw: self.gw.clone(),
@@ -85,10 +119,22 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
     }
 }
 
-/// The answer to one request: the router's future, then the finishing
+/// The app's answer in the making.
+enum Call {
+    /// The API handler's future (one box: the future a waiting request
+    /// holds).
+    Api(Pin<Box<dyn Future<Output = Response> + Send>>),
+    /// The router's future, boxed so an API connection's in-flight slot
+    /// (hyper keeps one per connection) is not as large as it.
+    Router(Pin<Box<RouteFuture<Infallible>>>),
+    /// Refused by the guard.
+    Ready(Option<Response>),
+}
+
+/// The answer to one request: the app's future, then the finishing
 /// touches.
 pub(super) struct ResponseFuture {
-    call: RouteFuture<Infallible>,
+    call: Call,
     gw: Arc<Gateway>,
     stalls: Arc<Stalls>,
     number: u64,
@@ -100,8 +146,17 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let Poll::Ready(Ok(mut response)) = Pin::new(&mut this.call).poll(cx) else {
-            return Poll::Pending;
+        let mut response = match &mut this.call {
+            Call::Api(f) => match f.as_mut().poll(cx) {
+                Poll::Ready(r) => r,
+                Poll::Pending => return Poll::Pending,
+            },
+            Call::Router(f) => match f.as_mut().poll(cx) {
+                Poll::Ready(Ok(r)) => r,
+                Poll::Ready(Err(never)) => match never {},
+                Poll::Pending => return Poll::Pending,
+            },
+            Call::Ready(r) => r.take().expect("a ready answer is polled once"),
         };
         // Draining: this connection is not reused, so the caller's next
         // request opens a new one (while the listener still accepts, or
