@@ -57,13 +57,16 @@ pub(super) async fn fly(
     let mut trace = Trace::default();
     // The fleet: take the fill lock, or wait for the replica that holds it
     // and answer with its entry (no CRM read here at all).
+    // The fleet's calls are boxed: Redis futures are large (3.7 KB each),
+    // and inline they would size this task for every flight, fleet or not,
+    // for as long as its request waits in the queue.
     let mut lock = None;
     if let Some((fleet, _)) = plan.as_ref().and_then(|p| p.fleet.as_ref()) {
-        match fleet.fill(&key).await {
+        match Box::pin(fleet.fill(&key)).await {
             Fill::Mine(token) => lock = Some(token),
             Fill::Theirs => {
                 cache.stats.tenant(&req.tenant.name).fill_waited();
-                if let Lookup::Found { entry, .. } = fleet.wait_for_fill(&key).await {
+                if let Lookup::Found { entry, .. } = Box::pin(fleet.wait_for_fill(&key)).await {
                     if entry.fresh() {
                         if let Some(p) = &plan {
                             let kept = p.local_ttl.min(entry.remaining());
@@ -113,11 +116,11 @@ pub(super) async fn fly(
                 plan.generation,
             );
             if let Some((fleet, generation)) = &plan.fleet {
-                fleet.put(&key, a, plan.ttl, plan.grace, generation).await;
+                Box::pin(fleet.put(&key, a, plan.ttl, plan.grace, generation)).await;
             }
         }
         if let (Some((fleet, _)), Some(token)) = (&plan.fleet, &lock) {
-            fleet.release(&key, token).await;
+            Box::pin(fleet.release(&key, token)).await;
         }
     }
     flight.finish(FlightOutcome {

@@ -258,7 +258,9 @@ async fn decide(cache: &Arc<Cache>, forward: &Forwarder, req: &Inbound) -> Way {
     // (kept locally for `local_ttl`); a stale one serves if the CRM fails.
     let mut fleet_plan = None;
     if let (Some(fleet), Some(ttl)) = (&cache.fleet, ttl) {
-        match fleet.lookup(&key).await {
+        // Boxed: the Redis lookup's future (3.7 KB) would otherwise size
+        // every read's future, also the ones that wait in the queue.
+        match Box::pin(fleet.lookup(&key)).await {
             Lookup::Found { entry, generation } => {
                 if asked != Directive::NoCache && entry.fresh() {
                     let kept = local_ttl(cfg, ttl).min(entry.remaining());

@@ -111,9 +111,26 @@ impl Forwarder {
     /// extended deadline).
     pub async fn send_lifted(
         &self,
-        req: Inbound,
+        mut req: Inbound,
         trace: &mut Trace,
         lift: Option<&Lift>,
+    ) -> Result<Response, GatewayError> {
+        let permit = self
+            .wait_for_slot(&mut req.ticket, lift, &req.tenant, trace)
+            .await?;
+        // Boxed: a request waiting for its first slot holds only the wait,
+        // not the room the send, the retry rule and the answer need (this
+        // future is held by every request in the queue).
+        Box::pin(self.send_granted(req, permit, trace)).await
+    }
+
+    /// Steps 2 to 4, from the first slot on: send, judge, and wait again
+    /// when the rule retries.
+    async fn send_granted(
+        &self,
+        req: Inbound,
+        first: Permit,
+        trace: &mut Trace,
     ) -> Result<Response, GatewayError> {
         let Inbound {
             tenant,
@@ -125,10 +142,8 @@ impl Forwarder {
         let idempotent = matches!(out.method, Method::GET | Method::HEAD);
         // Why the last send failed, for a 502.
         let mut cause = String::new();
+        let mut permit = first;
         loop {
-            let permit = self
-                .wait_for_slot(&mut ticket, lift, &tenant, trace)
-                .await?;
             let egress = self.clients.get(permit.egress);
             trace.egress = Some(egress.label.clone());
             // URL and key from one snapshot, taken at send time: a request
@@ -178,6 +193,11 @@ impl Forwarder {
                     drop(permit);
                     tokio::time::sleep(after).await;
                     trace.queue += after;
+                    // A retry: `wait_for_slot` reacquires (the lift, if
+                    // any, was applied to the ticket at the first grant).
+                    permit = self
+                        .wait_for_slot(&mut ticket, None, &tenant, trace)
+                        .await?;
                 }
             }
         }
