@@ -245,7 +245,7 @@ pub async fn run<F: Forward>(
         create,
         lease,
     };
-    let (outcome, result) = stage.reconcile(out, trace).await;
+    let (outcome, result) = stage.reconcile(*out, trace).await;
     if let Some(outcome) = outcome {
         trace.reconciled = Some(outcome.as_str());
         reconciled
@@ -272,7 +272,7 @@ impl<F: Forward> Stage<'_, F> {
         Inbound {
             tenant: self.tenant.clone(),
             ticket: self.ticket.clone(),
-            out,
+            out: Box::new(out),
             lease: BodyLease::new(self.lease.pool()),
         }
     }

@@ -141,7 +141,7 @@ pub async fn export(
         bodies: lease.pool().clone(),
         tenant,
         ticket,
-        out,
+        out: *out,
         max_wait,
         max_page_bytes: settings.max_page_bytes,
     };
@@ -259,7 +259,7 @@ impl PageSource {
         let inbound = Inbound {
             tenant: self.tenant.clone(),
             ticket,
-            out,
+            out: Box::new(out),
             lease: BodyLease::new(&self.bodies),
         };
         let answer = self.forward.send(inbound, trace).await?;

@@ -50,8 +50,11 @@ pub struct Inbound {
     pub tenant: Arc<Tenant>,
     /// What the scheduler needs: tenant, client, class, priority, deadline.
     pub ticket: Ticket,
-    /// What goes to the CRM, minus the real key and the base URL.
-    pub out: Outgoing,
+    /// What goes to the CRM, minus the real key and the base URL. Boxed:
+    /// a queued request's future holds its `Inbound` at each stage it
+    /// passes through (an async fn keeps its argument and the callee's
+    /// copy apart), so a small `Inbound` is a small waiting request.
+    pub out: Box<Outgoing>,
     /// The body's bytes in the pool of held bodies, until the request ends.
     pub lease: BodyLease,
 }
@@ -189,7 +192,7 @@ pub async fn read(
     Ok(Inbound {
         tenant,
         ticket,
-        out,
+        out: Box::new(out),
         lease,
     })
 }

@@ -145,13 +145,13 @@ fn create(crm: &ScriptedCrm, ext: &str) -> Inbound {
             deadline: Instant::now() + Duration::from_secs(30),
         },
         tenant,
-        out: Outgoing {
+        out: Box::new(Outgoing {
             method: Method::POST,
             path: "/api/v5/orders/create".into(),
             query: None,
             headers,
             body: Bytes::from(body),
-        },
+        }),
         lease: BodyLease::new(&Arc::new(BodyPool::default())),
     }
 }
