@@ -103,7 +103,11 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
                 let stalls = (self.stalls.clone(), number);
                 let req = req.map(|body| Body::new(IdleBody::new(body, timeout, stalls)));
                 match &self.app {
-                    App::Api => Call::Api(Box::pin(proxy::handle(self.gw.clone(), self.peer, req))),
+                    App::Api => Call::Api(Box::pin(proxy::handle(
+                        self.gw.clone(),
+                        self.peer,
+                        Box::new(req),
+                    ))),
                     // The router is always ready: no `poll_ready` needed.
                     App::Router(router) => Call::Router(Box::pin(router.clone().call(req))),
                 }
