@@ -132,7 +132,12 @@ async fn run(
     let request = {
         let snap = gw.snapshot();
         Box::pin(inbound::read(
-            &snap, &gw.bodies, peer, *req, request_id, trace,
+            &snap,
+            &gw.bodies,
+            peer,
+            unbox(req),
+            request_id,
+            trace,
         ))
         .await?
     };
@@ -160,6 +165,14 @@ async fn run(
         trace,
     ))
     .await
+}
+
+/// The value out of its box, and the box freed now: moving out with `*b`
+/// frees the box only where its binding ends, which for an async fn's
+/// argument is when the whole request is done.
+#[allow(clippy::boxed_local)] // Taking the box is the point: it is freed here.
+fn unbox<T>(b: Box<T>) -> T {
+    *b
 }
 
 /// The caller's `X-Request-Id` when it is sane, else a new one.
