@@ -282,6 +282,18 @@ async fn decide(cache: &Arc<Cache>, forward: &Forwarder, req: &Inbound) -> Way {
             Lookup::Miss { generation } => fleet_plan = Some((fleet.clone(), generation)),
             Lookup::Unavailable => {}
         }
+        // The lookup took a while (a round trip, or a timeout with Redis
+        // gone): a flight of this replica may have landed meanwhile, and
+        // a flight taken now would read the CRM a second time.
+        if asked != Directive::NoCache {
+            if let Some(e) = store.get(&key) {
+                let now = Instant::now();
+                if e.fresh(now) {
+                    stats.count(CacheOutcome::Hit);
+                    return Way::Answered(from_entry(&e, CacheOutcome::Hit, now));
+                }
+            }
+        }
     }
     let plan = ttl.map(|ttl| Plan {
         ttl,
