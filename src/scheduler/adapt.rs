@@ -17,7 +17,7 @@
 //!    only a share of them, which is not evidence of noise.
 //! 2. **Test.** The rate drops to [`Params::test_rate`]: a little under
 //!    the rate the CRM accepted while observed, `before × (1 − refused
-//!    share)`, but never above `before × decrease_factor` (at least
+//!    share)`, but never below `before × decrease_factor` (nor below
 //!    `min_rate`). The first window after the cut is ignored (the CRM's
 //!    window still holds the old rate's arrivals); then the sample runs in
 //!    rounds of two windows.
@@ -173,8 +173,8 @@ impl Params<'_> {
     }
 
     /// The test rate of a sample: [`ESTIMATE_MARGIN`] under the rate the
-    /// CRM accepted while observed, `before × (1 − refused share)`, but at
-    /// most as low as [`Params::lowered`]. A CRM that does not count
+    /// CRM accepted while observed, `before × (1 − refused share)`, but
+    /// never below [`Params::lowered`]. A CRM that does not count
     /// refused arrivals (nginx `limit_req`, a lenient or fixed window)
     /// accepts its real limit while refusing the rest, so its share says
     /// where the limit is; a strict one refuses nearly everything, and an

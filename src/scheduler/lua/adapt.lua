@@ -63,7 +63,7 @@ local function lowered(c, before)
 end
 
 -- The test rate of the sample in `a`: a margin under the rate the CRM
--- accepted while observed, never above `lowered`.
+-- accepted while observed, never below `lowered`.
 local function test_rate(c, a)
   local low = lowered(c, a.before)
   if a.n1 == 0 then return low end
