@@ -317,14 +317,7 @@ mod tests {
 
     /// The line without its timestamp.
     fn untimed(format: Format, line: &str) -> String {
-        match format {
-            Format::Pretty => line.split_once(' ').unwrap().1.to_string(),
-            Format::Json => {
-                let start = line.find("\"timestamp\":\"").unwrap() + 13;
-                let end = start + line[start..].find('"').unwrap();
-                format!("{}{}", &line[..start], &line[end..])
-            }
-        }
+        line.replacen(&stamp_of(format, line), "", 1)
     }
 
     #[test]

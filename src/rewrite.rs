@@ -112,18 +112,6 @@ pub fn is_multipart(headers: &HeaderMap) -> bool {
     media_type(headers).is_some_and(|v| v.eq_ignore_ascii_case("multipart/form-data"))
 }
 
-/// Headers that belong to one connection and must not be forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// Header names that the `Connection` header lists (hop-by-hop too).
 fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
@@ -135,9 +123,10 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// [`HOP_BY_HOP`] as header names: removing by a `&str` parses the name
-/// again for every call (about 450 instructions each under callgrind).
-const HOP_BY_HOP_NAMES: [HeaderName; 8] = [
+/// Headers that belong to one connection and must not be forwarded. Typed
+/// names: removing by a `&str` parses the name again for every call (about
+/// 450 instructions each under callgrind).
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -153,10 +142,8 @@ pub fn drop_hop_by_hop(headers: &mut HeaderMap) {
     for name in connection_named(headers) {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP_NAMES {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
@@ -167,7 +154,7 @@ pub fn drop_hop_by_hop(headers: &mut HeaderMap) {
 fn not_forwarded(name: &HeaderName) -> bool {
     *name == header::HOST
         || *name == header::CONTENT_LENGTH
-        || HOP_BY_HOP.contains(&name.as_str())
+        || HOP_BY_HOP.contains(name)
         || matches!(
             name.as_str(),
             "x-api-key" | "x-forwarded-for" | "x-request-id" | "expect"
@@ -314,7 +301,16 @@ mod tests {
     #[test]
     fn answers_lose_every_hop_by_hop_header() {
         let mut h = HeaderMap::new();
-        for name in HOP_BY_HOP {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
             h.insert(HeaderName::from_static(name), "x".parse().unwrap());
         }
         h.append("connection", "X-Resp-Hop".parse().unwrap());
@@ -323,10 +319,6 @@ mod tests {
         drop_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("content-type"));
-        // The names and their typed form agree.
-        for (name, typed) in HOP_BY_HOP.iter().zip(&HOP_BY_HOP_NAMES) {
-            assert_eq!(typed.as_str(), *name);
-        }
     }
 
     #[test]

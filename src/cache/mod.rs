@@ -237,10 +237,8 @@ async fn decide(cache: &Arc<Cache>, forward: &Forwarder, req: &Inbound) -> Way {
         // entry it stores is as good as any hit; one a write made dead is
         // not found, and this caller goes on to a request of its own).
         if asked == Directive::Normal && cache.flights.wait_for_sent(&key).await {
-            let now = Instant::now();
-            if let Some(e) = store.get(&key).filter(|e| e.fresh(now)) {
-                stats.count(CacheOutcome::Hit);
-                return Way::Answered(from_entry(&e, CacheOutcome::Hit, now));
+            if let Some(hit) = fresh_hit(&store, &key, &stats) {
+                return hit;
             }
         }
         if let Some(e) = store.get(&key) {
@@ -286,12 +284,8 @@ async fn decide(cache: &Arc<Cache>, forward: &Forwarder, req: &Inbound) -> Way {
         // gone): a flight of this replica may have landed meanwhile, and
         // a flight taken now would read the CRM a second time.
         if asked != Directive::NoCache {
-            if let Some(e) = store.get(&key) {
-                let now = Instant::now();
-                if e.fresh(now) {
-                    stats.count(CacheOutcome::Hit);
-                    return Way::Answered(from_entry(&e, CacheOutcome::Hit, now));
-                }
+            if let Some(hit) = fresh_hit(&store, &key, &stats) {
+                return hit;
             }
         }
     }
@@ -430,6 +424,16 @@ fn with_outcome(
     r.map(|mut resp| {
         resp.headers_mut().insert(CACHE_HEADER, outcome_header(o));
         resp
+    })
+}
+
+/// A hit, counted, when `store` holds a fresh entry for `key`.
+fn fresh_hit(store: &Store, key: &Key, stats: &stats::TenantCache) -> Option<Way> {
+    let e = store.get(key)?;
+    let now = Instant::now();
+    e.fresh(now).then(|| {
+        stats.count(CacheOutcome::Hit);
+        Way::Answered(from_entry(&e, CacheOutcome::Hit, now))
     })
 }
 
