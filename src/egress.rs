@@ -1,9 +1,13 @@
-//! Outbound IPs: one pooled HTTP client per source address.
+//! Outbound IPs: one pooled HTTP client per source address and worker.
 //!
 //! Each configured egress IP gets its own client (hyper-util's pooled
 //! client over hyper-rustls) whose connector binds that address, so its
 //! keep-alive pool and its budget always leave from the same address. With
-//! no egress IPs there is one client on the OS default route. Nothing here
+//! no egress IPs there is one client on the OS default route. Each worker
+//! runtime has its own set of clients (its *lane*, see [`Clients`]), so a
+//! connection is only ever used by the thread that drives it; this module
+//! never decides when or from which IP a request leaves (the scheduler
+//! does), only on which socket. Nothing here
 //! reads proxy environment variables (a proxy would hide which IP the CRM
 //! sees), and nothing follows redirects (the caller answers them). A send
 //! is one `Client::request`: no middleware stack, redirect policy or URL
@@ -14,8 +18,8 @@
 //! connection reaches the CRM later than its slot said: the budget accounts
 //! for that.
 //!
-//! Warm connections: each egress keeps one connection per CRM origin open
-//! ahead of need ([`keep_warm`]), so the first request after start-up, a
+//! Warm connections: each worker's egress keeps one connection per CRM
+//! origin open ahead of need ([`keep_warm`]), so the first request after start-up, a
 //! reload or a quiet spell does not pay the TCP and TLS handshakes inside
 //! its slot. A spare is a connect, never a request: the CRM counts nothing,
 //! and the scheduler is not told (no request waits on it). It is handed to
@@ -33,6 +37,7 @@
 //! client is never mutated. The wait for an answer and between its chunks
 //! is timed by the caller (`forward`), from the config of each send.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::mem::MaybeUninit;
@@ -51,6 +56,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::IntCounter;
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::rustls;
@@ -118,37 +124,112 @@ impl std::fmt::Debug for Egress {
     }
 }
 
-/// The egress clients in force, indexed like the scheduler's budgets.
+thread_local! {
+    /// The worker this thread runs, once [`Clients::enter_worker`] said so.
+    static LANE: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Where warm connections are read from: the CRM origins in force.
+pub type Origins = Arc<dyn Fn() -> Vec<Uri> + Send + Sync>;
+
+/// The egress clients in force, indexed like the scheduler's budgets: one
+/// set (a *lane*) per worker runtime and one for every other thread (the
+/// control runtime, tests, the CLI).
+///
+/// Each worker sends on its own lane's pools, so a connection's I/O, its
+/// hyper task and the request that uses it live on one thread: a send never
+/// wakes another thread (a pool shared by the workers woke the thread that
+/// drove the connection, and that thread woke the sender back). nginx keeps
+/// per-worker upstream pools for the same reason. The budgets stay
+/// process-wide: lanes share the scheduler, which decides when and from
+/// which IP; a lane only decides which socket.
+///
 /// Replaced as a whole when a reload changes client settings (timeouts,
 /// trusted roots); a client in use is never mutated.
 pub struct Clients {
-    current: ArcSwap<Vec<Egress>>,
+    current: ArcSwap<Vec<Vec<Arc<Egress>>>>,
+    /// Each worker's runtime, once the worker has entered: its lane's warm
+    /// connections are opened there (a socket is driven by the runtime it
+    /// was opened on).
+    runtimes: Mutex<Vec<Option<Handle>>>,
+    origins: Origins,
 }
 
 impl Clients {
-    /// `clients` in force.
-    pub fn new(clients: Vec<Egress>) -> Clients {
+    /// `lanes` in force: one per worker, then the one for every other
+    /// thread (at least that one). Warm connections of `origins` are kept
+    /// for each worker's lane once the worker enters.
+    pub fn new(lanes: Vec<Vec<Egress>>, origins: Origins) -> Clients {
+        assert!(!lanes.is_empty(), "the lane of non-worker threads");
+        let workers = lanes.len() - 1;
         Clients {
-            current: ArcSwap::from_pointee(clients),
+            current: ArcSwap::from_pointee(shared(lanes)),
+            runtimes: Mutex::new(vec![None; workers]),
+            origins,
         }
     }
 
-    /// Egress `i` as it is now (the scheduler's permit names `i`). Take it
-    /// per send: a request keeps the client it sent on until its answer is
-    /// streamed, even if a reload replaces the clients meanwhile.
-    pub fn get(&self, i: usize) -> Egress {
-        self.current.load()[i].clone()
+    /// Marks the calling thread as worker `worker`'s, whose sends use its
+    /// lane from now on, and starts that lane's warm connections on the
+    /// current runtime (the worker's). Call once, on the worker's thread,
+    /// inside its runtime.
+    pub fn enter_worker(&self, worker: usize) {
+        LANE.with(|lane| lane.set(Some(worker)));
+        let runtime = tokio::runtime::Handle::current();
+        let mut runtimes = self.runtimes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = runtimes.get_mut(worker) {
+            // Under the lock a reload takes to swap lanes, so the lane read
+            // here is warmed here or by that reload, never by neither.
+            if let Some(lane) = self.current.load().get(worker) {
+                keep_warm(&runtime, lane, &self.origins);
+            }
+            *slot = Some(runtime);
+        }
     }
 
-    /// Every egress as it is now, in budget order.
-    pub fn all(&self) -> Arc<Vec<Egress>> {
-        self.current.load_full()
+    /// Egress `i` of the calling thread's lane, as it is now (the
+    /// scheduler's permit names `i`). Take it per send: a request keeps the
+    /// client it sent on until its answer is streamed, even if a reload
+    /// replaces the clients meanwhile.
+    pub fn get(&self, i: usize) -> Arc<Egress> {
+        let lanes = self.current.load();
+        let other = lanes.len() - 1;
+        let lane = LANE.with(Cell::get).filter(|&w| w < other).unwrap_or(other);
+        lanes[lane][i].clone()
     }
 
-    /// Puts new clients in force. Only a reload calls this, under its lock.
-    pub(crate) fn replace(&self, clients: Vec<Egress>) {
-        self.current.store(Arc::new(clients));
+    /// How many worker lanes there are (a reload builds as many).
+    pub fn workers(&self) -> usize {
+        self.current.load().len() - 1
     }
+
+    /// Every egress as it is now, in budget order (the non-worker lane's:
+    /// every lane has the same IPs and labels).
+    pub fn all(&self) -> Vec<Arc<Egress>> {
+        self.current.load().last().cloned().unwrap_or_default()
+    }
+
+    /// Puts new lanes in force (as many as before) and starts the warm
+    /// connections of every entered worker's new lane on its runtime; the
+    /// old lanes' keepers end with them. Only a reload calls this, under
+    /// its lock.
+    pub(crate) fn replace(&self, lanes: Vec<Vec<Egress>>) {
+        let runtimes = self.runtimes.lock().unwrap_or_else(|p| p.into_inner());
+        let lanes = shared(lanes);
+        for (runtime, lane) in runtimes.iter().zip(&lanes) {
+            if let Some(runtime) = runtime {
+                keep_warm(runtime, lane, &self.origins);
+            }
+        }
+        self.current.store(Arc::new(lanes));
+    }
+}
+
+fn shared(lanes: Vec<Vec<Egress>>) -> Vec<Vec<Arc<Egress>>> {
+    lanes
+        .into_iter()
+        .map(|lane| lane.into_iter().map(Arc::new).collect())
+        .collect()
 }
 
 /// Reports connection set-up on one egress to the scheduler.
@@ -245,7 +326,7 @@ struct Warmer {
 impl Warmer {
     /// Keeps one spare per origin of `origins()` until the spares are
     /// dropped (the client was replaced by a reload, or the gateway ended).
-    async fn run(mut self, origins: Arc<dyn Fn() -> Vec<Uri> + Send + Sync>) {
+    async fn run(mut self, origins: Origins) {
         loop {
             let Some(spares) = self.spares.upgrade() else {
                 return;
@@ -279,14 +360,10 @@ impl Warmer {
 
 /// Keeps one warm connection per CRM origin of `origins()` (read each
 /// round, so a reload that adds a tenant is followed) on every egress of
-/// `egress`, until those clients are dropped. Spawned on the current
-/// runtime; outside one it does nothing.
-pub fn keep_warm(egress: &[Egress], origins: Arc<dyn Fn() -> Vec<Uri> + Send + Sync>) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    for e in egress {
-        rt.spawn(e.warmer.clone().run(origins.clone()));
+/// `lane`, on `runtime`, until those clients are dropped.
+fn keep_warm(runtime: &Handle, lane: &[Arc<Egress>], origins: &Origins) {
+    for e in lane {
+        runtime.spawn(e.warmer.clone().run(origins.clone()));
     }
 }
 
@@ -352,16 +429,33 @@ fn tls_config(config: &Config) -> Result<rustls::ClientConfig, BuildError> {
         .with_no_client_auth())
 }
 
-/// Builds one client per configured egress IP (one in all when none are),
-/// reporting connection set-up to `scheduler` and counting it in `opened`,
-/// and warm connections in `warmed` (both labelled by egress). The warm
-/// connections start with [`keep_warm`].
+/// Builds the lanes of [`Clients`]: one per worker of `workers`, then the
+/// one of every other thread. Each holds one client per configured egress
+/// IP (one in all when none are), reporting connection set-up to
+/// `scheduler` and counting it in `opened`, and warm connections in
+/// `warmed` (both labelled by egress, summed over lanes). A worker's warm
+/// connections start when it enters ([`Clients::enter_worker`]).
 pub fn build(
     config: &Config,
+    workers: usize,
     scheduler: &Scheduler,
     opened: &prometheus::IntCounterVec,
     warmed: &prometheus::IntCounterVec,
-) -> Result<Vec<Egress>, BuildError> {
+) -> Result<Vec<Vec<Egress>>, BuildError> {
+    let tls = tls_config(config)?;
+    Ok((0..=workers)
+        .map(|_| build_lane(config, &tls, scheduler, opened, warmed))
+        .collect())
+}
+
+/// One lane of [`build`].
+fn build_lane(
+    config: &Config,
+    tls: &rustls::ClientConfig,
+    scheduler: &Scheduler,
+    opened: &prometheus::IntCounterVec,
+    warmed: &prometheus::IntCounterVec,
+) -> Vec<Egress> {
     let ips: Vec<Option<IpAddr>> = if config.upstream.egress_ips.is_empty() {
         vec![None]
     } else {
@@ -373,9 +467,7 @@ pub fn build(
             .map(Some)
             .collect()
     };
-    let tls = tls_config(config)?;
-    Ok(ips
-        .into_iter()
+    ips.into_iter()
         .enumerate()
         .map(|(egress, ip)| {
             let label = ip.map_or_else(|| "default".to_string(), |ip| ip.to_string());
@@ -417,5 +509,5 @@ pub fn build(
                 warmer,
             }
         })
-        .collect())
+        .collect()
 }

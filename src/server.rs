@@ -160,7 +160,7 @@ impl Server {
                 Some((listener, generated))
             }
         };
-        let gateway = Gateway::new(config, config_path)?;
+        let gateway = Gateway::with_workers(config, config_path, workers)?;
         Ok(Server {
             gateway,
             api,
@@ -251,7 +251,9 @@ impl Server {
         }
         let wgw = gw.clone();
         let tls_side = tls_app.as_ref().map(|(_, side)| side.clone());
-        let mut workers = workers::spawn(receivers, move |_, incoming| {
+        let mut workers = workers::spawn(receivers, move |i, incoming| {
+            // This worker's sends use its own outbound pools from now on.
+            wgw.clients.enter_worker(i);
             let on = Worker {
                 gw: wgw.clone(),
                 api: api_app.clone(),

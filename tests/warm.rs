@@ -21,6 +21,9 @@ async fn wait_for_metric(gate: &Gate, name: &str, at_least: f64) -> f64 {
 }
 
 const WARM: &str = "crmgate_upstream_warm_connections_total";
+/// Two workers, each with its own pool and so its own warm connection.
+const TWO_WORKERS: &str = "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+                           worker_threads = 2\n";
 const ON_DEMAND: &str = "crmgate_upstream_connections_total";
 
 /// Sends one GET and checks it was answered.
@@ -33,9 +36,10 @@ async fn one_get(gate: &Gate, id: &str) {
 
 #[tokio::test]
 async fn the_first_request_finds_a_warm_connection() {
-    let (sim, gate) = setup("").await;
-    // Opened with no request in sight: a connect, not a request.
-    assert!(wait_for_metric(&gate, WARM, 1.0).await >= 1.0);
+    let (sim, gate) = setup(TWO_WORKERS).await;
+    // Opened with no request in sight, one per worker: a connect, not a
+    // request.
+    assert!(wait_for_metric(&gate, WARM, 2.0).await >= 2.0);
     assert!(sim.records().is_empty(), "{:?}", sim.records());
     one_get(&gate, "warm-1").await;
     assert_eq!(sim.records().len(), 1);
@@ -45,13 +49,13 @@ async fn the_first_request_finds_a_warm_connection() {
         0.0
     );
     // The keeper replaces a spare that was taken.
-    assert!(wait_for_metric(&gate, WARM, 2.0).await >= 2.0);
+    assert!(wait_for_metric(&gate, WARM, 3.0).await >= 3.0);
 }
 
 #[tokio::test]
 async fn a_warm_tls_connection_serves_the_first_request() {
-    let (sim, gate) = tls_setup(tls_sim_config(false), "").await;
-    assert!(wait_for_metric(&gate, WARM, 1.0).await >= 1.0);
+    let (sim, gate) = tls_setup(tls_sim_config(false), TWO_WORKERS).await;
+    assert!(wait_for_metric(&gate, WARM, 2.0).await >= 2.0);
     assert!(sim.records().is_empty());
     one_get(&gate, "warm-tls").await;
     assert_eq!(sim.records().len(), 1);

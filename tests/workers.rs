@@ -139,3 +139,38 @@ async fn keep_alive_connections_split_evenly_and_closing_frees_their_worker() {
     drop(conns);
     assert_eq!(split_at(admin, 0).await, (0, 0), "every count freed");
 }
+
+/// Each worker sends on its own outbound pool: a connection to the CRM is
+/// driven by one worker's runtime and only that worker's requests use it,
+/// so a send never wakes another thread. Two callers on two keep-alive
+/// connections (one per worker), taking turns: a pool shared by the
+/// workers would serve all four sends on the one connection the first
+/// send opened; per-worker pools open one each and reuse it.
+#[tokio::test]
+async fn each_worker_sends_on_its_own_upstream_connections() {
+    let (sim, gate) = setup(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         worker_threads = 2\n[upstream]\nwarm_connections = false\n",
+    )
+    .await;
+    let admin = gate.admin.as_str();
+    // One client each: each keeps its own connection to the gateway.
+    let callers = [client(), client()];
+    for round in 0..2 {
+        for (i, caller) in callers.iter().enumerate() {
+            let o = Call::get("/api/v5/orders", Some(ACME_CLIENT))
+                .send(caller, &gate.url, &format!("turn-{round}-{i}"))
+                .await;
+            assert_eq!(o.status, 200, "{o:?}");
+        }
+    }
+    assert_eq!(sim.records().len(), 4);
+    assert_eq!(worker_connections(admin).await, (1, 1), "one caller each");
+    let opened = metric_now(
+        admin,
+        "crmgate_upstream_connections_total",
+        &[("egress", "default")],
+    )
+    .await;
+    assert_eq!(opened, 2.0, "one upstream connection per worker, reused");
+}

@@ -86,28 +86,39 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds the gateway for a validated config. `config_path` is where a
+    /// Builds the gateway for a validated config, for threads that are not
+    /// worker runtimes (the CLI's checks, tests). `config_path` is where a
     /// reload re-reads from. Must run inside a tokio runtime.
     pub fn new(
         config: Config,
         config_path: Option<PathBuf>,
     ) -> Result<Arc<Gateway>, egress::BuildError> {
+        Gateway::with_workers(config, config_path, 0)
+    }
+
+    /// As [`Gateway::new`], with outbound pools for `workers` worker
+    /// runtimes besides (each enters with [`Clients::enter_worker`]).
+    pub fn with_workers(
+        config: Config,
+        config_path: Option<PathBuf>,
+        workers: usize,
+    ) -> Result<Arc<Gateway>, egress::BuildError> {
         let scheduler = Scheduler::new(&config);
         let metrics = Arc::new(Metrics::new());
         let egress = egress::build(
             &config,
+            workers,
             &scheduler,
             &metrics.upstream_connections,
             &metrics.upstream_warm_connections,
         )?;
         // Counters exist from the start at 0, so `increase()` in alerts sees
         // the very first 503 or rejection.
-        let labels: Vec<&str> = egress.iter().map(|e| e.label.as_str()).collect();
+        let labels: Vec<&str> = egress[0].iter().map(|e| e.label.as_str()).collect();
         metrics.init_series(&config, &labels);
         let cache = Arc::new(Cache::new(&config, &metrics, scheduler.redis_link()));
         let live = Arc::new(Live::new(config));
-        egress::keep_warm(&egress, crm_origins(&live));
-        let clients = Arc::new(Clients::new(egress));
+        let clients = Arc::new(Clients::new(egress, crm_origins(&live)));
         let forwarder = Forwarder::new(
             scheduler.clone(),
             clients.clone(),
@@ -136,17 +147,15 @@ impl Gateway {
     }
 
     /// Every egress as it is now, in budget order.
-    pub fn egress_all(&self) -> Arc<Vec<Egress>> {
+    pub fn egress_all(&self) -> Vec<Arc<Egress>> {
         self.clients.all()
     }
 
     /// Puts a new config in force, and new egress clients first if given, so
     /// a request that reads the new config also finds the new clients.
     /// Only [`reload`] calls this, under its lock.
-    fn put_in_force(&self, snapshot: Snapshot, egress: Option<Vec<Egress>>) {
+    fn put_in_force(&self, snapshot: Snapshot, egress: Option<Vec<Vec<Egress>>>) {
         if let Some(egress) = egress {
-            // The old clients' keepers end with them.
-            egress::keep_warm(&egress, crm_origins(&self.live));
             self.clients.replace(egress);
         }
         self.live.put(snapshot);

@@ -101,6 +101,7 @@ impl Gateway {
         let clients = if clients_outdated(&old.config, &new) {
             Some(egress::build(
                 &new,
+                self.clients.workers(),
                 &self.scheduler,
                 &self.metrics.upstream_connections,
                 &self.metrics.upstream_warm_connections,
