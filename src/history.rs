@@ -329,14 +329,8 @@ impl Sampler {
 
         let mut tenants = Vec::new();
         for t in snap.tenants.iter() {
-            let stats = gw.stats(&t.name);
             let mut totals = [0u64; 5];
-            for (code, n) in stats
-                .by_status
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-            {
+            for (code, n) in &gw.totals_by_status(&t.name) {
                 let class = usize::from(code / 100).clamp(1, 5) - 1;
                 totals[class] += n;
             }
@@ -349,7 +343,7 @@ impl Sampler {
             tenants.push(TenantPoint {
                 name: t.name.clone(),
                 waiting: gw.scheduler.tenant_queued(&t.name) as u64,
-                inflight: stats.inflight.load(Ordering::Relaxed),
+                inflight: gw.stats(&t.name).inflight.load(Ordering::Relaxed),
                 answers,
             });
         }

@@ -46,6 +46,13 @@ impl Live {
         self.current.load_full()
     }
 
+    /// The config in force, for a read that ends before the next `.await`:
+    /// unlike [`Live::snapshot`] it writes nothing shared (no reference
+    /// count that every worker's requests would pass between cores).
+    pub fn peek(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
     /// Puts `snapshot` in force. Only a reload calls this, under its lock.
     pub(crate) fn put(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));

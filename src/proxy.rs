@@ -65,7 +65,7 @@ pub async fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Box<Request>) -> Re
 
     // A cache hit needs nothing of the request but its head: the cache's
     // early lookup answers it before inbound reads anything.
-    let early = crate::cache::early::lookup(&gw.cache, &gw.snapshot(), &req, &mut trace);
+    let early = crate::cache::early::lookup(&gw.cache, &gw.peek(), &req, &mut trace);
     let answer = match early {
         Some(hit) => Ok(hit),
         // Boxed: awaited inline, the stages' future would be laid out in
@@ -95,16 +95,9 @@ pub async fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Box<Request>) -> Re
             .requests
             .with_label_values(&[tenant, class.as_str(), status.as_str()])
             .inc();
-        let stats = gw.stats(tenant);
-        *stats
-            .by_status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(status.as_u16())
-            .or_default() += 1;
     }
     gw.drain.request_finished();
-    let query = gw.snapshot().config.log.query;
+    let query = gw.peek().config.log.query;
     access::log(
         &request_id,
         &method,

@@ -131,12 +131,10 @@ impl Status {
             .iter()
             .map(|t| {
                 let s = gw.stats(&t.name);
-                let totals_by_status = s
-                    .by_status
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .map(|(code, n)| (code.to_string(), *n))
+                let totals_by_status = gw
+                    .totals_by_status(&t.name)
+                    .into_iter()
+                    .map(|(code, n)| (code.to_string(), n))
                     .collect();
                 TenantRow {
                     name: t.name.to_string(),

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -39,8 +39,6 @@ pub mod reload;
 pub struct TenantStats {
     /// Requests being forwarded now.
     pub inflight: AtomicU64,
-    /// Finished requests by final HTTP status.
-    pub by_status: Mutex<BTreeMap<u16, u64>>,
 }
 
 impl TenantStats {
@@ -146,6 +144,12 @@ impl Gateway {
         self.live.snapshot()
     }
 
+    /// The config in force, for a read that ends before the next `.await`
+    /// (see [`Live::peek`]).
+    pub fn peek(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.live.peek()
+    }
+
     /// Every egress as it is now, in budget order.
     pub fn egress_all(&self) -> Vec<Arc<Egress>> {
         self.clients.all()
@@ -167,6 +171,36 @@ impl Gateway {
             return s.clone();
         }
         self.stats.entry(tenant.clone()).or_default().clone()
+    }
+
+    /// `tenant`'s finished requests by final HTTP status, summed over
+    /// classes: read from `crmgate_requests_total`, the one count of them
+    /// (a request adds to nothing else, so two workers answering at once
+    /// share no lock).
+    pub fn totals_by_status(&self, tenant: &str) -> BTreeMap<u16, u64> {
+        use prometheus::core::Collector;
+        let mut totals = BTreeMap::new();
+        for family in self.metrics.requests.collect() {
+            for m in family.get_metric() {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value())
+                };
+                if label("tenant") != Some(tenant) {
+                    continue;
+                }
+                let n = m.get_counter().get_value() as u64;
+                // Series made ahead at 0 (for alerts) are no answers.
+                if let Some(code) = label("status").and_then(|s| s.parse::<u16>().ok()) {
+                    if n > 0 {
+                        *totals.entry(code).or_default() += n;
+                    }
+                }
+            }
+        }
+        totals
     }
 
     /// Time since the gateway was built.

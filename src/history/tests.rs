@@ -86,11 +86,10 @@ async fn the_sampler_records_per_second_deltas_and_no_key() {
     m.upstream_throttled
         .with_label_values(&["default", "general", "503"])
         .inc_by(2);
-    gw.stats(&Arc::from("acme"))
-        .by_status
-        .lock()
-        .unwrap()
-        .insert(201, 3);
+    gw.metrics
+        .requests
+        .with_label_values(&["acme", "general", "201"])
+        .inc_by(3);
     m.config_reloads.with_label_values(&["failure"]).inc();
     sampler.tick(&gw, &h);
 

@@ -35,11 +35,12 @@ async fn get(app: Router, path: &str) -> (StatusCode, axum::http::HeaderMap, Str
 #[tokio::test]
 async fn the_page_holds_the_numbers_and_no_key() {
     let gw = gateway("acme");
-    gw.stats(&Arc::from("acme"))
-        .by_status
-        .lock()
-        .unwrap()
-        .extend([(200, 7), (201, 1), (404, 2), (503, 1)]);
+    for (status, n) in [("200", 7), ("201", 1), ("404", 2), ("503", 1)] {
+        gw.metrics
+            .requests
+            .with_label_values(&["acme", "general", status])
+            .inc_by(n);
+    }
     gw.metrics
         .export_pages
         .with_label_values(&["acme"])

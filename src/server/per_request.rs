@@ -93,7 +93,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
 
     fn call(&self, req: hyper::Request<Incoming>) -> ResponseFuture {
         // Read per request, so a reload reaches open connections too.
-        let snap = self.gw.snapshot();
+        let snap = self.gw.peek();
         let server = &snap.config.server;
         let timeout = server.body_timeout;
         let number = self.stalls.next.fetch_add(1, Ordering::Relaxed) + 1;
