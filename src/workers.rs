@@ -140,8 +140,12 @@ where
     let abort = CancellationToken::new();
     let (tx, done) = mpsc::channel(1);
     for (i, input) in inputs.into_iter().enumerate() {
+        // I/O and timers only: signals are the control runtime's, and a
+        // runtime with the signal driver checks for child processes to
+        // reap each time it parks.
         let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+            .enable_io()
+            .enable_time()
             .build()?;
         let (serve, abort, tx) = (serve.clone(), abort.clone(), tx.clone());
         std::thread::Builder::new()
