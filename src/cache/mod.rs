@@ -422,7 +422,8 @@ fn with_outcome(
     o: CacheOutcome,
 ) -> Result<Response, GatewayError> {
     r.map(|mut resp| {
-        resp.headers_mut().insert(CACHE_HEADER, outcome_header(o));
+        resp.headers_mut()
+            .insert(store::CACHE_HEADER_NAME, outcome_header(o));
         resp
     })
 }

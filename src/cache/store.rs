@@ -33,7 +33,7 @@ pub struct BufferedAnswer {
 }
 
 /// `X-Crmgate-Cache` as a constant name: no parsing per answer.
-const CACHE_HEADER_NAME: axum::http::HeaderName =
+pub(super) const CACHE_HEADER_NAME: axum::http::HeaderName =
     axum::http::HeaderName::from_static(super::CACHE_HEADER);
 
 impl BufferedAnswer {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{header, HeaderValue, Method, Request, Uri};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use axum::response::Response;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -269,9 +269,12 @@ impl Forwarder {
         let mut req = Request::new(Full::new(out.body.clone()));
         *req.method_mut() = out.method.clone();
         *req.uri_mut() = uri;
+        // Room for the key and a User-Agent from the start: a clone has no
+        // spare room, and the inserts below would grow both of its tables.
         let headers = req.headers_mut();
-        *headers = out.headers.clone();
-        headers.insert("x-api-key", key_header(&target.config.api_key));
+        *headers = HeaderMap::with_capacity(out.headers.len() + 2);
+        headers.extend(out.headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+        headers.insert(X_API_KEY, key_header(&target.config.api_key));
         if !headers.contains_key(header::USER_AGENT) {
             headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         }
@@ -362,6 +365,10 @@ fn failed(
 
 /// What the egress clients say they are, unless the caller said otherwise.
 const USER_AGENT: &str = concat!("crmgate/", env!("CARGO_PKG_VERSION"));
+
+/// The header the real key goes in (typed: a `&str` name is parsed on
+/// every insert).
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// The CRM URI of one send: the tenant's base URL (scheme, host, port and
 /// path, already parsed and checked), the API path appended to its path,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::time::Instant;
 
 pub mod body;
@@ -40,6 +40,12 @@ pub const PRIORITY_HEADER: &str = "x-crmgate-priority";
 pub const MAX_WAIT_HEADER: &str = "x-crmgate-max-wait";
 /// Request and response header identifying the request.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+// Typed names of the headers inbound reads and writes: a `&str` name is
+// parsed on every lookup and insert.
+const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// A request that passed the inbound checks: whose it is, which budget, how
 /// long it may wait, and what to send.
@@ -102,7 +108,7 @@ pub async fn read(
     }
     let (prefix, api_path) = split_path(parts.uri.path())?;
     let query = strip_api_key(parts.uri.query().unwrap_or("").as_bytes());
-    let header_key = match parts.headers.get("x-api-key") {
+    let header_key = match parts.headers.get(&X_API_KEY) {
         Some(v) => Some(v.to_str().map_err(|_| GatewayError::WrongKey)?.to_string()),
         None => None,
     };
@@ -365,7 +371,7 @@ fn outgoing(
     let mut forwarded = String::new();
     for hop in parts
         .headers
-        .get_all("x-forwarded-for")
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
     {
@@ -374,10 +380,10 @@ fn outgoing(
     }
     push_ip(&mut forwarded, peer.ip());
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert(REQUEST_ID_HEADER, v);
+        headers.insert(REQUEST_ID, v);
     }
     Outgoing {
         method: parts.method.clone(),
