@@ -176,16 +176,20 @@ pub fn upstream_headers(incoming: &HeaderMap) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(n + 2);
     for (name, value) in incoming {
         if kept(name) {
-            // Copied, not shared: a parsed value points into the client
-            // connection's read buffer, which a shared value would keep
-            // alive (8 KiB) for as long as the request waits.
-            let mut owned =
-                HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-            owned.set_sensitive(value.is_sensitive());
-            h.append(name.clone(), owned);
+            // Copied, not shared: the request may wait long.
+            h.append(name.clone(), owned(value));
         }
     }
     h
+}
+
+/// `value` in storage of its own. A value hyper parsed points into the
+/// connection's read buffer (8 KiB or more), which a kept copy would keep
+/// alive, and whose one reference count every copy of it would share.
+pub fn owned(value: &HeaderValue) -> HeaderValue {
+    let mut owned = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+    owned.set_sensitive(value.is_sensitive());
+    owned
 }
 
 #[cfg(test)]

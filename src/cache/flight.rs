@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use bytes::BytesMut;
 use http_body_util::BodyExt;
@@ -22,6 +22,7 @@ use crate::bodies::{BodyLease, BodyPool};
 use crate::error::GatewayError;
 use crate::forward::{Forward, Forwarder};
 use crate::inbound::Inbound;
+use crate::rewrite::owned;
 
 /// Where a shared request's answer is kept, if it is cacheable.
 pub(super) struct Plan {
@@ -179,10 +180,16 @@ async fn buffer(
             bytes.extend_from_slice(&data);
         }
     }
-    let mut headers = parts.headers;
     // A kept answer must not carry the time it was first read: the server
     // adds the current `Date` to each response (and `Age` says how old).
-    headers.remove(header::DATE);
+    // Values are copied ([`owned`]): a kept answer would otherwise pin the
+    // upstream connection's read buffer for its whole life.
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        if name != header::DATE {
+            headers.append(name.clone(), owned(value));
+        }
+    }
     let answer = BufferedAnswer {
         status: parts.status,
         headers,
