@@ -80,3 +80,60 @@ async fn warm_connections_can_be_switched_off() {
         0.0
     );
 }
+
+/// Sends `GET /api/v5/orders` on `stream` (HTTP/1.1, keep-alive) and
+/// returns the answer's status line.
+async fn raw_get(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = format!(
+        "GET /api/v5/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-KEY: {ACME_CLIENT}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The head is enough: the status line is all this test reads.
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A worker that needs a second connection while its own warm one is in
+/// use, and its replacement still opening, takes the other worker's warm
+/// connection instead of connecting inside a slot. The CRM's TLS handshake
+/// takes 1 s here, so a replacement is not ready for the second request,
+/// paced about 100 ms after the first.
+#[tokio::test]
+async fn a_worker_borrows_the_other_workers_warm_connection() {
+    let cfg = crmgate::sim::SimConfig {
+        handshake: std::time::Duration::from_secs(1),
+        ..tls_sim_config(false)
+    };
+    let (sim, gate) = tls_setup(cfg, TWO_WORKERS).await;
+    assert!(wait_for_metric(&gate, WARM, 2.0).await >= 2.0);
+    // Connections go to the worker with the fewest, ties in turn: the
+    // first and third land on one worker, the second (idle) on the other.
+    let mut first = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let _idle = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let mut third = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    // The first request holds its connection while the second is sent.
+    sim.faults()
+        .stall_next(1, std::time::Duration::from_millis(1500));
+    let (a, b) = tokio::join!(raw_get(&mut first), async {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        raw_get(&mut third).await
+    });
+    assert!(a.contains(" 200 ") && b.contains(" 200 "), "{a} / {b}");
+    assert_eq!(sim.records().len(), 2);
+    assert_eq!(
+        metric_now(&gate.admin, ON_DEMAND, &[("egress", "default")]).await,
+        0.0,
+        "both requests found a warm connection"
+    );
+}
