@@ -302,9 +302,10 @@ pub fn hit_cost(secs: u64, workers: usize, rounds: usize) -> Result<HitCost, Str
         anchor,
         &d.join("cache.stderr"),
     )?;
-    // With a master, the workers do the work: no per-process CPU figure.
+    // With a master, the workers do the work: the master's figures include
+    // its children's.
     let (anchor_pid, master) = if workers > 1 {
-        (None, Some(Master(anchor_proc.pid())))
+        (Some(anchor_proc.pid()), Some(Master(anchor_proc.pid())))
     } else {
         (Some(anchor_proc.pid()), None)
     };

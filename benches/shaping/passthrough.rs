@@ -323,8 +323,20 @@ fn probe(port: u16) -> Result<(), String> {
 }
 
 /// utime, stime (seconds) and context switches of process `pid`, all
-/// threads together.
+/// threads together, and of its children (an nginx master's workers).
 fn process_usage(pid: u32, tick: f64) -> Option<(f64, f64, u64)> {
+    let (mut user, mut kernel, mut switches) = one_process_usage(pid, tick)?;
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+    for child in children.unwrap_or_default().split_whitespace() {
+        if let Some((u, k, s)) = child.parse().ok().and_then(|c| one_process_usage(c, tick)) {
+            (user, kernel, switches) = (user + u, kernel + k, switches + s);
+        }
+    }
+    Some((user, kernel, switches))
+}
+
+/// [`process_usage`] of `pid` alone.
+fn one_process_usage(pid: u32, tick: f64) -> Option<(f64, f64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
