@@ -22,6 +22,14 @@ impl Class {
     /// Both classes, in a stable order (for metrics and status output).
     pub const ALL: [Class; 2] = [Class::General, Class::Telephony];
 
+    /// Its place in [`Class::ALL`] (for per-class arrays).
+    pub fn index(self) -> usize {
+        match self {
+            Class::General => 0,
+            Class::Telephony => 1,
+        }
+    }
+
     /// The label used in metrics, logs and status output.
     pub fn as_str(self) -> &'static str {
         match self {

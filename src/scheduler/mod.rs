@@ -251,7 +251,8 @@ impl Scheduler {
         }
         let now = Instant::now();
         let st = lane.lock();
-        st.waiting.is_empty() && st.earliest(now).1 <= now
+        // Any free budget will do: no need to find the earliest of all.
+        st.waiting.is_empty() && st.budgets.iter().any(|b| b.next_free(now) <= now)
     }
 
     /// Like [`Scheduler::acquire`], for a request already admitted (a retry):
