@@ -7,9 +7,9 @@
 //! runtime has its own set of clients (its *lane*, see [`Clients`]), so a
 //! connection is only ever used by the thread that drives it; this module
 //! never decides when or from which IP a request leaves (the scheduler
-//! does), only on which socket. Nothing here
-//! reads proxy environment variables (a proxy would hide which IP the CRM
-//! sees), and nothing follows redirects (the caller answers them). A send
+//! does), only on which socket. Nothing here reads proxy environment
+//! variables (a proxy would hide which IP the CRM sees), and nothing
+//! follows redirects (the caller answers them). A send
 //! is one `Client::request`: no middleware stack, redirect policy or URL
 //! conversion on the request path.
 //!
@@ -19,9 +19,10 @@
 //! for that.
 //!
 //! Warm connections: each worker's egress keeps one connection per CRM
-//! origin open ahead of need ([`keep_warm`]), so the first request after start-up, a
-//! reload or a quiet spell does not pay the TCP and TLS handshakes inside
-//! its slot. A spare is a connect, never a request: the CRM counts nothing,
+//! origin open ahead of need ([`keep_warm`]), so the first request after
+//! start-up, a reload or a quiet spell does not pay the TCP and TLS
+//! handshakes inside its slot; a worker whose own is gone takes another
+//! worker's. A spare is a connect, never a request: the CRM counts nothing,
 //! and the scheduler is not told (no request waits on it). It is handed to
 //! the pool the first time the pool needs a new connection to that origin,
 //! and replaced after [`SPARE_TTL`] unused.

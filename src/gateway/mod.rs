@@ -175,8 +175,7 @@ impl Gateway {
 
     /// `tenant`'s finished requests by final HTTP status, summed over
     /// classes: read from `crmgate_requests_total`, the one count of them
-    /// (a request adds to nothing else, so two workers answering at once
-    /// share no lock).
+    /// (an answer no longer also takes a per-tenant lock to add to a map).
     pub fn totals_by_status(&self, tenant: &str) -> BTreeMap<u16, u64> {
         use prometheus::core::Collector;
         let mut totals = BTreeMap::new();
