@@ -434,6 +434,18 @@ struct Listening {
     open: Arc<AtomicUsize>,
 }
 
+/// Counts one more open connection in `count`, unless `cap` are open
+/// already: then it counts a refusal in `refused` and says no (the caller
+/// closes the connection).
+fn admit(count: &AtomicUsize, cap: usize, refused: &prometheus::IntCounter) -> bool {
+    if count.fetch_add(1, Ordering::AcqRel) >= cap {
+        count.fetch_sub(1, Ordering::AcqRel);
+        refused.inc();
+        return false;
+    }
+    true
+}
+
 /// Accepts and serves connections on `listener` (the admin port's, on the
 /// caller's runtime) until `stop` resolves, then asks every connection to
 /// finish its request in progress and close, and returns when all have.
@@ -478,9 +490,7 @@ async fn serve(on: Listening, listener: TcpListener, stop: impl Future<Output = 
                 }
             },
         };
-        if count.fetch_add(1, Ordering::AcqRel) >= side.cap(&gw) {
-            count.fetch_sub(1, Ordering::AcqRel);
-            refused.inc();
+        if !admit(&count, side.cap(&gw), &refused) {
             drop(conn);
             continue;
         }

@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinSet;
 
 use super::per_request::Served;
-use super::{spawn_connection, Counted, Side};
+use super::{admit, spawn_connection, Counted, Side};
 use crate::gateway::Gateway;
 use crate::workers::Spread;
 
@@ -109,9 +109,7 @@ pub(super) async fn accept(
                 continue;
             }
         };
-        if count.fetch_add(1, Ordering::AcqRel) >= side.cap(&gw) {
-            count.fetch_sub(1, Ordering::AcqRel);
-            refused.inc();
+        if !admit(&count, side.cap(&gw), &refused) {
             drop(stream);
             continue;
         }
