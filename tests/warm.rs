@@ -1,8 +1,9 @@
-//! Warm connections: each egress opens one connection per CRM origin
-//! ahead of need, and the first request uses it instead of connecting
-//! while its slot runs. Counted, never timed: the warm counter rises with
-//! no request at the simulator, and the first request opens no connection
-//! of its own (`crmgate_upstream_connections_total` counts only those).
+//! Warm connections: each worker's egress opens one connection per CRM
+//! origin ahead of need, and the first request uses it instead of
+//! connecting while its slot runs; a worker whose own is in use takes
+//! another worker's. Counted, never timed: the warm counter rises with no
+//! request at the simulator, and the first request opens no connection of
+//! its own (`crmgate_upstream_connections_total` counts only those).
 mod common;
 
 use common::*;
