@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::access::{self, Trace};
 use crate::error::{reject, GatewayError};
 use crate::gateway::Gateway;
-use crate::inbound::{self, REQUEST_ID_HEADER};
+use crate::inbound::{self, REQUEST_ID};
 use crate::scheduler::QueueError;
 
 /// Response header: how many times the request was sent to the CRM.
@@ -40,7 +40,6 @@ pub const QUEUE_MS_HEADER: &str = "x-crmgate-queue-ms";
 
 // The same names as constants: inserting by `&str` parses the name on
 // every answer.
-const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 const ATTEMPTS: HeaderName = HeaderName::from_static(ATTEMPTS_HEADER);
 const QUEUE_MS: HeaderName = HeaderName::from_static(QUEUE_MS_HEADER);
 

@@ -13,6 +13,10 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 /// The parameter RetailCRM reads a key from.
 pub const API_KEY_PARAM: &str = "apiKey";
 
+/// The header a key travels in: the caller's in, the real one out (a typed
+/// name: a `&str` name is parsed on every lookup and insert).
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
 /// Parameters after removing `apiKey`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Stripped {

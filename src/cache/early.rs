@@ -9,7 +9,7 @@
 //! never logs and never keeps the caller's key.
 
 use axum::extract::Request;
-use axum::http::{header, HeaderName, Method};
+use axum::http::{header, Method};
 use axum::response::Response;
 use tokio::time::Instant;
 
@@ -19,10 +19,7 @@ use crate::access::Trace;
 use crate::classify::classify;
 use crate::inbound::split_path;
 use crate::live::Snapshot;
-use crate::rewrite::{append_param, strip_api_key};
-
-/// The caller's key header (a constant: no name parsing per request).
-const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+use crate::rewrite::{append_param, strip_api_key, X_API_KEY};
 
 /// The answer in `cache` to `req`, when there is a fresh one and the full
 /// path would give it too (under the config in `snap`); records tenant and

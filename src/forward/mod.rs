@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use axum::response::Response;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -36,7 +36,7 @@ use crate::error::GatewayError;
 use crate::inbound::Inbound;
 use crate::live::{Live, Snapshot};
 use crate::metrics::Metrics;
-use crate::rewrite::drop_hop_by_hop;
+use crate::rewrite::{drop_hop_by_hop, X_API_KEY};
 use crate::scheduler::{Lift, Permit, Scheduler, Ticket};
 use crate::tenant::Tenant;
 use retry::{Attempt, Backoff, Decision, Failure, SendOutcome};
@@ -406,10 +406,6 @@ fn failed(
 
 /// What the egress clients say they are, unless the caller said otherwise.
 const USER_AGENT: &str = concat!("crmgate/", env!("CARGO_PKG_VERSION"));
-
-/// The header the real key goes in (typed: a `&str` name is parsed on
-/// every insert).
-const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// The CRM URI of one send: the tenant's base URL (scheme, host, port and
 /// path, already parsed and checked), the API path appended to its path,

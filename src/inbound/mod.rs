@@ -29,7 +29,7 @@ use crate::classify::{classify, Class};
 use crate::error::GatewayError;
 use crate::live::Snapshot;
 use crate::rewrite::{
-    append_param, is_form, is_multipart, strip_api_key, upstream_headers, Stripped,
+    append_param, is_form, is_multipart, strip_api_key, upstream_headers, Stripped, X_API_KEY,
 };
 use crate::scheduler::{Priority, Ticket};
 use crate::tenant::Tenant;
@@ -41,11 +41,11 @@ pub const MAX_WAIT_HEADER: &str = "x-crmgate-max-wait";
 /// Request and response header identifying the request.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-// Typed names of the headers inbound reads and writes: a `&str` name is
-// parsed on every lookup and insert.
-const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+/// [`REQUEST_ID_HEADER`] as a typed name (a `&str` name is parsed on every
+/// lookup and insert).
+pub const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+/// The caller's hops, with its address added (typed, as above).
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// A request that passed the inbound checks: whose it is, which budget, how
 /// long it may wait, and what to send.
