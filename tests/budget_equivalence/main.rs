@@ -67,7 +67,9 @@ async fn redis_slots(topology: &str, prefix: &str, events: &[(u64, Event)]) -> V
                 let reserved = shared
                     .reserve(class, None, u64::MAX)
                     .await
-                    .expect("Redis answers the reservation");
+                    .unwrap_or_else(|| {
+                        panic!("Redis answers the reservation: {:?}", shared.state())
+                    });
                 let (egress, wait) = (reserved.egress, reserved.wait);
                 latest_us[egress] = reserved.slot_us;
                 slots.push(Slot {
